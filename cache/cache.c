@@ -1,0 +1,1 @@
+/* placeholder: being written */ extern int dtfs_placeholder_cache;
