@@ -1,1 +1,1584 @@
-/* placeholder: being written */ extern int dtfs_placeholder_cache;
+/*
+ * cache: the LMDB store. Key layout, eviction and concurrency are described
+ * in docs/cache.md; the contract is cache.h.
+ */
+#include "cache.h"
+#include "log.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CACHE_FORMAT 1u
+#define CACHE_TABLE_MAX 256	/* longest table id (bytes) */
+#define CACHE_MAX_DBS 8
+#define CACHE_MAX_READERS 1022	/* FUSE workers × mounts, NOTLS */
+#define TOUCH_SLOTS 64
+#define SPOOL_CLEAR_CHUNK 10000
+#define GIB (UINT64_C(1) << 30)
+
+/* Byte sizes of the key parts: u16 table length, table, u64 gen, u64 end. */
+#define PREFIX_MAX (2 + CACHE_TABLE_MAX)
+#define PAGE_KEY_MAX (PREFIX_MAX + 16)
+#define KEY_BUF 512		/* LMDB's default MDB_MAXKEYSIZE is 511 */
+
+struct touch_slot {
+	int64_t at;
+	size_t len;
+	char table[CACHE_TABLE_MAX];
+};
+
+struct cache {
+	MDB_env *env;
+	MDB_dbi info;		/* "format", "next_gen", "bytes", spool counts */
+	MDB_dbi meta;		/* table → meta record */
+	MDB_dbi pages;		/* (table, gen, end offset) → JSONL bytes */
+	MDB_dbi schema;		/* table → version length, version, json */
+	MDB_dbi spool;		/* (table, primary key) → row */
+	uint64_t max_bytes;
+	size_t max_key;
+	uint64_t evictions;	/* __atomic */
+	/* Held shared by every transaction, exclusive while the map is
+	 * resized: mdb_env_set_mapsize needs no live txn in the process. */
+	pthread_rwlock_t resize;
+	pthread_mutex_t touch_lock;
+	struct touch_slot touch[TOUCH_SLOTS];
+};
+
+/* One public call: what it does and to which table, for log lines. */
+struct op {
+	struct cache *c;
+	const char *what;
+	const char *table;
+	size_t tlen;
+	uint64_t evicted;	/* tables evicted by the running txn */
+};
+
+/* The on-disk meta record: this header, then version and cursor bytes
+ * (no NULs). Native byte order: the cache never leaves the machine. */
+struct meta_hdr {
+	uint64_t gen;
+	uint64_t bytes;
+	uint64_t rows;
+	uint64_t pages;
+	int64_t validated_at;
+	int64_t used_at;
+	uint32_t magic;
+	uint32_t flags;
+	uint16_t version_len;
+	uint16_t cursor_len;
+	uint32_t pad;
+};
+
+#define META_MAGIC 0x64746d31u	/* "dtm1" */
+#define META_COMPLETE 1u
+#define META_BUF (sizeof(struct meta_hdr) + CACHE_VERSION_MAX + CACHE_CURSOR_MAX)
+
+static const char info_format[] = "format";
+static const char info_next_gen[] = "next_gen";
+static const char info_bytes[] = "bytes";
+
+int cache_errno(int mdb_rc)
+{
+	switch (mdb_rc) {
+	case 0:
+		return 0;
+	case MDB_NOTFOUND:
+		return -ENOENT;
+	case MDB_MAP_FULL:
+	case ENOSPC:
+		return -ENOSPC;
+	case EACCES:
+		return -EACCES;
+	case ENOMEM:
+		return -ENOMEM;
+	default:
+		return -EIO;
+	}
+}
+
+/* Log an LMDB (or errno) failure of op and map it. A full map is logged
+ * by the caller only if eviction and the retry do not help. */
+static int op_fail(const struct op *op, int rc)
+{
+	if (rc != MDB_MAP_FULL)
+		log_err("cache: %s of '%s' failed: %s", op->what, op->table,
+			mdb_strerror(rc));
+	return cache_errno(rc);
+}
+
+static int op_fail_msg(const struct op *op, int err, const char *why)
+{
+	log_err("cache: %s of '%s' failed: %s", op->what, op->table, why);
+	return err;
+}
+
+static int op_init(struct op *op, struct cache *c, const char *what,
+		   const char *table)
+{
+	op->c = c;
+	op->what = what;
+	op->table = table ? table : "(null)";
+	op->tlen = table ? strlen(table) : 0;
+	op->evicted = 0;
+	if (!c || op->tlen == 0)
+		return op_fail_msg(op, -EINVAL, "no table name");
+	if (op->tlen > CACHE_TABLE_MAX)
+		return op_fail_msg(op, -ENAMETOOLONG, "table name too long");
+	return 0;
+}
+
+static int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+/* ---- keys ------------------------------------------------------------- */
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--) {
+		p[i] = (uint8_t)v;
+		v >>= 8;
+	}
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* u16 big-endian length then the table bytes: no table's prefix is a
+ * prefix of another table's. Returns the length written. */
+static size_t key_prefix(uint8_t *buf, const struct op *op)
+{
+	buf[0] = (uint8_t)(op->tlen >> 8);
+	buf[1] = (uint8_t)op->tlen;
+	memcpy(buf + 2, op->table, op->tlen);
+	return 2 + op->tlen;
+}
+
+static size_t key_page(uint8_t *buf, const struct op *op, uint64_t gen,
+		       uint64_t end)
+{
+	size_t n = key_prefix(buf, op);
+
+	put_be64(buf + n, gen);
+	put_be64(buf + n + 8, end);
+	return n + 16;
+}
+
+static bool has_prefix(const MDB_val *key, const uint8_t *prefix, size_t n)
+{
+	return key->mv_size >= n && memcmp(key->mv_data, prefix, n) == 0;
+}
+
+static MDB_val val(const void *data, size_t size)
+{
+	MDB_val v = { .mv_size = size, .mv_data = (void *)data };
+
+	return v;
+}
+
+/* ---- transactions ----------------------------------------------------- */
+
+static void rwlock_rd(pthread_rwlock_t *l)
+{
+	int rc = pthread_rwlock_rdlock(l);
+
+	(void)rc;	/* cannot fail: no recursion, bounded readers */
+}
+
+static int txn_begin(struct cache *c, unsigned flags, MDB_txn **txn)
+{
+	int rc;
+
+	rwlock_rd(&c->resize);
+	rc = mdb_txn_begin(c->env, NULL, flags, txn);
+	if (rc != MDB_MAP_RESIZED)
+		goto out;
+	/* Another process grew the map past ours: adopt its size. */
+	pthread_rwlock_unlock(&c->resize);
+	pthread_rwlock_wrlock(&c->resize);
+	rc = mdb_env_set_mapsize(c->env, 0);
+	pthread_rwlock_unlock(&c->resize);
+	if (rc)
+		return rc;
+	rwlock_rd(&c->resize);
+	rc = mdb_txn_begin(c->env, NULL, flags, txn);
+out:
+	if (rc) {
+		*txn = NULL;
+		pthread_rwlock_unlock(&c->resize);
+	}
+	return rc;
+}
+
+static int txn_commit(struct cache *c, MDB_txn *txn)
+{
+	int rc = mdb_txn_commit(txn);
+
+	pthread_rwlock_unlock(&c->resize);
+	return rc;
+}
+
+static void txn_abort(struct cache *c, MDB_txn *txn)
+{
+	if (!txn)
+		return;
+	mdb_txn_abort(txn);
+	pthread_rwlock_unlock(&c->resize);
+}
+
+/* ---- records ---------------------------------------------------------- */
+
+static int info_get(MDB_txn *txn, struct cache *c, const void *key,
+		    size_t klen, uint64_t *out)
+{
+	MDB_val k = val(key, klen), v;
+	int rc;
+
+	*out = 0;
+	rc = mdb_get(txn, c->info, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return rc;
+	if (v.mv_size != sizeof(*out))
+		return MDB_CORRUPTED;
+	memcpy(out, v.mv_data, sizeof(*out));
+	return 0;
+}
+
+static int info_put(MDB_txn *txn, struct cache *c, const void *key,
+		    size_t klen, uint64_t value)
+{
+	MDB_val k = val(key, klen), v = val(&value, sizeof(value));
+
+	return mdb_put(txn, c->info, &k, &v, 0);
+}
+
+static int meta_decode(const MDB_val *v, struct cache_meta *m)
+{
+	struct meta_hdr h;
+	const char *p;
+
+	if (v->mv_size < sizeof(h))
+		return MDB_CORRUPTED;
+	memcpy(&h, v->mv_data, sizeof(h));
+	if (h.magic != META_MAGIC || h.version_len >= CACHE_VERSION_MAX ||
+	    h.cursor_len >= CACHE_CURSOR_MAX ||
+	    v->mv_size != sizeof(h) + h.version_len + h.cursor_len)
+		return MDB_CORRUPTED;
+	memset(m, 0, sizeof(*m));
+	m->gen = h.gen;
+	m->bytes = h.bytes;
+	m->rows = h.rows;
+	m->pages = h.pages;
+	m->validated_at = h.validated_at;
+	m->used_at = h.used_at;
+	m->complete = h.flags & META_COMPLETE;
+	p = (const char *)v->mv_data + sizeof(h);
+	memcpy(m->version, p, h.version_len);
+	memcpy(m->cursor, p + h.version_len, h.cursor_len);
+	return 0;
+}
+
+static int meta_load(MDB_txn *txn, const struct op *op, struct cache_meta *m)
+{
+	MDB_val k = val(op->table, op->tlen), v;
+	int rc = mdb_get(txn, op->c->meta, &k, &v);
+
+	if (rc)
+		return rc;
+	return meta_decode(&v, m);
+}
+
+static int meta_store(MDB_txn *txn, const struct op *op,
+		      const struct cache_meta *m)
+{
+	uint8_t buf[META_BUF];
+	struct meta_hdr h;
+	size_t vl = strnlen(m->version, CACHE_VERSION_MAX - 1);
+	size_t cl = strnlen(m->cursor, CACHE_CURSOR_MAX - 1);
+	MDB_val k = val(op->table, op->tlen), v;
+
+	memset(&h, 0, sizeof(h));
+	h.gen = m->gen;
+	h.bytes = m->bytes;
+	h.rows = m->rows;
+	h.pages = m->pages;
+	h.validated_at = m->validated_at;
+	h.used_at = m->used_at;
+	h.magic = META_MAGIC;
+	h.flags = m->complete ? META_COMPLETE : 0;
+	h.version_len = (uint16_t)vl;
+	h.cursor_len = (uint16_t)cl;
+	memcpy(buf, &h, sizeof(h));
+	memcpy(buf + sizeof(h), m->version, vl);
+	memcpy(buf + sizeof(h) + vl, m->cursor, cl);
+	v = val(buf, sizeof(h) + vl + cl);
+	return mdb_put(txn, op->c->meta, &k, &v, 0);
+}
+
+/* Delete every key of dbi starting with prefix, at most max of them (0: no
+ * limit). *deleted counts them. */
+static int delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix,
+			 size_t n, size_t max, size_t *deleted)
+{
+	MDB_cursor *cur = NULL;
+	MDB_val k = val(prefix, n), v;
+	int rc;
+
+	*deleted = 0;
+	rc = mdb_cursor_open(txn, dbi, &cur);
+	if (rc)
+		return rc;
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	while (rc == 0 && has_prefix(&k, prefix, n) &&
+	       (max == 0 || *deleted < max)) {
+		rc = mdb_cursor_del(cur, 0);
+		if (rc)
+			break;
+		(*deleted)++;
+		/* After a delete the cursor already sits on the next key;
+		 * LMDB's MDB_NEXT knows not to skip it. */
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Drop the pages of a table and subtract them from the global count. */
+static int drop_pages(MDB_txn *txn, const struct op *op, uint64_t bytes)
+{
+	uint8_t prefix[PREFIX_MAX];
+	size_t n = key_prefix(prefix, op), deleted;
+	uint64_t total;
+	int rc;
+
+	rc = delete_prefix(txn, op->c->pages, prefix, n, 0, &deleted);
+	if (rc)
+		return rc;
+	rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1, &total);
+	if (rc)
+		return rc;
+	total = total > bytes ? total - bytes : 0;
+	return info_put(txn, op->c, info_bytes, sizeof(info_bytes) - 1, total);
+}
+
+/* Drop meta and pages of op's table. Returns 0 also when none was cached. */
+static int drop_table(MDB_txn *txn, const struct op *op)
+{
+	struct cache_meta m;
+	MDB_val k = val(op->table, op->tlen);
+	int rc;
+
+	rc = meta_load(txn, op, &m);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc == MDB_CORRUPTED)
+		m.bytes = 0;	/* still drop it: that is the repair */
+	else if (rc)
+		return rc;
+	rc = drop_pages(txn, op, m.bytes);
+	if (rc)
+		return rc;
+	return mdb_del(txn, op->c->meta, &k, NULL);
+}
+
+/* Find the least recently used table with pages, other than op's. */
+static int find_victim(MDB_txn *txn, const struct op *op, char *name,
+		       size_t *len)
+{
+	MDB_cursor *cur = NULL;
+	MDB_val k, v;
+	struct cache_meta m;
+	int64_t best = 0, at;
+	int rc;
+
+	*len = 0;
+	rc = mdb_cursor_open(txn, op->c->meta, &cur);
+	if (rc)
+		return rc;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (k.mv_size == 0 || k.mv_size > CACHE_TABLE_MAX)
+			continue;
+		if (k.mv_size == op->tlen &&
+		    memcmp(k.mv_data, op->table, op->tlen) == 0)
+			continue;
+		if (meta_decode(&v, &m) != 0)
+			at = INT64_MIN;	/* a corrupt record goes first */
+		else if (m.bytes == 0)
+			continue;	/* evicting it frees nothing */
+		else
+			at = m.used_at;
+		if (*len > 0 && at >= best)
+			continue;
+		best = at;
+		memcpy(name, k.mv_data, k.mv_size);
+		*len = k.mv_size;
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Evict whole tables, least recently used first, never op's table, until
+ * the page bytes plus need fit in limit or nothing else can go. */
+static int evict_lru(MDB_txn *txn, struct op *op, uint64_t limit,
+		     uint64_t need)
+{
+	char name[CACHE_TABLE_MAX + 1];
+	uint64_t bytes;
+	size_t len;
+	int rc;
+
+	for (;;) {
+		struct op victim;
+
+		rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1,
+			      &bytes);
+		if (rc)
+			return rc;
+		if (bytes <= limit && need <= limit - bytes)
+			return 0;
+		rc = find_victim(txn, op, name, &len);
+		if (rc || len == 0)
+			return rc;
+		name[len] = '\0';
+		victim = *op;
+		victim.table = name;
+		victim.tlen = len;
+		rc = drop_table(txn, &victim);
+		if (rc)
+			return rc;
+		op->evicted++;
+		log_info("cache: evicted '%s' to make room for '%s'", name,
+			 op->table);
+	}
+}
+
+/* ---- the write runner ------------------------------------------------- */
+
+typedef int (*write_fn)(MDB_txn *txn, struct op *op, void *arg);
+
+/* A full map: evict about half the page bytes (least recently used first,
+ * never op's table) in a transaction of its own, so the space is free for
+ * the retry. Returns 0 when something was evicted. */
+static int make_room(struct op *op)
+{
+	struct cache *c = op->c;
+	MDB_txn *txn = NULL;
+	uint64_t bytes;
+	int rc;
+
+	op->evicted = 0;
+	rc = txn_begin(c, 0, &txn);
+	if (rc)
+		return rc;
+	rc = info_get(txn, c, info_bytes, sizeof(info_bytes) - 1, &bytes);
+	if (rc == 0)
+		rc = evict_lru(txn, op, bytes / 2, 0);
+	if (rc || op->evicted == 0) {
+		txn_abort(c, txn);
+		return rc ? rc : MDB_MAP_FULL;
+	}
+	rc = txn_commit(c, txn);
+	if (rc == 0)
+		__atomic_add_fetch(&c->evictions, op->evicted, __ATOMIC_RELAXED);
+	return rc;
+}
+
+/*
+ * Run fn in one write transaction and commit it. fn returns 0 or a
+ * negative errno (LMDB failures already logged through op_fail). A full
+ * map (-ENOSPC) evicts and retries once.
+ */
+static int run_write(struct op *op, write_fn fn, void *arg)
+{
+	struct cache *c = op->c;
+	int rc;
+
+	for (int attempt = 0;; attempt++) {
+		MDB_txn *txn = NULL;
+
+		op->evicted = 0;
+		rc = txn_begin(c, 0, &txn);
+		if (rc)
+			return op_fail(op, rc);
+		rc = fn(txn, op, arg);
+		if (rc) {
+			txn_abort(c, txn);
+		} else {
+			rc = txn_commit(c, txn);
+			if (rc)
+				rc = op_fail(op, rc);
+			else if (op->evicted)
+				__atomic_add_fetch(&c->evictions, op->evicted,
+						   __ATOMIC_RELAXED);
+		}
+		if (rc != -ENOSPC)
+			return rc;
+		if (attempt > 0)
+			break;
+		rc = make_room(op);
+		if (rc) {
+			if (rc != MDB_MAP_FULL)
+				op_fail(op, rc);
+			break;
+		}
+	}
+	return op_fail_msg(op, -ENOSPC, "the cache map is full");
+}
+
+/* ---- open / close ----------------------------------------------------- */
+
+static int errno_open(int err)
+{
+	return err == EACCES || err == EPERM ? -EACCES :
+	       err == ENOMEM ? -ENOMEM : -EIO;
+}
+
+/* mkdir -p with mode 0700, then make sure dir is ours and private. */
+static int prepare_dir(const char *dir)
+{
+	char *path = strdup(dir);
+	struct stat st;
+	int rc = 0;
+
+	if (!path)
+		return -ENOMEM;
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(path, 0700) && errno != EEXIST) {
+			rc = errno;
+			log_err("cache: create directory '%s' failed: %s",
+				path, strerror(rc));
+			goto out;
+		}
+		*p = '/';
+	}
+	if (mkdir(path, 0700) && errno != EEXIST) {
+		rc = errno;
+		log_err("cache: create directory '%s' failed: %s", path,
+			strerror(rc));
+		goto out;
+	}
+	if (stat(path, &st)) {
+		rc = errno;
+		log_err("cache: open directory '%s' failed: %s", path,
+			strerror(rc));
+		goto out;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		rc = ENOTDIR;
+		log_err("cache: open directory '%s' failed: not a directory",
+			path);
+		goto out;
+	}
+	if (st.st_uid != geteuid()) {
+		rc = EACCES;
+		log_err("cache: open directory '%s' failed: owned by uid %u",
+			path, (unsigned)st.st_uid);
+		goto out;
+	}
+	if ((st.st_mode & 0777) != 0700) {
+		log_warn("cache: directory '%s' had mode %03o, setting 0700",
+			 path, (unsigned)(st.st_mode & 0777));
+		if (chmod(path, 0700)) {
+			rc = errno;
+			log_err("cache: chmod '%s' failed: %s", path,
+				strerror(rc));
+			goto out;
+		}
+	}
+out:
+	free(path);
+	return rc ? errno_open(rc) : 0;
+}
+
+static size_t map_size(uint64_t max_bytes)
+{
+	uint64_t size;
+
+	if (SIZE_MAX <= UINT32_MAX)	/* 32-bit address space */
+		return (size_t)GIB;
+	if (max_bytes == 0)
+		return (size_t)(64 * GIB);
+	size = max_bytes > UINT64_C(1) << 60 ? UINT64_C(1) << 62 :
+					       4 * max_bytes;
+	if (size < 4 * GIB)
+		size = 4 * GIB;
+	/* round to 1 MiB, a multiple of any page size */
+	size = (size + (UINT64_C(1) << 20) - 1) & ~((UINT64_C(1) << 20) - 1);
+	return (size_t)size;
+}
+
+static int env_open(struct cache *c, const char *dir, size_t mapsize)
+{
+	int rc;
+
+	rc = mdb_env_create(&c->env);
+	if (rc)
+		return rc;
+	rc = mdb_env_set_maxdbs(c->env, CACHE_MAX_DBS);
+	if (rc == 0)
+		rc = mdb_env_set_maxreaders(c->env, CACHE_MAX_READERS);
+	if (rc == 0)
+		rc = mdb_env_set_mapsize(c->env, mapsize);
+	if (rc == 0)
+		rc = mdb_env_open(c->env, dir, MDB_NOSYNC | MDB_NOTLS, 0600);
+	if (rc) {
+		mdb_env_close(c->env);
+		c->env = NULL;
+	}
+	return rc;
+}
+
+/* The files of an env LMDB cannot read: a cache can start afresh. */
+static void wipe_env(const char *dir)
+{
+	static const char *const files[] = { "data.mdb", "lock.mdb" };
+	char path[4096];
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		int n = snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+
+		if (n > 0 && (size_t)n < sizeof(path) && unlink(path) &&
+		    errno != ENOENT)
+			log_warn("cache: remove '%s' failed: %s", path,
+				 strerror(errno));
+	}
+}
+
+static int open_dbis(struct cache *c)
+{
+	static const char *const names[] = { "info", "meta", "pages",
+					     "schema", "spool" };
+	MDB_dbi *dbis[] = { &c->info, &c->meta, &c->pages, &c->schema,
+			    &c->spool };
+	MDB_txn *txn = NULL;
+	uint64_t format;
+	int rc;
+
+	rc = txn_begin(c, 0, &txn);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < sizeof(dbis) / sizeof(dbis[0]); i++) {
+		rc = mdb_dbi_open(txn, names[i], MDB_CREATE, dbis[i]);
+		if (rc)
+			goto out;
+	}
+	rc = info_get(txn, c, info_format, sizeof(info_format) - 1, &format);
+	if (rc)
+		goto out;
+	if (format != CACHE_FORMAT) {
+		if (format != 0) {
+			log_warn("cache: format %llu is not %u, emptying it",
+				 (unsigned long long)format, CACHE_FORMAT);
+			for (size_t i = 0; i < sizeof(dbis) / sizeof(dbis[0]);
+			     i++) {
+				rc = mdb_drop(txn, *dbis[i], 0);
+				if (rc)
+					goto out;
+			}
+		}
+		rc = info_put(txn, c, info_format, sizeof(info_format) - 1,
+			      CACHE_FORMAT);
+		if (rc)
+			goto out;
+	}
+	rc = txn_commit(c, txn);
+	txn = NULL;
+out:
+	txn_abort(c, txn);
+	return rc;
+}
+
+int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
+{
+	pthread_rwlockattr_t attr;
+	struct cache *c = NULL;
+	bool lock_init = false, mutex_init = false;
+	int dead = 0, rc;
+
+	if (!out || !dir || !*dir)
+		return -EINVAL;
+	*out = NULL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->max_bytes = max_bytes;
+	pthread_rwlockattr_init(&attr);
+	/* a waiting resize must not starve behind a stream of readers */
+	pthread_rwlockattr_setkind_np(&attr,
+		PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	rc = pthread_rwlock_init(&c->resize, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	if (rc) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	lock_init = true;
+	if (pthread_mutex_init(&c->touch_lock, NULL)) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	mutex_init = true;
+
+	rc = prepare_dir(dir);
+	if (rc)
+		goto out;
+	rc = env_open(c, dir, map_size(max_bytes));
+	if (rc == MDB_INVALID || rc == MDB_CORRUPTED ||
+	    rc == MDB_VERSION_MISMATCH) {
+		log_warn("cache: '%s' is unreadable (%s), starting afresh", dir,
+			 mdb_strerror(rc));
+		wipe_env(dir);
+		rc = env_open(c, dir, map_size(max_bytes));
+	}
+	if (rc) {
+		log_err("cache: open '%s' failed: %s", dir, mdb_strerror(rc));
+		rc = rc == EACCES || rc == EPERM ? -EACCES : cache_errno(rc);
+		goto out;
+	}
+	/* Free the reader slots of processes that died (kill -9). */
+	rc = mdb_reader_check(c->env, &dead);
+	if (rc) {
+		log_err("cache: reader check of '%s' failed: %s", dir,
+			mdb_strerror(rc));
+		rc = cache_errno(rc);
+		goto out;
+	}
+	if (dead)
+		log_info("cache: cleared %d stale readers in '%s'", dead, dir);
+	c->max_key = (size_t)mdb_env_get_maxkeysize(c->env);
+	rc = open_dbis(c);
+	if (rc) {
+		log_err("cache: open databases of '%s' failed: %s", dir,
+			mdb_strerror(rc));
+		rc = cache_errno(rc);
+		goto out;
+	}
+	*out = c;
+	return 0;
+out:
+	if (c->env)
+		mdb_env_close(c->env);
+	if (mutex_init)
+		pthread_mutex_destroy(&c->touch_lock);
+	if (lock_init)
+		pthread_rwlock_destroy(&c->resize);
+	free(c);
+	return rc;
+}
+
+void cache_close(struct cache *cache)
+{
+	int rc;
+
+	if (!cache)
+		return;
+	/* MDB_NOSYNC: flush once here so a clean stop is durable. */
+	rc = mdb_env_sync(cache->env, 1);
+	if (rc)
+		log_warn("cache: sync failed: %s", mdb_strerror(rc));
+	mdb_env_close(cache->env);
+	pthread_mutex_destroy(&cache->touch_lock);
+	pthread_rwlock_destroy(&cache->resize);
+	free(cache);
+}
+
+/* ---- meta ------------------------------------------------------------- */
+
+int cache_get_meta(struct cache *cache, const char *table,
+		   struct cache_meta *out)
+{
+	struct op op;
+	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = op_init(&op, cache, "get meta", table);
+	if (rc)
+		return rc;
+	if (!out)
+		return op_fail_msg(&op, -EINVAL, "no output");
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	rc = meta_load(txn, &op, out);
+	txn_abort(cache, txn);
+	if (rc == MDB_NOTFOUND)
+		return -ENOENT;
+	return rc ? op_fail(&op, rc) : 0;
+}
+
+struct begin_arg {
+	const char *version;
+	size_t vlen;
+	struct cache_meta *out;
+};
+
+static int begin_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct begin_arg *a = arg;
+	struct cache_meta *m = a->out;
+	uint64_t gen;
+	int rc;
+
+	rc = meta_load(txn, op, m);
+	if (rc == 0 && strcmp(m->version, a->version) == 0)
+		return 0;	/* another process started it first */
+	if (rc == 0)
+		rc = drop_pages(txn, op, m->bytes);
+	else if (rc == MDB_NOTFOUND || rc == MDB_CORRUPTED)
+		rc = drop_pages(txn, op, 0);
+	if (rc)
+		return op_fail(op, rc);
+	rc = info_get(txn, op->c, info_next_gen, sizeof(info_next_gen) - 1,
+		      &gen);
+	if (rc)
+		return op_fail(op, rc);
+	if (gen == 0)
+		gen = 1;
+	rc = info_put(txn, op->c, info_next_gen, sizeof(info_next_gen) - 1,
+		      gen + 1);
+	if (rc)
+		return op_fail(op, rc);
+	memset(m, 0, sizeof(*m));
+	m->gen = gen;
+	memcpy(m->version, a->version, a->vlen);
+	m->validated_at = now_s();
+	m->used_at = m->validated_at;
+	rc = meta_store(txn, op, m);
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_begin_version(struct cache *cache, const char *table,
+			const char *version, struct cache_meta *out)
+{
+	struct cache_meta m;
+	struct begin_arg a = { .version = version ? version : "", .out = &m };
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "begin version", table);
+	if (rc)
+		return rc;
+	a.vlen = strlen(a.version);
+	if (a.vlen >= CACHE_VERSION_MAX)
+		return op_fail_msg(&op, -ENAMETOOLONG, "version too long");
+	rc = run_write(&op, begin_fn, &a);
+	if (rc == 0 && out)
+		*out = m;
+	return rc;
+}
+
+struct append_arg {
+	uint64_t gen;
+	uint64_t offset;
+	const void *data;
+	size_t len;
+	size_t nrows;
+	const char *next_cursor;
+	size_t clen;
+	struct cache_meta *out;
+};
+
+static int append_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct append_arg *a = arg;
+	struct cache_meta *m = a->out;
+	uint8_t key[PAGE_KEY_MAX];
+	uint64_t total;
+	MDB_val k, v;
+	int rc;
+
+	rc = meta_load(txn, op, m);
+	if (rc == MDB_NOTFOUND)
+		return -ESTALE;
+	if (rc)
+		return op_fail(op, rc);
+	if (m->gen != a->gen)
+		return -ESTALE;
+	if (a->offset > m->bytes)
+		return -EINVAL;
+	if (a->offset < m->bytes || m->complete)
+		return -EEXIST;
+	if (op->c->max_bytes) {
+		rc = evict_lru(txn, op, op->c->max_bytes, a->len);
+		if (rc)
+			return op_fail(op, rc);
+	}
+	if (a->len > 0) {
+		/* An empty page (an empty table) adds no record: its end
+		 * offset would be the previous page's. */
+		k = val(key, key_page(key, op, a->gen, a->offset + a->len));
+		v = val(a->data, a->len);
+		rc = mdb_put(txn, op->c->pages, &k, &v, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST)
+			return op_fail_msg(op, -EIO, "page record exists "
+					   "beyond the frontier");
+		if (rc)
+			return op_fail(op, rc);
+		rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1,
+			      &total);
+		if (rc == 0)
+			rc = info_put(txn, op->c, info_bytes,
+				      sizeof(info_bytes) - 1, total + a->len);
+		if (rc)
+			return op_fail(op, rc);
+	}
+	m->bytes += a->len;
+	m->rows += a->nrows;
+	m->pages++;
+	m->complete = a->next_cursor == NULL;
+	memset(m->cursor, 0, sizeof(m->cursor));
+	if (a->next_cursor)
+		memcpy(m->cursor, a->next_cursor, a->clen);
+	m->used_at = now_s();
+	rc = meta_store(txn, op, m);
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_append_page(struct cache *cache, const char *table, uint64_t gen,
+		      uint64_t offset, const void *data, size_t len,
+		      size_t nrows, const char *next_cursor,
+		      struct cache_meta *out)
+{
+	struct cache_meta m;
+	struct append_arg a = {
+		.gen = gen, .offset = offset, .data = data, .len = len,
+		.nrows = nrows, .next_cursor = next_cursor, .out = &m,
+	};
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "append page", table);
+	if (rc)
+		return rc;
+	if (len > 0 && !data)
+		return op_fail_msg(&op, -EINVAL, "no data");
+	if (offset > UINT64_MAX - len)
+		return op_fail_msg(&op, -EINVAL, "offset overflows");
+	if (next_cursor) {
+		a.clen = strlen(next_cursor);
+		if (a.clen >= CACHE_CURSOR_MAX)
+			return op_fail_msg(&op, -ENAMETOOLONG,
+					   "cursor too long");
+	}
+	rc = run_write(&op, append_fn, &a);
+	if (rc == 0 && out)
+		*out = m;
+	return rc;
+}
+
+/* ---- reads ------------------------------------------------------------ */
+
+/* Whether this process should record a read of table at now: at most once
+ * a second per table, so reads rarely take a write transaction. */
+static bool touch_due(struct cache *c, const struct op *op, int64_t now)
+{
+	uint32_t h = 2166136261u;
+	struct touch_slot *s;
+	bool due;
+
+	for (size_t i = 0; i < op->tlen; i++)
+		h = (h ^ (uint8_t)op->table[i]) * 16777619u;
+	s = &c->touch[h % TOUCH_SLOTS];
+	pthread_mutex_lock(&c->touch_lock);
+	due = s->len != op->tlen || memcmp(s->table, op->table, op->tlen) ||
+	      s->at < now;
+	if (due) {
+		s->at = now;
+		s->len = op->tlen;
+		memcpy(s->table, op->table, op->tlen);
+	}
+	pthread_mutex_unlock(&c->touch_lock);
+	return due;
+}
+
+struct touch_arg {
+	uint64_t gen;
+	int64_t now;
+};
+
+static int touch_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct touch_arg *a = arg;
+	struct cache_meta m;
+	int rc;
+
+	rc = meta_load(txn, op, &m);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return op_fail(op, rc);
+	if (m.gen != a->gen || m.used_at >= a->now)
+		return 0;
+	m.used_at = a->now;
+	rc = meta_store(txn, op, &m);
+	return rc ? op_fail(op, rc) : 0;
+}
+
+/* Copy [offset, offset + want) of gen's pages into buf. */
+static int read_pages(MDB_txn *txn, const struct op *op, uint64_t gen,
+		      uint64_t offset, uint8_t *buf, size_t want,
+		      size_t *copied)
+{
+	uint8_t key[PAGE_KEY_MAX];
+	size_t plen = key_page(key, op, gen, offset + 1) - 8;
+	MDB_cursor *cur = NULL;
+	MDB_val k = val(key, plen + 8), v;
+	uint64_t pos = offset;
+	int rc;
+
+	*copied = 0;
+	rc = mdb_cursor_open(txn, op->c->pages, &cur);
+	if (rc)
+		return rc;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	     rc == 0 && *copied < want;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		uint64_t end, start;
+		size_t n;
+
+		if (k.mv_size != plen + 8 || !has_prefix(&k, key, plen))
+			break;
+		end = get_be64((const uint8_t *)k.mv_data + plen);
+		if (v.mv_size > end)
+			break;
+		start = end - v.mv_size;
+		if (start > pos || end <= pos)
+			break;
+		n = end - pos < want - *copied ? (size_t)(end - pos) :
+						 want - *copied;
+		memcpy(buf + *copied, (const uint8_t *)v.mv_data + (pos - start),
+		       n);
+		*copied += n;
+		pos += n;
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int cache_read(struct cache *cache, const char *table, uint64_t gen,
+	       uint64_t offset, void *buf, size_t size, size_t *nread)
+{
+	struct cache_meta m = { 0 };
+	struct op op;
+	MDB_txn *txn = NULL;
+	size_t want = 0, copied = 0;
+	int64_t now;
+	int rc;
+
+	if (nread)
+		*nread = 0;
+	rc = op_init(&op, cache, "read", table);
+	if (rc)
+		return rc;
+	if (!nread || (size > 0 && !buf))
+		return op_fail_msg(&op, -EINVAL, "no buffer");
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	rc = meta_load(txn, &op, &m);
+	if (rc == MDB_NOTFOUND || (rc == 0 && m.gen != gen)) {
+		rc = -ESTALE;
+		goto out;
+	}
+	if (rc) {
+		rc = op_fail(&op, rc);
+		goto out;
+	}
+	if (offset < m.bytes)
+		want = m.bytes - offset < size ? (size_t)(m.bytes - offset) :
+						 size;
+	if (want > 0) {
+		rc = read_pages(txn, &op, gen, offset, buf, want, &copied);
+		if (rc) {
+			rc = op_fail(&op, rc);
+			goto out;
+		}
+		if (copied < want) {
+			rc = op_fail_msg(&op, -EIO, "a page is missing");
+			goto out;
+		}
+	}
+	*nread = copied;
+out:
+	txn_abort(cache, txn);
+	if (rc)
+		return rc;
+	now = now_s();
+	if (m.used_at < now && touch_due(cache, &op, now)) {
+		struct touch_arg a = { .gen = gen, .now = now };
+		struct op top = op;
+
+		top.what = "record use";
+		/* the read succeeded; a failed LRU update is only logged */
+		if (run_write(&top, touch_fn, &a))
+			log_warn("cache: use of '%s' not recorded", table);
+	}
+	return 0;
+}
+
+struct validated_arg {
+	uint64_t gen;
+	int64_t when;
+};
+
+static int validated_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct validated_arg *a = arg;
+	struct cache_meta m;
+	int rc;
+
+	rc = meta_load(txn, op, &m);
+	if (rc == MDB_NOTFOUND)
+		return -ESTALE;
+	if (rc)
+		return op_fail(op, rc);
+	if (m.gen != a->gen)
+		return -ESTALE;
+	m.validated_at = a->when;
+	rc = meta_store(txn, op, &m);
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_set_validated(struct cache *cache, const char *table, uint64_t gen,
+			int64_t when)
+{
+	struct validated_arg a = { .gen = gen, .when = when };
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "set validated", table);
+	if (rc)
+		return rc;
+	return run_write(&op, validated_fn, &a);
+}
+
+static int invalidate_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	int rc = drop_table(txn, op);
+
+	(void)arg;
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_invalidate(struct cache *cache, const char *table)
+{
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "invalidate", table);
+	if (rc)
+		return rc;
+	return run_write(&op, invalidate_fn, NULL);
+}
+
+/* ---- schema ----------------------------------------------------------- */
+
+struct schema_arg {
+	const char *version;
+	size_t vlen;
+	const char *json;
+	size_t len;
+};
+
+static int schema_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct schema_arg *a = arg;
+	MDB_val k = val(op->table, op->tlen), v;
+	uint8_t *p;
+	int rc;
+
+	v.mv_size = 2 + a->vlen + a->len;
+	v.mv_data = NULL;
+	rc = mdb_put(txn, op->c->schema, &k, &v, MDB_RESERVE);
+	if (rc)
+		return op_fail(op, rc);
+	p = v.mv_data;
+	p[0] = (uint8_t)(a->vlen >> 8);
+	p[1] = (uint8_t)a->vlen;
+	memcpy(p + 2, a->version, a->vlen);
+	if (a->len)
+		memcpy(p + 2 + a->vlen, a->json, a->len);
+	return 0;
+}
+
+int cache_put_schema(struct cache *cache, const char *table,
+		     const char *version, const char *json, size_t len)
+{
+	struct schema_arg a = { .version = version ? version : "",
+				.json = json, .len = len };
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "put schema", table);
+	if (rc)
+		return rc;
+	if (len > 0 && !json)
+		return op_fail_msg(&op, -EINVAL, "no schema");
+	a.vlen = strlen(a.version);
+	if (a.vlen >= CACHE_VERSION_MAX)
+		return op_fail_msg(&op, -ENAMETOOLONG, "version too long");
+	return run_write(&op, schema_fn, &a);
+}
+
+int cache_get_schema(struct cache *cache, const char *table, char **version,
+		     char **json, size_t *len)
+{
+	struct op op;
+	MDB_txn *txn = NULL;
+	MDB_val k, v;
+	char *ver = NULL, *js = NULL;
+	const uint8_t *p;
+	size_t vlen, jlen = 0;
+	int rc;
+
+	rc = op_init(&op, cache, "get schema", table);
+	if (rc)
+		return rc;
+	if (!version || !json || !len)
+		return op_fail_msg(&op, -EINVAL, "no output");
+	*version = NULL;
+	*json = NULL;
+	*len = 0;
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	k = val(op.table, op.tlen);
+	rc = mdb_get(txn, cache->schema, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (rc == 0 && v.mv_size < 2)
+		rc = MDB_CORRUPTED;
+	if (rc == 0) {
+		p = v.mv_data;
+		vlen = (size_t)p[0] << 8 | p[1];
+		if (vlen > v.mv_size - 2)
+			rc = MDB_CORRUPTED;
+	}
+	if (rc) {
+		rc = op_fail(&op, rc);
+		goto out;
+	}
+	jlen = v.mv_size - 2 - vlen;
+	ver = malloc(vlen + 1);
+	js = malloc(jlen + 1);
+	if (!ver || !js) {
+		rc = op_fail_msg(&op, -ENOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(ver, p + 2, vlen);
+	ver[vlen] = '\0';
+	memcpy(js, p + 2 + vlen, jlen);
+	js[jlen] = '\0';
+out:
+	txn_abort(cache, txn);
+	if (rc) {
+		free(ver);
+		free(js);
+		return rc;
+	}
+	*version = ver;
+	*json = js;
+	*len = jlen;
+	return 0;
+}
+
+/* ---- import spool ----------------------------------------------------- */
+
+/* The info key of a table's spool count: "s" then the key prefix. */
+static size_t key_spool_count(uint8_t *buf, const struct op *op)
+{
+	buf[0] = 's';
+	return 1 + key_prefix(buf + 1, op);
+}
+
+static int spool_count_add(MDB_txn *txn, const struct op *op, int64_t delta)
+{
+	uint8_t key[1 + PREFIX_MAX];
+	size_t n = key_spool_count(key, op);
+	uint64_t count;
+	MDB_val k;
+	int rc;
+
+	rc = info_get(txn, op->c, key, n, &count);
+	if (rc)
+		return rc;
+	if (delta < 0 && count <= (uint64_t)-delta) {
+		k = val(key, n);
+		rc = mdb_del(txn, op->c->info, &k, NULL);
+		return rc == MDB_NOTFOUND ? 0 : rc;
+	}
+	return info_put(txn, op->c, key, n, count + (uint64_t)delta);
+}
+
+struct spool_clear_arg {
+	size_t deleted;
+};
+
+static int spool_clear_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct spool_clear_arg *a = arg;
+	uint8_t prefix[PREFIX_MAX];
+	size_t n = key_prefix(prefix, op);
+	int rc;
+
+	/* in chunks: a million deletes in one txn would dirty too much */
+	rc = delete_prefix(txn, op->c->spool, prefix, n, SPOOL_CLEAR_CHUNK,
+			   &a->deleted);
+	if (rc == 0)
+		rc = spool_count_add(txn, op, a->deleted < SPOOL_CLEAR_CHUNK ?
+					      INT64_MIN + 1 :
+					      -(int64_t)a->deleted);
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_spool_clear(struct cache *cache, const char *table)
+{
+	struct spool_clear_arg a;
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "clear spool", table);
+	if (rc)
+		return rc;
+	do {
+		a.deleted = 0;
+		rc = run_write(&op, spool_clear_fn, &a);
+	} while (rc == 0 && a.deleted == SPOOL_CLEAR_CHUNK);
+	return rc;
+}
+
+struct spool_put_arg {
+	size_t n;
+	const char *const *keys;
+	const char *const *rows;
+};
+
+static int spool_put_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct spool_put_arg *a = arg;
+	uint8_t key[KEY_BUF];
+	size_t plen = key_prefix(key, op);
+	int64_t added = 0;
+	int rc;
+
+	for (size_t i = 0; i < a->n; i++) {
+		size_t klen = strlen(a->keys[i]);
+		MDB_val k, v = val(a->rows[i], strlen(a->rows[i]));
+
+		if (plen + klen > op->c->max_key || plen + klen > sizeof(key))
+			return op_fail_msg(op, -ENAMETOOLONG,
+					   "primary key too long");
+		memcpy(key + plen, a->keys[i], klen);
+		k = val(key, plen + klen);
+		rc = mdb_put(txn, op->c->spool, &k, &v, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST) {
+			/* the last line with a key wins */
+			k = val(key, plen + klen);
+			v = val(a->rows[i], strlen(a->rows[i]));
+			rc = mdb_put(txn, op->c->spool, &k, &v, 0);
+		} else if (rc == 0) {
+			added++;
+		}
+		if (rc)
+			return op_fail(op, rc);
+	}
+	rc = added ? spool_count_add(txn, op, added) : 0;
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_spool_put(struct cache *cache, const char *table, size_t n,
+		    const char *const *keys, const char *const *rows)
+{
+	struct spool_put_arg a = { .n = n, .keys = keys, .rows = rows };
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "spool rows", table);
+	if (rc)
+		return rc;
+	if (n == 0)
+		return 0;
+	if (!keys || !rows)
+		return op_fail_msg(&op, -EINVAL, "no rows");
+	for (size_t i = 0; i < n; i++)
+		if (!keys[i] || !rows[i])
+			return op_fail_msg(&op, -EINVAL, "a NULL row or key");
+	return run_write(&op, spool_put_fn, &a);
+}
+
+int cache_spool_count(struct cache *cache, const char *table, size_t *out)
+{
+	uint8_t key[1 + PREFIX_MAX];
+	struct op op;
+	MDB_txn *txn = NULL;
+	uint64_t count;
+	int rc;
+
+	rc = op_init(&op, cache, "count spool", table);
+	if (rc)
+		return rc;
+	if (!out)
+		return op_fail_msg(&op, -EINVAL, "no output");
+	*out = 0;
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	rc = info_get(txn, cache, key, key_spool_count(key, &op), &count);
+	txn_abort(cache, txn);
+	if (rc)
+		return op_fail(&op, rc);
+	*out = (size_t)count;
+	return 0;
+}
+
+void cache_spool_batch_release(struct cache_spool_batch *batch)
+{
+	if (!batch)
+		return;
+	for (size_t i = 0; i < batch->n; i++)
+		free(batch->rows[i]);
+	free(batch->rows);
+	free(batch->last_key);
+	memset(batch, 0, sizeof(*batch));
+}
+
+static char *dup_val(const MDB_val *v, size_t skip)
+{
+	char *s = malloc(v->mv_size - skip + 1);
+
+	if (!s)
+		return NULL;
+	memcpy(s, (const char *)v->mv_data + skip, v->mv_size - skip);
+	s[v->mv_size - skip] = '\0';
+	return s;
+}
+
+int cache_spool_next(struct cache *cache, const char *table,
+		     const char *after, size_t max,
+		     struct cache_spool_batch *out)
+{
+	uint8_t key[KEY_BUF];
+	struct cache_spool_batch b = { 0 };
+	struct op op;
+	MDB_txn *txn = NULL;
+	MDB_cursor *cur = NULL;
+	MDB_val k, v, last = { 0 };
+	size_t plen, alen = after ? strlen(after) : 0, cap = 0;
+	int rc;
+
+	rc = op_init(&op, cache, "read spool", table);
+	if (rc)
+		return rc;
+	if (!out || max == 0)
+		return op_fail_msg(&op, -EINVAL, "no output");
+	memset(out, 0, sizeof(*out));
+	plen = key_prefix(key, &op);
+	if (plen + alen > sizeof(key))
+		return op_fail_msg(&op, -ENAMETOOLONG, "primary key too long");
+	if (alen)
+		memcpy(key + plen, after, alen);
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	rc = mdb_cursor_open(txn, cache->spool, &cur);
+	if (rc)
+		goto fail;
+	k = val(key, plen + alen);
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	if (rc == 0 && after && k.mv_size == plen + alen &&
+	    memcmp(k.mv_data, key, plen + alen) == 0)
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	for (; rc == 0 && b.n < max && has_prefix(&k, key, plen);
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (b.n == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			char **rows;
+
+			if (ncap > max)
+				ncap = max;
+			rows = realloc(b.rows, ncap * sizeof(*rows));
+			if (!rows) {
+				rc = ENOMEM;
+				goto fail;
+			}
+			b.rows = rows;
+			cap = ncap;
+		}
+		b.rows[b.n] = dup_val(&v, 0);
+		if (!b.rows[b.n]) {
+			rc = ENOMEM;
+			goto fail;
+		}
+		b.n++;
+		last = k;
+	}
+	if (rc && rc != MDB_NOTFOUND)
+		goto fail;
+	rc = 0;
+	if (b.n) {
+		b.last_key = dup_val(&last, plen);
+		if (!b.last_key) {
+			rc = ENOMEM;
+			goto fail;
+		}
+	}
+	mdb_cursor_close(cur);
+	txn_abort(cache, txn);
+	*out = b;
+	return 0;
+fail:
+	if (cur)
+		mdb_cursor_close(cur);
+	txn_abort(cache, txn);
+	cache_spool_batch_release(&b);
+	return op_fail(&op, rc);
+}
+
+/* ---- housekeeping ----------------------------------------------------- */
+
+int cache_get_stats(struct cache *cache, struct cache_stats *out)
+{
+	struct op op = { .c = cache, .what = "get stats", .table = "*" };
+	MDB_txn *txn = NULL;
+	MDB_stat st;
+	int rc;
+
+	if (!cache || !out)
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	rc = mdb_stat(txn, cache->meta, &st);
+	if (rc == 0)
+		rc = info_get(txn, cache, info_bytes, sizeof(info_bytes) - 1,
+			      &out->bytes);
+	txn_abort(cache, txn);
+	if (rc)
+		return op_fail(&op, rc);
+	out->tables = st.ms_entries;
+	out->evictions = __atomic_load_n(&cache->evictions, __ATOMIC_RELAXED);
+	return 0;
+}
