@@ -1,0 +1,222 @@
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+const char fs_config_help[] =
+	"dtfs options:\n"
+	"    -o api=cursor|flows      API dialect (default cursor)\n"
+	"    -o region=NAME           Genesys Cloud region (us-east-1, eu-west-1, ...)\n"
+	"    -o api_url=URL           API base URL (overrides region)\n"
+	"    -o login_url=URL         login base URL (default: api_url)\n"
+	"    -o credentials=FILE      client_id=/client_secret= file, mode 0600\n"
+	"    -o cache_dir=DIR         cache directory (default $XDG_CACHE_HOME/dtfs)\n"
+	"    -o cache_size=N[KMG]     most page bytes kept in the cache (default 4G)\n"
+	"    -o page_size=N           rows per page fetched (default 1000)\n"
+	"    -o chunk_rows=N          rows per upsert chunk (default 250)\n"
+	"    -o upload_workers=N      upsert chunks in flight (default 4)\n"
+	"    -o revalidate=SECONDS    revalidate a table at most this often (default 5)\n"
+	"    -o list_ttl=SECONDS      keep a table listing this long (default 30)\n"
+	"    -o max_line=BYTES        longest import line accepted (default 1M)\n"
+	"    -o retries=N             attempts per request (default 8)\n"
+	"    -o retry_budget=SECONDS  time per request, retries included (default 120)\n"
+	"    -o ro                    read-only: refuse every write with EROFS\n"
+	"credentials come from -o credentials=FILE or GENESYSCLOUD_OAUTHCLIENT_ID and\n"
+	"GENESYSCLOUD_OAUTHCLIENT_SECRET; the region also from GENESYSCLOUD_REGION.\n";
+
+static int set_str(char **dst, const char *value)
+{
+	char *s = strdup(value);
+
+	if (!s)
+		return -ENOMEM;
+	free(*dst);
+	*dst = s;
+	return 0;
+}
+
+static int parse_uint(const char *key, const char *value, unsigned long min,
+		      unsigned long max, unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(value, &end, 10);
+	if (errno || end == value || *end || value[0] == '-' || v < min ||
+	    v > max) {
+		log_err("option '%s': '%s' is not a whole number in %lu..%lu",
+			key, value, min, max);
+		return -EINVAL;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+static int parse_size(const char *key, const char *value, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	uint64_t mul = 1;
+
+	errno = 0;
+	v = strtoull(value, &end, 10);
+	if (errno || end == value || value[0] == '-')
+		goto bad;
+	switch (*end) {
+	case '\0':
+		break;
+	case 'k': case 'K':
+		mul = 1ULL << 10;
+		end++;
+		break;
+	case 'm': case 'M':
+		mul = 1ULL << 20;
+		end++;
+		break;
+	case 'g': case 'G':
+		mul = 1ULL << 30;
+		end++;
+		break;
+	default:
+		goto bad;
+	}
+	if (*end || v > UINT64_MAX / mul)
+		goto bad;
+	*out = v * mul;
+	return 0;
+bad:
+	log_err("option '%s': '%s' is not a size (N, NK, NM or NG)", key,
+		value);
+	return -EINVAL;
+}
+
+int fs_config_init(struct fs_config *cfg)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME");
+	const char *home = getenv("HOME");
+	char buf[PATH_MAX];
+	int n;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->cache_size = 4ULL << 30;
+	cfg->page_size = 1000;
+	cfg->chunk_rows = 250;
+	cfg->upload_workers = 4;
+	cfg->revalidate = 5;
+	cfg->list_ttl = 30;
+	cfg->max_line = 1U << 20;
+	cfg->retries = 8;
+	cfg->retry_budget = 120;
+	if (xdg && xdg[0] == '/')
+		n = snprintf(buf, sizeof(buf), "%s/dtfs", xdg);
+	else if (home && home[0] == '/')
+		n = snprintf(buf, sizeof(buf), "%s/.cache/dtfs", home);
+	else
+		n = snprintf(buf, sizeof(buf), "/tmp/dtfs-cache-%u",
+			     (unsigned)getuid());
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	if (set_str(&cfg->cache_dir, buf) || set_str(&cfg->api, "cursor")) {
+		fs_config_release(cfg);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void fs_config_release(struct fs_config *cfg)
+{
+	free(cfg->api);
+	free(cfg->region);
+	free(cfg->api_url);
+	free(cfg->login_url);
+	free(cfg->credentials);
+	free(cfg->cache_dir);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+int fs_config_set(struct fs_config *cfg, const char *word)
+{
+	const char *eq = strchr(word, '=');
+	size_t klen = eq ? (size_t)(eq - word) : strlen(word);
+	const char *v = eq ? eq + 1 : NULL;
+	char key[32];
+
+	if (klen >= sizeof(key))
+		return 1;
+	memcpy(key, word, klen);
+	key[klen] = '\0';
+
+	if (!strcmp(key, "ro") && !v) {
+		cfg->ro = true;
+		return 0;
+	}
+	if (!v)
+		return 1;
+
+	if (!strcmp(key, "api")) {
+		if (strcmp(v, "cursor") && strcmp(v, "flows")) {
+			log_err("option 'api': '%s' is not cursor or flows", v);
+			return -EINVAL;
+		}
+		return set_str(&cfg->api, v);
+	}
+	if (!strcmp(key, "region"))
+		return set_str(&cfg->region, v);
+	if (!strcmp(key, "api_url"))
+		return set_str(&cfg->api_url, v);
+	if (!strcmp(key, "login_url"))
+		return set_str(&cfg->login_url, v);
+	if (!strcmp(key, "credentials"))
+		return set_str(&cfg->credentials, v);
+	if (!strcmp(key, "cache_dir"))
+		return set_str(&cfg->cache_dir, v);
+	if (!strcmp(key, "cache_size"))
+		return parse_size(key, v, &cfg->cache_size);
+	if (!strcmp(key, "page_size"))
+		return parse_uint(key, v, 1, 1000, &cfg->page_size);
+	if (!strcmp(key, "chunk_rows"))
+		return parse_uint(key, v, 1, 1000, &cfg->chunk_rows);
+	if (!strcmp(key, "upload_workers"))
+		return parse_uint(key, v, 1, 32, &cfg->upload_workers);
+	if (!strcmp(key, "revalidate"))
+		return parse_uint(key, v, 0, 86400 * 365, &cfg->revalidate);
+	if (!strcmp(key, "list_ttl"))
+		return parse_uint(key, v, 0, 86400 * 365, &cfg->list_ttl);
+	if (!strcmp(key, "max_line"))
+		return parse_uint(key, v, 64, 64U << 20, &cfg->max_line);
+	if (!strcmp(key, "retries"))
+		return parse_uint(key, v, 1, 100, &cfg->retries);
+	if (!strcmp(key, "retry_budget"))
+		return parse_uint(key, v, 1, 86400, &cfg->retry_budget);
+	return 1;
+}
+
+int fs_config_set_list(struct fs_config *cfg, const char *list)
+{
+	char *copy = strdup(list), *word, *next;
+	int rc = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (word = copy; word && !rc; word = next) {
+		next = strchr(word, ',');
+		if (next)
+			*next++ = '\0';
+		if (!*word)
+			continue;
+		rc = fs_config_set(cfg, word);
+		if (rc == 1) {
+			log_err("unknown option '%s'", word);
+			rc = -EINVAL;
+		}
+	}
+	free(copy);
+	return rc;
+}

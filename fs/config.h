@@ -1,0 +1,53 @@
+/*
+ * config: the settings of the engine, shared by the mount (dtfs) and
+ * dtfsctl, and the one parser of their `-o key=value` words, so both faces
+ * accept exactly the same options.
+ */
+#ifndef DTFS_FS_CONFIG_H
+#define DTFS_FS_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct fs_config {
+	char *api;		/* "cursor" (default) or "flows" */
+	char *region;
+	char *api_url;
+	char *login_url;
+	char *credentials;
+	char *cache_dir;	/* default $XDG_CACHE_HOME/dtfs or ~/.cache/dtfs */
+	uint64_t cache_size;	/* bytes of pages kept, 0 = no cap */
+	unsigned page_size;	/* rows per page fetched, 1..1000 */
+	unsigned chunk_rows;	/* rows per upsert chunk, 1..1000 */
+	unsigned upload_workers; /* chunks in flight, 1..32 */
+	unsigned revalidate;	/* seconds between revalidations of a table */
+	unsigned list_ttl;	/* seconds a table listing stays fresh */
+	unsigned max_line;	/* longest import line accepted, bytes */
+	unsigned retries;	/* attempts per request */
+	unsigned retry_budget;	/* seconds per request, retries included */
+	bool ro;
+};
+
+/* Defaults; cache_dir is resolved from the environment. Returns 0 or
+ * -ENOMEM. Release with fs_config_release(). */
+int fs_config_init(struct fs_config *cfg) __attribute__((warn_unused_result));
+void fs_config_release(struct fs_config *cfg);
+
+/*
+ * Apply one option word, "key=value" or a flag such as "ro".
+ * Returns 0 when it was ours and applied, 1 when it is not a dtfs option
+ * (the mount passes it on to FUSE; dtfsctl refuses it), -EINVAL when it is
+ * ours but the value is bad (a message is logged), -ENOMEM.
+ */
+int fs_config_set(struct fs_config *cfg, const char *word)
+	__attribute__((warn_unused_result));
+
+/* Apply a comma-separated list of words (dtfsctl's -o). Unknown words are
+ * refused with -EINVAL. */
+int fs_config_set_list(struct fs_config *cfg, const char *list)
+	__attribute__((warn_unused_result));
+
+/* The help text of the dtfs options, for --help of both faces. */
+extern const char fs_config_help[];
+
+#endif

@@ -1,0 +1,789 @@
+#include "engine.h"
+#include "engine_i.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "names.h"
+
+static int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------- */
+
+static void *prefetch_main(void *arg);
+
+int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
+{
+	struct api_config ac = { 0 };
+	struct fs_engine *eng;
+	int rc;
+
+	*out = NULL;
+	eng = calloc(1, sizeof(*eng));
+	if (!eng)
+		return -ENOMEM;
+	pthread_mutex_init(&eng->lock, NULL);
+	pthread_mutex_init(&eng->list_lock, NULL);
+	pthread_mutex_init(&eng->pf_lock, NULL);
+	pthread_cond_init(&eng->pf_cond, NULL);
+
+	eng->cfg = *cfg;
+	eng->cfg.api = dup_or_null(cfg->api);
+	eng->cfg.region = dup_or_null(cfg->region);
+	eng->cfg.api_url = dup_or_null(cfg->api_url);
+	eng->cfg.login_url = dup_or_null(cfg->login_url);
+	eng->cfg.credentials = dup_or_null(cfg->credentials);
+	eng->cfg.cache_dir = dup_or_null(cfg->cache_dir);
+	if ((cfg->api && !eng->cfg.api) ||
+	    (cfg->cache_dir && !eng->cfg.cache_dir)) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+
+	ac.dialect = cfg->api;
+	ac.region = cfg->region;
+	ac.api_url = cfg->api_url;
+	ac.login_url = cfg->login_url;
+	ac.credentials = cfg->credentials;
+	ac.max_attempts = cfg->retries;
+	ac.retry_budget_s = cfg->retry_budget;
+	rc = api_new(&ac, &eng->api);
+	if (rc)
+		goto fail;
+	rc = fs_import_init(eng);
+	if (rc)
+		goto fail;
+	*out = eng;
+	return 0;
+fail:
+	fs_engine_free(eng);
+	return rc;
+}
+
+int fs_engine_start(struct fs_engine *eng)
+{
+	int rc;
+
+	rc = cache_open(eng->cfg.cache_dir, eng->cfg.cache_size, &eng->cache);
+	if (rc) {
+		log_err("cannot open the cache in '%s': %s",
+			eng->cfg.cache_dir, strerror(-rc));
+		eng->cache = NULL;
+		return rc;
+	}
+	eng->pf_stop = false;
+	rc = -pthread_create(&eng->pf_thread, NULL, prefetch_main, eng);
+	if (rc) {
+		cache_close(eng->cache);
+		eng->cache = NULL;
+		return rc;
+	}
+	eng->pf_started = true;
+	return 0;
+}
+
+void fs_engine_stop(struct fs_engine *eng)
+{
+	if (eng->pf_started) {
+		pthread_mutex_lock(&eng->pf_lock);
+		eng->pf_stop = true;
+		pthread_cond_broadcast(&eng->pf_cond);
+		pthread_mutex_unlock(&eng->pf_lock);
+		pthread_join(eng->pf_thread, NULL);
+		eng->pf_started = false;
+		eng->pf_head = eng->pf_tail = NULL;
+	}
+	if (eng->cache)
+		cache_close(eng->cache);
+	eng->cache = NULL;
+}
+
+static void table_free(struct fs_table *t)
+{
+	fs_import_table_release(t);
+	api_schema_release(&t->schema);
+	pthread_mutex_destroy(&t->lock);
+	free(t->id);
+	free(t->name);
+	free(t);
+}
+
+void fs_engine_free(struct fs_engine *eng)
+{
+	size_t i;
+
+	if (!eng)
+		return;
+	fs_engine_stop(eng);
+	fs_import_release(eng);
+	for (i = 0; i < eng->ntables; i++)
+		table_free(eng->tables[i]);
+	free(eng->tables);
+	api_free(eng->api);
+	fs_config_release(&eng->cfg);
+	pthread_cond_destroy(&eng->pf_cond);
+	pthread_mutex_destroy(&eng->pf_lock);
+	pthread_mutex_destroy(&eng->list_lock);
+	pthread_mutex_destroy(&eng->lock);
+	free(eng);
+}
+
+const struct fs_config *fs_engine_config(struct fs_engine *eng)
+{
+	return &eng->cfg;
+}
+
+/* ---- the table listing ---------------------------------------------- */
+
+/* Find or add a table by id; eng->lock held. */
+static struct fs_table *table_get(struct fs_engine *eng, const char *id,
+				  const char *name)
+{
+	struct fs_table *t, **grown;
+	size_t i;
+
+	for (i = 0; i < eng->ntables; i++) {
+		t = eng->tables[i];
+		if (!strcmp(t->id, id)) {
+			if (strcmp(t->name, name)) {
+				char *n = strdup(name);
+
+				if (!n)
+					return NULL;
+				free(t->name);
+				t->name = n;
+			}
+			return t;
+		}
+	}
+	grown = realloc(eng->tables, (eng->ntables + 1) * sizeof(*grown));
+	if (!grown)
+		return NULL;
+	eng->tables = grown;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->id = strdup(id);
+	t->name = strdup(name);
+	if (!t->id || !t->name) {
+		free(t->id);
+		free(t->name);
+		free(t);
+		return NULL;
+	}
+	pthread_mutex_init(&t->lock, NULL);
+	eng->tables[eng->ntables++] = t;
+	return t;
+}
+
+/* Walk the listing again when it is older than list_ttl. */
+static int refresh_listing(struct fs_engine *eng)
+{
+	struct api_table_list list = { 0 };
+	size_t i, j;
+	int rc = 0;
+
+	pthread_mutex_lock(&eng->list_lock);
+	if (eng->listed_at &&
+	    now_s() - eng->listed_at < (int64_t)eng->cfg.list_ttl)
+		goto out;
+	rc = api_list_tables(eng->api, &list);
+	if (rc) {
+		if (eng->listed_at) {
+			log_warn("table listing failed (%s); serving the "
+				 "previous one", strerror(-rc));
+			rc = 0;
+		}
+		goto out;
+	}
+	pthread_mutex_lock(&eng->lock);
+	for (i = 0; i < eng->ntables; i++)
+		eng->tables[i]->listed = false;
+	for (j = 0; j < list.count; j++) {
+		struct fs_table *t = table_get(eng, list.tables[j].id,
+					       list.tables[j].name);
+
+		if (!t) {
+			rc = -ENOMEM;
+			break;
+		}
+		t->listed = true;
+	}
+	pthread_mutex_unlock(&eng->lock);
+	if (!rc)
+		eng->listed_at = now_s();
+out:
+	pthread_mutex_unlock(&eng->list_lock);
+	api_table_list_release(&list);
+	return rc;
+}
+
+int fs_engine_check(struct fs_engine *eng)
+{
+	int rc = api_check(eng->api);
+
+	if (rc)
+		return rc;
+	return refresh_listing(eng);
+}
+
+int fs_engine_list(struct fs_engine *eng, struct fs_table ***tables,
+		   size_t *count)
+{
+	struct fs_table **v;
+	size_t i, n = 0;
+	int rc = refresh_listing(eng);
+
+	*tables = NULL;
+	*count = 0;
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&eng->lock);
+	v = calloc(eng->ntables + 1, sizeof(*v));
+	if (v) {
+		for (i = 0; i < eng->ntables; i++)
+			if (eng->tables[i]->listed)
+				v[n++] = eng->tables[i];
+	}
+	pthread_mutex_unlock(&eng->lock);
+	if (!v)
+		return -ENOMEM;
+	*tables = v;
+	*count = n;
+	return 0;
+}
+
+int fs_engine_lookup(struct fs_engine *eng, const char *name,
+		     struct fs_table **out)
+{
+	size_t i;
+	int rc = refresh_listing(eng);
+
+	*out = NULL;
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&eng->lock);
+	for (i = 0; i < eng->ntables; i++) {
+		struct fs_table *t = eng->tables[i];
+
+		if (t->listed && !strcmp(t->name, name)) {
+			*out = t;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&eng->lock);
+	return *out ? 0 : -ENOENT;
+}
+
+const char *fs_table_name(const struct fs_table *t)
+{
+	return t->name;
+}
+
+const char *fs_table_id(const struct fs_table *t)
+{
+	return t->id;
+}
+
+struct fs_face_gens *fs_table_face(struct fs_table *t)
+{
+	return &t->face;
+}
+
+/* ---- schema ---------------------------------------------------------- */
+
+/* Fetch the schema from the API and keep it (memory and cache); t->lock
+ * held. *changed tells whether the columns differ from the previous one. */
+static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
+			bool *changed)
+{
+	struct api_schema s = { 0 };
+	int rc;
+
+	rc = api_get_schema(eng->api, t->id, &s);
+	if (rc)
+		return rc;
+	if (changed)
+		*changed = !t->have_schema ||
+			   t->schema.json_len != s.json_len ||
+			   memcmp(t->schema.json, s.json, s.json_len);
+	rc = cache_put_schema(eng->cache, t->id, s.version, s.json,
+			      s.json_len);
+	if (rc)
+		log_warn("cannot cache the schema of '%s': %s", t->name,
+			 strerror(-rc));
+	api_schema_release(&t->schema);
+	t->schema = s;
+	t->have_schema = true;
+	t->schema_at = now_s();
+	return 0;
+}
+
+/* Make sure t->schema is loaded: from memory, the cache, or the API;
+ * t->lock held. */
+int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
+{
+	char *version = NULL, *json = NULL;
+	size_t len = 0;
+	int rc;
+
+	if (t->have_schema)
+		return 0;
+	if (cache_get_schema(eng->cache, t->id, &version, &json, &len) == 0) {
+		rc = api_schema_parse(json, len, version[0] ? version : NULL,
+				      &t->schema);
+		free(version);
+		free(json);
+		if (rc == 0) {
+			t->have_schema = true;
+			t->schema_at = 0; /* not proved fresh yet */
+			return 0;
+		}
+	}
+	return fetch_schema(eng, t, NULL);
+}
+
+int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
+			 char **json, size_t *len)
+{
+	int rc = 0;
+
+	*json = NULL;
+	*len = 0;
+	pthread_mutex_lock(&t->lock);
+	if (!t->have_schema ||
+	    now_s() - t->schema_at >= (int64_t)eng->cfg.revalidate) {
+		rc = fetch_schema(eng, t, NULL);
+		if (rc && (t->have_schema ||
+			   fs_table_load_schema(eng, t) == 0)) {
+			log_warn("schema of '%s' not refreshed (%s); serving "
+				 "the cached one", t->name, strerror(-rc));
+			rc = 0;
+		}
+	}
+	if (!rc) {
+		*json = malloc(t->schema.json_len + 1);
+		if (*json) {
+			memcpy(*json, t->schema.json, t->schema.json_len);
+			(*json)[t->schema.json_len] = '\0';
+			*len = t->schema.json_len;
+		} else {
+			rc = -ENOMEM;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+size_t fs_table_schema_size(struct fs_engine *eng, struct fs_table *t)
+{
+	size_t len;
+
+	pthread_mutex_lock(&t->lock);
+	if (!t->have_schema && fs_table_load_schema_cached(eng, t))
+		len = 0;
+	else
+		len = t->schema.json_len;
+	pthread_mutex_unlock(&t->lock);
+	return len;
+}
+
+/* Load the schema from the cache only (no network); t->lock held. */
+int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)
+{
+	char *version = NULL, *json = NULL;
+	size_t len = 0;
+	int rc;
+
+	if (t->have_schema)
+		return 0;
+	rc = cache_get_schema(eng->cache, t->id, &version, &json, &len);
+	if (rc)
+		return rc;
+	rc = api_schema_parse(json, len, version[0] ? version : NULL,
+			      &t->schema);
+	free(version);
+	free(json);
+	if (rc == 0) {
+		t->have_schema = true;
+		t->schema_at = 0;
+	}
+	return rc;
+}
+
+/* ---- rows: pages ----------------------------------------------------- */
+
+uint64_t fs_table_rows_size(struct fs_engine *eng, struct fs_table *t,
+			    uint64_t *gen)
+{
+	struct cache_meta m;
+
+	*gen = 0;
+	if (cache_get_meta(eng->cache, t->id, &m) || !m.complete ||
+	    m.gen == t->stale_gen)
+		return 0;
+	*gen = m.gen;
+	return m.bytes;
+}
+
+static void page_error(struct fs_table *t, const char *what, int rc)
+{
+	log_err("%s of '%s' failed: %s", what, t->name, strerror(-rc));
+}
+
+/*
+ * Fetch the page after the cached frontier of generation gen and append
+ * it. Returns 0 (a page was appended, here or by someone else), 1 (the
+ * version is complete: end of file), -ESTALE, or the API's error.
+ */
+static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen)
+{
+	struct api_page page = { 0 };
+	struct cache_meta m;
+	int rc;
+
+	pthread_mutex_lock(&t->lock);
+	rc = cache_get_meta(eng->cache, t->id, &m);
+	if (rc == -ENOENT || (rc == 0 && m.gen != gen)) {
+		rc = -ESTALE;
+		goto out;
+	}
+	if (rc)
+		goto out;
+	if (m.complete) {
+		rc = 1;
+		goto out;
+	}
+	if (t->stale_gen == gen) {
+		rc = -ESTALE;
+		goto out;
+	}
+	rc = fs_table_load_schema(eng, t);
+	if (rc)
+		goto out;
+	rc = api_get_rows(eng->api, t->id, &t->schema,
+			  m.pages ? m.cursor : NULL, eng->cfg.page_size, NULL,
+			  &page);
+	if (rc) {
+		page_error(t, "fetching rows", rc);
+		goto out;
+	}
+	if (page.not_modified || (page.version && m.version[0] &&
+				  strcmp(page.version, m.version))) {
+		log_err("table '%s' changed during export (version %s, now "
+			"%s): reads of this snapshot fail with ESTALE; reopen "
+			"rows.jsonl to read the new version",
+			t->name, m.version,
+			page.version ? page.version : "?");
+		t->stale_gen = gen;
+		rc = -ESTALE;
+		goto out;
+	}
+	rc = cache_append_page(eng->cache, t->id, gen, m.bytes, page.data,
+			       page.len, page.nrows, page.next_cursor, NULL);
+	if (rc == -EEXIST)
+		rc = 0;
+	if (rc)
+		page_error(t, "caching rows", rc);
+out:
+	pthread_mutex_unlock(&t->lock);
+	api_page_release(&page);
+	return rc;
+}
+
+static void prefetch_queue(struct fs_engine *eng, struct fs_table *t,
+			   uint64_t gen)
+{
+	pthread_mutex_lock(&eng->pf_lock);
+	if (!t->pf_queued && !eng->pf_stop) {
+		t->pf_queued = true;
+		t->pf_gen = gen;
+		t->pf_next = NULL;
+		if (eng->pf_tail)
+			eng->pf_tail->pf_next = t;
+		else
+			eng->pf_head = t;
+		eng->pf_tail = t;
+		pthread_cond_signal(&eng->pf_cond);
+	}
+	pthread_mutex_unlock(&eng->pf_lock);
+}
+
+/* One thread fetches the next page of the tables being read sequentially,
+ * so network and serving overlap. A failure here is not reported: the
+ * reader that needs the page fetches it and sees the error itself. */
+static void *prefetch_main(void *arg)
+{
+	struct fs_engine *eng = arg;
+
+	pthread_mutex_lock(&eng->pf_lock);
+	for (;;) {
+		struct fs_table *t;
+		uint64_t gen;
+
+		while (!eng->pf_head && !eng->pf_stop)
+			pthread_cond_wait(&eng->pf_cond, &eng->pf_lock);
+		if (eng->pf_stop)
+			break;
+		t = eng->pf_head;
+		eng->pf_head = t->pf_next;
+		if (!eng->pf_head)
+			eng->pf_tail = NULL;
+		gen = t->pf_gen;
+		pthread_mutex_unlock(&eng->pf_lock);
+
+		if (fetch_next(eng, t, gen) < 0)
+			log_debug("prefetch of '%s' stopped", t->name);
+
+		pthread_mutex_lock(&eng->pf_lock);
+		t->pf_queued = false;
+	}
+	pthread_mutex_unlock(&eng->pf_lock);
+	return NULL;
+}
+
+/* ---- rows: readers --------------------------------------------------- */
+
+struct fs_reader {
+	struct fs_engine *eng;
+	struct fs_table *t;
+	uint64_t gen;
+};
+
+/* Revalidate or start the cached version; t->lock held. */
+static int snapshot(struct fs_engine *eng, struct fs_table *t,
+		    struct cache_meta *m)
+{
+	struct api_page page = { 0 };
+	bool have, changed = false;
+	int rc;
+
+	rc = cache_get_meta(eng->cache, t->id, m);
+	if (rc && rc != -ENOENT)
+		return rc;
+	have = rc == 0 && m->gen != t->stale_gen;
+	if (have && now_s() - m->validated_at < (int64_t)eng->cfg.revalidate)
+		return 0;
+
+	rc = fs_table_load_schema(eng, t);
+	if (rc)
+		return rc;
+again:
+	rc = api_get_rows(eng->api, t->id, &t->schema, NULL,
+			  eng->cfg.page_size,
+			  have && m->version[0] ? m->version : NULL, &page);
+	if (rc) {
+		page_error(t, "revalidating rows", rc);
+		return rc;
+	}
+	if (page.not_modified) {
+		rc = cache_set_validated(eng->cache, t->id, m->gen, now_s());
+		goto out;
+	}
+	/* a new version may come with a new schema: the schema orders the
+	 * columns of every line, so prove it fresh before caching rows */
+	if (!changed && now_s() - t->schema_at > 1) {
+		rc = fetch_schema(eng, t, &changed);
+		if (rc)
+			goto out;
+		if (changed) {
+			api_page_release(&page);
+			goto again;
+		}
+	}
+	rc = cache_begin_version(eng->cache, t->id,
+				 page.version ? page.version : "", m);
+	if (rc)
+		goto out;
+	if (m->pages == 0 && !m->complete) {
+		rc = cache_append_page(eng->cache, t->id, m->gen, 0, page.data,
+				       page.len, page.nrows, page.next_cursor,
+				       m);
+		if (rc == -EEXIST)
+			rc = cache_get_meta(eng->cache, t->id, m);
+	}
+out:
+	if (rc)
+		page_error(t, "caching rows", rc);
+	api_page_release(&page);
+	return rc;
+}
+
+int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
+		   struct fs_reader **out)
+{
+	struct fs_reader *rd;
+	struct cache_meta m;
+	int rc;
+
+	*out = NULL;
+	rd = calloc(1, sizeof(*rd));
+	if (!rd)
+		return -ENOMEM;
+	pthread_mutex_lock(&t->lock);
+	rc = snapshot(eng, t, &m);
+	pthread_mutex_unlock(&t->lock);
+	if (rc) {
+		free(rd);
+		return rc;
+	}
+	rd->eng = eng;
+	rd->t = t;
+	rd->gen = m.gen;
+	*out = rd;
+	return 0;
+}
+
+int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
+		   size_t *nread)
+{
+	struct fs_engine *eng = rd->eng;
+	struct fs_table *t = rd->t;
+	struct cache_meta m;
+	size_t total = 0, n;
+	int rc = 0;
+
+	while (total < size) {
+		rc = cache_read(eng->cache, t->id, rd->gen, off + total,
+				(char *)buf + total, size - total, &n);
+		if (rc)
+			break;
+		total += n;
+		if (total == size)
+			break;
+		rc = fetch_next(eng, t, rd->gen);
+		if (rc == 1) {
+			rc = 0;
+			break;
+		}
+		if (rc)
+			break;
+	}
+	if (rc == -ESTALE)
+		log_err("read of '%s' rows.jsonl failed: the table changed "
+			"while an uncached part of the snapshot was needed",
+			t->name);
+	/* a short read before an error is still data; the error follows */
+	if (rc && total > 0)
+		rc = 0;
+	*nread = rc ? 0 : total;
+
+	/* keep one page ahead of a reader that is near the frontier */
+	if (!rc && cache_get_meta(eng->cache, t->id, &m) == 0 &&
+	    m.gen == rd->gen && !m.complete && m.pages > 0 &&
+	    off + total + m.bytes / m.pages >= m.bytes)
+		prefetch_queue(eng, t, rd->gen);
+	return rc;
+}
+
+uint64_t fs_reader_gen(const struct fs_reader *rd)
+{
+	return rd->gen;
+}
+
+bool fs_reader_complete(struct fs_reader *rd, uint64_t *size)
+{
+	struct cache_meta m;
+
+	if (cache_get_meta(rd->eng->cache, rd->t->id, &m) ||
+	    m.gen != rd->gen || !m.complete)
+		return false;
+	*size = m.bytes;
+	return true;
+}
+
+void fs_reader_close(struct fs_reader *rd)
+{
+	free(rd);
+}
+
+/* ---- status.json ----------------------------------------------------- */
+
+static void iso_time(int64_t t, char *buf, size_t size)
+{
+	struct tm tm;
+	time_t tt = (time_t)t;
+
+	if (t <= 0 || !gmtime_r(&tt, &tm) ||
+	    !strftime(buf, size, "\"%Y-%m-%dT%H:%M:%SZ\"", &tm))
+		snprintf(buf, size, "null");
+}
+
+int fs_table_status_json(struct fs_engine *eng, struct fs_table *t,
+			 char **json, size_t *len)
+{
+	struct cache_meta m;
+	size_t size = 8192, pos = 0;
+	char *buf, when[64];
+	bool cached;
+	int n, rc;
+
+	*json = NULL;
+	*len = 0;
+	buf = malloc(size);
+	if (!buf)
+		return -ENOMEM;
+	cached = cache_get_meta(eng->cache, t->id, &m) == 0;
+	n = snprintf(buf, size, "{\n  \"table\": ");
+	pos = (size_t)n;
+	rc = fs_json_string(buf, size, &pos, t->name);
+	if (rc)
+		goto fail;
+	n = snprintf(buf + pos, size - pos, ",\n  \"id\": ");
+	pos += (size_t)n;
+	rc = fs_json_string(buf, size, &pos, t->id);
+	if (rc)
+		goto fail;
+	iso_time(cached ? m.validated_at : 0, when, sizeof(when));
+	n = snprintf(buf + pos, size - pos,
+		     ",\n  \"cache\": {\n    \"version\": ");
+	pos += (size_t)n;
+	if (cached && m.version[0])
+		rc = fs_json_string(buf, size, &pos, m.version);
+	else
+		n = snprintf(buf + pos, size - pos, "null"), pos += (size_t)n;
+	if (rc)
+		goto fail;
+	n = snprintf(buf + pos, size - pos,
+		     ",\n    \"complete\": %s,\n    \"pages\": %llu,\n"
+		     "    \"rows\": %llu,\n    \"bytes\": %llu,\n"
+		     "    \"stale\": %s,\n    \"last_revalidation\": %s\n  }",
+		     cached && m.complete ? "true" : "false",
+		     cached ? (unsigned long long)m.pages : 0ULL,
+		     cached ? (unsigned long long)m.rows : 0ULL,
+		     cached ? (unsigned long long)m.bytes : 0ULL,
+		     cached && m.gen == t->stale_gen ? "true" : "false", when);
+	if (n < 0 || (size_t)n >= size - pos) {
+		rc = -ENOSPC;
+		goto fail;
+	}
+	pos += (size_t)n;
+	rc = fs_import_status_json(eng, t, buf, size, &pos);
+	if (rc)
+		goto fail;
+	n = snprintf(buf + pos, size - pos, "\n}\n");
+	if (n < 0 || (size_t)n >= size - pos) {
+		rc = -ENOSPC;
+		goto fail;
+	}
+	pos += (size_t)n;
+	*json = buf;
+	*len = pos;
+	return 0;
+fail:
+	free(buf);
+	return rc;
+}

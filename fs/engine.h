@@ -1,0 +1,186 @@
+/*
+ * engine: what dtfs and dtfsctl do with tables, below both faces.
+ *
+ * One struct fs_engine per process joins the API client (api/) and the
+ * LMDB cache (cache/): it keeps the table listing, each table's schema, and
+ * reads rows.jsonl as snapshots of one table version, page by page through
+ * the cache, with one page prefetched ahead of the reader.
+ *
+ * Invariants:
+ *   - a reader sees one table version (generation); when a page it still
+ *     needs arrives with another version, its reads fail with -ESTALE and
+ *     the log says the table changed during export;
+ *   - bytes served for a version are the cache's, written once by the one
+ *     JSONL serializer of api/, so offsets are stable for the version;
+ *   - st_size is exact (the version is complete in the cache) or 0.
+ *
+ * Threads: every function may be called from many threads at once. A table's
+ * frontier page is fetched by one thread at a time (others wait for it and
+ * read it from the cache); reads of cached ranges take no lock. Tables live
+ * as long as the engine (a table deleted remotely is marked gone, never
+ * freed while a file handle may point at it).
+ *
+ * Errors: 0 or a negative errno, as api.h and cache.h describe, plus -ESTALE
+ * (snapshot broken) and -ENOENT (no such table).
+ */
+#ifndef DTFS_FS_ENGINE_H
+#define DTFS_FS_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+#define FS_WARN_UNUSED __attribute__((warn_unused_result))
+
+struct fs_engine;
+struct fs_table;
+struct fs_reader;
+
+/*
+ * Create the engine with its API client (no network I/O, no threads, no
+ * cache yet). cfg is copied. Returns 0, -EINVAL (bad settings, logged),
+ * -EACCES (credentials file readable by others), -ENOMEM.
+ */
+int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
+	FS_WARN_UNUSED;
+
+/*
+ * Open the cache (created under cache_dir, mode 0700) and start the
+ * prefetch thread; everything below needs it. Separate from _new so that a
+ * daemon forks before it: LMDB envs and threads do not survive fork().
+ * Returns 0, -EACCES, -EIO, -ENOMEM.
+ */
+int fs_engine_start(struct fs_engine *eng) FS_WARN_UNUSED;
+
+/* Stop the threads and close the cache (fs_engine_free does it too). */
+void fs_engine_stop(struct fs_engine *eng);
+void fs_engine_free(struct fs_engine *eng);
+
+/* The settings in use (borrowed, valid until fs_engine_free). */
+const struct fs_config *fs_engine_config(struct fs_engine *eng);
+
+/* Prove the credentials and that the API answers: a token and a table
+ * listing. Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO. */
+int fs_engine_check(struct fs_engine *eng) FS_WARN_UNUSED;
+
+/*
+ * The tables, from a listing at most list_ttl seconds old (walked again
+ * when older). *tables is a malloc'ed array the caller frees; the tables
+ * themselves are borrowed (they live as long as the engine).
+ */
+int fs_engine_list(struct fs_engine *eng, struct fs_table ***tables,
+		   size_t *count) FS_WARN_UNUSED;
+
+/* The table named `name` (its API name, not the file name), from the same
+ * listing. Returns 0 or -ENOENT. */
+int fs_engine_lookup(struct fs_engine *eng, const char *name,
+		     struct fs_table **out) FS_WARN_UNUSED;
+
+const char *fs_table_name(const struct fs_table *t);
+const char *fs_table_id(const struct fs_table *t);
+
+/* What the face remembers about rows.jsonl in the kernel: the generation
+ * whose exact size getattr reported last, and the one whose bytes the page
+ * cache may hold. Guarded by the face. */
+struct fs_face_gens {
+	uint64_t attr;
+	uint64_t kernel;
+};
+struct fs_face_gens *fs_table_face(struct fs_table *t);
+
+/* ---- schema.json ---------------------------------------------------- */
+
+/* The bytes of schema.json, refetched when older than `revalidate`
+ * seconds (served from the cache when the API cannot be reached). *json is
+ * malloc'ed. */
+int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
+			 char **json, size_t *len) FS_WARN_UNUSED;
+
+/* Length of the schema.json bytes known without network I/O, 0 if none. */
+size_t fs_table_schema_size(struct fs_engine *eng, struct fs_table *t);
+
+/* ---- rows.jsonl: reading -------------------------------------------- */
+
+/*
+ * Size of rows.jsonl known without network I/O: the exact size when the
+ * cached version is complete (*gen set to its generation), else 0 (and
+ * *gen = 0).
+ */
+uint64_t fs_table_rows_size(struct fs_engine *eng, struct fs_table *t,
+			    uint64_t *gen);
+
+/*
+ * Open a snapshot: revalidate the cached version with If-None-Match (at
+ * most once per `revalidate` seconds), or fetch the first page when
+ * nothing valid is cached. Release with fs_reader_close().
+ */
+int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
+		   struct fs_reader **out) FS_WARN_UNUSED;
+
+/* Read up to size bytes at off, fetching pages up to the one needed.
+ * *nread < size only at end of file. Returns 0, -ESTALE, or the API's
+ * error (-EIO, -EACCES, …) when a needed page cannot be fetched. */
+int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf,
+		   size_t size, size_t *nread) FS_WARN_UNUSED;
+
+/* The generation the reader is bound to, and whether that version is
+ * completely cached (then *size is the file's exact size). */
+uint64_t fs_reader_gen(const struct fs_reader *rd);
+bool fs_reader_complete(struct fs_reader *rd, uint64_t *size);
+
+void fs_reader_close(struct fs_reader *rd);
+
+/* ---- rows.jsonl: writing (import) ----------------------------------- */
+
+struct fs_import;
+
+/*
+ * Start an import into a table: one per table at a time. Loads the schema,
+ * empties the table's spool and its rejects.jsonl. `opener` is the
+ * thread-group id of the process that opened the file (the face's flush
+ * rule; 0 for dtfsctl). Returns 0, -EBUSY (another import is open), -EROFS
+ * (a ro mount), or the error of fetching the schema.
+ */
+int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
+		    struct fs_import **out) FS_WARN_UNUSED;
+
+/*
+ * Take the next bytes of the written stream (any split into lines).
+ * Complete lines are validated as they arrive: bad ones go to
+ * rejects.jsonl, good ones to the spool. Returns 0; -EINVAL when a line
+ * carries a column the schema lacks (schema drift: the import stops, nothing
+ * will be sent, and later calls fail too); the latched error of a failed
+ * upload; -EIO/-ENOSPC when the spool cannot be written.
+ */
+int fs_import_write(struct fs_import *im, const void *buf, size_t len)
+	FS_WARN_UNUSED;
+
+/* Whether bytes were written since the last fs_import_finish(). */
+bool fs_import_dirty(const struct fs_import *im);
+
+/*
+ * End of the written stream: validate a last unterminated line, send the
+ * spooled rows as upsert chunks (chunk_rows, upload_workers in flight,
+ * 50-row chunks while the rate budget is low) and wait for every chunk.
+ * Returns 0 when every line landed, -EINVAL when lines were quarantined or
+ * drift stopped the import, -EIO when chunks failed after the retry budget,
+ * -EACCES when write access was refused. The result is latched: later
+ * writes and finishes on this import fail with it.
+ */
+int fs_import_finish(struct fs_import *im) FS_WARN_UNUSED;
+
+/* Release the import (call fs_import_finish first when dirty). */
+void fs_import_end(struct fs_import *im);
+
+/* Path of the table's rejects.jsonl in the cache directory (malloc'ed). */
+char *fs_table_rejects_path(struct fs_engine *eng, struct fs_table *t);
+
+/* ---- status.json ----------------------------------------------------- */
+
+/* The bytes of status.json (cache and import state). *json malloc'ed. */
+int fs_table_status_json(struct fs_engine *eng, struct fs_table *t,
+			 char **json, size_t *len) FS_WARN_UNUSED;
+
+#endif

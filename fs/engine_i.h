@@ -1,0 +1,78 @@
+/*
+ * Internals shared by the engine's files (engine.c, import.c).
+ */
+#ifndef DTFS_FS_ENGINE_I_H
+#define DTFS_FS_ENGINE_I_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "cache.h"
+#include "config.h"
+#include "engine.h"
+
+struct fs_import;
+
+struct fs_table {
+	char *id;		/* API id: the cache's key */
+	char *name;		/* API name */
+	bool listed;		/* in the latest listing; eng->lock */
+
+	/* t->lock: the frontier page fetch, the schema */
+	pthread_mutex_t lock;
+	struct api_schema schema;
+	bool have_schema;
+	int64_t schema_at;	/* when fetched from the API; 0 = from cache */
+	uint64_t stale_gen;	/* generation known broken by a change */
+
+	/* eng->pf_lock: the prefetch queue */
+	bool pf_queued;
+	uint64_t pf_gen;
+	struct fs_table *pf_next;
+
+	struct fs_face_gens face;
+
+	/* eng->import_lock: the current or last import */
+	struct fs_import *import;
+};
+
+struct fs_engine {
+	struct fs_config cfg;
+	struct api *api;
+	struct cache *cache;
+
+	pthread_mutex_t lock;	/* tables[] and each table's `listed` */
+	struct fs_table **tables;
+	size_t ntables;
+
+	pthread_mutex_t list_lock; /* one listing walk at a time */
+	int64_t listed_at;
+
+	pthread_mutex_t pf_lock;
+	pthread_cond_t pf_cond;
+	struct fs_table *pf_head, *pf_tail;
+	pthread_t pf_thread;
+	bool pf_started, pf_stop;
+
+	pthread_mutex_t import_lock;
+	char *rejects_dir;	/* cache_dir/rejects */
+};
+
+/* Load t->schema from memory, the cache or the API; t->lock held. */
+int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
+	FS_WARN_UNUSED;
+/* The same without network I/O (-ENOENT when not cached); t->lock held. */
+int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)
+	FS_WARN_UNUSED;
+
+/* import.c */
+int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;
+void fs_import_release(struct fs_engine *eng);
+void fs_import_table_release(struct fs_table *t);
+/* Append `,\n  "import": {…}` to buf at *pos (nothing if none ran). */
+int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
+			  char *buf, size_t size, size_t *pos) FS_WARN_UNUSED;
+
+#endif

@@ -1,0 +1,803 @@
+/*
+ * import: writing rows.jsonl imports the lines written.
+ *
+ * Lines are validated as they arrive (api_row_validate, the schema cached
+ * when the import began); bad ones go to the table's rejects.jsonl, good ones
+ * to the LMDB spool keyed by primary key (the last line with a key wins), so
+ * memory stays flat whatever the size of the stream. A column the schema
+ * lacks is schema drift: the import stops and nothing is sent. At the end
+ * (fs_import_finish) the spool is sent as upsert chunks by a few worker
+ * threads, paced by the API client's shared pacer.
+ *
+ * Spooled values are "LINE\tROW": the line number lets a row the server
+ * rejects after all be quarantined under its line.
+ *
+ * One import per table at a time, across processes too: the import holds an
+ * exclusive flock on its rejects file.
+ */
+#include "engine_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "names.h"
+
+#define SPOOL_BATCH 256
+
+enum import_state {
+	IMPORT_RECEIVING,
+	IMPORT_UPLOADING,
+	IMPORT_DONE,
+	IMPORT_FAILED,
+};
+
+static const char *const state_names[] = {
+	[IMPORT_RECEIVING] = "receiving",
+	[IMPORT_UPLOADING] = "uploading",
+	[IMPORT_DONE] = "done",
+	[IMPORT_FAILED] = "failed",
+};
+
+struct fs_import {
+	struct fs_engine *eng;
+	struct fs_table *t;
+	struct api_schema schema;	/* private copy: writes never race a
+					   schema refresh */
+	pthread_mutex_t lock;		/* one write/finish at a time */
+	bool open;			/* a handle still holds it */
+	bool dirty;			/* bytes since the last finish */
+	bool drift;
+	int latched;			/* error every later call returns */
+
+	char *partial;			/* an unterminated line */
+	size_t plen, pcap;
+	bool overlong;			/* the partial line passed max_line */
+
+	char *keys[SPOOL_BATCH];	/* rows waiting for one spool txn */
+	char *vals[SPOOL_BATCH];
+	size_t nbatch;
+
+	int rejects_fd;			/* flock'ed: the import lock */
+	FILE *rejects;
+
+	/* status.json; counters are atomics, strings under import_lock */
+	atomic_uint_fast64_t lines, valid, quarantined, chunks_sent,
+		chunks_acked, retries, throttled;
+	enum import_state state;
+	char error[512];
+	int64_t started_at, finished_at;
+};
+
+int fs_import_init(struct fs_engine *eng)
+{
+	size_t n = strlen(eng->cfg.cache_dir) + sizeof("/rejects");
+
+	pthread_mutex_init(&eng->import_lock, NULL);
+	eng->rejects_dir = malloc(n);
+	if (!eng->rejects_dir)
+		return -ENOMEM;
+	snprintf(eng->rejects_dir, n, "%s/rejects", eng->cfg.cache_dir);
+	return 0;
+}
+
+void fs_import_release(struct fs_engine *eng)
+{
+	free(eng->rejects_dir);
+	pthread_mutex_destroy(&eng->import_lock);
+}
+
+static void import_free(struct fs_import *im)
+{
+	size_t i;
+
+	if (!im)
+		return;
+	for (i = 0; i < im->nbatch; i++) {
+		free(im->keys[i]);
+		free(im->vals[i]);
+	}
+	if (im->rejects)
+		fclose(im->rejects);
+	else if (im->rejects_fd >= 0)
+		close(im->rejects_fd);
+	api_schema_release(&im->schema);
+	free(im->partial);
+	pthread_mutex_destroy(&im->lock);
+	free(im);
+}
+
+void fs_import_table_release(struct fs_table *t)
+{
+	import_free(t->import);
+	t->import = NULL;
+}
+
+char *fs_table_rejects_path(struct fs_engine *eng, struct fs_table *t)
+{
+	char enc[768], *p;
+	size_t n;
+
+	/* ids are file-name safe in practice; encode anyway */
+	if (fs_name_encode(t->id, enc, sizeof(enc)))
+		return NULL;
+	n = strlen(eng->rejects_dir) + strlen(enc) + sizeof("/.jsonl");
+	p = malloc(n);
+	if (p)
+		snprintf(p, n, "%s/%s.jsonl", eng->rejects_dir, enc);
+	return p;
+}
+
+static void set_state(struct fs_import *im, enum import_state s,
+		      const char *error)
+{
+	pthread_mutex_lock(&im->eng->import_lock);
+	im->state = s;
+	if (error)
+		snprintf(im->error, sizeof(im->error), "%s", error);
+	if (s == IMPORT_DONE || s == IMPORT_FAILED)
+		im->finished_at = (int64_t)time(NULL);
+	pthread_mutex_unlock(&im->eng->import_lock);
+}
+
+int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
+		    struct fs_import **out)
+{
+	struct fs_import *im;
+	char *path = NULL;
+	int rc;
+
+	*out = NULL;
+	if (eng->cfg.ro)
+		return -EROFS;
+	im = calloc(1, sizeof(*im));
+	if (!im)
+		return -ENOMEM;
+	pthread_mutex_init(&im->lock, NULL);
+	im->eng = eng;
+	im->t = t;
+	im->rejects_fd = -1;
+
+	/* the import lock, across processes: flock the rejects file */
+	if (mkdir(eng->rejects_dir, 0700) && errno != EEXIST) {
+		rc = -errno;
+		log_err("cannot create '%s': %s", eng->rejects_dir,
+			strerror(errno));
+		goto fail;
+	}
+	path = fs_table_rejects_path(eng, t);
+	if (!path) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	im->rejects_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (im->rejects_fd < 0) {
+		rc = -errno;
+		log_err("cannot open '%s': %s", path, strerror(errno));
+		goto fail;
+	}
+	if (flock(im->rejects_fd, LOCK_EX | LOCK_NB)) {
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		if (rc == -EBUSY)
+			log_notice("import into '%s' refused: another import "
+				   "into it is in progress", t->name);
+		goto fail;
+	}
+
+	pthread_mutex_lock(&t->lock);
+	rc = fs_table_load_schema(eng, t);
+	if (!rc)
+		rc = api_schema_parse(t->schema.json, t->schema.json_len,
+				      t->schema.version, &im->schema);
+	pthread_mutex_unlock(&t->lock);
+	if (rc) {
+		log_err("import into '%s' cannot start: no schema (%s)",
+			t->name, strerror(-rc));
+		goto fail;
+	}
+
+	/* rejects.jsonl is replaced by each new import */
+	if (ftruncate(im->rejects_fd, 0)) {
+		rc = -errno;
+		goto fail;
+	}
+	im->rejects = fdopen(im->rejects_fd, "w");
+	if (!im->rejects) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = cache_spool_clear(eng->cache, t->id);
+	if (rc)
+		goto fail;
+
+	im->open = true;
+	im->state = IMPORT_RECEIVING;
+	im->started_at = (int64_t)time(NULL);
+	pthread_mutex_lock(&eng->import_lock);
+	import_free(t->import);
+	t->import = im;
+	pthread_mutex_unlock(&eng->import_lock);
+	free(path);
+	*out = im;
+	return 0;
+fail:
+	free(path);
+	import_free(im);
+	return rc;
+}
+
+bool fs_import_dirty(const struct fs_import *im)
+{
+	return im->dirty;
+}
+
+/* Write s[0..n) as a JSON string: invalid UTF-8 bytes become U+FFFD so the
+ * rejects file stays valid JSON whatever was written. */
+static void put_json_string(FILE *f, const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+
+	fputc('"', f);
+	while (p < end) {
+		unsigned c = *p;
+		size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 :
+			     (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+		size_t i;
+
+		if (c < 0x80) {
+			if (c == '"' || c == '\\')
+				fprintf(f, "\\%c", c);
+			else if (c < 0x20)
+				fprintf(f, "\\u%04x", c);
+			else
+				fputc((int)c, f);
+			p++;
+			continue;
+		}
+		for (i = 1; len && i < len; i++)
+			if (p + i >= end || (p[i] & 0xC0) != 0x80)
+				len = 0;
+		if (!len) {
+			fputs("\\ufffd", f);
+			p++;
+			continue;
+		}
+		fwrite(p, 1, len, f);
+		p += len;
+	}
+	fputc('"', f);
+}
+
+static void quarantine(struct fs_import *im, uint64_t line, const char *error,
+		       const char *text, size_t n)
+{
+	FILE *f = im->rejects;
+
+	atomic_fetch_add(&im->quarantined, 1);
+	fprintf(f, "{\"line\": %" PRIu64 ", \"error\": ", line);
+	put_json_string(f, error, strlen(error));
+	fputs(", \"text\": ", f);
+	put_json_string(f, text, n);
+	fputs("}\n", f);
+	fflush(f);
+}
+
+static int spool_flush(struct fs_import *im)
+{
+	size_t i;
+	int rc = 0;
+
+	if (im->nbatch)
+		rc = cache_spool_put(im->eng->cache, im->t->id, im->nbatch,
+				     (const char *const *)im->keys,
+				     (const char *const *)im->vals);
+	for (i = 0; i < im->nbatch; i++) {
+		free(im->keys[i]);
+		free(im->vals[i]);
+	}
+	im->nbatch = 0;
+	if (rc)
+		log_err("import into '%s': cannot spool rows: %s",
+			im->t->name, strerror(-rc));
+	return rc;
+}
+
+static bool blank(const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+			return false;
+	return true;
+}
+
+/* One complete line (without its '\n'). Returns 0 or a fatal error. */
+static int take_line(struct fs_import *im, const char *s, size_t n,
+		     bool overlong)
+{
+	uint64_t line = atomic_fetch_add(&im->lines, 1) + 1;
+	char *row = NULL, *key = NULL, *error = NULL, *val;
+	char msg[96];
+	size_t vlen;
+	int rc;
+
+	if (n && s[n - 1] == '\r')
+		n--;
+	if (blank(s, n))
+		return 0;
+	if (overlong) {
+		snprintf(msg, sizeof(msg), "line longer than %u bytes",
+			 im->eng->cfg.max_line);
+		quarantine(im, line, msg, s, n);
+		return 0;
+	}
+	rc = api_row_validate(&im->schema, s, n, &row, &key, &error);
+	if (rc == -EINVAL) {
+		quarantine(im, line, error ? error : "invalid row", s, n);
+		free(error);
+		return 0;
+	}
+	if (rc == -ENOENT) {
+		char why[400];
+
+		snprintf(why, sizeof(why), "schema drift: %.380s",
+			 error ? error : "unknown column");
+		quarantine(im, line, why, s, n);
+		log_err("import into '%s' stopped at line %" PRIu64 ": %s; "
+			"nothing was sent", im->t->name, line, why);
+		set_state(im, IMPORT_FAILED, why);
+		im->drift = true;
+		free(error);
+		return -EINVAL;
+	}
+	free(error);
+	if (rc)
+		return rc;
+	atomic_fetch_add(&im->valid, 1);
+	vlen = strlen(row) + 24;
+	val = malloc(vlen);
+	if (!val) {
+		free(row);
+		free(key);
+		return -ENOMEM;
+	}
+	snprintf(val, vlen, "%" PRIu64 "\t%s", line, row);
+	free(row);
+	im->keys[im->nbatch] = key;
+	im->vals[im->nbatch] = val;
+	if (++im->nbatch == SPOOL_BATCH)
+		return spool_flush(im);
+	return 0;
+}
+
+static int keep_partial(struct fs_import *im, const char *s, size_t n)
+{
+	size_t max = im->eng->cfg.max_line;
+
+	if (im->plen + n > max) {
+		im->overlong = true;
+		n = im->plen < max ? max - im->plen : 0;
+	}
+	if (im->plen + n > im->pcap) {
+		size_t cap = im->pcap ? im->pcap : 4096;
+		char *p;
+
+		while (cap < im->plen + n)
+			cap *= 2;
+		p = realloc(im->partial, cap);
+		if (!p)
+			return -ENOMEM;
+		im->partial = p;
+		im->pcap = cap;
+	}
+	memcpy(im->partial + im->plen, s, n);
+	im->plen += n;
+	return 0;
+}
+
+int fs_import_write(struct fs_import *im, const void *buf, size_t len)
+{
+	const char *s = buf, *end = s + len, *nl;
+	int rc = 0;
+
+	pthread_mutex_lock(&im->lock);
+	if (im->latched) {
+		rc = im->latched;
+		goto out;
+	}
+	im->dirty = true;
+	while (s < end && !rc) {
+		nl = memchr(s, '\n', (size_t)(end - s));
+		if (!nl) {
+			rc = keep_partial(im, s, (size_t)(end - s));
+			break;
+		}
+		if (im->plen || im->overlong) {
+			rc = keep_partial(im, s, (size_t)(nl - s));
+			if (!rc)
+				rc = take_line(im, im->partial, im->plen,
+					       im->overlong);
+			im->plen = 0;
+			im->overlong = false;
+		} else {
+			rc = take_line(im, s, (size_t)(nl - s),
+				       (size_t)(nl - s) >
+					       im->eng->cfg.max_line);
+		}
+		s = nl + 1;
+	}
+	if (rc)
+		im->latched = rc;
+out:
+	pthread_mutex_unlock(&im->lock);
+	return rc;
+}
+
+/* ---- upload ---------------------------------------------------------- */
+
+struct chunk {
+	struct cache_spool_batch batch;
+	struct chunk *next;
+};
+
+struct upload {
+	struct fs_import *im;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct chunk *head, *tail;
+	size_t queued;
+	bool done;		/* no more chunks will be queued */
+	int error;		/* first fatal error: stop sending */
+	bool failed;		/* some chunk did not land */
+};
+
+/* Split "LINE\tROW". */
+static const char *spooled_row(const char *val, uint64_t *line)
+{
+	char *tab;
+
+	*line = strtoull(val, &tab, 10);
+	return *tab == '\t' ? tab + 1 : val;
+}
+
+/* Send one chunk; on a 400 that names rows, quarantine them and send the
+ * rest once more. Returns 0 or the error. */
+static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
+{
+	struct api_upsert_result res = { 0 };
+	const char **rows;
+	uint64_t *lines;
+	size_t i, n = b->n;
+	int rc, round;
+
+	rows = calloc(n, sizeof(*rows));
+	lines = calloc(n, sizeof(*lines));
+	if (!rows || !lines) {
+		free(rows);
+		free(lines);
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++)
+		rows[i] = spooled_row(b->rows[i], &lines[i]);
+	for (round = 0;; round++) {
+		atomic_fetch_add(&im->chunks_sent, 1);
+		rc = api_upsert(im->eng->api, im->t->id, rows, n, &res);
+		if (res.attempts > 1)
+			atomic_fetch_add(&im->retries, res.attempts - 1);
+		atomic_fetch_add(&im->throttled, res.throttled);
+		if (rc == 0) {
+			atomic_fetch_add(&im->chunks_acked, 1);
+			break;
+		}
+		if (rc != -EINVAL || !res.nerrors || round > 0)
+			break;
+		/* the server refused rows our validation passed: quarantine
+		 * exactly those and send the others */
+		pthread_mutex_lock(&im->lock);
+		for (i = 0; i < res.nerrors; i++) {
+			size_t r = res.errors[i].row;
+			char why[256];
+
+			if (r >= n || !rows[r])
+				continue;
+			snprintf(why, sizeof(why), "refused by the API: %s%s%s",
+				 res.errors[i].field ? res.errors[i].field : "",
+				 res.errors[i].field ? " " : "",
+				 res.errors[i].code ? res.errors[i].code
+						    : "invalid.row");
+			quarantine(im, lines[r], why, rows[r], strlen(rows[r]));
+			rows[r] = NULL;
+		}
+		pthread_mutex_unlock(&im->lock);
+		{
+			size_t k = 0;
+
+			for (i = 0; i < n; i++)
+				if (rows[i]) {
+					rows[k] = rows[i];
+					lines[k++] = lines[i];
+				}
+			n = k;
+		}
+		api_upsert_result_release(&res);
+		if (n == 0) {
+			rc = 0;
+			break;
+		}
+	}
+	api_upsert_result_release(&res);
+	free(rows);
+	free(lines);
+	return rc;
+}
+
+static void *upload_main(void *arg)
+{
+	struct upload *up = arg;
+
+	pthread_mutex_lock(&up->lock);
+	for (;;) {
+		struct chunk *c;
+		int rc;
+
+		while (!up->head && !up->done)
+			pthread_cond_wait(&up->cond, &up->lock);
+		if (!up->head)
+			break;
+		c = up->head;
+		up->head = c->next;
+		if (!up->head)
+			up->tail = NULL;
+		up->queued--;
+		pthread_cond_broadcast(&up->cond);
+		if (up->error) {
+			/* a fatal error: drop what is queued */
+			up->failed = true;
+			cache_spool_batch_release(&c->batch);
+			free(c);
+			continue;
+		}
+		pthread_mutex_unlock(&up->lock);
+
+		rc = send_chunk(up->im, &c->batch);
+		if (rc)
+			log_err("upsert chunk of %zu rows into '%s' failed: %s",
+				c->batch.n, up->im->t->name, strerror(-rc));
+		cache_spool_batch_release(&c->batch);
+		free(c);
+
+		pthread_mutex_lock(&up->lock);
+		if (rc) {
+			up->failed = true;
+			if (!up->error)
+				up->error = rc;
+		}
+	}
+	pthread_mutex_unlock(&up->lock);
+	return NULL;
+}
+
+/* Send the spool: this thread reads chunks in key order and queues them
+ * for the workers, at most `workers` waiting. Returns 0, or the first
+ * error of a chunk that did not land. */
+static int upload(struct fs_import *im)
+{
+	struct fs_engine *eng = im->eng;
+	unsigned workers = eng->cfg.upload_workers, started = 0, i;
+	pthread_t tids[32];
+	struct upload up = { .im = im };
+	char *after = NULL;
+	int rc = 0;
+
+	pthread_mutex_init(&up.lock, NULL);
+	pthread_cond_init(&up.cond, NULL);
+	for (i = 0; i < workers && i < 32; i++) {
+		if (pthread_create(&tids[i], NULL, upload_main, &up))
+			break;
+		started++;
+	}
+	if (!started)
+		rc = -EAGAIN;
+	while (!rc) {
+		struct chunk *c = calloc(1, sizeof(*c));
+		size_t max = api_budget_low(eng->api) ? 50 : eng->cfg.chunk_rows;
+
+		if (!c) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = cache_spool_next(eng->cache, im->t->id, after, max,
+				      &c->batch);
+		if (rc || c->batch.n == 0) {
+			cache_spool_batch_release(&c->batch);
+			free(c);
+			break;
+		}
+		free(after);
+		after = strdup(c->batch.last_key);
+		pthread_mutex_lock(&up.lock);
+		while (up.queued >= started && !up.error)
+			pthread_cond_wait(&up.cond, &up.lock);
+		if (up.error) {
+			pthread_mutex_unlock(&up.lock);
+			cache_spool_batch_release(&c->batch);
+			free(c);
+			break;
+		}
+		if (up.tail)
+			up.tail->next = c;
+		else
+			up.head = c;
+		up.tail = c;
+		up.queued++;
+		pthread_cond_broadcast(&up.cond);
+		pthread_mutex_unlock(&up.lock);
+		if (!after) {
+			rc = -ENOMEM;
+			break;
+		}
+	}
+	pthread_mutex_lock(&up.lock);
+	up.done = true;
+	if (rc && !up.error)
+		up.error = rc;
+	pthread_cond_broadcast(&up.cond);
+	pthread_mutex_unlock(&up.lock);
+	for (i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	free(after);
+	pthread_cond_destroy(&up.cond);
+	pthread_mutex_destroy(&up.lock);
+	if (up.error)
+		return up.error;
+	return up.failed ? -EIO : 0;
+}
+
+int fs_import_finish(struct fs_import *im)
+{
+	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
+	char why[256];
+	int rc = 0, crc;
+
+	pthread_mutex_lock(&im->lock);
+	if (im->latched && !im->drift) {
+		rc = im->latched;
+		goto out;
+	}
+	im->dirty = false;
+	if (!im->drift && (im->plen || im->overlong)) {
+		rc = take_line(im, im->partial, im->plen, im->overlong);
+		im->plen = 0;
+		im->overlong = false;
+	}
+	if (!rc && !im->drift)
+		rc = spool_flush(im);
+	if (im->drift || rc) {
+		rc = im->drift ? -EINVAL : rc;
+		crc = cache_spool_clear(eng->cache, t->id);
+		(void)crc;
+		if (!im->drift)
+			set_state(im, IMPORT_FAILED, strerror(-rc));
+		goto latch;
+	}
+
+	set_state(im, IMPORT_UPLOADING, NULL);
+	rc = upload(im);
+	/* what landed changed the table: the next read must refetch */
+	crc = cache_invalidate(eng->cache, t->id);
+	if (crc)
+		log_warn("cannot invalidate the cached rows of '%s': %s",
+			 t->name, strerror(-crc));
+	crc = cache_spool_clear(eng->cache, t->id);
+	(void)crc;
+	if (rc == -EACCES) {
+		set_state(im, IMPORT_FAILED, "write access refused by the API");
+	} else if (rc) {
+		rc = rc == -EINVAL || rc == -ENOENT ? -EIO : rc;
+		set_state(im, IMPORT_FAILED, strerror(-rc));
+		if (rc != -EIO && rc != -ETIMEDOUT && rc != -ENOTCONN)
+			rc = -EIO;
+	} else if (atomic_load(&im->quarantined)) {
+		snprintf(why, sizeof(why),
+			 "%" PRIuFAST64 " lines quarantined in rejects.jsonl",
+			 atomic_load(&im->quarantined));
+		set_state(im, IMPORT_DONE, why);
+		rc = -EINVAL;
+	} else {
+		set_state(im, IMPORT_DONE, NULL);
+	}
+	log_notice("import into '%s': %" PRIuFAST64 " lines, %" PRIuFAST64
+		   " valid, %" PRIuFAST64 " quarantined, %" PRIuFAST64
+		   " of %" PRIuFAST64 " chunks acknowledged: %s",
+		   t->name, atomic_load(&im->lines), atomic_load(&im->valid),
+		   atomic_load(&im->quarantined),
+		   atomic_load(&im->chunks_acked),
+		   atomic_load(&im->chunks_sent), rc ? strerror(-rc) : "ok");
+latch:
+	if (rc)
+		im->latched = rc;
+out:
+	pthread_mutex_unlock(&im->lock);
+	return rc;
+}
+
+void fs_import_end(struct fs_import *im)
+{
+	struct fs_engine *eng = im->eng;
+
+	pthread_mutex_lock(&eng->import_lock);
+	im->open = false;
+	/* the import lock goes; the status stays on the table */
+	if (im->rejects) {
+		fclose(im->rejects);
+		im->rejects = NULL;
+		im->rejects_fd = -1;
+	}
+	pthread_mutex_unlock(&eng->import_lock);
+}
+
+int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
+			  char *buf, size_t size, size_t *pos)
+{
+	struct fs_import *im;
+	char started[32], finished[32];
+	struct tm tm;
+	time_t tt;
+	int n, rc = 0;
+
+	pthread_mutex_lock(&eng->import_lock);
+	im = t->import;
+	if (!im)
+		goto out;
+	snprintf(started, sizeof(started), "null");
+	snprintf(finished, sizeof(finished), "null");
+	tt = (time_t)im->started_at;
+	if (im->started_at && gmtime_r(&tt, &tm))
+		strftime(started, sizeof(started), "\"%Y-%m-%dT%H:%M:%SZ\"",
+			 &tm);
+	tt = (time_t)im->finished_at;
+	if (im->finished_at && gmtime_r(&tt, &tm))
+		strftime(finished, sizeof(finished),
+			 "\"%Y-%m-%dT%H:%M:%SZ\"", &tm);
+	n = snprintf(buf + *pos, size - *pos,
+		     ",\n  \"import\": {\n    \"state\": \"%s\",\n"
+		     "    \"lines_read\": %" PRIuFAST64 ",\n"
+		     "    \"rows_valid\": %" PRIuFAST64 ",\n"
+		     "    \"quarantined\": %" PRIuFAST64 ",\n"
+		     "    \"chunks_sent\": %" PRIuFAST64 ",\n"
+		     "    \"chunks_acknowledged\": %" PRIuFAST64 ",\n"
+		     "    \"retries\": %" PRIuFAST64 ",\n"
+		     "    \"throttled_429\": %" PRIuFAST64 ",\n"
+		     "    \"started\": %s,\n    \"finished\": %s,\n"
+		     "    \"error\": ",
+		     state_names[im->state], atomic_load(&im->lines),
+		     atomic_load(&im->valid), atomic_load(&im->quarantined),
+		     atomic_load(&im->chunks_sent),
+		     atomic_load(&im->chunks_acked), atomic_load(&im->retries),
+		     atomic_load(&im->throttled), started, finished);
+	if (n < 0 || (size_t)n >= size - *pos) {
+		rc = -ENOSPC;
+		goto out;
+	}
+	*pos += (size_t)n;
+	if (im->error[0])
+		rc = fs_json_string(buf, size, pos, im->error);
+	else if (*pos + 5 < size)
+		*pos += (size_t)snprintf(buf + *pos, size - *pos, "null");
+	if (!rc && *pos + 5 < size)
+		*pos += (size_t)snprintf(buf + *pos, size - *pos, "\n  }");
+out:
+	pthread_mutex_unlock(&eng->import_lock);
+	return rc;
+}

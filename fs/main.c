@@ -1,0 +1,204 @@
+/*
+ * dtfs: mount the Data Tables of a Genesys Cloud organisation (or of
+ * dtfs-emu) as directories. Option handling follows sshfs: dtfs's own -o
+ * words go to the engine's one parser (config.c), fstab-only words are
+ * dropped, everything else is passed to libfuse.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <fuse_lowlevel.h>
+
+#include "config.h"
+#include "engine.h"
+#include "log.h"
+
+enum {
+	KEY_HELP,
+	KEY_VERSION,
+};
+
+struct ctx {
+	struct fs_config cfg;
+	int bad;
+	int help;
+	int version;
+};
+
+static const struct fuse_opt dtfs_opts[] = {
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_END
+};
+
+static int is_fstab_word(const char *arg)
+{
+	static const char *const words[] = {
+		"_netdev", "noauto", "auto", "user", "users", "nouser",
+		"nofail", "defaults", "rw", NULL
+	};
+	int i;
+
+	if (!strncmp(arg, "x-", 2) || !strncmp(arg, "comment=", 8))
+		return 1;
+	for (i = 0; words[i]; i++)
+		if (!strcmp(arg, words[i]))
+			return 1;
+	return 0;
+}
+
+static int opt_proc(void *data, const char *arg, int key,
+		    struct fuse_args *out)
+{
+	struct ctx *ctx = data;
+	int rc;
+
+	(void)out;
+	switch (key) {
+	case KEY_HELP:
+		ctx->help = 1;
+		return 1; /* fuse_parse_cmdline wants to see it too */
+	case KEY_VERSION:
+		ctx->version = 1;
+		return 0;
+	case FUSE_OPT_KEY_OPT:
+		if (is_fstab_word(arg))
+			return 0;
+		rc = fs_config_set(&ctx->cfg, arg);
+		if (rc < 0) {
+			ctx->bad = 1;
+			return 0;
+		}
+		/* "ro" is ours and the kernel's: keep it for the mount too */
+		if (rc == 0 && !strcmp(arg, "ro"))
+			return 1;
+		return rc;
+	default:
+		return 1;
+	}
+}
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [-f] [-d] [-o option[,option]...] MOUNTPOINT\n\n"
+	       "Mount Genesys Cloud Data Tables: one directory per table with\n"
+	       "schema.json, rows.jsonl (read = export, write = import),\n"
+	       "rejects.jsonl and status.json. Unmount with fusermount3 -u.\n\n"
+	       "    -h, --help     this help\n"
+	       "    -V, --version  the version\n"
+	       "    -f             stay in the foreground, log to stderr\n"
+	       "    -d             debug: foreground, verbose log\n\n%s\n",
+	       prog, fs_config_help);
+}
+
+static void fuse_log_to_ours(enum fuse_log_level level, const char *fmt,
+			     va_list ap)
+{
+	log_vmsg((int)level, fmt, ap);
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts opts = { 0 };
+	struct fuse_loop_config *loop = NULL;
+	struct fs_engine *eng = NULL;
+	struct fuse *fuse = NULL;
+	struct ctx ctx = { 0 };
+	int rc, ret = 1, mounted = 0;
+
+	log_init("dtfs", LOG_NOTICE);
+	if (fs_config_init(&ctx.cfg)) {
+		fprintf(stderr, "dtfs: out of memory\n");
+		return 1;
+	}
+	if (fuse_opt_parse(&args, &ctx, dtfs_opts, opt_proc) == -1 ||
+	    ctx.bad)
+		goto out;
+	if (ctx.version) {
+		printf("dtfs %s (libfuse %s)\n", DTFS_VERSION,
+		       fuse_pkgversion());
+		ret = 0;
+		goto out;
+	}
+	if (fuse_parse_cmdline(&args, &opts) != 0)
+		goto out;
+	if (ctx.help || opts.show_help) {
+		usage(argv[0]);
+		printf("FUSE options:\n");
+		fuse_lib_help(&args);
+		ret = 0;
+		goto out;
+	}
+	if (!opts.mountpoint) {
+		fprintf(stderr, "dtfs: no mount point given (see dtfs --help)\n");
+		goto out;
+	}
+	if (opts.debug)
+		log_init("dtfs", LOG_DEBUG);
+	fuse_set_log_func(fuse_log_to_ours);
+
+	/* everything that can fail is checked before the mount appears */
+	rc = fs_engine_new(&ctx.cfg, &eng);
+	if (rc)
+		goto out;
+	rc = fs_engine_check(eng);
+	if (rc) {
+		log_err("cannot reach the Data Tables API: %s", strerror(-rc));
+		goto out;
+	}
+	rc = fs_engine_start(eng);
+	if (rc)
+		goto out;
+	/* LMDB and threads do not survive fork(): start again after it */
+	fs_engine_stop(eng);
+
+	fuse = fuse_new(&args, &fs_ops, sizeof(fs_ops), eng);
+	if (!fuse)
+		goto out;
+	if (fuse_mount(fuse, opts.mountpoint) != 0)
+		goto out;
+	mounted = 1;
+	if (fuse_daemonize(opts.foreground) != 0)
+		goto out;
+	if (!opts.foreground)
+		log_use_syslog();
+	if (fs_engine_start(eng))
+		goto out;
+	if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
+		goto out;
+
+	if (opts.singlethread) {
+		rc = fuse_loop(fuse);
+	} else {
+		loop = fuse_loop_cfg_create();
+		if (!loop)
+			goto out;
+		/* every blocking HTTP call pins a worker: allow many */
+		fuse_loop_cfg_set_max_threads(loop, 64);
+		fuse_loop_cfg_set_idle_threads(loop, opts.max_idle_threads);
+		fuse_loop_cfg_set_clone_fd(loop, opts.clone_fd);
+		rc = fuse_loop_mt(fuse, loop);
+	}
+	fuse_remove_signal_handlers(fuse_get_session(fuse));
+	ret = rc ? 1 : 0;
+out:
+	if (loop)
+		fuse_loop_cfg_destroy(loop);
+	if (fuse) {
+		if (mounted)
+			fuse_unmount(fuse);
+		fuse_destroy(fuse);
+	}
+	fs_engine_free(eng);
+	free(opts.mountpoint);
+	fuse_opt_free_args(&args);
+	fs_config_release(&ctx.cfg);
+	return ret;
+}

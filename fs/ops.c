@@ -1,0 +1,486 @@
+/*
+ * ops: the fuse_operations of dtfs. Paths are "/", "/TABLE" and
+ * "/TABLE/FILE" with FILE one of schema.json, rows.jsonl, rejects.jsonl,
+ * status.json; TABLE is a file name as names.h encodes it.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+#include "names.h"
+
+enum fs_file {
+	FS_NONE,	/* "/" or a table directory */
+	FS_SCHEMA,
+	FS_ROWS,
+	FS_REJECTS,
+	FS_STATUS,
+};
+
+static const char *const file_names[] = {
+	[FS_SCHEMA] = "schema.json",
+	[FS_ROWS] = "rows.jsonl",
+	[FS_REJECTS] = "rejects.jsonl",
+	[FS_STATUS] = "status.json",
+};
+
+/* An open file. */
+struct handle {
+	enum fs_file file;
+	struct fs_table *t;
+	struct fs_reader *rd;	/* rows.jsonl read */
+	struct fs_import *im;	/* rows.jsonl write */
+	pid_t opener;		/* thread-group id of the process that opened */
+	char *buf;		/* schema.json, status.json */
+	size_t len;
+	int fd;			/* rejects.jsonl */
+};
+
+/* Guards every table's fs_face_gens. */
+static pthread_mutex_t face_lock = PTHREAD_MUTEX_INITIALIZER;
+static time_t mount_time;
+
+static struct fs_engine *engine(void)
+{
+	return fuse_get_context()->private_data;
+}
+
+/* Split a path into its table and file. Returns 0, -ENOENT. */
+static int resolve(const char *path, struct fs_table **t, enum fs_file *file)
+{
+	char enc[NAME_MAX + 1], name[1024];
+	const char *p = path + 1, *slash;
+	size_t n;
+	int i, rc;
+
+	*t = NULL;
+	*file = FS_NONE;
+	if (!*p)
+		return 0;
+	slash = strchr(p, '/');
+	n = slash ? (size_t)(slash - p) : strlen(p);
+	if (n == 0 || n > NAME_MAX)
+		return -ENOENT;
+	memcpy(enc, p, n);
+	enc[n] = '\0';
+	if (fs_name_decode(enc, name, sizeof(name)))
+		return -ENOENT;
+	rc = fs_engine_lookup(engine(), name, t);
+	if (rc)
+		return rc;
+	if (!slash)
+		return 0;
+	for (i = FS_SCHEMA; i <= FS_STATUS; i++) {
+		if (!strcmp(slash + 1, file_names[i])) {
+			*file = (enum fs_file)i;
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+/* The thread-group id of a thread: FUSE reports thread ids, and a
+ * process's threads must count as the process (mountpoint-s3, goofys). */
+static pid_t tgid_of(pid_t tid)
+{
+	char path[64], line[256];
+	pid_t tgid = tid;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = fopen(path, "re");
+	if (!f)
+		return tid;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, "Tgid:", 5)) {
+			tgid = (pid_t)strtol(line + 5, NULL, 10);
+			break;
+		}
+	}
+	fclose(f);
+	return tgid;
+}
+
+static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+	/* O_TRUNC arrives with open, so a truncate is never sent before an
+	 * import: a truncate alone must never empty a table. */
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	/* the kernel must not handle O_APPEND or read on write-only handles */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	conn->max_background = 64;
+	cfg->entry_timeout = 1.0;
+	cfg->attr_timeout = 1.0;
+	cfg->negative_timeout = 1.0;
+	cfg->use_ino = 0;
+	cfg->kernel_cache = 0;
+	cfg->direct_io = 0;
+	cfg->nullpath_ok = 1;
+	mount_time = time(NULL);
+	return fuse_get_context()->private_data;
+}
+
+static void fs_destroy(void *data)
+{
+	(void)data;
+}
+
+static int fs_getattr(const char *path, struct stat *st,
+		      struct fuse_file_info *fi)
+{
+	struct fs_engine *eng = engine();
+	bool ro = fs_engine_config(eng)->ro;
+	struct fs_table *t;
+	enum fs_file file;
+	uint64_t gen = 0;
+	int rc;
+
+	memset(st, 0, sizeof(*st));
+	st->st_uid = getuid();
+	st->st_gid = getgid();
+	st->st_atime = st->st_mtime = st->st_ctime = mount_time;
+	rc = resolve(path, &t, &file);
+	if (rc)
+		return rc;
+	switch (file) {
+	case FS_NONE:
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+		return 0;
+	case FS_ROWS:
+		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
+		st->st_size = (off_t)fs_table_rows_size(eng, t, &gen);
+		pthread_mutex_lock(&face_lock);
+		fs_table_face(t)->attr = gen;
+		pthread_mutex_unlock(&face_lock);
+		break;
+	case FS_SCHEMA:
+		st->st_mode = S_IFREG | 0444;
+		st->st_size = (off_t)fs_table_schema_size(eng, t);
+		break;
+	case FS_REJECTS: {
+		char *p = fs_table_rejects_path(eng, t);
+		struct stat rs;
+
+		st->st_mode = S_IFREG | 0444;
+		if (p && stat(p, &rs) == 0)
+			st->st_size = rs.st_size;
+		free(p);
+		break;
+	}
+	case FS_STATUS:
+		st->st_mode = S_IFREG | 0444;
+		break;
+	}
+	st->st_nlink = 1;
+	(void)fi;
+	return 0;
+}
+
+static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
+		      off_t off, struct fuse_file_info *fi,
+		      enum fuse_readdir_flags flags)
+{
+	struct fs_engine *eng = engine();
+	struct fs_table *t, **tables;
+	enum fs_file file;
+	size_t i, n;
+	int rc;
+
+	(void)off;
+	(void)fi;
+	(void)flags;
+	rc = resolve(path, &t, &file);
+	if (rc)
+		return rc;
+	if (file != FS_NONE)
+		return -ENOTDIR;
+	fill(buf, ".", NULL, 0, 0);
+	fill(buf, "..", NULL, 0, 0);
+	if (t) {
+		for (i = FS_SCHEMA; i <= FS_STATUS; i++)
+			fill(buf, file_names[i], NULL, 0, 0);
+		return 0;
+	}
+	rc = fs_engine_list(eng, &tables, &n);
+	if (rc)
+		return rc;
+	for (i = 0; i < n; i++) {
+		char enc[NAME_MAX + 1];
+
+		if (fs_name_encode(fs_table_name(tables[i]), enc,
+				   sizeof(enc))) {
+			log_warn("table '%s' has a name too long for a file "
+				 "name; not shown", fs_table_name(tables[i]));
+			continue;
+		}
+		fill(buf, enc, NULL, 0, 0);
+	}
+	free(tables);
+	return 0;
+}
+
+static void handle_free(struct handle *h)
+{
+	if (h->rd)
+		fs_reader_close(h->rd);
+	if (h->im)
+		fs_import_end(h->im);
+	if (h->fd >= 0)
+		close(h->fd);
+	free(h->buf);
+	free(h);
+}
+
+static int open_rows_read(struct fs_engine *eng, struct handle *h,
+			  struct fuse_file_info *fi)
+{
+	struct fs_face_gens *face = fs_table_face(h->t);
+	uint64_t size;
+	int rc;
+
+	rc = fs_reader_open(eng, h->t, &h->rd);
+	if (rc)
+		return rc;
+	/*
+	 * Through the page cache only when the version is complete and the
+	 * kernel was told its exact size; otherwise direct I/O, so tools read
+	 * to the end whatever st_size said. The kernel keeps cached pages
+	 * only if they are of this very generation.
+	 */
+	pthread_mutex_lock(&face_lock);
+	if (fs_reader_complete(h->rd, &size) &&
+	    face->attr == fs_reader_gen(h->rd)) {
+		fi->keep_cache = face->kernel == face->attr;
+		face->kernel = face->attr;
+	} else {
+		fi->direct_io = 1;
+	}
+	pthread_mutex_unlock(&face_lock);
+	return 0;
+}
+
+static int fs_open(const char *path, struct fuse_file_info *fi)
+{
+	struct fs_engine *eng = engine();
+	int acc = fi->flags & O_ACCMODE;
+	struct handle *h;
+	enum fs_file file;
+	struct fs_table *t;
+	int rc;
+
+	rc = resolve(path, &t, &file);
+	if (rc)
+		return rc;
+	if (file == FS_NONE)
+		return -EISDIR;
+	if (acc != O_RDONLY &&
+	    (file != FS_ROWS || fs_engine_config(eng)->ro))
+		return -EROFS;
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->file = file;
+	h->t = t;
+	h->fd = -1;
+	switch (file) {
+	case FS_ROWS:
+		if (acc == O_RDONLY) {
+			rc = open_rows_read(eng, h, fi);
+		} else {
+			h->opener = tgid_of(fuse_get_context()->pid);
+			rc = fs_import_begin(eng, t, &h->im);
+			fi->direct_io = 1;
+			fi->nonseekable = 0;
+		}
+		break;
+	case FS_SCHEMA:
+		rc = fs_table_schema_json(eng, t, &h->buf, &h->len);
+		fi->direct_io = 1;
+		break;
+	case FS_STATUS:
+		rc = fs_table_status_json(eng, t, &h->buf, &h->len);
+		fi->direct_io = 1;
+		break;
+	case FS_REJECTS: {
+		char *p = fs_table_rejects_path(eng, t);
+
+		rc = p ? 0 : -ENOMEM;
+		if (p) {
+			h->fd = open(p, O_RDONLY | O_CLOEXEC);
+			if (h->fd < 0 && errno != ENOENT)
+				rc = -errno;
+		}
+		free(p);
+		fi->direct_io = 1;
+		break;
+	}
+	case FS_NONE:
+		break;
+	}
+	if (rc) {
+		handle_free(h);
+		return rc;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	return 0;
+}
+
+static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	struct fs_table *t;
+	enum fs_file file;
+	int rc = resolve(path, &t, &file);
+
+	(void)mode;
+	if (rc == -ENOENT)
+		return -EACCES; /* no new tables or files by creation */
+	if (rc)
+		return rc;
+	return fs_open(path, fi);
+}
+
+static struct handle *handle_of(struct fuse_file_info *fi)
+{
+	return (struct handle *)(uintptr_t)fi->fh;
+}
+
+static int fs_read(const char *path, char *buf, size_t size, off_t off,
+		   struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	size_t n = 0;
+	ssize_t r;
+	int rc;
+
+	(void)path;
+	if (off < 0)
+		return -EINVAL;
+	switch (h->file) {
+	case FS_ROWS:
+		if (!h->rd)
+			return -EBADF;
+		rc = fs_reader_read(h->rd, (uint64_t)off, buf, size, &n);
+		return rc ? rc : (int)n;
+	case FS_SCHEMA:
+	case FS_STATUS:
+		if ((size_t)off >= h->len)
+			return 0;
+		n = h->len - (size_t)off < size ? h->len - (size_t)off : size;
+		memcpy(buf, h->buf + off, n);
+		return (int)n;
+	case FS_REJECTS:
+		if (h->fd < 0)
+			return 0;
+		r = pread(h->fd, buf, size, off);
+		return r < 0 ? -errno : (int)r;
+	case FS_NONE:
+		break;
+	}
+	return -EISDIR;
+}
+
+static int fs_write(const char *path, const char *buf, size_t size,
+		    off_t off, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	int rc;
+
+	(void)path;
+	(void)off; /* a stream of lines: offsets (O_APPEND or not) don't matter */
+	if (!h->im)
+		return -EBADF;
+	rc = fs_import_write(h->im, buf, size);
+	return rc ? rc : (int)size;
+}
+
+/*
+ * close() of every descriptor lands here. Only the process that opened the
+ * file uploads, when it wrote something: a shell's forked children closing
+ * inherited descriptors must not send partial imports. The error is what
+ * close() returns.
+ */
+static int fs_flush(const char *path, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+
+	(void)path;
+	if (!h->im || !fs_import_dirty(h->im))
+		return 0;
+	if (tgid_of(fuse_get_context()->pid) != h->opener)
+		return 0;
+	return fs_import_finish(h->im);
+}
+
+/* Release's error is thrown away by the kernel: an import flush did not
+ * finish (skipped, or a forked writer) is finished here and logged. */
+static int fs_release(const char *path, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+
+	(void)path;
+	if (h->im && fs_import_dirty(h->im)) {
+		int rc = fs_import_finish(h->im);
+
+		if (rc)
+			log_err("import into '%s' finished at release: %s",
+				fs_table_name(h->t), strerror(-rc));
+	}
+	handle_free(h);
+	return 0;
+}
+
+static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	struct fs_table *t;
+	enum fs_file file;
+	int rc;
+
+	(void)fi;
+	rc = resolve(path, &t, &file);
+	if (rc)
+		return rc;
+	if (file != FS_ROWS || fs_engine_config(engine())->ro)
+		return file == FS_NONE ? -EISDIR : -EROFS;
+	/* truncating rows.jsonl never deletes rows: imports are upserts */
+	return size == 0 ? 0 : -EINVAL;
+}
+
+static int fs_utimens(const char *path, const struct timespec tv[2],
+		      struct fuse_file_info *fi)
+{
+	struct fs_table *t;
+	enum fs_file file;
+
+	(void)tv;
+	(void)fi;
+	/* times are the mount's; accepting touch keeps scripts happy */
+	return resolve(path, &t, &file);
+}
+
+const struct fuse_operations fs_ops = {
+	.init = fs_init,
+	.destroy = fs_destroy,
+	.getattr = fs_getattr,
+	.readdir = fs_readdir,
+	.open = fs_open,
+	.create = fs_create,
+	.read = fs_read,
+	.write = fs_write,
+	.flush = fs_flush,
+	.release = fs_release,
+	.truncate = fs_truncate,
+	.utimens = fs_utimens,
+};
