@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #define CACHE_FORMAT 1u
-#define CACHE_TABLE_MAX 256	/* longest table id (bytes) */
 #define CACHE_MAX_DBS 8
 #define CACHE_MAX_READERS 1022	/* FUSE workers × mounts, NOTLS */
 #define TOUCH_SLOTS 64
@@ -481,8 +480,11 @@ static int make_room(struct op *op)
 	struct cache *c = op->c;
 	MDB_txn *txn = NULL;
 	uint64_t bytes;
-	int rc;
+	int dead = 0, rc;
 
+	/* A reader killed mid-transaction pins old pages: free them first. */
+	if (mdb_reader_check(c->env, &dead) == 0 && dead)
+		log_info("cache: cleared %d stale readers", dead);
 	op->evicted = 0;
 	rc = txn_begin(c, 0, &txn);
 	if (rc)

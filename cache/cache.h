@@ -5,8 +5,9 @@
  * per process and shared safely by several dtfs and dtfsctl processes
  * (LMDB's own locking). It survives restarts and kill -9: every change is
  * one short write transaction, so a crash leaves the last committed state.
- * The env is opened with MDB_NOSYNC (this is a cache: an OS crash may lose
- * recent pages, never consistency).
+ * The env is opened with MDB_NOSYNC (this is a cache: commits skip fsync and
+ * stay durable across process crashes; an OS crash may lose recent pages,
+ * and an env LMDB then finds unreadable is started afresh at open).
  *
  * What it stores, per table (a table is named by its API id):
  *   - meta: the generation of the cached version, its version string (the
@@ -31,6 +32,11 @@
  *
  * Errors: 0 or a negative errno; LMDB codes map through one function
  * (MDB_NOTFOUND → -ENOENT, MDB_MAP_FULL → -ENOSPC, others → -EIO).
+ * Every function also returns -EINVAL for a NULL/empty table name and
+ * -ENAMETOOLONG for a table name longer than CACHE_TABLE_MAX bytes, a
+ * version of CACHE_VERSION_MAX bytes or more, a cursor of CACHE_CURSOR_MAX
+ * bytes or more (they are stored whole, never truncated), or a spool key too
+ * long for an LMDB key (about 500 bytes minus the table name).
  */
 #ifndef DTFS_CACHE_H
 #define DTFS_CACHE_H
@@ -43,6 +49,7 @@
 
 #define CACHE_VERSION_MAX 256	/* longest version (ETag) stored */
 #define CACHE_CURSOR_MAX 1024	/* longest cursor stored */
+#define CACHE_TABLE_MAX 256	/* longest table name (API id), in bytes */
 
 struct cache;
 
@@ -92,7 +99,9 @@ int cache_begin_version(struct cache *cache, const char *table,
  *            not an error: read it back);
  *   -ESTALE  gen is no longer the table's generation;
  *   -EINVAL  offset is past the cached frontier (a gap);
+ *   -ENAMETOOLONG  next_cursor is CACHE_CURSOR_MAX bytes or longer;
  *   -ENOSPC  the map is full even after eviction.
+ * An empty page (len 0) stores no bytes but counts as a page.
  */
 int cache_append_page(struct cache *cache, const char *table, uint64_t gen,
 		      uint64_t offset, const void *data, size_t len,
@@ -156,7 +165,7 @@ struct cache_spool_batch {
 /*
  * Up to max rows in key order, starting after the key `after` (NULL: from
  * the first). out->n == 0 at the end. Release with
- * cache_spool_batch_release().
+ * cache_spool_batch_release(). Returns 0, or -EINVAL when max is 0.
  */
 int cache_spool_next(struct cache *cache, const char *table,
 		     const char *after, size_t max,

@@ -1,2 +1,1047 @@
-/* placeholder: being written */
-int main(void) { return 77; }
+/*
+ * Unit tests of cache/: a real LMDB env in a fresh temporary directory per
+ * test, real processes (fork) for the sharing and crash cases.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache.h"
+#include "log.h"
+
+struct fixture {
+	char base[PATH_MAX / 2]; /* the mkdtemp dir, removed at teardown */
+	char dir[PATH_MAX];	/* the cache dir inside it */
+	struct cache *cache;
+};
+
+static int rm_entry(const char *path, const struct stat *st, int flag,
+		    struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	const char *tmp = getenv("TMPDIR");
+
+	assert_non_null(f);
+	snprintf(f->base, sizeof(f->base), "%s/test_cache.XXXXXX",
+		 tmp && *tmp ? tmp : "/tmp");
+	assert_non_null(mkdtemp(f->base));
+	snprintf(f->dir, sizeof(f->dir), "%s/cache", f->base);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	cache_close(f->cache);
+	nftw(f->base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static struct cache *open_cache(struct fixture *f, uint64_t max_bytes)
+{
+	assert_int_equal(cache_open(f->dir, max_bytes, &f->cache), 0);
+	assert_non_null(f->cache);
+	return f->cache;
+}
+
+/* ---- a deterministic JSONL stream cut into pages ---------------------- */
+
+#define STREAM_PAGES 400
+#define PAGE_CAP 1024
+
+struct stream {
+	char *bytes;
+	size_t off[STREAM_PAGES + 1];	/* off[i]: start of page i */
+};
+
+/* Page i: (i % 7) + 1 lines, each naming the page and line. */
+static size_t page_text(unsigned i, char *buf, size_t cap)
+{
+	size_t n = 0;
+
+	for (unsigned j = 0; j <= i % 7; j++) {
+		int w = snprintf(buf + n, cap - n,
+				 "{\"k\":\"%u-%u\",\"v\":%u}\n", i, j,
+				 i * 31 + j);
+		assert_true(w > 0 && (size_t)w < cap - n);
+		n += (size_t)w;
+	}
+	return n;
+}
+
+static void stream_init(struct stream *s)
+{
+	char buf[PAGE_CAP];
+
+	s->bytes = malloc((size_t)STREAM_PAGES * PAGE_CAP);
+	assert_non_null(s->bytes);
+	s->off[0] = 0;
+	for (unsigned i = 0; i < STREAM_PAGES; i++) {
+		size_t n = page_text(i, buf, sizeof(buf));
+
+		memcpy(s->bytes + s->off[i], buf, n);
+		s->off[i + 1] = s->off[i] + n;
+	}
+}
+
+static size_t page_rows(unsigned i)
+{
+	return i % 7 + 1;
+}
+
+/* Append page i of the stream; a NULL cursor when it is the last. */
+static int append_stream_page(struct cache *c, const char *table,
+			      uint64_t gen, const struct stream *s, unsigned i,
+			      unsigned last, struct cache_meta *m)
+{
+	char cursor[32];
+
+	snprintf(cursor, sizeof(cursor), "c%u", i + 1);
+	return cache_append_page(c, table, gen, s->off[i], s->bytes + s->off[i],
+				 s->off[i + 1] - s->off[i], page_rows(i),
+				 i == last ? NULL : cursor, m);
+}
+
+/* Read [0, bytes) in pieces of `step` and compare with the stream; with
+ * at_end, bytes must be the frontier. */
+static int check_stream_to(struct cache *c, const char *table, uint64_t gen,
+			   const struct stream *s, uint64_t bytes, size_t step,
+			   bool at_end)
+{
+	char *buf = malloc(step);
+	uint64_t off = 0;
+	size_t n;
+	int rc = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	while (off < bytes) {
+		size_t want = bytes - off < step ? (size_t)(bytes - off) : step;
+
+		rc = cache_read(c, table, gen, off, buf, want, &n);
+		if (rc)
+			break;
+		if (n != want ||
+		    memcmp(buf, s->bytes + off, n) != 0) {
+			rc = -EBADMSG;
+			break;
+		}
+		off += n;
+	}
+	if (rc == 0 && at_end &&
+	    (cache_read(c, table, gen, bytes, buf, step, &n) || n != 0))
+		rc = -EBADMSG;
+	free(buf);
+	return rc;
+}
+
+static int check_stream(struct cache *c, const char *table, uint64_t gen,
+			const struct stream *s, uint64_t bytes, size_t step)
+{
+	return check_stream_to(c, table, gen, s, bytes, step, true);
+}
+
+/* ---- tests ------------------------------------------------------------ */
+
+static void test_dir_created_0700(void **state)
+{
+	struct fixture *f = *state;
+	char parent[PATH_MAX + 8];
+	struct stat st;
+
+	snprintf(parent, sizeof(parent), "%s/a", f->base);
+	snprintf(f->dir, sizeof(f->dir), "%s/a/b/cache", f->base);
+	open_cache(f, 0);
+	assert_int_equal(stat(f->dir, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0700);
+	assert_int_equal(stat(parent, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0700);
+	cache_close(f->cache);
+	f->cache = NULL;
+
+	/* an existing cache dir open to others is made private */
+	assert_int_equal(chmod(f->dir, 0755), 0);
+	open_cache(f, 0);
+	assert_int_equal(stat(f->dir, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0700);
+}
+
+static void test_open_not_a_dir(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = NULL;
+	FILE *fp = fopen(f->dir, "w");
+
+	assert_non_null(fp);
+	fclose(fp);
+	assert_int_not_equal(cache_open(f->dir, 0, &c), 0);
+	assert_null(c);
+}
+
+/*
+ * Pages of 5, 1, 7, 3, 9, 2 and 4 bytes: after each append, every read
+ * (offset, size) over and past the frontier returns exactly the bytes.
+ */
+static void test_read_every_offset(void **state)
+{
+	static const size_t lens[] = { 5, 1, 7, 3, 9, 2, 4 };
+	const size_t npages = sizeof(lens) / sizeof(lens[0]);
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct cache_meta m;
+	char all[64], buf[80];
+	size_t total = 0, frontier = 0, n;
+
+	for (size_t i = 0; i < npages; i++)
+		total += lens[i];
+	assert_true(total <= sizeof(all));
+	for (size_t i = 0; i < total; i++)
+		all[i] = (char)('a' + i % 26);
+
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	assert_int_equal(m.pages, 0);
+	for (size_t p = 0; p < npages; p++) {
+		assert_int_equal(cache_append_page(c, "T", m.gen, frontier,
+						   all + frontier, lens[p], 1,
+						   p + 1 < npages ? "next" :
+								    NULL,
+						   NULL),
+				 0);
+		frontier += lens[p];
+		for (size_t off = 0; off <= total + 2; off++) {
+			for (size_t size = 0; size <= total + 3; size++) {
+				size_t want = off >= frontier ? 0 :
+					      frontier - off < size ?
+							frontier - off :
+							size;
+
+				memset(buf, '#', sizeof(buf));
+				assert_int_equal(cache_read(c, "T", m.gen, off,
+							    buf, size, &n),
+						 0);
+				assert_int_equal(n, want);
+				assert_memory_equal(buf, all + off, want);
+				assert_int_equal(buf[want], '#');
+			}
+		}
+	}
+	/* one read over three pages: last byte of page 0 to first of 3 */
+	assert_int_equal(cache_read(c, "T", m.gen, 4, buf, 10, &n), 0);
+	assert_int_equal(n, 10);
+	assert_memory_equal(buf, all + 4, 10);
+}
+
+static void test_begin_same_version_keeps_pages(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct stream s;
+	struct cache_meta m1, m2;
+
+	stream_init(&s);
+	assert_int_equal(cache_begin_version(c, "T", "\"etag-1\"", &m1), 0);
+	assert_true(m1.gen > 0);
+	assert_string_equal(m1.version, "\"etag-1\"");
+	assert_false(m1.complete);
+	assert_true(m1.validated_at > 0);
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(append_stream_page(c, "T", m1.gen, &s, i, 9,
+						    &m1),
+				 0);
+	assert_int_equal(cache_begin_version(c, "T", "\"etag-1\"", &m2), 0);
+	assert_int_equal(m2.gen, m1.gen);
+	assert_int_equal(m2.pages, 3);
+	assert_int_equal(m2.bytes, s.off[3]);
+	assert_string_equal(m2.cursor, "c3");
+	assert_int_equal(check_stream(c, "T", m1.gen, &s, s.off[3], 11), 0);
+	free(s.bytes);
+}
+
+static void test_new_version_drops_old(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct stream s;
+	struct cache_meta m1, m2, m;
+	struct cache_stats st;
+	char buf[16];
+	size_t n = 99;
+
+	stream_init(&s);
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m1), 0);
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(append_stream_page(c, "T", m1.gen, &s, i, 9,
+						    NULL),
+				 0);
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.bytes, s.off[4]);
+
+	assert_int_equal(cache_begin_version(c, "T", "v2", &m2), 0);
+	assert_true(m2.gen > m1.gen);
+	assert_string_equal(m2.version, "v2");
+	assert_int_equal(m2.pages, 0);
+	assert_int_equal(m2.bytes, 0);
+	assert_int_equal(m2.rows, 0);
+	assert_string_equal(m2.cursor, "");
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.bytes, 0);
+	assert_int_equal(st.tables, 1);
+
+	assert_int_equal(cache_read(c, "T", m1.gen, 0, buf, sizeof(buf), &n),
+			 -ESTALE);
+	assert_int_equal(n, 0);
+	assert_int_equal(append_stream_page(c, "T", m1.gen, &s, 4, 9, NULL),
+			 -ESTALE);
+	assert_int_equal(cache_set_validated(c, "T", m1.gen, 5), -ESTALE);
+	/* the new generation starts at offset 0, none of the old bytes */
+	assert_int_equal(cache_read(c, "T", m2.gen, 0, buf, sizeof(buf), &n),
+			 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(append_stream_page(c, "T", m2.gen, &s, 0, 9, &m), 0);
+	assert_int_equal(check_stream(c, "T", m2.gen, &s, s.off[1], 7), 0);
+	/* a table never cached: any generation is stale */
+	assert_int_equal(cache_read(c, "U", 1, 0, buf, sizeof(buf), &n),
+			 -ESTALE);
+	free(s.bytes);
+}
+
+static void test_append_errors(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct cache_meta m, m2;
+	char longstr[CACHE_CURSOR_MAX + 1];
+
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+					   "c1", NULL),
+			 0);
+	/* another reader appended the same page first */
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+					   "c1", NULL),
+			 -EEXIST);
+	assert_int_equal(cache_append_page(c, "T", m.gen, 2, "b\n", 2, 1,
+					   "c1", NULL),
+			 -EEXIST);
+	/* a gap */
+	assert_int_equal(cache_append_page(c, "T", m.gen, 4, "cd\n", 3, 1,
+					   "c2", NULL),
+			 -EINVAL);
+	assert_int_equal(cache_append_page(c, "T", m.gen + 1, 3, "cd\n", 3, 1,
+					   "c2", NULL),
+			 -ESTALE);
+	assert_int_equal(cache_append_page(c, "nope", m.gen, 0, "x\n", 2, 1,
+					   NULL, NULL),
+			 -ESTALE);
+
+	memset(longstr, 'x', sizeof(longstr) - 1);
+	longstr[sizeof(longstr) - 1] = '\0';
+	longstr[CACHE_CURSOR_MAX] = '\0';	/* CURSOR_MAX chars: too long */
+	assert_int_equal(cache_append_page(c, "T", m.gen, 3, "cd\n", 3, 1,
+					   longstr, NULL),
+			 -ENAMETOOLONG);
+	longstr[CACHE_CURSOR_MAX - 1] = '\0';	/* the longest that fits */
+	assert_int_equal(cache_append_page(c, "T", m.gen, 3, "cd\n", 3, 1,
+					   longstr, &m2),
+			 0);
+	assert_string_equal(m2.cursor, longstr);
+	longstr[CACHE_VERSION_MAX] = '\0';
+	assert_int_equal(cache_begin_version(c, "T", longstr, NULL),
+			 -ENAMETOOLONG);
+	longstr[CACHE_VERSION_MAX - 1] = '\0';
+	assert_int_equal(cache_begin_version(c, "T", longstr, &m2), 0);
+	assert_string_equal(m2.version, longstr);
+
+	memset(longstr, 't', CACHE_TABLE_MAX + 1);
+	longstr[CACHE_TABLE_MAX + 1] = '\0';
+	assert_int_equal(cache_begin_version(c, longstr, "v", NULL),
+			 -ENAMETOOLONG);
+	longstr[CACHE_TABLE_MAX] = '\0';
+	assert_int_equal(cache_begin_version(c, longstr, "v", &m2), 0);
+	assert_int_equal(cache_append_page(c, longstr, m2.gen, 0, "ab\n", 3, 1,
+					   NULL, NULL),
+			 0);
+	assert_int_equal(cache_begin_version(c, "", "v", NULL), -EINVAL);
+}
+
+static void test_complete_and_totals(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct stream s;
+	struct cache_meta m, got;
+	size_t rows = 0;
+
+	stream_init(&s);
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	for (unsigned i = 0; i < 10; i++) {
+		assert_int_equal(append_stream_page(c, "T", m.gen, &s, i, 9,
+						    &got),
+				 0);
+		rows += page_rows(i);
+		assert_int_equal(got.pages, i + 1);
+		assert_int_equal(got.rows, rows);
+		assert_int_equal(got.bytes, s.off[i + 1]);
+		assert_int_equal(got.complete, i == 9);
+		if (i < 9) {
+			char want[32];
+
+			snprintf(want, sizeof(want), "c%u", i + 1);
+			assert_string_equal(got.cursor, want);
+		} else {
+			assert_string_equal(got.cursor, "");
+		}
+	}
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_true(got.complete);
+	assert_int_equal(got.bytes, s.off[10]);
+	assert_int_equal(got.rows, rows);
+	assert_int_equal(got.pages, 10);
+	assert_string_equal(got.version, "v1");
+	assert_true(got.used_at > 0);
+	assert_int_equal(check_stream(c, "T", m.gen, &s, s.off[10], 4096), 0);
+	/* once complete, a late copy of the last page is a duplicate */
+	assert_int_equal(cache_append_page(c, "T", m.gen, s.off[10], "x\n", 2,
+					   1, NULL, NULL),
+			 -EEXIST);
+
+	/* an empty table: one empty last page, complete with 0 bytes */
+	assert_int_equal(cache_begin_version(c, "E", "", &m), 0);
+	assert_string_equal(m.version, "");
+	assert_int_equal(cache_append_page(c, "E", m.gen, 0, NULL, 0, 0, NULL,
+					   &got),
+			 0);
+	assert_true(got.complete);
+	assert_int_equal(got.bytes, 0);
+	assert_int_equal(got.pages, 1);
+	assert_int_equal(cache_get_meta(c, "missing", &got), -ENOENT);
+	free(s.bytes);
+}
+
+static void test_validated_and_invalidate(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct cache_meta m, got;
+	struct cache_stats st;
+	char *ver = NULL, *json = NULL;
+	size_t len, n;
+	char buf[8];
+
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+					   NULL, NULL),
+			 0);
+	assert_int_equal(cache_set_validated(c, "T", m.gen, 1234567), 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_int_equal(got.validated_at, 1234567);
+	assert_int_equal(cache_set_validated(c, "T", m.gen + 7, 1), -ESTALE);
+	assert_int_equal(cache_set_validated(c, "U", m.gen, 1), -ESTALE);
+
+	assert_int_equal(cache_put_schema(c, "T", "s1", "{}\n", 3), 0);
+	assert_int_equal(cache_invalidate(c, "T"), 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), -ENOENT);
+	assert_int_equal(cache_read(c, "T", m.gen, 0, buf, sizeof(buf), &n),
+			 -ESTALE);
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.bytes, 0);
+	assert_int_equal(st.tables, 0);
+	assert_int_equal(cache_invalidate(c, "T"), 0);	/* nothing cached */
+	/* the schema is kept */
+	assert_int_equal(cache_get_schema(c, "T", &ver, &json, &len), 0);
+	assert_string_equal(json, "{}\n");
+	free(ver);
+	free(json);
+	/* the next version gets a fresh generation */
+	assert_int_equal(cache_begin_version(c, "T", "v1", &got), 0);
+	assert_true(got.gen > m.gen);
+}
+
+static void test_schema_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	static const char schema[] = "{\n  \"name\": \"T\",\n  \"x\": \"\\u00e9\"\n}\n";
+	char *ver = NULL, *json = NULL;
+	size_t len = 0;
+
+	assert_int_equal(cache_get_schema(c, "T", &ver, &json, &len), -ENOENT);
+	assert_null(ver);
+	assert_null(json);
+	assert_int_equal(cache_put_schema(c, "T", "\"s-1\"", schema,
+					  strlen(schema)),
+			 0);
+	assert_int_equal(cache_get_schema(c, "T", &ver, &json, &len), 0);
+	assert_string_equal(ver, "\"s-1\"");
+	assert_int_equal(len, strlen(schema));
+	assert_string_equal(json, schema);
+	free(ver);
+	free(json);
+	/* replaced, with no version */
+	assert_int_equal(cache_put_schema(c, "T", NULL, "[]", 2), 0);
+	assert_int_equal(cache_get_schema(c, "T", &ver, &json, &len), 0);
+	assert_string_equal(ver, "");
+	assert_string_equal(json, "[]");
+	assert_int_equal(len, 2);
+	free(ver);
+	free(json);
+}
+
+static void test_spool_dedupe(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	const char *k1[] = { "b", "a", "b", "c" };
+	const char *r1[] = { "{\"k\":\"b\",\"v\":1}", "{\"k\":\"a\"}",
+			     "{\"k\":\"b\",\"v\":2}", "{\"k\":\"c\"}" };
+	const char *k2[] = { "c", "" };
+	const char *r2[] = { "{\"k\":\"c\",\"v\":3}", "{\"k\":\"\"}" };
+	/* without a length prefix "T"+"Tx" would be "TT"+"x" */
+	const char *k3[] = { "x" };
+	const char *r3[] = { "other table" };
+	const char *k4[] = { "Tx" };
+	const char *r4[] = { "yet another" };
+	struct cache_spool_batch b;
+	size_t n;
+
+	assert_int_equal(cache_spool_count(c, "T", &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cache_spool_put(c, "T", 4, k1, r1), 0);
+	assert_int_equal(cache_spool_put(c, "T", 2, k2, r2), 0);
+	assert_int_equal(cache_spool_put(c, "TT", 1, k3, r3), 0);
+	assert_int_equal(cache_spool_put(c, "T", 1, k4, r4), 0);
+	assert_int_equal(cache_spool_count(c, "T", &n), 0);
+	assert_int_equal(n, 5);
+	assert_int_equal(cache_spool_count(c, "TT", &n), 0);
+	assert_int_equal(n, 1);
+
+	assert_int_equal(cache_spool_next(c, "T", NULL, 100, &b), 0);
+	assert_int_equal(b.n, 5);
+	/* byte order: "" < "Tx" < "a" < "b" < "c" */
+	assert_string_equal(b.rows[0], "{\"k\":\"\"}");
+	assert_string_equal(b.rows[1], "yet another");
+	assert_string_equal(b.rows[2], "{\"k\":\"a\"}");
+	assert_string_equal(b.rows[3], "{\"k\":\"b\",\"v\":2}");
+	assert_string_equal(b.rows[4], "{\"k\":\"c\",\"v\":3}");
+	assert_string_equal(b.last_key, "c");
+	cache_spool_batch_release(&b);
+	assert_int_equal(cache_spool_next(c, "T", "Tx", 2, &b), 0);
+	assert_int_equal(b.n, 2);
+	assert_string_equal(b.rows[0], "{\"k\":\"a\"}");
+	assert_string_equal(b.rows[1], "{\"k\":\"b\",\"v\":2}");
+	assert_string_equal(b.last_key, "b");
+	cache_spool_batch_release(&b);
+	/* after a key that is not spooled: from the next one */
+	assert_int_equal(cache_spool_next(c, "T", "bb", 2, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_string_equal(b.rows[0], "{\"k\":\"c\",\"v\":3}");
+	cache_spool_batch_release(&b);
+	assert_int_equal(cache_spool_next(c, "T", "c", 2, &b), 0);
+	assert_int_equal(b.n, 0);
+	assert_null(b.last_key);
+	cache_spool_batch_release(&b);
+	assert_int_equal(cache_spool_next(c, "T", NULL, 0, &b), -EINVAL);
+
+	assert_int_equal(cache_spool_clear(c, "T"), 0);
+	assert_int_equal(cache_spool_count(c, "T", &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cache_spool_next(c, "T", NULL, 10, &b), 0);
+	assert_int_equal(b.n, 0);
+	cache_spool_batch_release(&b);
+	assert_int_equal(cache_spool_count(c, "TT", &n), 0);
+	assert_int_equal(n, 1);
+}
+
+/* 10k rows put in shuffled batches of 700 with 1k repeats, then read back
+ * in key order in batches of 333; then cleared (several clear chunks'
+ * worth would be 10k+, so clear also crosses its chunk boundary). */
+static void test_spool_10k_batches(void **state)
+{
+	enum { N = 12000, PUT = 700, GET = 333 };
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	static char keys[N][16], rows[N][48];
+	const char *kp[PUT], *rp[PUT];
+	unsigned *order = malloc(N * sizeof(*order));
+	struct cache_spool_batch b;
+	char *after = NULL;
+	size_t n, seen = 0;
+
+	assert_non_null(order);
+	for (unsigned i = 0; i < N; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "k%06u", i % 10000);
+		snprintf(rows[i], sizeof(rows[i]), "{\"k\":\"k%06u\",\"n\":%u}",
+			 i % 10000, i);
+		order[i] = i;
+	}
+	srand(42);
+	for (unsigned i = N - 1; i > 0; i--) {
+		unsigned j = (unsigned)rand() % (i + 1), t = order[i];
+
+		order[i] = order[j];
+		order[j] = t;
+	}
+	/* i and i + 10000 share a key: the later put must win, so put the
+	 * rows i >= 10000 last */
+	for (unsigned pass = 0; pass < 2; pass++) {
+		size_t k = 0;
+
+		for (unsigned i = 0; i < N; i++) {
+			unsigned r = order[i];
+
+			if ((r >= 10000) != (pass == 1))
+				continue;
+			kp[k] = keys[r];
+			rp[k] = rows[r];
+			if (++k == PUT) {
+				assert_int_equal(cache_spool_put(c, "T", k, kp,
+								 rp),
+						 0);
+				k = 0;
+			}
+		}
+		if (k)
+			assert_int_equal(cache_spool_put(c, "T", k, kp, rp), 0);
+	}
+	assert_int_equal(cache_spool_count(c, "T", &n), 0);
+	assert_int_equal(n, 10000);
+
+	for (;;) {
+		assert_int_equal(cache_spool_next(c, "T", after, GET, &b), 0);
+		if (b.n == 0) {
+			cache_spool_batch_release(&b);
+			break;
+		}
+		assert_true(b.n <= GET);
+		for (size_t i = 0; i < b.n; i++) {
+			char want[48];
+			size_t id = seen + i;
+
+			snprintf(want, sizeof(want),
+				 "{\"k\":\"k%06zu\",\"n\":%zu}", id,
+				 id < N - 10000 ? id + 10000 : id);
+			assert_string_equal(b.rows[i], want);
+		}
+		seen += b.n;
+		free(after);
+		after = strdup(b.last_key);
+		assert_non_null(after);
+		cache_spool_batch_release(&b);
+	}
+	free(after);
+	assert_int_equal(seen, 10000);
+	assert_int_equal(cache_spool_clear(c, "T"), 0);
+	assert_int_equal(cache_spool_count(c, "T", &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(cache_spool_next(c, "T", NULL, GET, &b), 0);
+	assert_int_equal(b.n, 0);
+	cache_spool_batch_release(&b);
+	free(order);
+}
+
+static void fill_table(struct cache *c, const char *table, unsigned pages,
+		       size_t page_len, struct cache_meta *m)
+{
+	char *buf = malloc(page_len);
+
+	assert_non_null(buf);
+	memset(buf, table[0], page_len);
+	assert_int_equal(cache_begin_version(c, table, "v", m), 0);
+	for (unsigned i = 0; i < pages; i++)
+		assert_int_equal(cache_append_page(c, table, m->gen,
+						   (uint64_t)i * page_len, buf,
+						   page_len, 1, "more", m),
+				 0);
+	free(buf);
+}
+
+static void sleep_to_next_second(void)
+{
+	time_t t0 = time(NULL);
+
+	while (time(NULL) == t0)
+		usleep(20000);
+}
+
+/*
+ * max_bytes 3000, pages of 1000 bytes. A and B are filled, then A is read
+ * a second later (A more recent), then C grows: B goes first although it
+ * sorts after A, then A; C alone over the cap is never evicted.
+ */
+static void test_eviction_lru(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 3000);
+	struct cache_meta a, b, cm, got;
+	struct cache_stats st;
+	char buf[1000];
+	size_t n;
+
+	fill_table(c, "A", 1, 1000, &a);
+	fill_table(c, "B", 1, 1000, &b);
+	sleep_to_next_second();
+	assert_int_equal(cache_read(c, "A", a.gen, 0, buf, 10, &n), 0);
+	assert_int_equal(n, 10);
+	sleep_to_next_second();
+	fill_table(c, "C", 1, 1000, &cm);	/* 3000: fits exactly */
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.evictions, 0);
+	assert_int_equal(st.tables, 3);
+	assert_int_equal(st.bytes, 3000);
+
+	memset(buf, 'C', sizeof(buf));
+	assert_int_equal(cache_append_page(c, "C", cm.gen, 1000, buf, 1000, 1,
+					   "more", NULL),
+			 0);
+	assert_int_equal(cache_get_meta(c, "B", &got), -ENOENT);
+	assert_int_equal(cache_get_meta(c, "A", &got), 0);
+	assert_int_equal(cache_read(c, "B", b.gen, 0, buf, 10, &n), -ESTALE);
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.evictions, 1);
+	assert_int_equal(st.bytes, 3000);
+
+	memset(buf, 'C', sizeof(buf));
+	assert_int_equal(cache_append_page(c, "C", cm.gen, 2000, buf, 1000, 1,
+					   "more", NULL),
+			 0);
+	assert_int_equal(cache_get_meta(c, "A", &got), -ENOENT);
+	/* C alone is over the cap: it stays whole */
+	assert_int_equal(cache_append_page(c, "C", cm.gen, 3000, buf, 1000, 1,
+					   NULL, &got),
+			 0);
+	assert_true(got.complete);
+	assert_int_equal(got.bytes, 4000);
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.evictions, 2);
+	assert_int_equal(st.tables, 1);
+	assert_int_equal(st.bytes, 4000);
+	for (uint64_t off = 0; off < 4000; off += 1000) {
+		assert_int_equal(cache_read(c, "C", cm.gen, off, buf,
+					    sizeof(buf), &n),
+				 0);
+		assert_int_equal(n, 1000);
+		assert_int_equal(buf[0], 'C');
+		assert_int_equal(buf[999], 'C');
+	}
+}
+
+/*
+ * A reader that finds the frontier and appends the next page; both
+ * processes run it on the same table, so about half their appends are
+ * -EEXIST. Returns 0 or a negative errno / -EBADMSG on a mismatch.
+ */
+static int race_stream(const char *dir, const struct stream *s)
+{
+	struct cache *c = NULL;
+	struct cache_meta m;
+	int rc;
+
+	rc = cache_open(dir, 0, &c);
+	if (rc)
+		return rc;
+	for (;;) {
+		rc = cache_get_meta(c, "T", &m);
+		if (rc)
+			break;
+		if (m.complete)
+			break;
+		if (m.pages >= STREAM_PAGES || m.bytes != s->off[m.pages]) {
+			rc = -EBADMSG;
+			break;
+		}
+		rc = append_stream_page(c, "T", m.gen, s, (unsigned)m.pages,
+					STREAM_PAGES - 1, NULL);
+		if (rc && rc != -EEXIST)
+			break;
+		/* the other process may have appended more since */
+		rc = check_stream_to(c, "T", m.gen, s, m.bytes, 1500, false);
+		if (rc)
+			break;
+	}
+	if (rc == 0)
+		rc = check_stream(c, "T", m.gen, s, m.bytes, 4096);
+	cache_close(c);
+	return rc;
+}
+
+static void test_two_processes(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct stream s;
+	struct cache_meta m;
+	pid_t pid;
+	int status;
+
+	stream_init(&s);
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	fflush(NULL);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(race_stream(f->dir, &s) == 0 ? 0 : 1);
+	assert_int_equal(race_stream(f->dir, &s), 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+
+	assert_int_equal(cache_get_meta(c, "T", &m), 0);
+	assert_true(m.complete);
+	assert_int_equal(m.pages, STREAM_PAGES);
+	assert_int_equal(m.bytes, s.off[STREAM_PAGES]);
+	assert_int_equal(check_stream(c, "T", m.gen, &s, m.bytes, 777), 0);
+	free(s.bytes);
+}
+
+/* Forever: new versions of K, appended page by page, and spooled rows. */
+static void writer_forever(const char *dir, const struct stream *s)
+{
+	struct cache *c = NULL;
+	struct cache_meta m;
+	char key[32], row[64];
+	const char *kp[1] = { key }, *rp[1] = { row };
+
+	if (cache_open(dir, 5000, &c))
+		_exit(1);
+	for (unsigned v = 0;; v++) {
+		char ver[32];
+
+		snprintf(ver, sizeof(ver), "v%u", v);
+		if (cache_begin_version(c, "K", ver, &m))
+			_exit(2);
+		for (unsigned i = 0; i < 60; i++) {
+			if (append_stream_page(c, "K", m.gen, s, i, 59, NULL))
+				_exit(3);
+			snprintf(key, sizeof(key), "%u", (v * 60 + i) % 500);
+			snprintf(row, sizeof(row), "{\"v\":%u}", v);
+			if (cache_spool_put(c, "K", 1, kp, rp))
+				_exit(4);
+		}
+		/* other tables so that eviction runs too */
+		snprintf(ver, sizeof(ver), "O%u", v % 5);
+		/* (still there from 5 rounds ago: the page is too) */
+		if (cache_begin_version(c, ver, "x", &m))
+			_exit(5);
+		if (!m.complete &&
+		    append_stream_page(c, ver, m.gen, s, 0, 0, NULL))
+			_exit(6);
+	}
+}
+
+static void test_kill9_mid_writes(void **state)
+{
+	struct fixture *f = *state;
+	struct stream s;
+
+	stream_init(&s);
+	for (int round = 0; round < 4; round++) {
+		struct cache *c = NULL;
+		struct cache_meta m;
+		struct cache_stats st;
+		struct cache_spool_batch b;
+		uint64_t sum = 0;
+		size_t n;
+		pid_t pid;
+		int status;
+
+		fflush(NULL);
+		pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0)
+			writer_forever(f->dir, &s);
+		usleep(50000 + 40000 * round);
+		assert_int_equal(kill(pid, SIGKILL), 0);
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		if (!WIFSIGNALED(status))
+			fail_msg("writer exited with %d", WEXITSTATUS(status));
+
+		assert_int_equal(cache_open(f->dir, 5000, &c), 0);
+		if (cache_get_meta(c, "K", &m) == 0) {
+			assert_true(m.pages <= 60);
+			assert_int_equal(m.bytes, s.off[m.pages]);
+			assert_int_equal(check_stream(c, "K", m.gen, &s,
+						      m.bytes, 999),
+					 0);
+			sum += m.bytes;
+			/* and it goes on where the dead writer stopped */
+			if (!m.complete)
+				assert_int_equal(
+					append_stream_page(c, "K", m.gen, &s,
+							   (unsigned)m.pages,
+							   59, NULL),
+					0);
+			sum += m.complete ? 0 :
+				s.off[m.pages + 1] - s.off[m.pages];
+		}
+		for (int o = 0; o < 5; o++) {
+			char name[8];
+
+			snprintf(name, sizeof(name), "O%d", o);
+			if (cache_get_meta(c, name, &m) == 0)
+				sum += m.bytes;
+		}
+		assert_int_equal(cache_get_stats(c, &st), 0);
+		assert_int_equal(st.bytes, sum);
+		assert_int_equal(cache_spool_count(c, "K", &n), 0);
+		assert_true(n <= 500);
+		assert_int_equal(cache_spool_next(c, "K", NULL, 1000, &b), 0);
+		assert_int_equal(b.n, n);
+		cache_spool_batch_release(&b);
+		cache_close(c);
+	}
+	free(s.bytes);
+}
+
+static void test_reopen_persistence(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct stream s;
+	struct cache_meta m, got;
+	char *ver = NULL, *json = NULL;
+	const char *k[] = { "a" }, *r[] = { "row a" };
+	size_t len, n;
+
+	stream_init(&s);
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	for (unsigned i = 0; i < 5; i++)
+		assert_int_equal(append_stream_page(c, "T", m.gen, &s, i, 4,
+						    NULL),
+				 0);
+	assert_int_equal(cache_put_schema(c, "T", "s", "{}", 2), 0);
+	assert_int_equal(cache_spool_put(c, "T", 1, k, r), 0);
+	cache_close(c);
+	f->cache = NULL;
+
+	c = open_cache(f, 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_int_equal(got.gen, m.gen);
+	assert_true(got.complete);
+	assert_int_equal(got.bytes, s.off[5]);
+	assert_int_equal(check_stream(c, "T", m.gen, &s, s.off[5], 100), 0);
+	assert_int_equal(cache_get_schema(c, "T", &ver, &json, &len), 0);
+	assert_string_equal(ver, "s");
+	assert_string_equal(json, "{}");
+	free(ver);
+	free(json);
+	assert_int_equal(cache_spool_count(c, "T", &n), 0);
+	assert_int_equal(n, 1);
+	/* generations keep growing across opens */
+	assert_int_equal(cache_begin_version(c, "U", "v1", &got), 0);
+	assert_true(got.gen > m.gen);
+	free(s.bytes);
+}
+
+struct reader_arg {
+	struct cache *cache;
+	const struct stream *s;
+	uint64_t gen;
+	volatile int *stop;
+	int bad;
+};
+
+static void *reader_thread(void *p)
+{
+	struct reader_arg *a = p;
+	unsigned seed = (unsigned)(uintptr_t)p;
+	char buf[3000];
+
+	while (!*a->stop) {
+		uint64_t off = (uint64_t)rand_r(&seed) %
+			       (a->s->off[STREAM_PAGES] + 10);
+		size_t size = (size_t)rand_r(&seed) % sizeof(buf), n;
+
+		if (cache_read(a->cache, "T", a->gen, off, buf, size, &n) ||
+		    n > size || (n && memcmp(buf, a->s->bytes + off, n)))
+			a->bad++;
+	}
+	return NULL;
+}
+
+/* Threads of one process read while another appends (MDB_NOTLS). */
+static void test_threads(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct stream s;
+	struct cache_meta m;
+	struct reader_arg args[4];
+	pthread_t th[4];
+	volatile int stop = 0;
+
+	stream_init(&s);
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct reader_arg){ .cache = c, .s = &s,
+					       .gen = m.gen, .stop = &stop };
+		assert_int_equal(pthread_create(&th[i], NULL, reader_thread,
+						&args[i]),
+				 0);
+	}
+	for (unsigned i = 0; i < STREAM_PAGES; i++)
+		assert_int_equal(append_stream_page(c, "T", m.gen, &s, i,
+						    STREAM_PAGES - 1, NULL),
+				 0);
+	stop = 1;
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(args[i].bad, 0);
+	}
+	free(s.bytes);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+		T(test_dir_created_0700),
+		T(test_open_not_a_dir),
+		T(test_read_every_offset),
+		T(test_begin_same_version_keeps_pages),
+		T(test_new_version_drops_old),
+		T(test_append_errors),
+		T(test_complete_and_totals),
+		T(test_validated_and_invalidate),
+		T(test_schema_roundtrip),
+		T(test_spool_dedupe),
+		T(test_spool_10k_batches),
+		T(test_eviction_lru),
+		T(test_two_processes),
+		T(test_kill9_mid_writes),
+		T(test_reopen_persistence),
+		T(test_threads),
+#undef T
+	};
+
+	/* expected failures log errors: quiet unless asked */
+	log_init("test_cache", getenv("TEST_CACHE_VERBOSE") ? LOG_DEBUG :
+							       LOG_CRIT);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
