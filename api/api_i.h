@@ -1,0 +1,292 @@
+/*
+ * api_i.h: what the files of api/ share, and nothing else includes.
+ *
+ * Layers, bottom up:
+ *   json.c    a strict span scanner (struct jdoc) for row pages and import
+ *             lines, json-c compatible compact output, row validation,
+ *             schema parsing;
+ *   pacer.c   the shared rate-limit pacer;
+ *   token.c   the shared OAuth token;
+ *   http.c    curl handle pool, one request with retries (api_http);
+ *   cursor.c  the cursor dialect (struct api_dialect);
+ *   api.c     api_new/api_free, configuration, the public entry points
+ *             that dispatch to the dialect, small helpers.
+ * See docs/api.md for the design.
+ */
+#ifndef DTFS_API_I_H
+#define DTFS_API_I_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api.h"
+
+/* ---- small growable buffer ------------------------------------------- */
+
+struct abuf {
+	char *p;
+	size_t len, cap;
+	bool oom;	/* an append failed: the content is incomplete */
+};
+
+void abuf_init(struct abuf *b);
+void abuf_release(struct abuf *b);
+bool abuf_reserve(struct abuf *b, size_t extra);
+void abuf_add(struct abuf *b, const void *p, size_t n);
+void abuf_addc(struct abuf *b, char c);
+void abuf_adds(struct abuf *b, const char *s);
+/* Hand over the bytes, NUL-terminated (len excludes the NUL); NULL on OOM. */
+char *abuf_detach(struct abuf *b, size_t *len);
+
+/* ---- the span scanner (json.c) --------------------------------------- */
+
+enum jtype {
+	JT_NULL,
+	JT_FALSE,
+	JT_TRUE,
+	JT_NUMBER,
+	JT_STRING,
+	JT_ARRAY,
+	JT_OBJECT,
+};
+
+#define JF_ESCAPED 0x01	/* string: has a backslash escape */
+#define JF_FRACEXP 0x02	/* number: has '.', 'e' or 'E' */
+
+/* One value. Strings: off/len is the text between the quotes. Numbers and
+ * literals: their text. Arrays/objects: from the bracket to the bracket.
+ * Object members are a string node (the key) followed by the value. */
+struct jnode {
+	uint8_t type;
+	uint8_t flags;
+	uint32_t off, len;
+	uint32_t end;	/* index of the first node after this subtree */
+	uint32_t n;	/* array: elements; object: members */
+};
+
+struct jdoc {
+	const char *text;
+	size_t len;
+	struct jnode *nodes;
+	size_t count, cap;
+	char err[96];	/* why parsing failed */
+};
+
+#define JDOC_VALIDATE_UTF8 0x01
+
+void jdoc_init(struct jdoc *d);
+void jdoc_release(struct jdoc *d);
+/* Parse text strictly (RFC 8259, one value, whitespace around it allowed).
+ * Returns 0, -EINVAL (d->err says why) or -ENOMEM. The nodes of an earlier
+ * parse are reused. d->text is borrowed. */
+int jdoc_parse(struct jdoc *d, const char *text, size_t len, int flags);
+/* First child of a container (or the key of its first member). */
+static inline uint32_t jdoc_child(uint32_t i)
+{
+	return i + 1;
+}
+static inline uint32_t jdoc_next(const struct jdoc *d, uint32_t i)
+{
+	return d->nodes[i].end;
+}
+/* Value of member `name` of object node obj, or UINT32_MAX. */
+uint32_t jdoc_member(const struct jdoc *d, uint32_t obj, const char *name);
+/* Does string node i decode to exactly name[0..nlen)? */
+bool jdoc_str_eq(const struct jdoc *d, uint32_t i, const char *name,
+		 size_t nlen);
+/* Decode string node i into out (appended, not NUL-terminated). */
+void jdoc_str_decode(const struct jdoc *d, uint32_t i, struct abuf *out);
+/* Decoded string node i, malloc'ed and NUL-terminated, or NULL (OOM). */
+char *jdoc_str_dup(const struct jdoc *d, uint32_t i);
+/* Append value i compactly, as json-c's JSON_C_TO_STRING_PLAIN |
+ * JSON_C_TO_STRING_NOSLASHESCAPE would, except that numbers keep their
+ * text exactly (json-c rewrites -0 and clamps big integers). */
+void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out);
+/* Append s as a JSON string in json-c's escaping. */
+void json_emit_string(struct abuf *out, const char *s, size_t len);
+const char *jtype_name(enum jtype t);
+
+/* Serialize a cursor-dialect rows array (node rows of d) as JSONL into out,
+ * keys in schema order (schema may be NULL: server order). Returns 0,
+ * -EPROTO (a row is not {"columns": {...}}) or -ENOMEM. */
+int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
+		      uint32_t rows, struct abuf *out, size_t *nrows);
+
+/* Is s[0..len) an RFC 3339 date-time? */
+bool api_date_valid(const char *s, size_t len);
+
+/* Parse a schema body: cursor {"columns": [...]} or flows JSON Schema
+ * {"properties": {...}}. json-c is used; json/json_len get the pretty
+ * form. Returns 0, -EPROTO, -ENOMEM. */
+int api_schema_from_json(const char *json, size_t len, const char *version,
+			 struct api_schema *out);
+
+/* ---- pacer (pacer.c) -------------------------------------------------- */
+
+#define API_BUDGET_LOW 20
+
+struct api_pacer {
+	pthread_mutex_t mu;
+	double pause_until;	/* monotonic: a 429 stops every thread */
+	double reset_at;	/* monotonic end of the current window */
+	long remaining;		/* as last reported, -1 unknown */
+	long estimate;		/* remaining minus requests sent since */
+	long max_seen;		/* largest remaining or limit seen */
+	double next_slot;	/* earliest start of the next paced request */
+};
+
+void pacer_init(struct api_pacer *p);
+void pacer_destroy(struct api_pacer *p);
+/* Seconds the caller must wait before sending (0: go now). Reserves a slot:
+ * call once per request, then sleep the returned time. */
+double pacer_reserve(struct api_pacer *p, double now);
+/* Feed the rate-limit headers of a response (-1: absent). */
+void pacer_update(struct api_pacer *p, double now, long remaining,
+		  long reset_s);
+/* A 429 said to wait `seconds`: every thread waits. */
+void pacer_pause(struct api_pacer *p, double now, double seconds);
+bool pacer_low(struct api_pacer *p, double now);
+
+/* ---- token (token.c) -------------------------------------------------- */
+
+struct api_token {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	char *value;		/* bearer token, NULL when none */
+	double fetched_at;	/* monotonic, when the request was sent */
+	double expires_at;	/* monotonic */
+	double refresh_at;	/* monotonic: fetch a new one from here on */
+	uint64_t gen;		/* bumped on each new token */
+	uint64_t fetch_seq;	/* bumped when a fetch ends */
+	int fetch_err;		/* result of the last fetch */
+	bool fetching;
+};
+
+void token_init(struct api_token *t);
+void token_destroy(struct api_token *t);
+/* A copy of a valid token (malloc'ed; caller frees, after wiping) and its
+ * generation. Fetches one when needed; one thread fetches, others wait.
+ * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO, -ENOMEM, -EPROTO. */
+int token_get(struct api *api, char **out, uint64_t *gen);
+/* The token of generation gen was refused: forget it (unless a newer one
+ * replaced it already). */
+void token_invalidate(struct api *api, uint64_t gen);
+/* Seconds before expiry when a token of this lifetime is refreshed. */
+double token_margin(double lifetime_s);
+
+/* ---- HTTP (http.c) ---------------------------------------------------- */
+
+struct api_req {
+	const char *method;	/* "GET", "POST", "PUT", "DELETE" */
+	const char *url;	/* absolute */
+	const char *body;	/* NULL: none */
+	size_t body_len;
+	const char *content_type;
+	const char *if_match;
+	const char *if_none_match;
+	const char *what;	/* for logs: "get schema" */
+	const char *subject;	/* for logs: the table id, quoted */
+	bool token_request;	/* POST to the token endpoint, basic auth */
+};
+
+struct api_resp {
+	long status;
+	struct abuf body;
+	char *etag;
+	char correlation[96];
+	char retry_after[64];
+	char code[96];		/* error code from the body, or "" */
+	long rl_remaining, rl_reset, rl_limit, rl_count; /* -1 absent */
+	unsigned attempts;
+	unsigned throttled;
+	double sent_at;		/* monotonic start of the last attempt */
+};
+
+void api_resp_init(struct api_resp *r);
+void api_resp_release(struct api_resp *r);
+
+/* Send a request with the token, retries, pacing and 401 handling.
+ * Returns 0 for 2xx and 304 (resp->status says which), else a negative
+ * errno; resp keeps the last answer (status, body, code) either way and
+ * the final failure has been logged. */
+int api_http(struct api *api, const struct api_req *req,
+	     struct api_resp *resp);
+
+int api_http_init(struct api *api);
+void api_http_release(struct api *api);
+
+/* Map a curl code to a negative errno; *retry tells whether it is
+ * transient. */
+int api_errno_from_curl(int code, bool *retry);
+
+/* URL-escape s (malloc'ed) or NULL. */
+char *api_escape(const char *s);
+
+/* ---- dialects --------------------------------------------------------- */
+
+struct api_dialect {
+	const char *name;
+	const char *scope;	/* token scope to ask for, or NULL */
+	unsigned max_page_size;
+	int (*list_tables)(struct api *api, struct api_table_list *out);
+	int (*get_schema)(struct api *api, const char *table_id,
+			  struct api_schema *out);
+	int (*put_schema)(struct api *api, const char *table_id,
+			  const char *json, size_t len, const char *if_match,
+			  struct api_schema *out);
+	int (*get_rows)(struct api *api, const char *table_id,
+			const struct api_schema *schema, const char *cursor,
+			unsigned page_size, const char *if_none_match,
+			struct api_page *out);
+	int (*upsert)(struct api *api, const char *table_id,
+		      const char *const *rows, size_t nrows,
+		      struct api_upsert_result *out);
+	int (*delete_row)(struct api *api, const char *table_id,
+			  const char *row_id);
+};
+
+extern const struct api_dialect api_dialect_cursor;
+
+/* ---- the client ------------------------------------------------------- */
+
+struct api_http_pool;
+
+struct api {
+	const struct api_dialect *dialect;
+	char *api_url;		/* no trailing slash */
+	char *login_url;
+	char *client_id;
+	char *client_secret;
+	unsigned max_attempts;
+	double retry_budget_s;
+	double connect_timeout_s;
+	double stall_timeout_s;
+
+	struct api_token token;
+	struct api_pacer pacer;
+	struct api_http_pool *pool;
+
+	_Atomic uint64_t n_requests, n_retries, n_throttled, n_server_errors,
+		n_unauthorized, n_tokens;
+};
+
+/* Monotonic seconds. */
+double api_now(void);
+/* Sleep, not interrupted by signals. */
+void api_sleep(double seconds);
+/* Uniform in [0, 1), thread-safe. */
+double api_random(void);
+
+/* Read a credentials file (refused when group/other have any permission).
+ * *id / *secret are set only for keys present (malloc'ed). */
+int api_read_credentials(const char *path, char **id, char **secret);
+/* Is the URL acceptable (https, or http to a loopback host)? */
+int api_check_url(const char *url, const char *what);
+
+#define API_BACKOFF_BASE_S 0.2
+#define API_BACKOFF_CAP_S 10.0
+
+#endif

@@ -1,0 +1,500 @@
+/*
+ * cursor.c: the cursor dialect (../shared/spec/cursor-api.md).
+ *
+ * /api/v2/datatables: cursor paging, rows as {"id", "columns"}, ETags on
+ * schemas and tables, batched upserts with all-or-nothing validation.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "api_i.h"
+#include "log.h"
+
+#define CURSOR_TABLES_PAGE 100
+#define CURSOR_MAX_PAGE 1000
+#define CURSOR_MAX_CHUNK 1000
+
+static void log_proto(const char *what, const char *subject,
+		      const struct api_resp *resp, const char *why)
+{
+	log_err("%s '%s' failed: unexpected answer: %s (HTTP %ld, "
+		"correlation %s)",
+		what, subject, why, resp->status,
+		resp->correlation[0] ? resp->correlation : "none");
+}
+
+/* "<api_url>/api/v2/datatables/<escaped id><suffix>" */
+static char *table_url(struct api *api, const char *table_id,
+		       const char *suffix)
+{
+	char *id = api_escape(table_id), *url = NULL;
+
+	if (!id)
+		return NULL;
+	if (asprintf(&url, "%s/api/v2/datatables/%s%s", api->api_url, id,
+		     suffix) < 0)
+		url = NULL;
+	free(id);
+	return url;
+}
+
+static struct json_object *parse_body(const struct api_resp *resp)
+{
+	struct json_tokener *tok;
+	struct json_object *o;
+
+	if (!resp->body.len || resp->body.len > INT32_MAX)
+		return NULL;
+	tok = json_tokener_new();
+	if (!tok)
+		return NULL;
+	o = json_tokener_parse_ex(tok, resp->body.p, (int)resp->body.len);
+	json_tokener_free(tok);
+	return o;
+}
+
+/* ---- tables ----------------------------------------------------------- */
+
+static int add_table(struct api_table_list *out, size_t *cap,
+		     const char *id, const char *name)
+{
+	struct api_table *t;
+
+	if (out->count == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 32;
+
+		t = realloc(out->tables, ncap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		out->tables = t;
+		*cap = ncap;
+	}
+	t = &out->tables[out->count];
+	t->id = strdup(id);
+	t->name = strdup(name);
+	if (!t->id || !t->name) {
+		free(t->id);
+		free(t->name);
+		return -ENOMEM;
+	}
+	out->count++;
+	return 0;
+}
+
+static int cursor_list_tables(struct api *api, struct api_table_list *out)
+{
+	struct api_req req = { .method = "GET", .what = "list tables" };
+	struct api_resp resp;
+	struct json_object *root = NULL, *ents, *next;
+	char *cursor = NULL, *url = NULL;
+	size_t cap = 0;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	api_resp_init(&resp);
+	for (;;) {
+		char *esc = cursor ? api_escape(cursor) : NULL;
+
+		free(url);
+		url = NULL;
+		if ((cursor && !esc) ||
+		    asprintf(&url, "%s/api/v2/datatables?pageSize=%d%s%s",
+			     api->api_url, CURSOR_TABLES_PAGE,
+			     esc ? "&cursor=" : "", esc ? esc : "") < 0) {
+			free(esc);
+			url = NULL;
+			rc = -ENOMEM;
+			goto out;
+		}
+		free(esc);
+		req.url = url;
+		rc = api_http(api, &req, &resp);
+		if (rc)
+			goto out;
+		json_object_put(root);
+		root = parse_body(&resp);
+		if (!root || !json_object_object_get_ex(root, "entities", &ents) ||
+		    !json_object_is_type(ents, json_type_array)) {
+			log_err("list tables failed: unexpected answer "
+				"(correlation %s)",
+				resp.correlation[0] ? resp.correlation : "none");
+			rc = -EPROTO;
+			goto out;
+		}
+		for (size_t i = 0; i < json_object_array_length(ents); i++) {
+			struct json_object *e = json_object_array_get_idx(ents, i);
+			struct json_object *id, *name;
+
+			if (!json_object_object_get_ex(e, "id", &id) ||
+			    !json_object_is_type(id, json_type_string) ||
+			    !json_object_object_get_ex(e, "name", &name) ||
+			    !json_object_is_type(name, json_type_string)) {
+				log_err("list tables failed: an entity without "
+					"id or name (correlation %s)",
+					resp.correlation[0] ? resp.correlation :
+							      "none");
+				rc = -EPROTO;
+				goto out;
+			}
+			rc = add_table(out, &cap, json_object_get_string(id),
+				       json_object_get_string(name));
+			if (rc)
+				goto out;
+		}
+		if (!json_object_object_get_ex(root, "nextPageCursor", &next) ||
+		    !json_object_is_type(next, json_type_string) ||
+		    !json_object_get_string_len(next))
+			break;
+		if (cursor && strcmp(cursor, json_object_get_string(next)) == 0) {
+			log_err("list tables failed: the server repeated "
+				"cursor (correlation %s)",
+				resp.correlation[0] ? resp.correlation : "none");
+			rc = -EPROTO;
+			goto out;
+		}
+		free(cursor);
+		cursor = strdup(json_object_get_string(next));
+		if (!cursor) {
+			rc = -ENOMEM;
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	if (rc)
+		api_table_list_release(out);
+	json_object_put(root);
+	api_resp_release(&resp);
+	free(cursor);
+	free(url);
+	return rc;
+}
+
+/* ---- schema ----------------------------------------------------------- */
+
+static int cursor_get_schema(struct api *api, const char *table_id,
+			     struct api_schema *out)
+{
+	struct api_req req = { .method = "GET", .what = "get schema of",
+			       .subject = table_id };
+	struct api_resp resp;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	api_resp_init(&resp);
+	req.url = table_url(api, table_id, "/schema");
+	if (!req.url) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = api_http(api, &req, &resp);
+	if (rc)
+		goto out;
+	rc = api_schema_from_json(resp.body.p ? resp.body.p : "",
+				  resp.body.len, resp.etag, out);
+	if (rc == -EPROTO)
+		log_proto("get schema of", table_id, &resp,
+			  "not a schema");
+out:
+	api_resp_release(&resp);
+	free((char *)req.url);
+	return rc;
+}
+
+static int cursor_put_schema(struct api *api, const char *table_id,
+			     const char *json, size_t len,
+			     const char *if_match, struct api_schema *out)
+{
+	struct api_req req = { .method = "PUT", .what = "put schema of",
+			       .subject = table_id, .body = json,
+			       .body_len = len,
+			       .content_type = "application/json",
+			       .if_match = if_match };
+	struct api_resp resp;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	api_resp_init(&resp);
+	req.url = table_url(api, table_id, "/schema");
+	if (!req.url) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = api_http(api, &req, &resp);
+	if (rc)
+		goto out;
+	if (resp.body.len)
+		rc = api_schema_from_json(resp.body.p, resp.body.len,
+					  resp.etag, out);
+	else /* no body: what we sent is the schema now */
+		rc = api_schema_from_json(json, len, resp.etag, out);
+	if (rc == -EPROTO)
+		log_proto("put schema of", table_id, &resp, "not a schema");
+out:
+	api_resp_release(&resp);
+	free((char *)req.url);
+	return rc;
+}
+
+/* ---- rows ------------------------------------------------------------- */
+
+static int cursor_get_rows(struct api *api, const char *table_id,
+			   const struct api_schema *schema, const char *cursor,
+			   unsigned page_size, const char *if_none_match,
+			   struct api_page *out)
+{
+	struct api_req req = { .method = "GET", .what = "get rows page of",
+			       .subject = table_id,
+			       .if_none_match = if_none_match };
+	struct api_resp resp;
+	struct jdoc d;
+	struct abuf data;
+	uint32_t rows, next;
+	char *esc = NULL, *suffix = NULL;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	api_resp_init(&resp);
+	jdoc_init(&d);
+	abuf_init(&data);
+	if (page_size == 0 || page_size > CURSOR_MAX_PAGE)
+		page_size = CURSOR_MAX_PAGE;
+	if (cursor && !(esc = api_escape(cursor))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (asprintf(&suffix, "/rows?pageSize=%u%s%s", page_size,
+		     esc ? "&cursor=" : "", esc ? esc : "") < 0) {
+		suffix = NULL;
+		rc = -ENOMEM;
+		goto out;
+	}
+	req.url = table_url(api, table_id, suffix);
+	if (!req.url) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = api_http(api, &req, &resp);
+	if (rc)
+		goto out;
+	if (resp.status == 304) {
+		out->not_modified = true;
+		goto out;
+	}
+	rc = jdoc_parse(&d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
+	if (rc == -EINVAL) {
+		log_proto("get rows page of", table_id, &resp, d.err);
+		rc = -EPROTO;
+	}
+	if (rc)
+		goto out;
+	rows = jdoc_member(&d, 0, "rows");
+	if (rows == UINT32_MAX) {
+		log_proto("get rows page of", table_id, &resp, "no rows");
+		rc = -EPROTO;
+		goto out;
+	}
+	rc = api_rows_to_jsonl(schema, &d, rows, &data, &out->nrows);
+	if (rc == -EPROTO)
+		log_proto("get rows page of", table_id, &resp,
+			  "a row without columns");
+	if (rc)
+		goto out;
+	next = jdoc_member(&d, 0, "nextPageCursor");
+	if (next != UINT32_MAX && d.nodes[next].type == JT_STRING &&
+	    d.nodes[next].len) {
+		out->next_cursor = jdoc_str_dup(&d, next);
+		if (!out->next_cursor) {
+			rc = -ENOMEM;
+			goto out;
+		}
+	} else if (next != UINT32_MAX && d.nodes[next].type != JT_NULL &&
+		   d.nodes[next].type != JT_STRING) {
+		log_proto("get rows page of", table_id, &resp,
+			  "nextPageCursor is not a string");
+		rc = -EPROTO;
+		goto out;
+	}
+	if (resp.etag && !(out->version = strdup(resp.etag))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	abuf_reserve(&data, 0);
+	out->data = abuf_detach(&data, &out->len);
+	if (!out->data)
+		rc = -ENOMEM;
+out:
+	if (rc)
+		api_page_release(out);
+	abuf_release(&data);
+	jdoc_release(&d);
+	api_resp_release(&resp);
+	free((char *)req.url);
+	free(suffix);
+	free(esc);
+	return rc;
+}
+
+/* The per-row errors of a 400 invalid.row. */
+static int parse_row_errors(const struct api_resp *resp,
+			    struct api_upsert_result *out)
+{
+	struct json_object *root = parse_body(resp), *details;
+	size_t n, i;
+	int rc = 0;
+
+	if (!root || !json_object_object_get_ex(root, "details", &details) ||
+	    !json_object_is_type(details, json_type_array))
+		goto out;
+	n = json_object_array_length(details);
+	if (!n)
+		goto out;
+	out->errors = calloc(n, sizeof(*out->errors));
+	if (!out->errors) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(details, i);
+		struct json_object *row, *field, *code;
+		struct api_row_error *re = &out->errors[out->nerrors];
+
+		if (!json_object_object_get_ex(e, "row", &row) ||
+		    !json_object_is_type(row, json_type_int) ||
+		    json_object_get_int64(row) < 0)
+			continue;
+		re->row = (size_t)json_object_get_int64(row);
+		if (json_object_object_get_ex(e, "fieldName", &field) &&
+		    json_object_is_type(field, json_type_string))
+			re->field = strdup(json_object_get_string(field));
+		if (json_object_object_get_ex(e, "errorCode", &code) &&
+		    json_object_is_type(code, json_type_string))
+			re->code = strdup(json_object_get_string(code));
+		out->nerrors++;
+	}
+out:
+	json_object_put(root);
+	return rc;
+}
+
+static int cursor_upsert(struct api *api, const char *table_id,
+			 const char *const *rows, size_t nrows,
+			 struct api_upsert_result *out)
+{
+	struct api_req req = { .method = "POST", .what = "upsert chunk of",
+			       .subject = table_id,
+			       .content_type = "application/json" };
+	struct api_resp resp;
+	struct json_object *root = NULL, *v;
+	struct abuf body;
+	size_t total = 2;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	api_resp_init(&resp);
+	abuf_init(&body);
+	if (nrows == 0 || nrows > CURSOR_MAX_CHUNK) {
+		log_err("upsert chunk of '%s' failed: %zu rows (1 to %d "
+			"allowed)", table_id, nrows, CURSOR_MAX_CHUNK);
+		rc = -EINVAL;
+		goto out;
+	}
+	for (size_t i = 0; i < nrows; i++)
+		total += strlen(rows[i]) + 14;
+	abuf_reserve(&body, total);
+	abuf_addc(&body, '[');
+	for (size_t i = 0; i < nrows; i++) {
+		if (i)
+			abuf_addc(&body, ',');
+		abuf_add(&body, "{\"columns\":", 11);
+		abuf_adds(&body, rows[i]);
+		abuf_addc(&body, '}');
+	}
+	abuf_addc(&body, ']');
+	req.url = table_url(api, table_id, "/rows?upsert=true");
+	if (body.oom || !req.url) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	req.body = body.p;
+	req.body_len = body.len;
+	rc = api_http(api, &req, &resp);
+	out->attempts = resp.attempts;
+	out->throttled = resp.throttled;
+	if (rc == -EINVAL && resp.status == 400) {
+		int rc2 = parse_row_errors(&resp, out);
+
+		if (rc2)
+			rc = rc2;
+		goto out;
+	}
+	if (rc)
+		goto out;
+	root = parse_body(&resp);
+	if (!root || !json_object_is_type(root, json_type_object)) {
+		log_proto("upsert chunk of", table_id, &resp, "not JSON");
+		rc = -EPROTO;
+		goto out;
+	}
+	if (json_object_object_get_ex(root, "inserted", &v) &&
+	    json_object_is_type(v, json_type_int) &&
+	    json_object_get_int64(v) >= 0)
+		out->inserted = (size_t)json_object_get_int64(v);
+	if (json_object_object_get_ex(root, "updated", &v) &&
+	    json_object_is_type(v, json_type_int) &&
+	    json_object_get_int64(v) >= 0)
+		out->updated = (size_t)json_object_get_int64(v);
+	if (resp.etag && !(out->version = strdup(resp.etag)))
+		rc = -ENOMEM;
+out:
+	json_object_put(root);
+	abuf_release(&body);
+	api_resp_release(&resp);
+	free((char *)req.url);
+	return rc;
+}
+
+static int cursor_delete_row(struct api *api, const char *table_id,
+			     const char *row_id)
+{
+	struct api_req req = { .method = "DELETE", .what = "delete row of",
+			       .subject = table_id };
+	struct api_resp resp;
+	char *esc = api_escape(row_id), *suffix = NULL;
+	int rc;
+
+	api_resp_init(&resp);
+	if (!esc || asprintf(&suffix, "/rows/%s", esc) < 0) {
+		suffix = NULL;
+		rc = -ENOMEM;
+		goto out;
+	}
+	req.url = table_url(api, table_id, suffix);
+	if (!req.url) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = api_http(api, &req, &resp);
+out:
+	api_resp_release(&resp);
+	free((char *)req.url);
+	free(suffix);
+	free(esc);
+	return rc;
+}
+
+const struct api_dialect api_dialect_cursor = {
+	.name = "cursor",
+	.scope = "data-table:read data-table:write",
+	.max_page_size = CURSOR_MAX_PAGE,
+	.list_tables = cursor_list_tables,
+	.get_schema = cursor_get_schema,
+	.put_schema = cursor_put_schema,
+	.get_rows = cursor_get_rows,
+	.upsert = cursor_upsert,
+	.delete_row = cursor_delete_row,
+};

@@ -1,0 +1,686 @@
+/*
+ * http.c: libcurl, retries, and the one place a request is sent.
+ *
+ * Connections: a mutex-protected pool of easy handles. A handle keeps its
+ * connections alive between requests, so borrowing any idle handle reuses
+ * a connection; DNS and TLS sessions are shared between all handles through
+ * a CURLSH with one lock per data kind. (libcurl's shared *connection*
+ * cache is not safe between concurrent threads, hence the pool.)
+ *
+ * Retries (api_http): 429 waits Retry-After plus up to 1 s of jitter, and
+ * tells the pacer so every thread waits; 5xx, 408 and transient network
+ * errors back off exponentially with full jitter; a 401 drops the token and
+ * retries once with a fresh one. All bounded by max_attempts and
+ * retry_budget_s. Other 4xx are final.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+
+#include "api_i.h"
+#include "log.h"
+
+#define POOL_MAX_IDLE 64
+#define BODY_MAX ((size_t)1 << 30)
+
+struct api_http_pool {
+	pthread_mutex_t mu;
+	CURL **idle;
+	size_t nidle;
+	CURLSH *share;
+	pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+static void curl_init(void)
+{
+	curl_init_rc = curl_global_init(CURL_GLOBAL_ALL);
+}
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access acc,
+		       void *user)
+{
+	struct api_http_pool *pool = user;
+
+	(void)h;
+	(void)acc;
+	if ((unsigned)data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_lock(&pool->locks[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *user)
+{
+	struct api_http_pool *pool = user;
+
+	(void)h;
+	if ((unsigned)data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_unlock(&pool->locks[data]);
+}
+
+int api_http_init(struct api *api)
+{
+	struct api_http_pool *pool;
+
+	pthread_once(&curl_once, curl_init);
+	if (curl_init_rc != CURLE_OK) {
+		log_err("initialize libcurl failed: %s",
+			curl_easy_strerror(curl_init_rc));
+		return -EIO;
+	}
+	pool = calloc(1, sizeof(*pool));
+	if (!pool)
+		return -ENOMEM;
+	pool->idle = calloc(POOL_MAX_IDLE, sizeof(*pool->idle));
+	pool->share = curl_share_init();
+	if (!pool->idle || !pool->share) {
+		if (pool->share)
+			curl_share_cleanup(pool->share);
+		free(pool->idle);
+		free(pool);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&pool->mu, NULL);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_init(&pool->locks[i], NULL);
+	curl_share_setopt(pool->share, CURLSHOPT_LOCKFUNC, share_lock);
+	curl_share_setopt(pool->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+	curl_share_setopt(pool->share, CURLSHOPT_USERDATA, pool);
+	curl_share_setopt(pool->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+	curl_share_setopt(pool->share, CURLSHOPT_SHARE,
+			  CURL_LOCK_DATA_SSL_SESSION);
+	api->pool = pool;
+	return 0;
+}
+
+void api_http_release(struct api *api)
+{
+	struct api_http_pool *pool = api->pool;
+
+	if (!pool)
+		return;
+	for (size_t i = 0; i < pool->nidle; i++)
+		curl_easy_cleanup(pool->idle[i]);
+	curl_share_cleanup(pool->share);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_destroy(&pool->locks[i]);
+	pthread_mutex_destroy(&pool->mu);
+	free(pool->idle);
+	free(pool);
+	api->pool = NULL;
+}
+
+static CURL *pool_get(struct api_http_pool *pool)
+{
+	CURL *h = NULL;
+
+	pthread_mutex_lock(&pool->mu);
+	if (pool->nidle)
+		h = pool->idle[--pool->nidle];
+	pthread_mutex_unlock(&pool->mu);
+	if (h)
+		curl_easy_reset(h); /* keeps live connections and caches */
+	else
+		h = curl_easy_init();
+	return h;
+}
+
+static void pool_put(struct api_http_pool *pool, CURL *h)
+{
+	pthread_mutex_lock(&pool->mu);
+	if (pool->nidle < POOL_MAX_IDLE) {
+		pool->idle[pool->nidle++] = h;
+		h = NULL;
+	}
+	pthread_mutex_unlock(&pool->mu);
+	if (h)
+		curl_easy_cleanup(h);
+}
+
+/* ---- responses -------------------------------------------------------- */
+
+void api_resp_init(struct api_resp *r)
+{
+	memset(r, 0, sizeof(*r));
+	abuf_init(&r->body);
+	r->rl_remaining = r->rl_reset = r->rl_limit = r->rl_count = -1;
+}
+
+static void resp_clear_headers(struct api_resp *r)
+{
+	free(r->etag);
+	r->etag = NULL;
+	r->correlation[0] = '\0';
+	r->retry_after[0] = '\0';
+	r->code[0] = '\0';
+	r->rl_remaining = r->rl_reset = r->rl_limit = r->rl_count = -1;
+}
+
+void api_resp_release(struct api_resp *r)
+{
+	resp_clear_headers(r);
+	abuf_release(&r->body);
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *user)
+{
+	struct api_resp *r = user;
+	size_t len = size * n;
+
+	if (r->body.len + len > BODY_MAX)
+		return 0;
+	abuf_add(&r->body, p, len);
+	return r->body.oom ? 0 : len;
+}
+
+static long header_long(const char *v)
+{
+	char *end;
+	long x;
+
+	errno = 0;
+	x = strtol(v, &end, 10);
+	if (errno || end == v || x < 0)
+		return -1;
+	while (*end == ' ' || *end == '\t')
+		end++;
+	return *end ? -1 : x;
+}
+
+static void copy_value(char *dst, size_t size, const char *v)
+{
+	snprintf(dst, size, "%s", v);
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *user)
+{
+	struct api_resp *r = user;
+	size_t len = size * n, nlen;
+	char line[512], *colon, *v, *e;
+
+	if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
+		/* a new response (after 100 Continue, say) */
+		resp_clear_headers(r);
+		return len;
+	}
+	if (len >= sizeof(line))
+		return len; /* none of ours is that long */
+	memcpy(line, p, len);
+	line[len] = '\0';
+	colon = strchr(line, ':');
+	if (!colon)
+		return len;
+	*colon = '\0';
+	nlen = (size_t)(colon - line);
+	(void)nlen;
+	v = colon + 1;
+	while (*v == ' ' || *v == '\t')
+		v++;
+	e = v + strlen(v);
+	while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' ||
+			 e[-1] == '\t'))
+		*--e = '\0';
+
+	if (strcasecmp(line, "ETag") == 0) {
+		free(r->etag);
+		r->etag = strdup(v);
+	} else if (strcasecmp(line, "ININ-Correlation-Id") == 0) {
+		copy_value(r->correlation, sizeof(r->correlation), v);
+	} else if (strcasecmp(line, "Retry-After") == 0) {
+		copy_value(r->retry_after, sizeof(r->retry_after), v);
+	} else if (strcasecmp(line, "X-RateLimit-Remaining") == 0) {
+		r->rl_remaining = header_long(v);
+	} else if (strcasecmp(line, "X-RateLimit-Reset") == 0 ||
+		   strcasecmp(line, "inin-ratelimit-reset") == 0) {
+		r->rl_reset = header_long(v);
+	} else if (strcasecmp(line, "inin-ratelimit-allowed") == 0) {
+		r->rl_limit = header_long(v);
+	} else if (strcasecmp(line, "inin-ratelimit-count") == 0) {
+		r->rl_count = header_long(v);
+	}
+	return len;
+}
+
+/* The "code" of an error body ("error" from the token endpoint). */
+static void resp_parse_code(struct api_resp *r)
+{
+	struct json_object *root, *code;
+
+	r->code[0] = '\0';
+	if (!r->body.len || r->body.len > 65536 || r->body.p[0] != '{')
+		return;
+	root = json_tokener_parse(r->body.p);
+	if (!root)
+		return;
+	if ((json_object_object_get_ex(root, "code", &code) ||
+	     json_object_object_get_ex(root, "error", &code)) &&
+	    json_object_is_type(code, json_type_string))
+		copy_value(r->code, sizeof(r->code),
+			   json_object_get_string(code));
+	json_object_put(root);
+}
+
+/* ---- errors ----------------------------------------------------------- */
+
+int api_errno_from_curl(int code, bool *retry)
+{
+	bool r = false;
+	int e;
+
+	switch ((CURLcode)code) {
+	case CURLE_OK:
+		e = 0;
+		break;
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+	case CURLE_COULDNT_CONNECT:
+		e = -ENOTCONN;
+		r = true;
+		break;
+	case CURLE_OPERATION_TIMEDOUT:
+		e = -ETIMEDOUT;
+		r = true;
+		break;
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_PARTIAL_FILE:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+	case CURLE_SSL_CONNECT_ERROR:
+		e = -EIO;
+		r = true;
+		break;
+	case CURLE_OUT_OF_MEMORY:
+		e = -ENOMEM;
+		break;
+	case CURLE_URL_MALFORMAT:
+	case CURLE_UNSUPPORTED_PROTOCOL:
+		e = -EINVAL;
+		break;
+	case CURLE_WRITE_ERROR:
+		/* our write callback refused: out of memory or too big */
+		e = -ENOMEM;
+		break;
+	default:
+		e = -EIO;
+		break;
+	}
+	if (retry)
+		*retry = r;
+	return e;
+}
+
+char *api_escape(const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = strlen(s), i, o = 0;
+	char *out = malloc(3 * n + 1);
+
+	if (!out)
+		return NULL;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+		    c == '_' || c == '~') {
+			out[o++] = (char)c;
+		} else {
+			out[o++] = '%';
+			out[o++] = hex[c >> 4];
+			out[o++] = hex[c & 0xf];
+		}
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* ---- one attempt ------------------------------------------------------ */
+
+static void wipe_slist(struct curl_slist *l)
+{
+	for (struct curl_slist *i = l; i; i = i->next)
+		explicit_bzero(i->data, strlen(i->data));
+	curl_slist_free_all(l);
+}
+
+static struct curl_slist *add_header(struct curl_slist *l, bool *oom,
+				     const char *name, const char *value)
+{
+	struct curl_slist *n;
+	char *h = NULL;
+
+	if (*oom)
+		return l;
+	if (asprintf(&h, "%s: %s", name, value) < 0) {
+		*oom = true;
+		return l;
+	}
+	n = curl_slist_append(l, h);
+	explicit_bzero(h, strlen(h));
+	free(h);
+	if (!n) {
+		*oom = true;
+		return l;
+	}
+	return n;
+}
+
+/* Send once. Returns the curl code; resp has status, headers and body. */
+static int perform(struct api *api, const struct api_req *req,
+		   const char *token, struct api_resp *resp, char *errbuf)
+{
+	struct curl_slist *hdrs = NULL;
+	bool oom = false;
+	long stall;
+	CURLcode cc;
+	CURL *h;
+
+	h = pool_get(api->pool);
+	if (!h)
+		return CURLE_OUT_OF_MEMORY;
+	resp_clear_headers(resp);
+	resp->body.len = 0;
+	resp->body.oom = false;
+	resp->status = 0;
+	errbuf[0] = '\0';
+
+	hdrs = add_header(hdrs, &oom, "Accept", "application/json");
+	if (req->content_type)
+		hdrs = add_header(hdrs, &oom, "Content-Type",
+				  req->content_type);
+	if (req->if_match)
+		hdrs = add_header(hdrs, &oom, "If-Match", req->if_match);
+	if (req->if_none_match)
+		hdrs = add_header(hdrs, &oom, "If-None-Match",
+				  req->if_none_match);
+	if (token) {
+		char *bearer = NULL;
+
+		if (asprintf(&bearer, "Bearer %s", token) < 0) {
+			oom = true;
+		} else {
+			hdrs = add_header(hdrs, &oom, "Authorization", bearer);
+			explicit_bzero(bearer, strlen(bearer));
+			free(bearer);
+		}
+	}
+	/* no "Expect: 100-continue" round trip before bodies */
+	if (!oom) {
+		struct curl_slist *n = curl_slist_append(hdrs, "Expect:");
+
+		if (n)
+			hdrs = n;
+		else
+			oom = true;
+	}
+	if (oom) {
+		wipe_slist(hdrs);
+		pool_put(api->pool, h);
+		return CURLE_OUT_OF_MEMORY;
+	}
+
+	stall = (long)ceil(api->stall_timeout_s);
+	if (stall < 1)
+		stall = 1;
+	curl_easy_setopt(h, CURLOPT_URL, req->url);
+	curl_easy_setopt(h, CURLOPT_VERBOSE, 0L); /* headers hold secrets */
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_SHARE, api->pool->share);
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(h, CURLOPT_HTTP_VERSION,
+			 (long)CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+			 (long)(api->connect_timeout_s * 1000));
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall);
+	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(h, CURLOPT_USERAGENT, "dtfs/" DTFS_VERSION);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
+	if (req->token_request) {
+		curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+		curl_easy_setopt(h, CURLOPT_USERNAME, api->client_id);
+		curl_easy_setopt(h, CURLOPT_PASSWORD, api->client_secret);
+	}
+	if (strcmp(req->method, "GET") != 0) {
+		if (strcmp(req->method, "POST") != 0)
+			curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
+					 req->method);
+		if (req->body) {
+			curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
+					 (curl_off_t)req->body_len);
+			curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
+		} else if (strcmp(req->method, "POST") == 0) {
+			curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
+					 (curl_off_t)0);
+			curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+		}
+	}
+
+	resp->sent_at = api_now();
+	cc = curl_easy_perform(h);
+	if (cc == CURLE_OK)
+		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+	/* the password and header list must not outlive this call */
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+	curl_easy_setopt(h, CURLOPT_PASSWORD, "");
+	wipe_slist(hdrs);
+	pool_put(api->pool, h);
+	return (int)cc;
+}
+
+/* ---- the retry loop --------------------------------------------------- */
+
+static void log_http_failure(int level, const struct api_req *req,
+			     const struct api_resp *resp, const char *tail)
+{
+	const char *hint = "";
+
+	if (req->token_request &&
+	    (resp->status == 401 || resp->status == 400) &&
+	    (!strcmp(resp->code, "invalid_client") || !resp->code[0]))
+		hint = ": wrong client id or secret?";
+	else if (resp->status == 403)
+		hint = ": permission or scope missing?";
+	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s", req->what,
+		req->subject ? " '" : "", req->subject ? req->subject : "",
+		req->subject ? "'" : "", resp->status,
+		resp->code[0] ? " " : "", resp->code,
+		resp->correlation[0] ? " (correlation " : "",
+		resp->correlation,
+		resp->correlation[0] ? ")" : "", hint, tail);
+}
+
+static bool status_retryable(long status)
+{
+	return status == 408 || status == 429 || (status >= 500 &&
+						   status <= 599);
+}
+
+int api_http(struct api *api, const struct api_req *req,
+	     struct api_resp *resp)
+{
+	double start = api_now(), deadline = start + api->retry_budget_s;
+	char errbuf[CURL_ERROR_SIZE];
+	unsigned nback = 0;
+	uint64_t gen = 0, fresh_gen = 0;
+	bool reauth_pending = false, have_fresh = false;
+	char *token = NULL;
+	int rc = -EIO;
+
+	resp->attempts = 0;
+	resp->throttled = 0;
+	for (;;) {
+		double now = api_now(), delay, wait;
+		bool retry = false, net = false;
+		char tail[96];
+		int cc;
+
+		if (!req->token_request) {
+			wait = pacer_reserve(&api->pacer, now);
+			if (wait > 0) {
+				if (now + wait > deadline) {
+					log_err("%s%s%s%s failed: the rate "
+						"limit wait (%.1f s) exceeds "
+						"the retry budget",
+						req->what,
+						req->subject ? " '" : "",
+						req->subject ? req->subject : "",
+						req->subject ? "'" : "", wait);
+					rc = -EIO;
+					goto out;
+				}
+				log_debug("%s: pacing, waiting %.2f s",
+					  req->what, wait);
+				api_sleep(wait);
+			}
+			rc = token_get(api, &token, &gen);
+			if (rc)
+				goto out; /* logged by the token fetch */
+			if (reauth_pending) {
+				fresh_gen = gen;
+				have_fresh = true;
+				reauth_pending = false;
+			}
+		}
+
+		cc = perform(api, req, token, resp, errbuf);
+		if (token) {
+			explicit_bzero(token, strlen(token));
+			free(token);
+			token = NULL;
+		}
+		atomic_fetch_add(&api->n_requests, 1);
+		if (resp->attempts++)
+			atomic_fetch_add(&api->n_retries, 1);
+		now = api_now();
+
+		if (cc != CURLE_OK) {
+			rc = api_errno_from_curl(cc, &retry);
+			net = true;
+			if (rc == -ENOMEM && resp->body.len + 1 > BODY_MAX)
+				rc = -EPROTO;
+			delay = api_backoff_delay(nback++, API_BACKOFF_BASE_S,
+						  API_BACKOFF_CAP_S);
+		} else {
+			if (resp->rl_remaining < 0 && resp->rl_limit >= 0 &&
+			    resp->rl_count >= 0)
+				resp->rl_remaining =
+					resp->rl_limit > resp->rl_count ?
+						resp->rl_limit - resp->rl_count :
+						0;
+			if (!req->token_request)
+				pacer_update(&api->pacer, now,
+					     resp->rl_remaining,
+					     resp->rl_reset);
+			rc = api_errno_from_http(resp->status);
+			if (!rc)
+				goto out;
+			resp_parse_code(resp);
+			if (resp->status >= 500)
+				atomic_fetch_add(&api->n_server_errors, 1);
+			if (resp->status == 401) {
+				atomic_fetch_add(&api->n_unauthorized, 1);
+				if (!req->token_request &&
+				    !(have_fresh && gen == fresh_gen) &&
+				    resp->attempts < api->max_attempts) {
+					log_info("%s%s%s%s: HTTP 401, getting "
+						 "a new token",
+						 req->what,
+						 req->subject ? " '" : "",
+						 req->subject ? req->subject :
+								"",
+						 req->subject ? "'" : "");
+					token_invalidate(api, gen);
+					reauth_pending = true;
+					continue;
+				}
+				rc = -EACCES;
+			}
+			retry = status_retryable(resp->status);
+			if (resp->status == 429) {
+				double ra = api_parse_retry_after(
+					resp->retry_after);
+
+				resp->throttled++;
+				atomic_fetch_add(&api->n_throttled, 1);
+				if (ra < 0)
+					ra = api_backoff_delay(
+						nback++, 1.0, API_BACKOFF_CAP_S);
+				if (!req->token_request)
+					pacer_pause(&api->pacer, now, ra);
+				delay = ra + api_random();
+				rc = -EIO;
+			} else {
+				double base = API_BACKOFF_BASE_S;
+
+				if (pacer_low(&api->pacer, now))
+					base *= 4; /* widen when budget low */
+				delay = api_backoff_delay(nback++, base,
+							  API_BACKOFF_CAP_S);
+			}
+		}
+
+		if (!retry)
+			break;
+		if (resp->attempts >= api->max_attempts ||
+		    now + delay > deadline) {
+			snprintf(tail, sizeof(tail), " (gave up after %u "
+				 "attempt%s in %.1f s)", resp->attempts,
+				 resp->attempts == 1 ? "" : "s", now - start);
+			if (net)
+				log_err("%s%s%s%s failed: %s%s", req->what,
+					req->subject ? " '" : "",
+					req->subject ? req->subject : "",
+					req->subject ? "'" : "",
+					errbuf[0] ? errbuf :
+						    curl_easy_strerror(cc),
+					tail);
+			else
+				log_http_failure(LOG_ERR, req, resp, tail);
+			goto out;
+		}
+		snprintf(tail, sizeof(tail), ", retry %u of %u in %.2f s",
+			 resp->attempts, api->max_attempts - 1, delay);
+		if (net)
+			log_info("%s%s%s%s: %s%s", req->what,
+				 req->subject ? " '" : "",
+				 req->subject ? req->subject : "",
+				 req->subject ? "'" : "",
+				 errbuf[0] ? errbuf : curl_easy_strerror(cc),
+				 tail);
+		else if (log_get_level() >= LOG_INFO)
+			log_http_failure(LOG_INFO, req, resp, tail);
+		api_sleep(delay);
+	}
+
+	/* a final answer that is not a retryable one */
+	if (resp->status == 0)
+		log_err("%s%s%s%s failed: %s", req->what,
+			req->subject ? " '" : "",
+			req->subject ? req->subject : "",
+			req->subject ? "'" : "",
+			errbuf[0] ? errbuf : strerror(-rc));
+	else
+		log_http_failure(LOG_ERR, req, resp, "");
+out:
+	if (token) {
+		explicit_bzero(token, strlen(token));
+		free(token);
+	}
+	return rc;
+}

@@ -1,0 +1,97 @@
+/*
+ * pacer.c: one rate-limit pacer per struct api, shared by every thread.
+ *
+ * The server reports how many requests are left in its window and when the
+ * window ends. While plenty are left, requests go out freely. When the
+ * estimate drops under a threshold (a quarter of the largest budget seen,
+ * at least API_BUDGET_LOW), the rest are spread evenly over the time left,
+ * so the budget lasts until the window resets instead of ending in a burst
+ * of 429s. With nothing left, everyone waits for the reset. A 429 pauses
+ * every thread for its Retry-After, with a per-thread jitter so they do not
+ * all come back at the same instant.
+ */
+#include "api_i.h"
+
+void pacer_init(struct api_pacer *p)
+{
+	pthread_mutex_init(&p->mu, NULL);
+	p->pause_until = 0;
+	p->reset_at = -1;
+	p->remaining = -1;
+	p->estimate = -1;
+	p->max_seen = 0;
+	p->next_slot = 0;
+}
+
+void pacer_destroy(struct api_pacer *p)
+{
+	pthread_mutex_destroy(&p->mu);
+}
+
+double pacer_reserve(struct api_pacer *p, double now)
+{
+	double start = now, wait;
+
+	pthread_mutex_lock(&p->mu);
+	if (p->pause_until > now)
+		start = p->pause_until + api_random();
+	if (p->estimate >= 0 && p->reset_at > start) {
+		long thresh = p->max_seen / 4;
+
+		if (thresh < API_BUDGET_LOW)
+			thresh = API_BUDGET_LOW;
+		if (p->estimate == 0) {
+			/* nothing left: wait for the new window */
+			start = p->reset_at + 0.25 * api_random();
+		} else if (p->estimate < thresh) {
+			double spacing = (p->reset_at - start) / p->estimate;
+
+			if (p->next_slot > start)
+				start = p->next_slot;
+			p->next_slot = start + spacing;
+		}
+		if (p->estimate > 0)
+			p->estimate--;
+	}
+	wait = start - now;
+	pthread_mutex_unlock(&p->mu);
+	return wait > 0 ? wait : 0;
+}
+
+void pacer_update(struct api_pacer *p, double now, long remaining,
+		  long reset_s)
+{
+	if (remaining < 0)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->remaining = remaining;
+	p->estimate = remaining;
+	if (remaining + 1 > p->max_seen)
+		p->max_seen = remaining + 1;
+	p->reset_at = reset_s >= 0 ? now + (double)reset_s : -1;
+	pthread_mutex_unlock(&p->mu);
+}
+
+void pacer_pause(struct api_pacer *p, double now, double seconds)
+{
+	pthread_mutex_lock(&p->mu);
+	if (now + seconds > p->pause_until)
+		p->pause_until = now + seconds;
+	p->remaining = 0;
+	p->estimate = 0;
+	if (p->reset_at < p->pause_until)
+		p->reset_at = p->pause_until;
+	pthread_mutex_unlock(&p->mu);
+}
+
+bool pacer_low(struct api_pacer *p, double now)
+{
+	bool low;
+
+	pthread_mutex_lock(&p->mu);
+	low = p->pause_until > now ||
+	      (p->remaining >= 0 && p->remaining < API_BUDGET_LOW &&
+	       (p->reset_at < 0 || now < p->reset_at));
+	pthread_mutex_unlock(&p->mu);
+	return low;
+}
