@@ -126,7 +126,9 @@ static int op_init(struct op *op, struct cache *c, const char *what,
 	op->table = table ? table : "(null)";
 	op->tlen = table ? strlen(table) : 0;
 	op->evicted = 0;
-	if (!c || op->tlen == 0)
+	if (!c)
+		return op_fail_msg(op, -EINVAL, "no cache");
+	if (op->tlen == 0)
 		return op_fail_msg(op, -EINVAL, "no table name");
 	if (op->tlen > CACHE_TABLE_MAX)
 		return op_fail_msg(op, -ENAMETOOLONG, "table name too long");

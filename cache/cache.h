@@ -25,6 +25,9 @@
  * Size cap: when the pages stored exceed max_bytes, whole tables other than
  * the one being written are evicted, least recently used first.
  *
+ * Processes: open the cache after any fork() (daemonizing included); an
+ * LMDB env must not be used across fork().
+ *
  * Threads: every function may be called from any thread. Each call uses its
  * own short transaction; read transactions are MDB_RDONLY and nothing
  * returned points into LMDB memory (data is copied out before the

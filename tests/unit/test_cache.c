@@ -959,6 +959,41 @@ static void test_reopen_persistence(void **state)
 	free(s.bytes);
 }
 
+/* A data file LMDB cannot read (an OS crash under MDB_NOSYNC, a stray
+ * file) is started afresh rather than refusing to mount. */
+static void test_corrupt_env_started_afresh(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX + 16], junk[8192];
+	struct cache_meta m;
+	FILE *fp;
+
+	open_cache(f, 0);
+	assert_int_equal(cache_begin_version(f->cache, "T", "v", &m), 0);
+	cache_close(f->cache);
+	f->cache = NULL;
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	memset(junk, 0x5a, sizeof(junk));
+	assert_int_equal(fwrite(junk, 1, sizeof(junk), fp), sizeof(junk));
+	fclose(fp);
+	open_cache(f, 0);
+	assert_int_equal(cache_get_meta(f->cache, "T", &m), -ENOENT);
+	assert_int_equal(cache_begin_version(f->cache, "T", "v", &m), 0);
+}
+
+static void test_errno_mapping(void **state)
+{
+	(void)state;
+	assert_int_equal(cache_errno(0), 0);
+	assert_int_equal(cache_errno(-30798 /* MDB_NOTFOUND */), -ENOENT);
+	assert_int_equal(cache_errno(-30792 /* MDB_MAP_FULL */), -ENOSPC);
+	assert_int_equal(cache_errno(-30796 /* MDB_CORRUPTED */), -EIO);
+	assert_int_equal(cache_errno(EACCES), -EACCES);
+	assert_int_equal(cache_errno(EINVAL), -EIO);
+}
+
 struct reader_arg {
 	struct cache *cache;
 	const struct stream *s;
@@ -1037,6 +1072,8 @@ int main(void)
 		T(test_kill9_mid_writes),
 		T(test_reopen_persistence),
 		T(test_threads),
+		T(test_corrupt_env_started_afresh),
+		T(test_errno_mapping),
 #undef T
 	};
 
