@@ -386,3 +386,14 @@ def test_schema_put_bad_body(emu, tok):
                                        token=tok, headers={"If-Match": etag})
         assert status == 400, body
         assert reply["code"] == "bad.request"
+
+
+def test_body_over_64_mib_is_413(emu, tok):
+    tid = emu.table_id("Customers")
+    raw = b'[{"columns": {"customer_id": "' + b"x" * (65 << 20) + b'"}}]'
+    status, headers, body = emu.request(
+        "POST", ROWS % tid + "?upsert=true", body=raw, token=tok)
+    assert status == 413
+    assert body["code"] == "request.entity.too.large"
+    assert "X-RateLimit-Remaining" in headers
+    assert len(emu.rows("Customers")) == 3000

@@ -1036,6 +1036,11 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 				    "injected fault");
 		return;
 	}
+	if (rq->too_large) {
+		reply_error(rp, 413, "request.entity.too.large", NULL,
+			    "the body is larger than %u bytes", MAX_BODY);
+		return;
+	}
 	switch ((enum emu_route)r.route) {
 	case EMU_R_LIST:
 		handle_list(e, conn, rp);
@@ -1300,14 +1305,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		else
 			handle_token(e, conn, method, rq, &rp);
 	} else if (strncmp(url, "/api/v2/", 8) == 0) {
-		if (rq->too_large) {
-			rp.counted = true;
-			reply_error(&rp, 413, "request.entity.too.large", NULL,
-				    "the body is larger than %u bytes",
-				    MAX_BODY);
-		} else {
-			handle_api(e, conn, method, url + 8, rq, &rp);
-		}
+		handle_api(e, conn, method, url + 8, rq, &rp);
 	} else {
 		reply_error(&rp, 404, "not.found", NULL, "no such resource");
 	}
