@@ -33,6 +33,8 @@
 #include "names.h"
 
 #define SPOOL_BATCH 256
+/* the spool is keyed by primary key: LMDB keys stop near 500 bytes */
+#define MAX_KEY 400
 
 enum import_state {
 	IMPORT_RECEIVING,
@@ -363,6 +365,14 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 	free(error);
 	if (rc)
 		return rc;
+	if (strlen(key) > MAX_KEY) {
+		snprintf(msg, sizeof(msg), "primary key longer than %d bytes",
+			 MAX_KEY);
+		quarantine(im, line, msg, s, n);
+		free(row);
+		free(key);
+		return 0;
+	}
 	atomic_fetch_add(&im->valid, 1);
 	vlen = strlen(row) + 24;
 	val = malloc(vlen);

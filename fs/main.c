@@ -7,6 +7,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,8 +182,11 @@ int main(int argc, char *argv[])
 		if (!loop)
 			goto out;
 		/* every blocking HTTP call pins a worker: allow many */
-		fuse_loop_cfg_set_max_threads(loop, 64);
-		fuse_loop_cfg_set_idle_threads(loop, opts.max_idle_threads);
+		fuse_loop_cfg_set_max_threads(loop, opts.max_threads > 64 ?
+						    opts.max_threads : 64);
+		if (opts.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(loop,
+						       opts.max_idle_threads);
 		fuse_loop_cfg_set_clone_fd(loop, opts.clone_fd);
 		rc = fuse_loop_mt(fuse, loop);
 	}

@@ -127,7 +127,6 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->use_ino = 0;
 	cfg->kernel_cache = 0;
 	cfg->direct_io = 0;
-	cfg->nullpath_ok = 1;
 	mount_time = time(NULL);
 	return fuse_get_context()->private_data;
 }
