@@ -35,7 +35,7 @@ void emu_buf_release(struct emu_buf *b);
 void emu_buf_add(struct emu_buf *b, const void *p, size_t n);
 void emu_buf_adds(struct emu_buf *b, const char *s);
 void emu_buf_addf(struct emu_buf *b, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 /* Hand the buffer's bytes to the caller (NUL-terminated, free with free()). */
 char *emu_buf_detach(struct emu_buf *b, size_t *len);
 
@@ -118,11 +118,11 @@ struct emu_schema {
 };
 
 struct emu_row {
-	size_t pos;      /* index in table->rows */
+	size_t pos; /* index in table->rows */
 	uint32_t key_len;
 	uint32_t json_len;
 	char id[37];
-	char data[];     /* key text '\0' columns json '\0' */
+	char data[]; /* key text '\0' columns json '\0' */
 };
 
 static inline const char *emu_row_key(const struct emu_row *r)
@@ -141,7 +141,7 @@ struct emu_table {
 	char *name;
 	char *description;
 	struct emu_schema schema;
-	uint64_t version;        /* table version: changes on every write */
+	uint64_t version;	 /* table version: changes on every write */
 	uint64_t schema_version; /* changes on every schema PUT */
 	struct emu_row **rows;
 	size_t nrows;
@@ -154,7 +154,7 @@ struct emu_store {
 	pthread_rwlock_t lock;
 	struct emu_table **tables; /* sorted by name */
 	size_t ntables;
-	uint64_t instance;    /* random per process, part of every ETag */
+	uint64_t instance; /* random per process, part of every ETag */
 	uint64_t next_version;
 };
 
@@ -193,8 +193,8 @@ struct emu_table *emu_store_find(struct emu_store *s, const char *id);
 struct emu_table *emu_table_new(const char *name, const char *description);
 void emu_table_free(struct emu_table *t);
 /* Parse {"columns": [...]} into out; 0 or -EINVAL with msg filled. */
-int emu_schema_parse(struct json_object *o, struct emu_schema *out,
-		     char *msg, size_t msgsz);
+int emu_schema_parse(struct json_object *o, struct emu_schema *out, char *msg,
+		     size_t msgsz);
 void emu_schema_release(struct emu_schema *s);
 /* Emit the schema as {"columns": [...]} text. */
 void emu_schema_json(const struct emu_schema *s, struct emu_buf *b);
@@ -210,13 +210,12 @@ int emu_row_build(const struct emu_schema *s, struct json_object *cols,
 		  size_t row, struct emu_pending *p,
 		  struct emu_row_errors *errs);
 void emu_pending_release(struct emu_pending *p);
-void emu_row_errors_add(struct emu_row_errors *e, size_t row,
-			const char *field, const char *code);
+void emu_row_errors_add(struct emu_row_errors *e, size_t row, const char *field,
+			const char *code);
 
 /* Write a pending row (caller holds the write lock); consumes p.
  * *inserted tells whether it was new. */
-void emu_table_put(struct emu_table *t, struct emu_pending *p,
-		   bool *inserted);
+void emu_table_put(struct emu_table *t, struct emu_pending *p, bool *inserted);
 /* Remove the row with this id; -ENOENT if absent. Write lock held. */
 int emu_table_delete(struct emu_table *t, const char *row_id);
 /* Give the table a new version (write lock held). */
@@ -290,7 +289,7 @@ struct emu {
 	struct emu_client *clients;
 	size_t nclients;
 	struct emu_client anonymous; /* rate window of unauthenticated calls */
-	struct emu_map tokens;       /* token string -> struct emu_token */
+	struct emu_map tokens;	     /* token string -> struct emu_token */
 	struct emu_stats stats;
 	uint64_t cursor_secret;
 };

@@ -51,21 +51,19 @@ struct reply {
 };
 
 static const char *const route_names[EMU_R_COUNT] = {
-	[EMU_R_TOKEN] = "token",	 [EMU_R_LIST] = "list",
-	[EMU_R_SCHEMA] = "schema",	 [EMU_R_SCHEMA_PUT] = "schema_put",
-	[EMU_R_ROWS_GET] = "rows_get",	 [EMU_R_ROWS_UPSERT] = "rows_upsert",
-	[EMU_R_ROW_DELETE] = "row_delete",
+    [EMU_R_TOKEN] = "token",	       [EMU_R_LIST] = "list",
+    [EMU_R_SCHEMA] = "schema",	       [EMU_R_SCHEMA_PUT] = "schema_put",
+    [EMU_R_ROWS_GET] = "rows_get",     [EMU_R_ROWS_UPSERT] = "rows_upsert",
+    [EMU_R_ROW_DELETE] = "row_delete",
 };
 
 /* ---- replies ---- */
 
-static void reply_json(struct reply *rp, unsigned status,
-		       struct json_object *o)
+static void reply_json(struct reply *rp, unsigned status, struct json_object *o)
 {
 	size_t len;
 	const char *s = json_object_to_json_string_length(
-		o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-		&len);
+	    o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
 
 	free(rp->body);
 	rp->body = emu_xmalloc(len + 1);
@@ -95,7 +93,7 @@ static void reply_empty(struct reply *rp, unsigned status)
 /* Genesys-style error body; takes ownership of details (may be NULL). */
 static void reply_error(struct reply *rp, unsigned status, const char *code,
 			struct json_object *details, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+    __attribute__((format(printf, 5, 6)));
 
 static void reply_error(struct reply *rp, unsigned status, const char *code,
 			struct json_object *details, const char *fmt, ...)
@@ -147,8 +145,7 @@ static enum MHD_Result send_reply(struct emu *e, struct MHD_Connection *conn,
 		return MHD_NO;
 	MHD_add_response_header(resp, "ININ-Correlation-Id", rp->corr);
 	if (rp->content_type && rp->len)
-		MHD_add_response_header(resp, "Content-Type",
-					rp->content_type);
+		MHD_add_response_header(resp, "Content-Type", rp->content_type);
 	if (rp->etag[0])
 		MHD_add_response_header(resp, "ETag", rp->etag);
 	if (rp->ratelimit) {
@@ -187,7 +184,7 @@ static const char *query(struct MHD_Connection *c, const char *name)
 
 static void sleep_ms(long ms)
 {
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
 
 	while (nanosleep(&ts, &ts) && errno == EINTR)
 		;
@@ -236,7 +233,7 @@ static bool etag_matches(const char *hdr, const char *etag)
 static bool is_loopback(struct MHD_Connection *conn)
 {
 	const union MHD_ConnectionInfo *ci =
-		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
 	if (!sa)
@@ -266,8 +263,9 @@ static bool is_loopback(struct MHD_Connection *conn)
 static uint64_t cursor_check(const struct emu *e, char tag, uint64_t table,
 			     uint64_t pos)
 {
-	return emu_mix64(e->cursor_secret ^
-			 emu_mix64(table ^ emu_mix64(pos * 131 + (uint64_t)tag)));
+	return emu_mix64(
+	    e->cursor_secret ^
+	    emu_mix64(table ^ emu_mix64(pos * 131 + (uint64_t)tag)));
 }
 
 static void put64(unsigned char *p, uint64_t v)
@@ -317,8 +315,8 @@ static int cursor_parse(const struct emu *e, const char *s, char tag,
 	return 0;
 }
 
-static int page_size(struct reply *rp, struct MHD_Connection *conn,
-		     long def, long max, long *out)
+static int page_size(struct reply *rp, struct MHD_Connection *conn, long def,
+		     long max, long *out)
 {
 	const char *s = query(conn, "pageSize");
 
@@ -512,13 +510,13 @@ static void handle_list(struct emu *e, struct MHD_Connection *conn,
 	}
 	emu_buf_init(&b);
 	emu_buf_adds(&b, "{\"entities\":[");
-	size_t end = pos + (uint64_t)n < s->ntables ? pos + (size_t)n :
-						      s->ntables;
+	size_t end =
+	    pos + (uint64_t)n < s->ntables ? pos + (size_t)n : s->ntables;
 	for (size_t i = pos; i < end; i++) {
 		struct emu_table *t = s->tables[i];
 		struct json_object *name = json_object_new_string(t->name);
 		struct json_object *desc =
-			json_object_new_string(t->description);
+		    json_object_new_string(t->description);
 
 		emu_buf_addf(&b, "%s{\"id\":\"%s\",\"name\":%s,",
 			     i > pos ? "," : "", t->id, emu_json_text(name));
@@ -570,13 +568,12 @@ static void handle_schema_get(struct emu *e, struct MHD_Connection *conn,
 }
 
 static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
-			      const char *id, struct req *rq,
-			      struct reply *rp)
+			      const char *id, struct req *rq, struct reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *im = header(conn, MHD_HTTP_HEADER_IF_MATCH);
 	struct json_object *o = NULL;
-	struct emu_schema next = { NULL, 0 };
+	struct emu_schema next = {NULL, 0};
 	char msg[256], cur[64];
 	struct emu_buf b;
 
@@ -700,10 +697,10 @@ static struct json_object *details_json(const struct emu_row_errors *errs)
 	for (size_t i = 0; i < errs->n; i++) {
 		struct json_object *d = json_object_new_object();
 
-		json_object_object_add(d, "row",
-				       json_object_new_int64((int64_t)errs->v[i].row));
-		json_object_object_add(d, "fieldName",
-				       json_object_new_string(errs->v[i].field));
+		json_object_object_add(
+		    d, "row", json_object_new_int64((int64_t)errs->v[i].row));
+		json_object_object_add(
+		    d, "fieldName", json_object_new_string(errs->v[i].field));
 		json_object_object_add(d, "errorCode",
 				       json_object_new_string(errs->v[i].code));
 		json_object_array_add(a, d);
@@ -720,15 +717,15 @@ static const char *first_key(const struct emu_schema *s)
 }
 
 static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
-			     const char *id, struct req *rq,
-			     struct reply *rp)
+			     const char *id, struct req *rq, struct reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *up = query(conn, "upsert");
-	bool upsert = up && (strcasecmp(up, "true") == 0 || strcmp(up, "1") == 0);
+	bool upsert =
+	    up && (strcasecmp(up, "true") == 0 || strcmp(up, "1") == 0);
 	struct json_object *o = NULL;
 	struct emu_pending *pend = NULL;
-	struct emu_row_errors errs = { NULL, 0, 0 };
+	struct emu_row_errors errs = {NULL, 0, 0};
 	struct emu_map batch;
 	size_t n = 0, inserted = 0, updated = 0;
 	bool locked = false;
@@ -790,7 +787,8 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 				emu_row_errors_add(&errs, i, keycol,
 						   "duplicate.key");
 		if (errs.n) {
-			reply_error(rp, 409, "duplicate.key", details_json(&errs),
+			reply_error(rp, 409, "duplicate.key",
+				    details_json(&errs),
 				    "%zu row(s) already exist; nothing was "
 				    "written",
 				    errs.n);
@@ -834,8 +832,8 @@ out:
 	json_object_put(o);
 }
 
-static void handle_row_delete(struct emu *e, const char *id,
-			      const char *row_id, struct reply *rp)
+static void handle_row_delete(struct emu *e, const char *id, const char *row_id,
+			      struct reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	int rc;
@@ -863,7 +861,7 @@ static void handle_row_delete(struct emu *e, const char *id,
 /* ---- API entry: route, latency, auth, rate limit, scope, faults ---- */
 
 struct route {
-	int route;     /* enum emu_route, or -1 */
+	int route; /* enum emu_route, or -1 */
 	bool bad_method;
 	char table[64];
 	char row[128];
@@ -889,8 +887,7 @@ static void classify(const char *method, const char *path, struct route *r)
 	const char *id = path + plen + 1;
 	const char *slash = strchr(id, '/');
 
-	if (!slash || (size_t)(slash - id) >= sizeof(r->table) ||
-	    slash == id)
+	if (!slash || (size_t)(slash - id) >= sizeof(r->table) || slash == id)
 		return;
 	memcpy(r->table, id, (size_t)(slash - id));
 	r->table[slash - id] = '\0';
@@ -971,10 +968,10 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 	client->window_count++;
 	limited = client->window_count > e->config.rate_limit;
 	rp->ratelimit = true;
-	rp->rl_remaining = limited ? 0 : e->config.rate_limit -
-						  client->window_count;
-	uint64_t end = client->window_start_ms +
-		       (uint64_t)e->config.rate_window_s * 1000u;
+	rp->rl_remaining =
+	    limited ? 0 : e->config.rate_limit - client->window_count;
+	uint64_t end =
+	    client->window_start_ms + (uint64_t)e->config.rate_window_s * 1000u;
 	rp->rl_reset = (long)((end - now + 999) / 1000);
 	if (rp->rl_reset < 1)
 		rp->rl_reset = 1;
@@ -984,8 +981,8 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 			fail_status = e->config.fail_next_status;
 		} else if (e->config.fail_rate > 0 &&
 			   (double)(emu_random64() >> 11) * 0x1.0p-53 <
-				   e->config.fail_rate) {
-			static const long codes[] = { 500, 502, 503 };
+			       e->config.fail_rate) {
+			static const long codes[] = {500, 502, 503};
 
 			fail_status = codes[emu_random64() % 3];
 		}
@@ -1014,13 +1011,13 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 		reply_error(rp, 404, "not.found", NULL, "no such resource");
 		return;
 	}
-	unsigned need = strcmp(method, "GET") == 0 ? EMU_SCOPE_READ :
-						      EMU_SCOPE_WRITE;
+	unsigned need =
+	    strcmp(method, "GET") == 0 ? EMU_SCOPE_READ : EMU_SCOPE_WRITE;
 	if (!(scopes & need)) {
 		reply_error(rp, 403, "missing.permissions", NULL,
 			    "the token lacks the scope %s",
-			    need == EMU_SCOPE_READ ? "data-table:read" :
-						     "data-table:write");
+			    need == EMU_SCOPE_READ ? "data-table:read"
+						   : "data-table:write");
 		return;
 	}
 	if (fail_status) {
@@ -1098,28 +1095,34 @@ static void control_stats(struct emu *e, struct reply *rp)
 	struct json_object *status = json_object_new_object();
 
 	pthread_mutex_lock(&e->lock);
-	json_object_object_add(o, "requests_total",
-			       json_object_new_int64((int64_t)e->stats.requests_total));
+	json_object_object_add(
+	    o, "requests_total",
+	    json_object_new_int64((int64_t)e->stats.requests_total));
 	for (int i = 0; i < EMU_R_COUNT; i++)
-		json_object_object_add(routes, route_names[i],
-				       json_object_new_int64((int64_t)e->stats.by_route[i]));
+		json_object_object_add(
+		    routes, route_names[i],
+		    json_object_new_int64((int64_t)e->stats.by_route[i]));
 	for (int i = 0; i < 600; i++) {
 		char k[8];
 
 		if (!e->stats.by_status[i])
 			continue;
 		snprintf(k, sizeof(k), "%d", i);
-		json_object_object_add(status, k,
-				       json_object_new_int64((int64_t)e->stats.by_status[i]));
+		json_object_object_add(
+		    status, k,
+		    json_object_new_int64((int64_t)e->stats.by_status[i]));
 	}
 	json_object_object_add(o, "by_route", routes);
 	json_object_object_add(o, "by_status", status);
-	json_object_object_add(o, "rows_served",
-			       json_object_new_int64((int64_t)e->stats.rows_served));
-	json_object_object_add(o, "rows_written",
-			       json_object_new_int64((int64_t)e->stats.rows_written));
-	json_object_object_add(o, "rows_deleted",
-			       json_object_new_int64((int64_t)e->stats.rows_deleted));
+	json_object_object_add(
+	    o, "rows_served",
+	    json_object_new_int64((int64_t)e->stats.rows_served));
+	json_object_object_add(
+	    o, "rows_written",
+	    json_object_new_int64((int64_t)e->stats.rows_written));
+	json_object_object_add(
+	    o, "rows_deleted",
+	    json_object_new_int64((int64_t)e->stats.rows_deleted));
 	json_object_object_add(o, "config", config_json(&e->config));
 	pthread_mutex_unlock(&e->lock);
 	reply_json(rp, 200, o);
@@ -1140,7 +1143,7 @@ static int config_long(struct json_object *v, long min, long max, long *out)
 static void control_config(struct emu *e, struct req *rq, struct reply *rp)
 {
 	struct json_object *o =
-		emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
+	    emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
 	struct emu_config c;
 	bool rate_changed = false;
 
@@ -1162,9 +1165,9 @@ static void control_config(struct emu *e, struct req *rq, struct reply *rp)
 			if (json_object_is_type(v, json_type_int) ||
 			    json_object_is_type(v, json_type_double)) {
 				c.fail_rate = json_object_get_double(v);
-				rc = (c.fail_rate >= 0 && c.fail_rate <= 1) ?
-					     0 :
-					     -EINVAL;
+				rc = (c.fail_rate >= 0 && c.fail_rate <= 1)
+					 ? 0
+					 : -EINVAL;
 			}
 		} else if (strcmp(k, "fail_next") == 0) {
 			rc = config_long(v, 0, 1000000000, &c.fail_next);
@@ -1205,8 +1208,8 @@ static void control_config(struct emu *e, struct req *rq, struct reply *rp)
 }
 
 static void handle_control(struct emu *e, struct MHD_Connection *conn,
-			   const char *method, const char *url,
-			   struct req *rq, struct reply *rp)
+			   const char *method, const char *url, struct req *rq,
+			   struct reply *rp)
 {
 	if (!is_loopback(conn)) {
 		reply_error(rp, 403, "forbidden", NULL,
@@ -1276,7 +1279,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		return MHD_YES;
 	}
 	if (*upload_data_size) {
-		if (rq->too_large || rq->body.len + *upload_data_size > MAX_BODY)
+		if (rq->too_large ||
+		    rq->body.len + *upload_data_size > MAX_BODY)
 			rq->too_large = true;
 		else
 			emu_buf_add(&rq->body, upload_data, *upload_data_size);
@@ -1315,8 +1319,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 	return ret;
 }
 
-static void on_completed(void *cls, struct MHD_Connection *conn,
-			 void **con_cls, enum MHD_RequestTerminationCode toe)
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
 {
 	struct req *rq = *con_cls;
 
@@ -1345,13 +1349,12 @@ void emu_tokens_init(struct emu *e)
 struct MHD_Daemon *emu_http_start(struct emu *e, int listen_fd)
 {
 	return MHD_start_daemon(
-		MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-			MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG,
-		0, NULL, NULL, on_request, e, MHD_OPTION_EXTERNAL_LOGGER,
-		on_mhd_log, e, MHD_OPTION_LISTEN_SOCKET, listen_fd,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, e,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-		MHD_OPTION_END);
+	    MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+		MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG,
+	    0, NULL, NULL, on_request, e, MHD_OPTION_EXTERNAL_LOGGER,
+	    on_mhd_log, e, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, e,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_END);
 }
 
 void emu_http_stop(struct MHD_Daemon *d)

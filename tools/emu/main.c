@@ -24,8 +24,8 @@
 static void usage(FILE *f)
 {
 	fputs("usage: dtfs-emu [options]\n"
-	      "  --listen HOST:PORT          address to serve (default "
-	      DEFAULT_LISTEN "; PORT 0 picks a free port)\n"
+	      "  --listen HOST:PORT          address to serve "
+	      "(default " DEFAULT_LISTEN "; PORT 0 picks a free port)\n"
 	      "  --data DIR                  load one table per subfolder "
 	      "(schema.json, rows.jsonl);\n"
 	      "                              the folder name, "
@@ -85,13 +85,13 @@ static int add_client(struct emu *e, const char *arg)
 		return -EINVAL;
 	if (c2 && parse_scopes(c2 + 1, &scopes))
 		return -EINVAL;
-	e->clients = emu_xrealloc(e->clients,
-				  (e->nclients + 1) * sizeof(*e->clients));
+	e->clients =
+	    emu_xrealloc(e->clients, (e->nclients + 1) * sizeof(*e->clients));
 	c = &e->clients[e->nclients++];
 	memset(c, 0, sizeof(*c));
 	c->id = strndup(arg, (size_t)(c1 - arg));
-	c->secret = c2 ? strndup(c1 + 1, (size_t)(c2 - c1 - 1)) :
-			 emu_xstrdup(c1 + 1);
+	c->secret =
+	    c2 ? strndup(c1 + 1, (size_t)(c2 - c1 - 1)) : emu_xstrdup(c1 + 1);
 	if (!c->id || !c->secret)
 		return -ENOMEM;
 	c->scopes = scopes;
@@ -168,18 +168,18 @@ static void emu_release(struct emu *e)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, 'l' },
-		{ "data", required_argument, NULL, 'd' },
-		{ "generate", required_argument, NULL, 'g' },
-		{ "client", required_argument, NULL, 'c' },
-		{ "rate-limit", required_argument, NULL, 'r' },
-		{ "latency", required_argument, NULL, 'L' },
-		{ "fail-rate", required_argument, NULL, 'f' },
-		{ "token-ttl", required_argument, NULL, 't' },
-		{ "max-page-size", required_argument, NULL, 'm' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"listen", required_argument, NULL, 'l'},
+	    {"data", required_argument, NULL, 'd'},
+	    {"generate", required_argument, NULL, 'g'},
+	    {"client", required_argument, NULL, 'c'},
+	    {"rate-limit", required_argument, NULL, 'r'},
+	    {"latency", required_argument, NULL, 'L'},
+	    {"fail-rate", required_argument, NULL, 'f'},
+	    {"token-ttl", required_argument, NULL, 't'},
+	    {"max-page-size", required_argument, NULL, 'm'},
+	    {"verbose", no_argument, NULL, 'v'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct emu e;
 	const char *listen_spec = DEFAULT_LISTEN;
@@ -240,8 +240,9 @@ int main(int argc, char **argv)
 				*slash = '\0';
 			if (emu_parse_long(optarg, 0, 1000000000,
 					   &e.config.rate_limit) ||
-			    (slash && emu_parse_long(slash + 1, 1, 86400,
-						     &e.config.rate_window_s))) {
+			    (slash &&
+			     emu_parse_long(slash + 1, 1, 86400,
+					    &e.config.rate_window_s))) {
 				log_err("--rate-limit wants N[/SECONDS]");
 				goto out;
 			}
@@ -295,8 +296,7 @@ int main(int argc, char **argv)
 		status = 2;
 		goto out;
 	}
-	if (e.nclients == 0 &&
-	    add_client(&e, DEMO_ID ":" DEMO_SECRET))
+	if (e.nclients == 0 && add_client(&e, DEMO_ID ":" DEMO_SECRET))
 		goto out;
 	emu_store_sort(&e.store);
 

@@ -15,9 +15,9 @@
 #include "log.h"
 
 static const char *const type_names[] = {
-	[EMU_T_STRING] = "string",   [EMU_T_NUMBER] = "number",
-	[EMU_T_INTEGER] = "integer", [EMU_T_BOOLEAN] = "boolean",
-	[EMU_T_DATE] = "date",
+    [EMU_T_STRING] = "string",	 [EMU_T_NUMBER] = "number",
+    [EMU_T_INTEGER] = "integer", [EMU_T_BOOLEAN] = "boolean",
+    [EMU_T_DATE] = "date",
 };
 
 const char *emu_type_name(enum emu_type t)
@@ -71,8 +71,8 @@ int emu_store_add(struct emu_store *s, struct emu_table *t)
 	for (size_t i = 0; i < s->ntables; i++)
 		if (strcmp(s->tables[i]->name, t->name) == 0)
 			return -EEXIST;
-	s->tables = emu_xrealloc(s->tables,
-				 (s->ntables + 1) * sizeof(*s->tables));
+	s->tables =
+	    emu_xrealloc(s->tables, (s->ntables + 1) * sizeof(*s->tables));
 	s->tables[s->ntables++] = t;
 	emu_table_touch(s, t);
 	t->schema_version = t->version;
@@ -164,11 +164,11 @@ void emu_schema_release(struct emu_schema *s)
 	s->ncols = 0;
 }
 
-int emu_schema_parse(struct json_object *o, struct emu_schema *out,
-		     char *msg, size_t msgsz)
+int emu_schema_parse(struct json_object *o, struct emu_schema *out, char *msg,
+		     size_t msgsz)
 {
 	struct json_object *cols;
-	struct emu_schema s = { NULL, 0 };
+	struct emu_schema s = {NULL, 0};
 	bool have_key = false;
 
 	if (!json_object_is_type(o, json_type_object) ||
@@ -245,8 +245,9 @@ void emu_schema_json(const struct emu_schema *s, struct emu_buf *b)
 	for (size_t i = 0; i < s->ncols; i++) {
 		const struct emu_column *c = &s->cols[i];
 
-		emu_buf_addf(b, "%s{\"name\":%s,\"type\":\"%s\","
-				"\"isPrimaryKey\":%s}",
+		emu_buf_addf(b,
+			     "%s{\"name\":%s,\"type\":\"%s\","
+			     "\"isPrimaryKey\":%s}",
 			     i ? "," : "", c->json_name, emu_type_name(c->type),
 			     c->key ? "true" : "false");
 	}
@@ -310,8 +311,8 @@ int emu_schema_check_additive(const struct emu_schema *cur,
 
 /* ---- rows ---- */
 
-void emu_row_errors_add(struct emu_row_errors *e, size_t row,
-			const char *field, const char *code)
+void emu_row_errors_add(struct emu_row_errors *e, size_t row, const char *field,
+			const char *code)
 {
 	if (e->n == e->cap) {
 		e->cap = e->cap ? e->cap * 2 : 16;
@@ -339,8 +340,8 @@ static int num2(const char *s)
 /* RFC 3339 date-time: 2024-05-12T14:30:00Z, fraction and offset allowed. */
 static bool is_rfc3339(const char *s, size_t n)
 {
-	static const int mdays[] = { 31, 29, 31, 30, 31, 30,
-				     31, 31, 30, 31, 30, 31 };
+	static const int mdays[] = {31, 29, 31, 30, 31, 30,
+				    31, 31, 30, 31, 30, 31};
 
 	if (n < 20 || !digits(s, 4) || s[4] != '-' || !digits(s + 5, 2) ||
 	    s[7] != '-' || !digits(s + 8, 2) ||
@@ -352,8 +353,8 @@ static bool is_rfc3339(const char *s, size_t n)
 	int mon = num2(s + 5), day = num2(s + 8);
 	int hh = num2(s + 11), mm = num2(s + 14), ss = num2(s + 17);
 
-	if (mon < 1 || mon > 12 || day < 1 || day > mdays[mon - 1] ||
-	    hh > 23 || mm > 59 || ss > 60)
+	if (mon < 1 || mon > 12 || day < 1 || day > mdays[mon - 1] || hh > 23 ||
+	    mm > 59 || ss > 60)
 		return false;
 	if (mon == 2 && day == 29 &&
 	    !((year % 4 == 0 && year % 100 != 0) || year % 400 == 0))
@@ -437,8 +438,7 @@ int emu_row_build(const struct emu_schema *s, struct json_object *cols,
 			continue;
 		}
 		if (!type_ok(c->type, v)) {
-			emu_row_errors_add(errs, row, c->name,
-					   "type.mismatch");
+			emu_row_errors_add(errs, row, c->name, "type.mismatch");
 			bad = true;
 		}
 	}
@@ -478,12 +478,11 @@ int emu_row_build(const struct emu_schema *s, struct json_object *cols,
 	return 0;
 }
 
-void emu_table_put(struct emu_table *t, struct emu_pending *p,
-		   bool *inserted)
+void emu_table_put(struct emu_table *t, struct emu_pending *p, bool *inserted)
 {
 	struct emu_row *old = emu_map_get(&t->by_key, p->key);
-	struct emu_row *r = emu_xmalloc(sizeof(*r) + p->key_len + 1 +
-					p->json_len + 1);
+	struct emu_row *r =
+	    emu_xmalloc(sizeof(*r) + p->key_len + 1 + p->json_len + 1);
 
 	r->key_len = (uint32_t)p->key_len;
 	r->json_len = (uint32_t)p->json_len;
@@ -500,14 +499,14 @@ void emu_table_put(struct emu_table *t, struct emu_pending *p,
 		*inserted = false;
 	} else {
 		/* the row id is a hash of the table and the key: stable */
-		emu_uuid_format(emu_hash64(p->key, p->key_len, t->id_hash),
-				emu_hash64(p->key, p->key_len,
-					   t->id_hash ^ 0x726f77),
-				r->id);
+		emu_uuid_format(
+		    emu_hash64(p->key, p->key_len, t->id_hash),
+		    emu_hash64(p->key, p->key_len, t->id_hash ^ 0x726f77),
+		    r->id);
 		if (t->nrows == t->cap) {
 			t->cap = t->cap ? t->cap * 2 : 64;
-			t->rows = emu_xrealloc(t->rows,
-					       t->cap * sizeof(*t->rows));
+			t->rows =
+			    emu_xrealloc(t->rows, t->cap * sizeof(*t->rows));
 		}
 		r->pos = t->nrows;
 		t->rows[t->nrows++] = r;
@@ -583,8 +582,8 @@ static int load_rows(struct emu_table *t, const char *path)
 		if (len == 0)
 			continue;
 		struct json_object *o = emu_json_parse(line, len);
-		struct emu_row_errors errs = { NULL, 0, 0 };
-		struct emu_pending p = { NULL, NULL, 0, 0 };
+		struct emu_row_errors errs = {NULL, 0, 0};
+		struct emu_pending p = {NULL, NULL, 0, 0};
 		bool inserted;
 
 		if (!o) {
@@ -640,10 +639,10 @@ static int load_table(struct emu_store *s, const char *dir, const char *ent)
 		log_err("'%s' is not JSON", path);
 		goto out;
 	}
-	t = emu_table_new(name, json_object_object_get_ex(o, "description",
-							  &desc) ?
-					json_object_get_string(desc) :
-					"");
+	t = emu_table_new(name,
+			  json_object_object_get_ex(o, "description", &desc)
+			      ? json_object_get_string(desc)
+			      : "");
 	if (emu_schema_parse(o, &t->schema, msg, sizeof(msg))) {
 		log_err("'%s': %s", path, msg);
 		goto out;
@@ -696,18 +695,18 @@ int emu_load_dir(struct emu_store *s, const char *dir)
 }
 
 static const char *const generated_schema =
-	"{\"columns\":["
-	"{\"name\":\"customer_id\",\"type\":\"string\",\"isPrimaryKey\":true},"
-	"{\"name\":\"last_interaction\",\"type\":\"date\"},"
-	"{\"name\":\"loyalty_tier\",\"type\":\"number\"},"
-	"{\"name\":\"visits\",\"type\":\"integer\"},"
-	"{\"name\":\"active\",\"type\":\"boolean\"}]}";
+    "{\"columns\":["
+    "{\"name\":\"customer_id\",\"type\":\"string\",\"isPrimaryKey\":true},"
+    "{\"name\":\"last_interaction\",\"type\":\"date\"},"
+    "{\"name\":\"loyalty_tier\",\"type\":\"number\"},"
+    "{\"name\":\"visits\",\"type\":\"integer\"},"
+    "{\"name\":\"active\",\"type\":\"boolean\"}]}";
 
 int emu_generate(struct emu_store *s, const char *name, size_t nrows)
 {
 	struct emu_table *t = emu_table_new(name, "generated");
-	struct json_object *o = emu_json_parse(generated_schema,
-					       strlen(generated_schema));
+	struct json_object *o =
+	    emu_json_parse(generated_schema, strlen(generated_schema));
 	char msg[256];
 	int rc;
 
@@ -748,7 +747,8 @@ int emu_generate(struct emu_store *s, const char *name, size_t nrows)
 				      ",\"visits\":%u",
 				      (unsigned)((h >> 8) % 1000));
 		n += snprintf(json + n, sizeof(json) - (size_t)n,
-			      ",\"active\":%s}", (h >> 50) & 1 ? "true" : "false");
+			      ",\"active\":%s}",
+			      (h >> 50) & 1 ? "true" : "false");
 		p.key = emu_xstrdup(key);
 		p.key_len = strlen(key);
 		p.json = emu_xstrdup(json);

@@ -153,9 +153,9 @@ uint64_t emu_hash64(const void *p, size_t n, uint64_t seed)
 
 void emu_uuid_format(uint64_t hi, uint64_t lo, char out[37])
 {
-	snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx",
-		 (unsigned)(hi >> 32), (unsigned)((hi >> 16) & 0xffff),
-		 (unsigned)(hi & 0xffff), (unsigned)(lo >> 48),
+	snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(hi >> 32),
+		 (unsigned)((hi >> 16) & 0xffff), (unsigned)(hi & 0xffff),
+		 (unsigned)(lo >> 48),
 		 (unsigned long long)(lo & 0xffffffffffffULL));
 }
 
@@ -167,7 +167,8 @@ uint64_t emu_random64(void)
 		uint64_t seed = 0;
 
 		if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
-			seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&seed;
+			seed =
+			    (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&seed;
 		rng_state = seed | 1;
 	}
 	rng_state += 0x9e3779b97f4a7c15ULL;
@@ -183,7 +184,7 @@ uint64_t emu_now_ms(void)
 }
 
 static const char b64url[] =
-	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 void emu_b64url_encode(const unsigned char *in, size_t n, char *out)
 {
@@ -323,7 +324,7 @@ char *emu_percent_decode(const char *s, bool plus_is_space)
 const char *emu_json_text(struct json_object *o)
 {
 	return json_object_to_json_string_ext(
-		o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	    o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 }
 
 struct json_object *emu_json_parse(const char *s, size_t len)
@@ -334,7 +335,7 @@ struct json_object *emu_json_parse(const char *s, size_t len)
 	if (!tok)
 		return NULL;
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT |
-					    JSON_TOKENER_ALLOW_TRAILING_CHARS);
+					JSON_TOKENER_ALLOW_TRAILING_CHARS);
 	if (len > INT_MAX) {
 		json_tokener_free(tok);
 		return NULL;
