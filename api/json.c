@@ -58,6 +58,7 @@ bool abuf_reserve(struct abuf *b, size_t extra)
 		goto fail;
 	b->p = p;
 	b->cap = cap;
+	b->p[b->len] = '\0';
 	return true;
 fail:
 	b->oom = true;

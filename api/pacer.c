@@ -44,11 +44,11 @@ double pacer_reserve(struct api_pacer *p, double now)
 			/* nothing left: wait for the new window */
 			start = p->reset_at + 0.25 * api_random();
 		} else if (p->estimate < thresh) {
-			double spacing = (p->reset_at - start) / p->estimate;
-
 			if (p->next_slot > start)
 				start = p->next_slot;
-			p->next_slot = start + spacing;
+			if (start < p->reset_at)
+				p->next_slot = start + (p->reset_at - start) /
+							       p->estimate;
 		}
 		if (p->estimate > 0)
 			p->estimate--;
