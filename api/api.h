@@ -68,7 +68,8 @@ int api_new(const struct api_config *cfg, struct api **out) API_WARN_UNUSED;
 void api_free(struct api *api);
 
 /* Fetch a token now: proves the credentials and that the API is reachable.
- * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO. */
+ * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO (also -EPROTO when the
+ * answer holds no token, -ENOMEM). */
 int api_check(struct api *api) API_WARN_UNUSED;
 
 /* ---- tables ---------------------------------------------------------- */
@@ -125,8 +126,10 @@ int api_schema_parse(const char *json, size_t len, const char *version,
 void api_schema_release(struct api_schema *schema);
 
 /* Replace the schema; if_match is the schema version (required by the
- * cursor API). On success *schema is replaced with the new one.
- * Returns 0, -ESTALE (412), -EINVAL (change not allowed / 428), … */
+ * cursor API). On success *out is the new schema (with its new version);
+ * out is written, never released first: pass an empty struct, not the
+ * schema you hold, and release that one yourself. On failure *out is
+ * zeroed. Returns 0, -ESTALE (412), -EINVAL (change not allowed / 428), … */
 int api_put_schema(struct api *api, const char *table_id,
 		   const char *json, size_t len, const char *if_match,
 		   struct api_schema *out) API_WARN_UNUSED;
@@ -137,7 +140,10 @@ struct api_page {
 	bool not_modified;	/* 304: nothing else below is set */
 	char *data;		/* the page's rows as JSONL: one compact
 				   columns object per line, keys in schema
-				   order, values' text exactly as sent */
+				   order, numbers' text exactly as sent,
+				   strings escaped as json-c writes them
+				   ("\u00e9" → "é", "\/" → "/");
+				   "" (not NULL) for an empty page */
 	size_t len;
 	size_t nrows;
 	char *next_cursor;	/* NULL on the last page */

@@ -136,6 +136,7 @@ struct api_pacer {
 	long estimate;		/* remaining minus requests sent since */
 	long max_seen;		/* largest remaining or limit seen */
 	double next_slot;	/* earliest start of the next paced request */
+	long inflight;		/* reserved and not answered yet */
 };
 
 void pacer_init(struct api_pacer *p);
@@ -143,7 +144,8 @@ void pacer_destroy(struct api_pacer *p);
 /* Seconds the caller must wait before sending (0: go now). Reserves a slot:
  * call once per request, then sleep the returned time. */
 double pacer_reserve(struct api_pacer *p, double now);
-/* Feed the rate-limit headers of a response (-1: absent). */
+/* A request reserved with pacer_reserve() ended: feed the rate-limit
+ * headers of its response (-1: absent, or no response). */
 void pacer_update(struct api_pacer *p, double now, long remaining,
 		  long reset_s);
 /* A 429 said to wait `seconds`: every thread waits. */
@@ -190,6 +192,8 @@ struct api_req {
 	const char *what;	/* for logs: "get schema" */
 	const char *subject;	/* for logs: the table id, quoted */
 	bool token_request;	/* POST to the token endpoint, basic auth */
+	bool gone_ok;		/* DELETE: a 404 after an attempt that may
+				   have been carried out is success */
 };
 
 struct api_resp {

@@ -462,7 +462,7 @@ static int cursor_delete_row(struct api *api, const char *table_id,
 			     const char *row_id)
 {
 	struct api_req req = { .method = "DELETE", .what = "delete row of",
-			       .subject = table_id };
+			       .subject = table_id, .gone_ok = true };
 	struct api_resp resp;
 	char *esc = api_escape(row_id), *suffix = NULL;
 	int rc;

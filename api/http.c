@@ -518,7 +518,7 @@ int api_http(struct api *api, const struct api_req *req,
 	char errbuf[CURL_ERROR_SIZE];
 	unsigned nback = 0;
 	uint64_t gen = 0, fresh_gen = 0;
-	bool reauth_pending = false, have_fresh = false;
+	bool reauth_pending = false, have_fresh = false, ambiguous = false;
 	char *token = NULL;
 	int rc = -EIO;
 
@@ -534,6 +534,7 @@ int api_http(struct api *api, const struct api_req *req,
 			wait = pacer_reserve(&api->pacer, now);
 			if (wait > 0) {
 				if (now + wait > deadline) {
+					pacer_update(&api->pacer, now, -1, -1);
 					log_err("%s%s%s%s failed: the rate "
 						"limit wait (%.1f s) exceeds "
 						"the retry budget",
@@ -549,8 +550,10 @@ int api_http(struct api *api, const struct api_req *req,
 				api_sleep(wait);
 			}
 			rc = token_get(api, &token, &gen);
-			if (rc)
+			if (rc) {
+				pacer_update(&api->pacer, api_now(), -1, -1);
 				goto out; /* logged by the token fetch */
+			}
 			if (reauth_pending) {
 				fresh_gen = gen;
 				have_fresh = true;
@@ -570,8 +573,12 @@ int api_http(struct api *api, const struct api_req *req,
 		now = api_now();
 
 		if (cc != CURLE_OK) {
+			if (!req->token_request)
+				pacer_update(&api->pacer, now, -1, -1);
 			rc = api_errno_from_curl(cc, &retry);
 			net = true;
+			if (rc != -ENOTCONN)
+				ambiguous = true; /* it may have arrived */
 			if (rc == -ENOMEM && resp->body.len + 1 > BODY_MAX)
 				rc = -EPROTO;
 			delay = api_backoff_delay(nback++, API_BACKOFF_BASE_S,
@@ -590,6 +597,17 @@ int api_http(struct api *api, const struct api_req *req,
 			rc = api_errno_from_http(resp->status);
 			if (!rc)
 				goto out;
+			if (rc == -ENOENT && req->gone_ok && ambiguous) {
+				/* an earlier attempt did it, unanswered */
+				log_info("%s '%s': HTTP 404 after an attempt "
+					 "without answer: already done",
+					 req->what, req->subject ? req->subject :
+								   "");
+				rc = 0;
+				goto out;
+			}
+			if (resp->status >= 500 || resp->status == 408)
+				ambiguous = true;
 			resp_parse_code(resp);
 			if (resp->status >= 500)
 				atomic_fetch_add(&api->n_server_errors, 1);

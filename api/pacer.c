@@ -21,6 +21,7 @@ void pacer_init(struct api_pacer *p)
 	p->estimate = -1;
 	p->max_seen = 0;
 	p->next_slot = 0;
+	p->inflight = 0;
 }
 
 void pacer_destroy(struct api_pacer *p)
@@ -35,6 +36,7 @@ double pacer_reserve(struct api_pacer *p, double now)
 	pthread_mutex_lock(&p->mu);
 	if (p->pause_until > now)
 		start = p->pause_until + api_random();
+	p->inflight++;
 	if (p->estimate >= 0 && p->reset_at > start) {
 		long thresh = p->max_seen / 4;
 
@@ -61,11 +63,16 @@ double pacer_reserve(struct api_pacer *p, double now)
 void pacer_update(struct api_pacer *p, double now, long remaining,
 		  long reset_s)
 {
-	if (remaining < 0)
-		return;
 	pthread_mutex_lock(&p->mu);
+	if (p->inflight > 0)
+		p->inflight--;
+	if (remaining < 0) {
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
 	p->remaining = remaining;
-	p->estimate = remaining;
+	/* requests still in flight may not be counted yet */
+	p->estimate = remaining > p->inflight ? remaining - p->inflight : 0;
 	if (remaining + 1 > p->max_seen)
 		p->max_seen = remaining + 1;
 	p->reset_at = reset_s >= 0 ? now + (double)reset_s : -1;

@@ -93,6 +93,11 @@ static int token_fetch(struct api *api, char **value, double *lifetime,
 	req.subject = api->client_id;
 	req.token_request = true;
 	rc = api_http(api, &req, &resp);
+	if (rc && resp.status >= 400 && resp.status <= 499 &&
+	    resp.status != 408 && resp.status != 429)
+		/* refused credentials or grant; other 4xx: a wrong
+		 * login_url rather than bad input of ours */
+		rc = resp.status <= 403 ? -EACCES : -EIO;
 	if (rc)
 		goto out;
 	atomic_fetch_add(&api->n_tokens, 1);

@@ -972,6 +972,7 @@ struct canned {
 	int served;
 	char last_request[8192];
 	int saw_bearer_tok2;
+	const char *token_answer; /* NULL: a token "tok2" for 9 s */
 };
 
 /* Serve one request per connection ("Connection: close"), answers in
@@ -1009,7 +1010,10 @@ static void *server_main(void *arg)
 		snprintf(c->last_request, sizeof(c->last_request), "%s", buf);
 		if (strstr(buf, "Bearer tok2"))
 			c->saw_bearer_tok2++;
-		if (strncmp(buf, "POST /oauth/token", 17) == 0) {
+		if (strncmp(buf, "POST /oauth/token", 17) == 0 &&
+		    c->token_answer) {
+			a = c->token_answer;
+		} else if (strncmp(buf, "POST /oauth/token", 17) == 0) {
 			a = strstr(buf, "grant_type=client_credentials") ?
 				    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
 				    "Connection: close\r\n\r\n"
@@ -1242,6 +1246,153 @@ static void test_http_upsert(void **state)
 	stop_server(&c, t);
 }
 
+
+static void test_delete_gone(void **state)
+{
+	static const char *const retried[] = {
+		"HTTP/1.1 502 Gateway\r\n" HDRS "\r\n{}",
+		"HTTP/1.1 404 No\r\n" HDRS
+		"\r\n{\"code\": \"datatable.row.not.found\"}",
+		NULL,
+	};
+	static const char *const missing[] = {
+		"HTTP/1.1 404 No\r\n" HDRS
+		"\r\n{\"code\": \"datatable.row.not.found\"}",
+		NULL,
+	};
+	struct api_config cfg = { .client_id = "id", .client_secret = "sec" };
+	struct canned c = { .answers = retried };
+	struct api *api;
+	pthread_t t;
+	char url[64];
+
+	(void)state;
+	/* a 404 after a 502 (which may have deleted it): done */
+	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
+	cfg.api_url = url;
+	assert_int_equal(api_new(&cfg, &api), 0);
+	assert_int_equal(api_delete_row(api, "tbl", "row 1"), 0);
+	assert_non_null(strstr(c.last_request,
+			       "DELETE /api/v2/datatables/tbl/rows/row%201 "));
+	assert_int_equal(c.served, 2);
+	api_free(api);
+	stop_server(&c, t);
+
+	/* a plain 404 is -ENOENT */
+	c = (struct canned){ .answers = missing };
+	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
+	cfg.api_url = url;
+	assert_int_equal(api_new(&cfg, &api), 0);
+	assert_int_equal(api_delete_row(api, "tbl", "row1"), -ENOENT);
+	api_free(api);
+	stop_server(&c, t);
+}
+
+/* Run fn with stderr captured into a malloc'ed string, at debug level. */
+static char *capture_stderr(void (*fn)(const char *url), const char *url)
+{
+	char path[] = "/tmp/dtfs-test-log-XXXXXX";
+	int fd = mkstemp(path), saved = dup(2);
+	char *text;
+	FILE *f;
+	long n;
+
+	assert_true(fd >= 0 && saved >= 0);
+	fflush(stderr);
+	dup2(fd, 2);
+	log_init("test_api", LOG_DEBUG);
+	fn(url);
+	log_init("test_api", LOG_CRIT);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	close(fd);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	rewind(f);
+	text = calloc(1, (size_t)n + 1);
+	assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	unlink(path);
+	return text;
+}
+
+static void wrong_secret(const char *url)
+{
+	struct api_config cfg = { .api_url = url, .client_id = "my-client",
+				  .client_secret = "TopSecret-123" };
+	struct api *api;
+
+	assert_int_equal(api_new(&cfg, &api), 0);
+	assert_int_equal(api_check(api), -EACCES);
+	api_free(api);
+}
+
+static void busy_then_ok(const char *url)
+{
+	struct api_config cfg = { .api_url = url, .client_id = "my-client",
+				  .client_secret = "TopSecret-123" };
+	struct api_page page;
+	struct api *api;
+
+	assert_int_equal(api_new(&cfg, &api), 0);
+	assert_int_equal(api_get_rows(api, "tbl", NULL, NULL, 10, NULL, &page),
+			 0);
+	api_page_release(&page);
+	api_free(api);
+}
+
+static void test_logs_keep_secrets(void **state)
+{
+	static const char *const answers[] = {
+		"HTTP/1.1 503 Busy\r\n" HDRS "ININ-Correlation-Id: corr-77\r\n"
+		"\r\n{\"code\": \"server.too.busy\"}",
+		EMPTY_OK,
+		NULL,
+	};
+	struct canned c = {
+		.answers = answers,
+		.token_answer = "HTTP/1.1 401 Unauthorized\r\n" HDRS
+				"ININ-Correlation-Id: corr-1\r\n\r\n"
+				"{\"error\": \"invalid_client\"}",
+	};
+	pthread_t t;
+	char url[64], *log;
+
+	(void)state;
+	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
+	log = capture_stderr(wrong_secret, url);
+	stop_server(&c, t);
+	assert_non_null(strstr(log, "get token for client 'my-client' failed: "
+				    "HTTP 401 invalid_client (correlation "
+				    "corr-1): wrong client id or secret?"));
+	assert_null(strstr(log, "TopSecret"));
+	/* base64("my-client:TopSecret-123") */
+	assert_null(strstr(log, "bXktY2xpZW50OlRvcFNlY3JldC0xMjM"));
+	assert_non_null(strstr(c.last_request,
+			       "Authorization: Basic "
+			       "bXktY2xpZW50OlRvcFNlY3JldC0xMjM="));
+	assert_non_null(strstr(c.last_request,
+			       "grant_type=client_credentials&scope=data-table"
+			       "%3Aread%20data-table%3Awrite"));
+	free(log);
+
+	c = (struct canned){ .answers = answers };
+	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
+	log = capture_stderr(busy_then_ok, url);
+	stop_server(&c, t);
+	/* the retry is logged with status, code and correlation id */
+	assert_non_null(strstr(log, "get rows page of 'tbl' failed: HTTP 503 "
+				    "server.too.busy (correlation corr-77)"
+				    ", retry 1 of 7 in "));
+	assert_null(strstr(log, "tok2"));
+	assert_null(strstr(log, "TopSecret"));
+	assert_null(strstr(log, "Authorization"));
+	free(log);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1267,6 +1418,8 @@ int main(void)
 		cmocka_unit_test(test_http_retries),
 		cmocka_unit_test(test_http_give_up),
 		cmocka_unit_test(test_http_upsert),
+		cmocka_unit_test(test_delete_gone),
+		cmocka_unit_test(test_logs_keep_secrets),
 	};
 
 	log_init("test_api", getenv("TEST_API_VERBOSE") ? LOG_DEBUG : LOG_CRIT);
