@@ -175,27 +175,30 @@ struct region {
 	const char *login;
 };
 
-#define REGION(n, d) { n, d, "https://api." d, "https://login." d }
+#define REGION(n, d)                                                           \
+	{                                                                      \
+		n, d, "https://api." d, "https://login." d                     \
+	}
 
 static const struct region regions[] = {
-	REGION("us-east-1", "mypurecloud.com"),
-	REGION("us-east-2", "use2.us-gov-pure.cloud"),
-	REGION("us-west-2", "usw2.pure.cloud"),
-	REGION("ca-central-1", "cac1.pure.cloud"),
-	REGION("sa-east-1", "sae1.pure.cloud"),
-	REGION("mx-central-1", "mxc1.pure.cloud"),
-	REGION("eu-west-1", "mypurecloud.ie"),
-	REGION("eu-west-2", "euw2.pure.cloud"),
-	REGION("eu-central-1", "mypurecloud.de"),
-	REGION("eu-central-2", "euc2.pure.cloud"),
-	REGION("eusc-de-east-1", "edee1.eusc-pure.cloud"),
-	REGION("me-central-1", "mec1.pure.cloud"),
-	REGION("ap-south-1", "aps1.pure.cloud"),
-	REGION("ap-southeast-1", "apse1.pure.cloud"),
-	REGION("ap-southeast-2", "mypurecloud.com.au"),
-	REGION("ap-northeast-1", "mypurecloud.jp"),
-	REGION("ap-northeast-2", "apne2.pure.cloud"),
-	REGION("ap-northeast-3", "apne3.pure.cloud"),
+    REGION("us-east-1", "mypurecloud.com"),
+    REGION("us-east-2", "use2.us-gov-pure.cloud"),
+    REGION("us-west-2", "usw2.pure.cloud"),
+    REGION("ca-central-1", "cac1.pure.cloud"),
+    REGION("sa-east-1", "sae1.pure.cloud"),
+    REGION("mx-central-1", "mxc1.pure.cloud"),
+    REGION("eu-west-1", "mypurecloud.ie"),
+    REGION("eu-west-2", "euw2.pure.cloud"),
+    REGION("eu-central-1", "mypurecloud.de"),
+    REGION("eu-central-2", "euc2.pure.cloud"),
+    REGION("eusc-de-east-1", "edee1.eusc-pure.cloud"),
+    REGION("me-central-1", "mec1.pure.cloud"),
+    REGION("ap-south-1", "aps1.pure.cloud"),
+    REGION("ap-southeast-1", "apse1.pure.cloud"),
+    REGION("ap-southeast-2", "mypurecloud.com.au"),
+    REGION("ap-northeast-1", "mypurecloud.jp"),
+    REGION("ap-northeast-2", "apne2.pure.cloud"),
+    REGION("ap-northeast-3", "apne3.pure.cloud"),
 };
 
 /* "eu-west-1", "eu_west_1" (the SDKs' spelling) or the domain itself. */
@@ -275,8 +278,7 @@ int api_check_url(const char *url, const char *what)
 				"localhost); use https",
 				what, url);
 	} else {
-		log_err("%s '%s' refused: the scheme must be https", what,
-			url);
+		log_err("%s '%s' refused: the scheme must be https", what, url);
 	}
 out:
 	curl_free(scheme);
@@ -374,8 +376,7 @@ int api_read_credentials(const char *path, char **id, char **secret)
 		}
 		len += (size_t)r;
 	}
-	buf[len < (size_t)st.st_size + 1 ? len : (size_t)st.st_size + 1] =
-		'\0';
+	buf[len < (size_t)st.st_size + 1 ? len : (size_t)st.st_size + 1] = '\0';
 	for (line = buf; line; line = next) {
 		char *eq, *key, *val, **dst = NULL;
 		size_t vl;
@@ -404,7 +405,8 @@ int api_read_credentials(const char *path, char **id, char **secret)
 		    strcasecmp(key, "GENESYSCLOUD_OAUTHCLIENT_ID") == 0)
 			dst = id;
 		else if (strcasecmp(key, "client_secret") == 0 ||
-			 strcasecmp(key, "GENESYSCLOUD_OAUTHCLIENT_SECRET") == 0)
+			 strcasecmp(key, "GENESYSCLOUD_OAUTHCLIENT_SECRET") ==
+			     0)
 			dst = secret;
 		if (!dst || !*val)
 			continue;
@@ -436,11 +438,12 @@ static int resolve_urls(struct api *api, const struct api_config *cfg)
 		if (rc)
 			return rc;
 		api->api_url = url_base(cfg->api_url);
-		login = cfg->login_url && *cfg->login_url ? cfg->login_url :
-							    cfg->api_url;
+		login = cfg->login_url && *cfg->login_url ? cfg->login_url
+							  : cfg->api_url;
 	} else {
-		region = cfg->region && *cfg->region ? cfg->region :
-						       getenv("GENESYSCLOUD_REGION");
+		region = cfg->region && *cfg->region
+			     ? cfg->region
+			     : getenv("GENESYSCLOUD_REGION");
 		if (!region || !*region)
 			region = "us-east-1";
 		if (!api_region_api_url(region)) {
@@ -450,9 +453,9 @@ static int resolve_urls(struct api *api, const struct api_config *cfg)
 			return -EINVAL;
 		}
 		api->api_url = strdup(api_region_api_url(region));
-		login = cfg->login_url && *cfg->login_url ?
-				cfg->login_url :
-				api_region_login_url(region);
+		login = cfg->login_url && *cfg->login_url
+			    ? cfg->login_url
+			    : api_region_login_url(region);
 	}
 	if (!api->api_url)
 		return -ENOMEM;
@@ -513,7 +516,7 @@ static int resolve_credentials(struct api *api, const struct api_config *cfg)
 
 int api_new(const struct api_config *cfg, struct api **out)
 {
-	static const struct api_config defaults = { 0 };
+	static const struct api_config defaults = {0};
 	struct api *api;
 	int rc;
 
@@ -540,16 +543,16 @@ int api_new(const struct api_config *cfg, struct api **out)
 		rc = -EINVAL;
 		goto fail;
 	}
-	api->max_attempts = cfg->max_attempts ? cfg->max_attempts :
-						DEFAULT_MAX_ATTEMPTS;
-	api->retry_budget_s = cfg->retry_budget_s > 0 ? cfg->retry_budget_s :
-							DEFAULT_RETRY_BUDGET_S;
-	api->connect_timeout_s = cfg->connect_timeout_s > 0 ?
-					 cfg->connect_timeout_s :
-					 DEFAULT_CONNECT_TIMEOUT_S;
-	api->stall_timeout_s = cfg->stall_timeout_s > 0 ?
-				       cfg->stall_timeout_s :
-				       DEFAULT_STALL_TIMEOUT_S;
+	api->max_attempts =
+	    cfg->max_attempts ? cfg->max_attempts : DEFAULT_MAX_ATTEMPTS;
+	api->retry_budget_s = cfg->retry_budget_s > 0 ? cfg->retry_budget_s
+						      : DEFAULT_RETRY_BUDGET_S;
+	api->connect_timeout_s = cfg->connect_timeout_s > 0
+				     ? cfg->connect_timeout_s
+				     : DEFAULT_CONNECT_TIMEOUT_S;
+	api->stall_timeout_s = cfg->stall_timeout_s > 0
+				   ? cfg->stall_timeout_s
+				   : DEFAULT_STALL_TIMEOUT_S;
 
 	rc = api_http_init(api);
 	if (rc)
@@ -632,8 +635,8 @@ int api_get_rows(struct api *api, const char *table_id,
 		 unsigned page_size, const char *if_none_match,
 		 struct api_page *out)
 {
-	return api->dialect->get_rows(api, table_id, schema, cursor,
-				      page_size, if_none_match, out);
+	return api->dialect->get_rows(api, table_id, schema, cursor, page_size,
+				      if_none_match, out);
 }
 
 void api_page_release(struct api_page *page)
@@ -646,9 +649,8 @@ void api_page_release(struct api_page *page)
 	memset(page, 0, sizeof(*page));
 }
 
-int api_upsert(struct api *api, const char *table_id,
-	       const char *const *rows, size_t nrows,
-	       struct api_upsert_result *out)
+int api_upsert(struct api *api, const char *table_id, const char *const *rows,
+	       size_t nrows, struct api_upsert_result *out)
 {
 	return api->dialect->upsert(api, table_id, rows, nrows, out);
 }
@@ -666,8 +668,7 @@ void api_upsert_result_release(struct api_upsert_result *res)
 	memset(res, 0, sizeof(*res));
 }
 
-int api_delete_row(struct api *api, const char *table_id,
-		   const char *row_id)
+int api_delete_row(struct api *api, const char *table_id, const char *row_id)
 {
 	return api->dialect->delete_row(api, table_id, row_id);
 }

@@ -29,7 +29,7 @@
 struct abuf {
 	char *p;
 	size_t len, cap;
-	bool oom;	/* an append failed: the content is incomplete */
+	bool oom; /* an append failed: the content is incomplete */
 };
 
 void abuf_init(struct abuf *b);
@@ -53,8 +53,8 @@ enum jtype {
 	JT_OBJECT,
 };
 
-#define JF_ESCAPED 0x01	/* string: has a backslash escape */
-#define JF_FRACEXP 0x02	/* number: has '.', 'e' or 'E' */
+#define JF_ESCAPED 0x01 /* string: has a backslash escape */
+#define JF_FRACEXP 0x02 /* number: has '.', 'e' or 'E' */
 
 /* One value. Strings: off/len is the text between the quotes. Numbers and
  * literals: their text. Arrays/objects: from the bracket to the bracket.
@@ -63,8 +63,8 @@ struct jnode {
 	uint8_t type;
 	uint8_t flags;
 	uint32_t off, len;
-	uint32_t end;	/* index of the first node after this subtree */
-	uint32_t n;	/* array: elements; object: members */
+	uint32_t end; /* index of the first node after this subtree */
+	uint32_t n;   /* array: elements; object: members */
 };
 
 struct jdoc {
@@ -72,7 +72,7 @@ struct jdoc {
 	size_t len;
 	struct jnode *nodes;
 	size_t count, cap;
-	char err[96];	/* why parsing failed */
+	char err[96]; /* why parsing failed */
 };
 
 #define JDOC_VALIDATE_UTF8 0x01
@@ -130,13 +130,13 @@ int api_schema_from_json(const char *json, size_t len, const char *version,
 
 struct api_pacer {
 	pthread_mutex_t mu;
-	double pause_until;	/* monotonic: a 429 stops every thread */
-	double reset_at;	/* monotonic end of the current window */
-	long remaining;		/* as last reported, -1 unknown */
-	long estimate;		/* remaining minus requests sent since */
-	long max_seen;		/* largest remaining or limit seen */
-	double next_slot;	/* earliest start of the next paced request */
-	long inflight;		/* reserved and not answered yet */
+	double pause_until; /* monotonic: a 429 stops every thread */
+	double reset_at;    /* monotonic end of the current window */
+	long remaining;	    /* as last reported, -1 unknown */
+	long estimate;	    /* remaining minus requests sent since */
+	long max_seen;	    /* largest remaining or limit seen */
+	double next_slot;   /* earliest start of the next paced request */
+	long inflight;	    /* reserved and not answered yet */
 };
 
 void pacer_init(struct api_pacer *p);
@@ -157,13 +157,13 @@ bool pacer_low(struct api_pacer *p, double now);
 struct api_token {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	char *value;		/* bearer token, NULL when none */
-	double fetched_at;	/* monotonic, when the request was sent */
-	double expires_at;	/* monotonic */
-	double refresh_at;	/* monotonic: fetch a new one from here on */
-	uint64_t gen;		/* bumped on each new token */
-	uint64_t fetch_seq;	/* bumped when a fetch ends */
-	int fetch_err;		/* result of the last fetch */
+	char *value;	    /* bearer token, NULL when none */
+	double fetched_at;  /* monotonic, when the request was sent */
+	double expires_at;  /* monotonic */
+	double refresh_at;  /* monotonic: fetch a new one from here on */
+	uint64_t gen;	    /* bumped on each new token */
+	uint64_t fetch_seq; /* bumped when a fetch ends */
+	int fetch_err;	    /* result of the last fetch */
 	bool fetching;
 };
 
@@ -182,18 +182,18 @@ double token_margin(double lifetime_s);
 /* ---- HTTP (http.c) ---------------------------------------------------- */
 
 struct api_req {
-	const char *method;	/* "GET", "POST", "PUT", "DELETE" */
-	const char *url;	/* absolute */
-	const char *body;	/* NULL: none */
+	const char *method; /* "GET", "POST", "PUT", "DELETE" */
+	const char *url;    /* absolute */
+	const char *body;   /* NULL: none */
 	size_t body_len;
 	const char *content_type;
 	const char *if_match;
 	const char *if_none_match;
-	const char *what;	/* for logs: "get schema" */
-	const char *subject;	/* for logs: the table id, quoted */
-	bool token_request;	/* POST to the token endpoint, basic auth */
-	bool gone_ok;		/* DELETE: a 404 after an attempt that may
-				   have been carried out is success */
+	const char *what;    /* for logs: "get schema" */
+	const char *subject; /* for logs: the table id, quoted */
+	bool token_request;  /* POST to the token endpoint, basic auth */
+	bool gone_ok;	     /* DELETE: a 404 after an attempt that may
+				have been carried out is success */
 };
 
 struct api_resp {
@@ -202,11 +202,11 @@ struct api_resp {
 	char *etag;
 	char correlation[96];
 	char retry_after[64];
-	char code[96];		/* error code from the body, or "" */
+	char code[96]; /* error code from the body, or "" */
 	long rl_remaining, rl_reset, rl_limit, rl_count; /* -1 absent */
 	unsigned attempts;
 	unsigned throttled;
-	double sent_at;		/* monotonic start of the last attempt */
+	double sent_at; /* monotonic start of the last attempt */
 };
 
 void api_resp_init(struct api_resp *r);
@@ -216,8 +216,7 @@ void api_resp_release(struct api_resp *r);
  * Returns 0 for 2xx and 304 (resp->status says which), else a negative
  * errno; resp keeps the last answer (status, body, code) either way and
  * the final failure has been logged. */
-int api_http(struct api *api, const struct api_req *req,
-	     struct api_resp *resp);
+int api_http(struct api *api, const struct api_req *req, struct api_resp *resp);
 
 int api_http_init(struct api *api);
 void api_http_release(struct api *api);
@@ -233,7 +232,7 @@ char *api_escape(const char *s);
 
 struct api_dialect {
 	const char *name;
-	const char *scope;	/* token scope to ask for, or NULL */
+	const char *scope; /* token scope to ask for, or NULL */
 	unsigned max_page_size;
 	int (*list_tables)(struct api *api, struct api_table_list *out);
 	int (*get_schema)(struct api *api, const char *table_id,
@@ -260,7 +259,7 @@ struct api_http_pool;
 
 struct api {
 	const struct api_dialect *dialect;
-	char *api_url;		/* no trailing slash */
+	char *api_url; /* no trailing slash */
 	char *login_url;
 	char *client_id;
 	char *client_secret;
@@ -274,7 +273,7 @@ struct api {
 	struct api_http_pool *pool;
 
 	_Atomic uint64_t n_requests, n_retries, n_throttled, n_server_errors,
-		n_unauthorized, n_tokens;
+	    n_unauthorized, n_tokens;
 };
 
 /* Monotonic seconds. */

@@ -59,8 +59,8 @@ static struct json_object *parse_body(const struct api_resp *resp)
 
 /* ---- tables ----------------------------------------------------------- */
 
-static int add_table(struct api_table_list *out, size_t *cap,
-		     const char *id, const char *name)
+static int add_table(struct api_table_list *out, size_t *cap, const char *id,
+		     const char *name)
 {
 	struct api_table *t;
 
@@ -87,7 +87,7 @@ static int add_table(struct api_table_list *out, size_t *cap,
 
 static int cursor_list_tables(struct api *api, struct api_table_list *out)
 {
-	struct api_req req = { .method = "GET", .what = "list tables" };
+	struct api_req req = {.method = "GET", .what = "list tables"};
 	struct api_resp resp;
 	struct json_object *root = NULL, *ents, *next;
 	char *cursor = NULL, *url = NULL;
@@ -117,16 +117,19 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 			goto out;
 		json_object_put(root);
 		root = parse_body(&resp);
-		if (!root || !json_object_object_get_ex(root, "entities", &ents) ||
+		if (!root ||
+		    !json_object_object_get_ex(root, "entities", &ents) ||
 		    !json_object_is_type(ents, json_type_array)) {
 			log_err("list tables failed: unexpected answer "
 				"(correlation %s)",
-				resp.correlation[0] ? resp.correlation : "none");
+				resp.correlation[0] ? resp.correlation
+						    : "none");
 			rc = -EPROTO;
 			goto out;
 		}
 		for (size_t i = 0; i < json_object_array_length(ents); i++) {
-			struct json_object *e = json_object_array_get_idx(ents, i);
+			struct json_object *e =
+			    json_object_array_get_idx(ents, i);
 			struct json_object *id, *name;
 
 			if (!json_object_object_get_ex(e, "id", &id) ||
@@ -135,8 +138,8 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 			    !json_object_is_type(name, json_type_string)) {
 				log_err("list tables failed: an entity without "
 					"id or name (correlation %s)",
-					resp.correlation[0] ? resp.correlation :
-							      "none");
+					resp.correlation[0] ? resp.correlation
+							    : "none");
 				rc = -EPROTO;
 				goto out;
 			}
@@ -149,10 +152,12 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 		    !json_object_is_type(next, json_type_string) ||
 		    !json_object_get_string_len(next))
 			break;
-		if (cursor && strcmp(cursor, json_object_get_string(next)) == 0) {
+		if (cursor &&
+		    strcmp(cursor, json_object_get_string(next)) == 0) {
 			log_err("list tables failed: the server repeated "
 				"cursor (correlation %s)",
-				resp.correlation[0] ? resp.correlation : "none");
+				resp.correlation[0] ? resp.correlation
+						    : "none");
 			rc = -EPROTO;
 			goto out;
 		}
@@ -179,8 +184,8 @@ out:
 static int cursor_get_schema(struct api *api, const char *table_id,
 			     struct api_schema *out)
 {
-	struct api_req req = { .method = "GET", .what = "get schema of",
-			       .subject = table_id };
+	struct api_req req = {
+	    .method = "GET", .what = "get schema of", .subject = table_id};
 	struct api_resp resp;
 	int rc;
 
@@ -194,11 +199,10 @@ static int cursor_get_schema(struct api *api, const char *table_id,
 	rc = api_http(api, &req, &resp);
 	if (rc)
 		goto out;
-	rc = api_schema_from_json(resp.body.p ? resp.body.p : "",
-				  resp.body.len, resp.etag, out);
+	rc = api_schema_from_json(resp.body.p ? resp.body.p : "", resp.body.len,
+				  resp.etag, out);
 	if (rc == -EPROTO)
-		log_proto("get schema of", table_id, &resp,
-			  "not a schema");
+		log_proto("get schema of", table_id, &resp, "not a schema");
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
@@ -206,14 +210,16 @@ out:
 }
 
 static int cursor_put_schema(struct api *api, const char *table_id,
-			     const char *json, size_t len,
-			     const char *if_match, struct api_schema *out)
+			     const char *json, size_t len, const char *if_match,
+			     struct api_schema *out)
 {
-	struct api_req req = { .method = "PUT", .what = "put schema of",
-			       .subject = table_id, .body = json,
-			       .body_len = len,
-			       .content_type = "application/json",
-			       .if_match = if_match };
+	struct api_req req = {.method = "PUT",
+			      .what = "put schema of",
+			      .subject = table_id,
+			      .body = json,
+			      .body_len = len,
+			      .content_type = "application/json",
+			      .if_match = if_match};
 	struct api_resp resp;
 	int rc;
 
@@ -228,8 +234,8 @@ static int cursor_put_schema(struct api *api, const char *table_id,
 	if (rc)
 		goto out;
 	if (resp.body.len)
-		rc = api_schema_from_json(resp.body.p, resp.body.len,
-					  resp.etag, out);
+		rc = api_schema_from_json(resp.body.p, resp.body.len, resp.etag,
+					  out);
 	else /* no body: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, resp.etag, out);
 	if (rc == -EPROTO)
@@ -247,9 +253,10 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 			   unsigned page_size, const char *if_none_match,
 			   struct api_page *out)
 {
-	struct api_req req = { .method = "GET", .what = "get rows page of",
-			       .subject = table_id,
-			       .if_none_match = if_none_match };
+	struct api_req req = {.method = "GET",
+			      .what = "get rows page of",
+			      .subject = table_id,
+			      .if_none_match = if_none_match};
 	struct api_resp resp;
 	struct jdoc d;
 	struct abuf data;
@@ -385,9 +392,10 @@ static int cursor_upsert(struct api *api, const char *table_id,
 			 const char *const *rows, size_t nrows,
 			 struct api_upsert_result *out)
 {
-	struct api_req req = { .method = "POST", .what = "upsert chunk of",
-			       .subject = table_id,
-			       .content_type = "application/json" };
+	struct api_req req = {.method = "POST",
+			      .what = "upsert chunk of",
+			      .subject = table_id,
+			      .content_type = "application/json"};
 	struct api_resp resp;
 	struct json_object *root = NULL, *v;
 	struct abuf body;
@@ -399,7 +407,8 @@ static int cursor_upsert(struct api *api, const char *table_id,
 	abuf_init(&body);
 	if (nrows == 0 || nrows > CURSOR_MAX_CHUNK) {
 		log_err("upsert chunk of '%s' failed: %zu rows (1 to %d "
-			"allowed)", table_id, nrows, CURSOR_MAX_CHUNK);
+			"allowed)",
+			table_id, nrows, CURSOR_MAX_CHUNK);
 		rc = -EINVAL;
 		goto out;
 	}
@@ -461,8 +470,10 @@ out:
 static int cursor_delete_row(struct api *api, const char *table_id,
 			     const char *row_id)
 {
-	struct api_req req = { .method = "DELETE", .what = "delete row of",
-			       .subject = table_id, .gone_ok = true };
+	struct api_req req = {.method = "DELETE",
+			      .what = "delete row of",
+			      .subject = table_id,
+			      .gone_ok = true};
 	struct api_resp resp;
 	char *esc = api_escape(row_id), *suffix = NULL;
 	int rc;
@@ -488,13 +499,13 @@ out:
 }
 
 const struct api_dialect api_dialect_cursor = {
-	.name = "cursor",
-	.scope = "data-table:read data-table:write",
-	.max_page_size = CURSOR_MAX_PAGE,
-	.list_tables = cursor_list_tables,
-	.get_schema = cursor_get_schema,
-	.put_schema = cursor_put_schema,
-	.get_rows = cursor_get_rows,
-	.upsert = cursor_upsert,
-	.delete_row = cursor_delete_row,
+    .name = "cursor",
+    .scope = "data-table:read data-table:write",
+    .max_page_size = CURSOR_MAX_PAGE,
+    .list_tables = cursor_list_tables,
+    .get_schema = cursor_get_schema,
+    .put_schema = cursor_put_schema,
+    .get_rows = cursor_get_rows,
+    .upsert = cursor_upsert,
+    .delete_row = cursor_delete_row,
 };

@@ -201,7 +201,7 @@ static void copy_value(char *dst, size_t size, const char *v)
 static size_t on_header(char *p, size_t size, size_t n, void *user)
 {
 	struct api_resp *r = user;
-	size_t len = size * n, nlen;
+	size_t len = size * n;
 	char line[512], *colon, *v, *e;
 
 	if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
@@ -217,8 +217,6 @@ static size_t on_header(char *p, size_t size, size_t n, void *user)
 	if (!colon)
 		return len;
 	*colon = '\0';
-	nlen = (size_t)(colon - line);
-	(void)nlen;
 	v = colon + 1;
 	while (*v == ' ' || *v == '\t')
 		v++;
@@ -394,13 +392,13 @@ static int perform(struct api *api, const struct api_req *req,
 
 	hdrs = add_header(hdrs, &oom, "Accept", "application/json");
 	if (req->content_type)
-		hdrs = add_header(hdrs, &oom, "Content-Type",
-				  req->content_type);
+		hdrs =
+		    add_header(hdrs, &oom, "Content-Type", req->content_type);
 	if (req->if_match)
 		hdrs = add_header(hdrs, &oom, "If-Match", req->if_match);
 	if (req->if_none_match)
-		hdrs = add_header(hdrs, &oom, "If-None-Match",
-				  req->if_none_match);
+		hdrs =
+		    add_header(hdrs, &oom, "If-None-Match", req->if_none_match);
 	if (token) {
 		char *bearer = NULL;
 
@@ -436,8 +434,7 @@ static int perform(struct api *api, const struct api_req *req,
 	curl_easy_setopt(h, CURLOPT_SHARE, api->pool->share);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(h, CURLOPT_HTTP_VERSION,
-			 (long)CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
 			 (long)(api->connect_timeout_s * 1000));
@@ -458,8 +455,7 @@ static int perform(struct api *api, const struct api_req *req,
 	}
 	if (strcmp(req->method, "GET") != 0) {
 		if (strcmp(req->method, "POST") != 0)
-			curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
-					 req->method);
+			curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
 		if (req->body) {
 			curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
 					 (curl_off_t)req->body_len);
@@ -498,21 +494,18 @@ static void log_http_failure(int level, const struct api_req *req,
 		hint = ": permission or scope missing?";
 	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s", req->what,
 		req->subject ? " '" : "", req->subject ? req->subject : "",
-		req->subject ? "'" : "", resp->status,
-		resp->code[0] ? " " : "", resp->code,
-		resp->correlation[0] ? " (correlation " : "",
-		resp->correlation,
-		resp->correlation[0] ? ")" : "", hint, tail);
+		req->subject ? "'" : "", resp->status, resp->code[0] ? " " : "",
+		resp->code, resp->correlation[0] ? " (correlation " : "",
+		resp->correlation, resp->correlation[0] ? ")" : "", hint, tail);
 }
 
 static bool status_retryable(long status)
 {
-	return status == 408 || status == 429 || (status >= 500 &&
-						   status <= 599);
+	return status == 408 || status == 429 ||
+	       (status >= 500 && status <= 599);
 }
 
-int api_http(struct api *api, const struct api_req *req,
-	     struct api_resp *resp)
+int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 {
 	double start = api_now(), deadline = start + api->retry_budget_s;
 	char errbuf[CURL_ERROR_SIZE];
@@ -535,13 +528,13 @@ int api_http(struct api *api, const struct api_req *req,
 			if (wait > 0) {
 				if (now + wait > deadline) {
 					pacer_update(&api->pacer, now, -1, -1);
-					log_err("%s%s%s%s failed: the rate "
-						"limit wait (%.1f s) exceeds "
-						"the retry budget",
-						req->what,
-						req->subject ? " '" : "",
-						req->subject ? req->subject : "",
-						req->subject ? "'" : "", wait);
+					log_err(
+					    "%s%s%s%s failed: the rate "
+					    "limit wait (%.1f s) exceeds "
+					    "the retry budget",
+					    req->what, req->subject ? " '" : "",
+					    req->subject ? req->subject : "",
+					    req->subject ? "'" : "", wait);
 					rc = -EIO;
 					goto out;
 				}
@@ -587,9 +580,9 @@ int api_http(struct api *api, const struct api_req *req,
 			if (resp->rl_remaining < 0 && resp->rl_limit >= 0 &&
 			    resp->rl_count >= 0)
 				resp->rl_remaining =
-					resp->rl_limit > resp->rl_count ?
-						resp->rl_limit - resp->rl_count :
-						0;
+				    resp->rl_limit > resp->rl_count
+					? resp->rl_limit - resp->rl_count
+					: 0;
 			if (!req->token_request)
 				pacer_update(&api->pacer, now,
 					     resp->rl_remaining,
@@ -601,8 +594,8 @@ int api_http(struct api *api, const struct api_req *req,
 				/* an earlier attempt did it, unanswered */
 				log_info("%s '%s': HTTP 404 after an attempt "
 					 "without answer: already done",
-					 req->what, req->subject ? req->subject :
-								   "");
+					 req->what,
+					 req->subject ? req->subject : "");
 				rc = 0;
 				goto out;
 			}
@@ -616,13 +609,12 @@ int api_http(struct api *api, const struct api_req *req,
 				if (!req->token_request &&
 				    !(have_fresh && gen == fresh_gen) &&
 				    resp->attempts < api->max_attempts) {
-					log_info("%s%s%s%s: HTTP 401, getting "
-						 "a new token",
-						 req->what,
-						 req->subject ? " '" : "",
-						 req->subject ? req->subject :
-								"",
-						 req->subject ? "'" : "");
+					log_info(
+					    "%s%s%s%s: HTTP 401, getting "
+					    "a new token",
+					    req->what, req->subject ? " '" : "",
+					    req->subject ? req->subject : "",
+					    req->subject ? "'" : "");
 					token_invalidate(api, gen);
 					reauth_pending = true;
 					continue;
@@ -631,14 +623,14 @@ int api_http(struct api *api, const struct api_req *req,
 			}
 			retry = status_retryable(resp->status);
 			if (resp->status == 429) {
-				double ra = api_parse_retry_after(
-					resp->retry_after);
+				double ra =
+				    api_parse_retry_after(resp->retry_after);
 
 				resp->throttled++;
 				atomic_fetch_add(&api->n_throttled, 1);
 				if (ra < 0)
 					ra = api_backoff_delay(
-						nback++, 1.0, API_BACKOFF_CAP_S);
+					    nback++, 1.0, API_BACKOFF_CAP_S);
 				if (!req->token_request)
 					pacer_pause(&api->pacer, now, ra);
 				delay = ra + api_random();
@@ -657,16 +649,18 @@ int api_http(struct api *api, const struct api_req *req,
 			break;
 		if (resp->attempts >= api->max_attempts ||
 		    now + delay > deadline) {
-			snprintf(tail, sizeof(tail), " (gave up after %u "
-				 "attempt%s in %.1f s)", resp->attempts,
-				 resp->attempts == 1 ? "" : "s", now - start);
+			snprintf(tail, sizeof(tail),
+				 " (gave up after %u "
+				 "attempt%s in %.1f s)",
+				 resp->attempts, resp->attempts == 1 ? "" : "s",
+				 now - start);
 			if (net)
 				log_err("%s%s%s%s failed: %s%s", req->what,
 					req->subject ? " '" : "",
 					req->subject ? req->subject : "",
 					req->subject ? "'" : "",
-					errbuf[0] ? errbuf :
-						    curl_easy_strerror(cc),
+					errbuf[0] ? errbuf
+						  : curl_easy_strerror(cc),
 					tail);
 			else
 				log_http_failure(LOG_ERR, req, resp, tail);
@@ -688,11 +682,10 @@ int api_http(struct api *api, const struct api_req *req,
 
 	/* a final answer that is not a retryable one */
 	if (resp->status == 0)
-		log_err("%s%s%s%s failed: %s", req->what,
-			req->subject ? " '" : "",
-			req->subject ? req->subject : "",
-			req->subject ? "'" : "",
-			errbuf[0] ? errbuf : strerror(-rc));
+		log_err(
+		    "%s%s%s%s failed: %s", req->what, req->subject ? " '" : "",
+		    req->subject ? req->subject : "", req->subject ? "'" : "",
+		    errbuf[0] ? errbuf : strerror(-rc));
 	else
 		log_http_failure(LOG_ERR, req, resp, "");
 out:

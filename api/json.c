@@ -401,8 +401,8 @@ static int jp_container(struct jparser *p, bool object, uint32_t *idx)
 			p->pos++;
 			break;
 		}
-		return jp_fail(p, object ? "expected ',' or '}'" :
-				   "expected ',' or ']'");
+		return jp_fail(p, object ? "expected ',' or '}'"
+					 : "expected ',' or ']'");
 	}
 done:
 	p->depth--;
@@ -437,7 +437,7 @@ static int jp_value(struct jparser *p, uint32_t *idx)
 
 int jdoc_parse(struct jdoc *d, const char *text, size_t len, int flags)
 {
-	struct jparser p = { .d = d, .s = text, .n = len, .flags = flags };
+	struct jparser p = {.d = d, .s = text, .n = len, .flags = flags};
 	uint32_t root;
 	int rc;
 
@@ -526,13 +526,32 @@ void jdoc_str_decode(const struct jdoc *d, uint32_t i, struct abuf *out)
 			break;
 		/* s[k] == '\\'; the scanner checked the escape */
 		switch (s[k + 1]) {
-		case 'b': abuf_addc(out, '\b'); k += 2; continue;
-		case 'f': abuf_addc(out, '\f'); k += 2; continue;
-		case 'n': abuf_addc(out, '\n'); k += 2; continue;
-		case 'r': abuf_addc(out, '\r'); k += 2; continue;
-		case 't': abuf_addc(out, '\t'); k += 2; continue;
-		case 'u': break;
-		default: abuf_addc(out, (char)s[k + 1]); k += 2; continue;
+		case 'b':
+			abuf_addc(out, '\b');
+			k += 2;
+			continue;
+		case 'f':
+			abuf_addc(out, '\f');
+			k += 2;
+			continue;
+		case 'n':
+			abuf_addc(out, '\n');
+			k += 2;
+			continue;
+		case 'r':
+			abuf_addc(out, '\r');
+			k += 2;
+			continue;
+		case 't':
+			abuf_addc(out, '\t');
+			k += 2;
+			continue;
+		case 'u':
+			break;
+		default:
+			abuf_addc(out, (char)s[k + 1]);
+			k += 2;
+			continue;
 		}
 		cp = hex4(s + k + 2);
 		k += 6;
@@ -602,13 +621,27 @@ void json_emit_string(struct abuf *out, const char *s, size_t len)
 		char u[7];
 
 		switch (c) {
-		case '\b': esc = "\\b"; break;
-		case '\n': esc = "\\n"; break;
-		case '\r': esc = "\\r"; break;
-		case '\t': esc = "\\t"; break;
-		case '\f': esc = "\\f"; break;
-		case '"': esc = "\\\""; break;
-		case '\\': esc = "\\\\"; break;
+		case '\b':
+			esc = "\\b";
+			break;
+		case '\n':
+			esc = "\\n";
+			break;
+		case '\r':
+			esc = "\\r";
+			break;
+		case '\t':
+			esc = "\\t";
+			break;
+		case '\f':
+			esc = "\\f";
+			break;
+		case '"':
+			esc = "\\\"";
+			break;
+		case '\\':
+			esc = "\\\\";
+			break;
 		default:
 			if (c >= 0x20)
 				continue;
@@ -694,13 +727,19 @@ void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out)
 const char *jtype_name(enum jtype t)
 {
 	switch (t) {
-	case JT_NULL: return "null";
+	case JT_NULL:
+		return "null";
 	case JT_FALSE:
-	case JT_TRUE: return "boolean";
-	case JT_NUMBER: return "number";
-	case JT_STRING: return "string";
-	case JT_ARRAY: return "array";
-	case JT_OBJECT: return "object";
+	case JT_TRUE:
+		return "boolean";
+	case JT_NUMBER:
+		return "number";
+	case JT_STRING:
+		return "string";
+	case JT_ARRAY:
+		return "array";
+	case JT_OBJECT:
+		return "object";
 	}
 	return "?";
 }
@@ -710,10 +749,10 @@ const char *jtype_name(enum jtype t)
 struct colmap {
 	size_t ncol;
 	size_t *name_len;
-	uint32_t *slot;		/* value node per column, UINT32_MAX none */
-	size_t *key_off;	/* offsets of "name": in keys */
-	struct abuf keys;	/* every column's "name": as json-c writes it */
-	uint32_t *extra;	/* key nodes of columns the schema lacks */
+	uint32_t *slot;	  /* value node per column, UINT32_MAX none */
+	size_t *key_off;  /* offsets of "name": in keys */
+	struct abuf keys; /* every column's "name": as json-c writes it */
+	uint32_t *extra;  /* key nodes of columns the schema lacks */
 	size_t nextra, extra_cap;
 };
 
@@ -904,8 +943,8 @@ static bool digits(const char *s, size_t n, int *val)
 /* date-time = full-date "T" partial-time time-offset, RFC 3339 §5.6 */
 bool api_date_valid(const char *s, size_t len)
 {
-	static const int mdays[] = { 31, 29, 31, 30, 31, 30,
-				     31, 31, 30, 31, 30, 31 };
+	static const int mdays[] = {31, 29, 31, 30, 31, 30,
+				    31, 31, 30, 31, 30, 31};
 	int y, mo, d, h, mi, sec, oh, om;
 	size_t i;
 
@@ -916,9 +955,8 @@ bool api_date_valid(const char *s, size_t len)
 		return false;
 	if (s[10] != 'T' && s[10] != 't')
 		return false;
-	if (!digits(s + 11, 2, &h) || s[13] != ':' ||
-	    !digits(s + 14, 2, &mi) || s[16] != ':' ||
-	    !digits(s + 17, 2, &sec))
+	if (!digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) ||
+	    s[16] != ':' || !digits(s + 17, 2, &sec))
 		return false;
 	if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1])
 		return false;
@@ -953,11 +991,16 @@ bool api_date_valid(const char *s, size_t len)
 static const char *type_name(enum api_type t)
 {
 	switch (t) {
-	case API_TYPE_STRING: return "string";
-	case API_TYPE_NUMBER: return "number";
-	case API_TYPE_INTEGER: return "integer";
-	case API_TYPE_BOOLEAN: return "boolean";
-	case API_TYPE_DATE: return "date";
+	case API_TYPE_STRING:
+		return "string";
+	case API_TYPE_NUMBER:
+		return "number";
+	case API_TYPE_INTEGER:
+		return "integer";
+	case API_TYPE_BOOLEAN:
+		return "boolean";
+	case API_TYPE_DATE:
+		return "date";
 	}
 	return "?";
 }
@@ -1002,7 +1045,8 @@ static char *check_value(const struct api_column *col, const struct jdoc *d,
 			return NULL;
 		if (t == JT_NUMBER)
 			return msgf("%s: expected integer, got a number with "
-				    "a fraction or exponent", col->name);
+				    "a fraction or exponent",
+				    col->name);
 		break;
 	case API_TYPE_BOOLEAN:
 		if (t == JT_TRUE || t == JT_FALSE)
@@ -1017,7 +1061,8 @@ static char *check_value(const struct api_column *col, const struct jdoc *d,
 			if (ok)
 				return NULL;
 			return msgf("%s: expected date, got a string that is "
-				    "not an RFC 3339 date-time", col->name);
+				    "not an RFC 3339 date-time",
+				    col->name);
 		}
 		break;
 	}
@@ -1089,8 +1134,7 @@ int api_row_validate(const struct api_schema *schema, const char *line,
 
 		if (m.slot[c] == UINT32_MAX) {
 			if (col->key) {
-				err = msgf("%s: missing key column",
-					   col->name);
+				err = msgf("%s: missing key column", col->name);
 				goto invalid;
 			}
 			continue;
@@ -1150,9 +1194,9 @@ static int type_from_name(const char *s, enum api_type *t)
 		const char *name;
 		enum api_type type;
 	} types[] = {
-		{ "string", API_TYPE_STRING },	 { "number", API_TYPE_NUMBER },
-		{ "integer", API_TYPE_INTEGER }, { "boolean", API_TYPE_BOOLEAN },
-		{ "date", API_TYPE_DATE },
+	    {"string", API_TYPE_STRING},   {"number", API_TYPE_NUMBER},
+	    {"integer", API_TYPE_INTEGER}, {"boolean", API_TYPE_BOOLEAN},
+	    {"date", API_TYPE_DATE},
 	};
 
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
@@ -1307,10 +1351,10 @@ int api_schema_from_json(const char *json, size_t len, const char *version,
 	if (rc)
 		goto out;
 	pretty = json_object_to_json_string_length(
-		root,
-		JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
-			JSON_C_TO_STRING_NOSLASHESCAPE,
-		&plen);
+	    root,
+	    JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+		JSON_C_TO_STRING_NOSLASHESCAPE,
+	    &plen);
 	out->json = malloc(plen + 2);
 	if (!pretty || !out->json) {
 		rc = -ENOMEM;

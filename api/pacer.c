@@ -49,8 +49,8 @@ double pacer_reserve(struct api_pacer *p, double now)
 			if (p->next_slot > start)
 				start = p->next_slot;
 			if (start < p->reset_at)
-				p->next_slot = start + (p->reset_at - start) /
-							       p->estimate;
+				p->next_slot =
+				    start + (p->reset_at - start) / p->estimate;
 		}
 		if (p->estimate > 0)
 			p->estimate--;
@@ -60,8 +60,7 @@ double pacer_reserve(struct api_pacer *p, double now)
 	return wait > 0 ? wait : 0;
 }
 
-void pacer_update(struct api_pacer *p, double now, long remaining,
-		  long reset_s)
+void pacer_update(struct api_pacer *p, double now, long remaining, long reset_s)
 {
 	pthread_mutex_lock(&p->mu);
 	if (p->inflight > 0)

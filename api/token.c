@@ -57,7 +57,7 @@ static int token_fetch(struct api *api, char **value, double *lifetime,
 		       double *sent_at)
 {
 	struct api_resp resp;
-	struct api_req req = { 0 };
+	struct api_req req = {0};
 	struct json_object *root = NULL, *tok, *exp;
 	char *url = NULL, *body = NULL;
 	int rc;

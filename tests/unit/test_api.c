@@ -124,13 +124,12 @@ static void test_errno_from_http(void **state)
 		long status;
 		int err;
 	} map[] = {
-		{ 200, 0 },	     { 201, 0 },	   { 204, 0 },
-		{ 304, 0 },	     { 400, -EINVAL },	   { 401, -EACCES },
-		{ 403, -EACCES },    { 404, -ENOENT },	   { 408, -ETIMEDOUT },
-		{ 409, -EEXIST },    { 412, -ESTALE },	   { 413, -EINVAL },
-		{ 428, -EINVAL },    { 429, -EIO },	   { 500, -EIO },
-		{ 502, -EIO },	     { 503, -EIO },	   { 504, -EIO },
-		{ 302, -EIO },	     { 418, -EIO },	   { 0, -EIO },
+	    {200, 0},	       {201, 0},       {204, 0},       {304, 0},
+	    {400, -EINVAL},    {401, -EACCES}, {403, -EACCES}, {404, -ENOENT},
+	    {408, -ETIMEDOUT}, {409, -EEXIST}, {412, -ESTALE}, {413, -EINVAL},
+	    {428, -EINVAL},    {429, -EIO},    {500, -EIO},    {502, -EIO},
+	    {503, -EIO},       {504, -EIO},    {302, -EIO},    {418, -EIO},
+	    {0, -EIO},
 	};
 
 	(void)state;
@@ -151,25 +150,21 @@ static void test_errno_from_curl(void **state)
 	assert_int_equal(api_errno_from_curl(CURLE_COULDNT_CONNECT, &retry),
 			 -ENOTCONN);
 	assert_true(retry);
-	assert_int_equal(api_errno_from_curl(CURLE_COULDNT_RESOLVE_HOST,
-					     &retry),
-			 -ENOTCONN);
+	assert_int_equal(
+	    api_errno_from_curl(CURLE_COULDNT_RESOLVE_HOST, &retry), -ENOTCONN);
 	assert_true(retry);
-	assert_int_equal(api_errno_from_curl(CURLE_OPERATION_TIMEDOUT,
-					     &retry),
+	assert_int_equal(api_errno_from_curl(CURLE_OPERATION_TIMEDOUT, &retry),
 			 -ETIMEDOUT);
 	assert_true(retry);
 	assert_int_equal(api_errno_from_curl(CURLE_RECV_ERROR, &retry), -EIO);
 	assert_true(retry);
-	assert_int_equal(api_errno_from_curl(CURLE_GOT_NOTHING, &retry),
-			 -EIO);
+	assert_int_equal(api_errno_from_curl(CURLE_GOT_NOTHING, &retry), -EIO);
 	assert_true(retry);
 	assert_int_equal(api_errno_from_curl(CURLE_OUT_OF_MEMORY, &retry),
 			 -ENOMEM);
 	assert_false(retry);
-	assert_int_equal(api_errno_from_curl(CURLE_PEER_FAILED_VERIFICATION,
-					     &retry),
-			 -EIO);
+	assert_int_equal(
+	    api_errno_from_curl(CURLE_PEER_FAILED_VERIFICATION, &retry), -EIO);
 	assert_false(retry);
 	assert_int_equal(api_errno_from_curl(CURLE_URL_MALFORMAT, &retry),
 			 -EINVAL);
@@ -183,24 +178,24 @@ static void test_regions(void **state)
 	static const struct {
 		const char *region, *domain;
 	} table[] = {
-		{ "us-east-1", "mypurecloud.com" },
-		{ "eu-west-1", "mypurecloud.ie" },
-		{ "ap-southeast-2", "mypurecloud.com.au" },
-		{ "ap-northeast-1", "mypurecloud.jp" },
-		{ "eu-central-1", "mypurecloud.de" },
-		{ "us-west-2", "usw2.pure.cloud" },
-		{ "ca-central-1", "cac1.pure.cloud" },
-		{ "ap-northeast-2", "apne2.pure.cloud" },
-		{ "eu-west-2", "euw2.pure.cloud" },
-		{ "ap-south-1", "aps1.pure.cloud" },
-		{ "us-east-2", "use2.us-gov-pure.cloud" },
-		{ "sa-east-1", "sae1.pure.cloud" },
-		{ "me-central-1", "mec1.pure.cloud" },
-		{ "ap-northeast-3", "apne3.pure.cloud" },
-		{ "eu-central-2", "euc2.pure.cloud" },
-		{ "mx-central-1", "mxc1.pure.cloud" },
-		{ "ap-southeast-1", "apse1.pure.cloud" },
-		{ "eusc-de-east-1", "edee1.eusc-pure.cloud" },
+	    {"us-east-1", "mypurecloud.com"},
+	    {"eu-west-1", "mypurecloud.ie"},
+	    {"ap-southeast-2", "mypurecloud.com.au"},
+	    {"ap-northeast-1", "mypurecloud.jp"},
+	    {"eu-central-1", "mypurecloud.de"},
+	    {"us-west-2", "usw2.pure.cloud"},
+	    {"ca-central-1", "cac1.pure.cloud"},
+	    {"ap-northeast-2", "apne2.pure.cloud"},
+	    {"eu-west-2", "euw2.pure.cloud"},
+	    {"ap-south-1", "aps1.pure.cloud"},
+	    {"us-east-2", "use2.us-gov-pure.cloud"},
+	    {"sa-east-1", "sae1.pure.cloud"},
+	    {"me-central-1", "mec1.pure.cloud"},
+	    {"ap-northeast-3", "apne3.pure.cloud"},
+	    {"eu-central-2", "euc2.pure.cloud"},
+	    {"mx-central-1", "mxc1.pure.cloud"},
+	    {"ap-southeast-1", "apse1.pure.cloud"},
+	    {"eusc-de-east-1", "edee1.eusc-pure.cloud"},
 	};
 	char want[128];
 
@@ -232,12 +227,12 @@ static void test_regions(void **state)
 static int new_with(const char *dialect, const char *region,
 		    const char *api_url, const char *login_url)
 {
-	struct api_config c = { .dialect = dialect,
-				.region = region,
-				.api_url = api_url,
-				.login_url = login_url,
-				.client_id = "id",
-				.client_secret = "secret" };
+	struct api_config c = {.dialect = dialect,
+			       .region = region,
+			       .api_url = api_url,
+			       .login_url = login_url,
+			       .client_id = "id",
+			       .client_secret = "secret"};
 	struct api *api = NULL;
 	int rc = api_new(&c, &api);
 
@@ -262,9 +257,8 @@ static void test_urls(void **state)
 			 -EINVAL);
 	assert_int_equal(new_with(NULL, NULL, "http://10.1.2.3:8080", NULL),
 			 -EINVAL);
-	assert_int_equal(new_with(NULL, NULL, "http://127.0.0.1.evil.com",
-				  NULL),
-			 -EINVAL);
+	assert_int_equal(
+	    new_with(NULL, NULL, "http://127.0.0.1.evil.com", NULL), -EINVAL);
 	assert_int_equal(new_with(NULL, NULL, "ftp://127.0.0.1", NULL),
 			 -EINVAL);
 	assert_int_equal(new_with(NULL, NULL, "not a url", NULL), -EINVAL);
@@ -308,8 +302,8 @@ static char *write_file(const char *text, mode_t mode)
 
 static int new_from_file(const char *path, struct api **out)
 {
-	struct api_config c = { .api_url = "http://127.0.0.1:9",
-				.credentials = path };
+	struct api_config c = {.api_url = "http://127.0.0.1:9",
+			       .credentials = path};
 
 	return api_new(&c, out);
 }
@@ -388,21 +382,23 @@ static void test_credentials_file(void **state)
 /* ---- schemas ---------------------------------------------------------- */
 
 static const char SCHEMA[] =
-	"{\"columns\": ["
-	"{\"name\": \"customer_id\", \"type\": \"string\", \"isPrimaryKey\": true},"
-	"{\"name\": \"last_interaction\", \"type\": \"date\", \"isPrimaryKey\": false},"
-	"{\"name\": \"loyalty_tier\", \"type\": \"number\", \"isPrimaryKey\": false},"
-	"{\"name\": \"visits\", \"type\": \"integer\", \"isPrimaryKey\": false},"
-	"{\"name\": \"active\", \"type\": \"boolean\"},"
-	"{\"name\": \"region/zone\", \"type\": \"string\"}"
-	"]}";
+    "{\"columns\": ["
+    "{\"name\": \"customer_id\", \"type\": \"string\", \"isPrimaryKey\": true},"
+    "{\"name\": \"last_interaction\", \"type\": \"date\", \"isPrimaryKey\": "
+    "false},"
+    "{\"name\": \"loyalty_tier\", \"type\": \"number\", \"isPrimaryKey\": "
+    "false},"
+    "{\"name\": \"visits\", \"type\": \"integer\", \"isPrimaryKey\": false},"
+    "{\"name\": \"active\", \"type\": \"boolean\"},"
+    "{\"name\": \"region/zone\", \"type\": \"string\"}"
+    "]}";
 
 static const char SCHEMA2[] =
-	"{\"columns\": ["
-	"{\"name\": \"region\", \"type\": \"string\", \"isPrimaryKey\": true},"
-	"{\"name\": \"priority\", \"type\": \"integer\"},"
-	"{\"name\": \"queue\", \"type\": \"string\", \"isPrimaryKey\": true}"
-	"]}";
+    "{\"columns\": ["
+    "{\"name\": \"region\", \"type\": \"string\", \"isPrimaryKey\": true},"
+    "{\"name\": \"priority\", \"type\": \"integer\"},"
+    "{\"name\": \"queue\", \"type\": \"string\", \"isPrimaryKey\": true}"
+    "]}";
 
 static void schema_load(const char *json, struct api_schema *s)
 {
@@ -439,12 +435,12 @@ static void test_schema_parse(void **state)
 
 	/* the production dialect's JSON Schema, ordered by displayOrder */
 	const char *flows =
-		"{\"$schema\": \"http://json-schema.org/draft-04/schema#\","
-		" \"type\": \"object\", \"required\": [\"key\"],"
-		" \"properties\": {"
-		"  \"visits\": {\"type\": \"integer\", \"displayOrder\": 2},"
-		"  \"key\": {\"type\": \"string\", \"displayOrder\": 0},"
-		"  \"score\": {\"type\": \"number\", \"displayOrder\": 1}}}";
+	    "{\"$schema\": \"http://json-schema.org/draft-04/schema#\","
+	    " \"type\": \"object\", \"required\": [\"key\"],"
+	    " \"properties\": {"
+	    "  \"visits\": {\"type\": \"integer\", \"displayOrder\": 2},"
+	    "  \"key\": {\"type\": \"string\", \"displayOrder\": 0},"
+	    "  \"score\": {\"type\": \"number\", \"displayOrder\": 1}}}";
 	assert_int_equal(api_schema_parse(flows, strlen(flows), NULL, &s), 0);
 	assert_int_equal(s.ncolumns, 3);
 	assert_string_equal(s.columns[0].name, "key");
@@ -455,17 +451,17 @@ static void test_schema_parse(void **state)
 	api_schema_release(&s);
 
 	static const char *bad[] = {
-		"",
-		"[]",
-		"{\"columns\": 3}",
-		"{\"columns\": [{\"name\": \"a\", \"type\": \"text\"}]}",
-		"{\"columns\": [{\"type\": \"string\"}]}",
-		"{\"columns\": [{\"name\": \"a\", \"type\": \"string\", "
-		"\"isPrimaryKey\": \"yes\"}]}",
-		"{\"columns\": [{\"name\": \"a\", \"type\": \"string\"},"
-		"{\"name\": \"a\", \"type\": \"number\"}]}",
-		"{\"columns\": []} x",
-		"{\"columns\": [",
+	    "",
+	    "[]",
+	    "{\"columns\": 3}",
+	    "{\"columns\": [{\"name\": \"a\", \"type\": \"text\"}]}",
+	    "{\"columns\": [{\"type\": \"string\"}]}",
+	    "{\"columns\": [{\"name\": \"a\", \"type\": \"string\", "
+	    "\"isPrimaryKey\": \"yes\"}]}",
+	    "{\"columns\": [{\"name\": \"a\", \"type\": \"string\"},"
+	    "{\"name\": \"a\", \"type\": \"number\"}]}",
+	    "{\"columns\": []} x",
+	    "{\"columns\": [",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		memset(&s, 0x5a, sizeof(s));
@@ -505,43 +501,46 @@ static void test_jsonl_order_and_numbers(void **state)
 	size_t n;
 	char *out;
 	const char *page =
-		"{\"rows\": ["
-		" {\"id\": \"r1\", \"columns\": {\"loyalty_tier\": 1.10,"
-		"  \"customer_id\": \"CUST-1\", \"segment\": \"x\","
-		"  \"visits\": 12345678901234567890, \"zzz\": [1, {\"b\": 2}],"
-		"  \"last_interaction\": \"2024-05-12T14:30:00Z\"}},"
-		" {\"columns\": {\"customer_id\": \"CUST-2\","
-		"  \"loyalty_tier\": 2.50, \"active\": true}, \"id\": \"r2\"},"
-		" {\"id\": \"r3\", \"columns\": {\"visits\": -0,"
-		"  \"loyalty_tier\": 1e3, \"customer_id\": \"C\\/3\\u00e9\\t\\ud83d\\ude00\","
-		"  \"region/zone\": \"a/b\"}},"
-		" {\"id\": \"r4\", \"columns\": {\"customer_id\": \"CUST-4\","
-		"  \"loyalty_tier\": -0.0, \"visits\": 123456789012345678901234567890,"
-		"  \"active\": null, \"last_interaction\": \"\\u0001\\u001f\\\"\\\\\"}}"
-		"], \"nextPageCursor\": \"abc\"}";
+	    "{\"rows\": ["
+	    " {\"id\": \"r1\", \"columns\": {\"loyalty_tier\": 1.10,"
+	    "  \"customer_id\": \"CUST-1\", \"segment\": \"x\","
+	    "  \"visits\": 12345678901234567890, \"zzz\": [1, {\"b\": 2}],"
+	    "  \"last_interaction\": \"2024-05-12T14:30:00Z\"}},"
+	    " {\"columns\": {\"customer_id\": \"CUST-2\","
+	    "  \"loyalty_tier\": 2.50, \"active\": true}, \"id\": \"r2\"},"
+	    " {\"id\": \"r3\", \"columns\": {\"visits\": -0,"
+	    "  \"loyalty_tier\": 1e3, \"customer_id\": "
+	    "\"C\\/3\\u00e9\\t\\ud83d\\ude00\","
+	    "  \"region/zone\": \"a/b\"}},"
+	    " {\"id\": \"r4\", \"columns\": {\"customer_id\": \"CUST-4\","
+	    "  \"loyalty_tier\": -0.0, \"visits\": "
+	    "123456789012345678901234567890,"
+	    "  \"active\": null, \"last_interaction\": "
+	    "\"\\u0001\\u001f\\\"\\\\\"}}"
+	    "], \"nextPageCursor\": \"abc\"}";
 
 	(void)state;
 	schema_load(SCHEMA, &s);
 	out = page_jsonl(&s, page, &n);
 	assert_int_equal(n, 4);
 	assert_string_equal(
-		out,
-		"{\"customer_id\":\"CUST-1\",\"last_interaction\":"
-		"\"2024-05-12T14:30:00Z\",\"loyalty_tier\":1.10,"
-		"\"visits\":12345678901234567890,\"segment\":\"x\","
-		"\"zzz\":[1,{\"b\":2}]}\n"
-		"{\"customer_id\":\"CUST-2\",\"loyalty_tier\":2.50,"
-		"\"active\":true}\n"
-		"{\"customer_id\":\"C/3\xc3\xa9\\t\xf0\x9f\x98\x80\","
-		"\"loyalty_tier\":1e3,\"visits\":-0,\"region/zone\":\"a/b\"}\n"
-		"{\"customer_id\":\"CUST-4\",\"last_interaction\":"
-		"\"\\u0001\\u001f\\\"\\\\\",\"loyalty_tier\":-0.0,"
-		"\"visits\":123456789012345678901234567890,\"active\":null}\n");
+	    out,
+	    "{\"customer_id\":\"CUST-1\",\"last_interaction\":"
+	    "\"2024-05-12T14:30:00Z\",\"loyalty_tier\":1.10,"
+	    "\"visits\":12345678901234567890,\"segment\":\"x\","
+	    "\"zzz\":[1,{\"b\":2}]}\n"
+	    "{\"customer_id\":\"CUST-2\",\"loyalty_tier\":2.50,"
+	    "\"active\":true}\n"
+	    "{\"customer_id\":\"C/3\xc3\xa9\\t\xf0\x9f\x98\x80\","
+	    "\"loyalty_tier\":1e3,\"visits\":-0,\"region/zone\":\"a/b\"}\n"
+	    "{\"customer_id\":\"CUST-4\",\"last_interaction\":"
+	    "\"\\u0001\\u001f\\\"\\\\\",\"loyalty_tier\":-0.0,"
+	    "\"visits\":123456789012345678901234567890,\"active\":null}\n");
 	free(out);
 
 	/* no schema: server order */
-	out = page_jsonl(NULL, "{\"rows\": [{\"columns\": {\"b\": 1, \"a\": 2}}]}",
-			 &n);
+	out = page_jsonl(
+	    NULL, "{\"rows\": [{\"columns\": {\"b\": 1, \"a\": 2}}]}", &n);
 	assert_string_equal(out, "{\"b\":1,\"a\":2}\n");
 	free(out);
 
@@ -556,10 +555,10 @@ static void test_jsonl_order_and_numbers(void **state)
 static void test_jsonl_bad_pages(void **state)
 {
 	static const char *bad[] = {
-		"{\"rows\": [1]}",
-		"{\"rows\": [{\"id\": \"x\"}]}",
-		"{\"rows\": [{\"columns\": []}]}",
-		"{\"rows\": {}}",
+	    "{\"rows\": [1]}",
+	    "{\"rows\": [{\"id\": \"x\"}]}",
+	    "{\"rows\": [{\"columns\": []}]}",
+	    "{\"rows\": {}}",
 	};
 	struct api_schema s;
 
@@ -597,11 +596,9 @@ static void check_same_as_jsonc(const char *doc)
 	assert_int_equal(jdoc_parse(&d, doc, strlen(doc), 0), 0);
 	jdoc_emit(&d, 0, &out);
 	abuf_reserve(&out, 0);
-	assert_string_equal(
-		out.p,
-		json_object_to_json_string_ext(
-			o, JSON_C_TO_STRING_PLAIN |
-				   JSON_C_TO_STRING_NOSLASHESCAPE));
+	assert_string_equal(out.p, json_object_to_json_string_ext(
+				       o, JSON_C_TO_STRING_PLAIN |
+					      JSON_C_TO_STRING_NOSLASHESCAPE));
 	abuf_release(&out);
 	jdoc_release(&d);
 	json_object_put(o);
@@ -610,12 +607,12 @@ static void check_same_as_jsonc(const char *doc)
 static void test_jsonc_compatible(void **state)
 {
 	static const char *docs[] = {
-		"{\"a\": 1.10, \"b\": [true, false, null], \"c\": \"x/y\"}",
-		"[1e3, 1E3, 0.1e-2, -1.5e+10, 2.50, 0, -1, 9223372036854775807]",
-		"\"\\u00e9\\u20ac\\ud83d\\ude00\\n\\r\\t\\b\\f\\\"\\\\\\/\"",
-		"\"\\u0000\\u0001\\u001f\\u007f\\u0080 raw \xc3\xa9 \x7f\"",
-		"{ \"nested\" : { \"deep\" : [ [ ], { } ] } }",
-		"{\"k\\u0041y\": \"v\"}",
+	    "{\"a\": 1.10, \"b\": [true, false, null], \"c\": \"x/y\"}",
+	    "[1e3, 1E3, 0.1e-2, -1.5e+10, 2.50, 0, -1, 9223372036854775807]",
+	    "\"\\u00e9\\u20ac\\ud83d\\ude00\\n\\r\\t\\b\\f\\\"\\\\\\/\"",
+	    "\"\\u0000\\u0001\\u001f\\u007f\\u0080 raw \xc3\xa9 \x7f\"",
+	    "{ \"nested\" : { \"deep\" : [ [ ], { } ] } }",
+	    "{\"k\\u0041y\": \"v\"}",
 	};
 	unsigned seed = 1;
 
@@ -654,12 +651,11 @@ static void test_jsonc_compatible(void **state)
 static void test_jdoc_strict(void **state)
 {
 	static const char *bad[] = {
-		"",	   "{",		"[1,]",	      "{\"a\":1,}",
-		"01",	   "1.",	".5",	      "1e",
-		"+1",	   "tru",	"nul",	      "\"abc",
-		"\"\\x\"", "\"\\u12\"", "\"a\tb\"",   "{\"a\" 1}",
-		"{a:1}",   "[1 2]",	"1 2",	      "'a'",
-		"NaN",	   "Infinity",	"-",	      "{\"a\":1}}",
+	    "",		 "{",	     "[1,]",	"{\"a\":1,}", "01",
+	    "1.",	 ".5",	     "1e",	"+1",	      "tru",
+	    "nul",	 "\"abc",    "\"\\x\"", "\"\\u12\"",  "\"a\tb\"",
+	    "{\"a\" 1}", "{a:1}",    "[1 2]",	"1 2",	      "'a'",
+	    "NaN",	 "Infinity", "-",	"{\"a\":1}}",
 	};
 	struct jdoc d;
 
@@ -676,12 +672,11 @@ static void test_jdoc_strict(void **state)
 			 -EINVAL);
 	assert_int_equal(jdoc_parse(&d, "\"\xc0\xaf\"", 4, JDOC_VALIDATE_UTF8),
 			 -EINVAL); /* overlong */
-	assert_int_equal(jdoc_parse(&d, "\"\xed\xa0\x80\"", 5,
-				    JDOC_VALIDATE_UTF8),
-			 -EINVAL); /* surrogate */
-	assert_int_equal(jdoc_parse(&d, "\"\xf0\x9f\x98\x80\"", 6,
-				    JDOC_VALIDATE_UTF8),
-			 0);
+	assert_int_equal(
+	    jdoc_parse(&d, "\"\xed\xa0\x80\"", 5, JDOC_VALIDATE_UTF8),
+	    -EINVAL); /* surrogate */
+	assert_int_equal(
+	    jdoc_parse(&d, "\"\xf0\x9f\x98\x80\"", 6, JDOC_VALIDATE_UTF8), 0);
 	/* deep nesting is refused, not a stack overflow */
 	{
 		char deep[600];
@@ -763,12 +758,12 @@ static void test_validate_rules(void **state)
 		       -EINVAL, "loyalty_tier: expected number, got string");
 	expect_invalid(&s, "{\"customer_id\": \"a\", \"loyalty_tier\": true}",
 		       -EINVAL, "loyalty_tier: expected number, got boolean");
-	expect_invalid(&s, "{\"customer_id\": \"a\", \"visits\": 1.0}",
-		       -EINVAL, "visits: expected integer");
-	expect_invalid(&s, "{\"customer_id\": \"a\", \"visits\": 1e2}",
-		       -EINVAL, "visits: expected integer");
-	expect_invalid(&s, "{\"customer_id\": \"a\", \"visits\": 1E2}",
-		       -EINVAL, "visits: expected integer");
+	expect_invalid(&s, "{\"customer_id\": \"a\", \"visits\": 1.0}", -EINVAL,
+		       "visits: expected integer");
+	expect_invalid(&s, "{\"customer_id\": \"a\", \"visits\": 1e2}", -EINVAL,
+		       "visits: expected integer");
+	expect_invalid(&s, "{\"customer_id\": \"a\", \"visits\": 1E2}", -EINVAL,
+		       "visits: expected integer");
 	expect_invalid(&s, "{\"customer_id\": \"a\", \"visits\": \"1\"}",
 		       -EINVAL, "visits: expected integer, got string");
 	expect_invalid(&s, "{\"customer_id\": \"a\", \"active\": 1}", -EINVAL,
@@ -777,8 +772,9 @@ static void test_validate_rules(void **state)
 		       -EINVAL, "active: expected boolean, got string");
 	expect_invalid(&s, "{\"customer_id\": \"a\", \"last_interaction\": 5}",
 		       -EINVAL, "last_interaction: expected date, got number");
-	expect_invalid(&s, "{\"customer_id\": \"a\", \"last_interaction\": "
-			   "\"2024-13-01T00:00:00Z\"}",
+	expect_invalid(&s,
+		       "{\"customer_id\": \"a\", \"last_interaction\": "
+		       "\"2024-13-01T00:00:00Z\"}",
 		       -EINVAL, "last_interaction: expected date");
 	expect_invalid(&s, "{\"customer_id\": \"a\", \"customer_id\": \"b\"}",
 		       -EINVAL, "customer_id: column given twice");
@@ -796,20 +792,22 @@ static void test_validate_rules(void **state)
 		       "invalid UTF-8");
 
 	/* valid: canonical order, text kept, null non-key allowed */
-	expect_valid(&s,
-		     " {\"active\": false, \"visits\": 12345678901234567890,"
-		     " \"loyalty_tier\": 1.10, \"customer_id\": \"CUST-1\","
-		     " \"last_interaction\": \"2024-05-12T14:30:00.123+02:00\"} ",
-		     "{\"customer_id\":\"CUST-1\",\"last_interaction\":"
-		     "\"2024-05-12T14:30:00.123+02:00\",\"loyalty_tier\":1.10,"
-		     "\"visits\":12345678901234567890,\"active\":false}",
-		     "[\"CUST-1\"]");
-	expect_valid(&s,
-		     "{\"customer_id\": \"\\u0041\\/b\", \"loyalty_tier\": null,"
-		     " \"visits\": -0, \"region/zone\": \"\xc3\xa9\"}",
-		     "{\"customer_id\":\"A/b\",\"loyalty_tier\":null,"
-		     "\"visits\":-0,\"region/zone\":\"\xc3\xa9\"}",
-		     "[\"A/b\"]");
+	expect_valid(
+	    &s,
+	    " {\"active\": false, \"visits\": 12345678901234567890,"
+	    " \"loyalty_tier\": 1.10, \"customer_id\": \"CUST-1\","
+	    " \"last_interaction\": \"2024-05-12T14:30:00.123+02:00\"} ",
+	    "{\"customer_id\":\"CUST-1\",\"last_interaction\":"
+	    "\"2024-05-12T14:30:00.123+02:00\",\"loyalty_tier\":1.10,"
+	    "\"visits\":12345678901234567890,\"active\":false}",
+	    "[\"CUST-1\"]");
+	expect_valid(
+	    &s,
+	    "{\"customer_id\": \"\\u0041\\/b\", \"loyalty_tier\": null,"
+	    " \"visits\": -0, \"region/zone\": \"\xc3\xa9\"}",
+	    "{\"customer_id\":\"A/b\",\"loyalty_tier\":null,"
+	    "\"visits\":-0,\"region/zone\":\"\xc3\xa9\"}",
+	    "[\"A/b\"]");
 	expect_valid(&s, "{\"customer_id\": \"x\", \"loyalty_tier\": -2.5e-3}",
 		     "{\"customer_id\":\"x\",\"loyalty_tier\":-2.5e-3}",
 		     "[\"x\"]");
@@ -824,22 +822,25 @@ static void test_validate_keys(void **state)
 	(void)state;
 	schema_load(SCHEMA2, &s);
 	/* composite key in schema order, whatever the line's order */
-	assert_int_equal(validate(&s, "{\"queue\": \"billing\", \"region\": "
-				      "\"emea\", \"priority\": 3}",
+	assert_int_equal(validate(&s,
+				  "{\"queue\": \"billing\", \"region\": "
+				  "\"emea\", \"priority\": 3}",
 				  &row1, &key1, &err),
 			 0);
 	assert_string_equal(key1, "[\"emea\",\"billing\"]");
 	assert_string_equal(row1, "{\"region\":\"emea\",\"priority\":3,"
 				  "\"queue\":\"billing\"}");
 	/* equal keys encode equally, even written differently */
-	assert_int_equal(validate(&s, "{\"region\": \"\\u0065mea\", "
-				      "\"queue\": \"billing\"}",
+	assert_int_equal(validate(&s,
+				  "{\"region\": \"\\u0065mea\", "
+				  "\"queue\": \"billing\"}",
 				  &row2, &key2, &err),
 			 0);
 	assert_string_equal(key2, key1);
 	/* different keys differ, and cannot collide through separators */
-	assert_int_equal(validate(&s, "{\"region\": \"emea\\\",\\\"billing\","
-				      " \"queue\": \"\"}",
+	assert_int_equal(validate(&s,
+				  "{\"region\": \"emea\\\",\\\"billing\","
+				  " \"queue\": \"\"}",
 				  &row3, &key3, &err),
 			 0);
 	assert_string_not_equal(key3, key1);
@@ -859,38 +860,34 @@ static void test_validate_keys(void **state)
 static void test_dates(void **state)
 {
 	static const char *good[] = {
-		"2024-05-12T14:30:00Z",
-		"2024-05-12t14:30:00z",
-		"2024-05-12T14:30:00.1Z",
-		"2024-05-12T14:30:00.123456789Z",
-		"2024-05-12T14:30:00+02:00",
-		"2024-05-12T14:30:00.5-05:30",
-		"2024-02-29T00:00:00Z",
-		"2000-02-29T23:59:59Z",
-		"1990-12-31T23:59:60Z",
+	    "2024-05-12T14:30:00Z",	 "2024-05-12t14:30:00z",
+	    "2024-05-12T14:30:00.1Z",	 "2024-05-12T14:30:00.123456789Z",
+	    "2024-05-12T14:30:00+02:00", "2024-05-12T14:30:00.5-05:30",
+	    "2024-02-29T00:00:00Z",	 "2000-02-29T23:59:59Z",
+	    "1990-12-31T23:59:60Z",
 	};
 	static const char *bad[] = {
-		"",
-		"2024-05-12",
-		"2024-05-12T14:30Z",
-		"2024-05-12T14:30:00",
-		"2024-05-12 14:30:00Z",
-		"2024-05-12T14:30:00.Z",
-		"2024-05-12T14:30:00+0200",
-		"2024-05-12T14:30:00+02",
-		"2024-05-12T24:00:00Z",
-		"2024-05-12T14:60:00Z",
-		"2024-05-12T14:30:61Z",
-		"2024-00-12T14:30:00Z",
-		"2024-05-32T14:30:00Z",
-		"2024-04-31T14:30:00Z",
-		"2023-02-29T00:00:00Z",
-		"1900-02-29T00:00:00Z",
-		"2024-05-12T14:30:00+24:00",
-		"2024-05-12T14:30:00Zjunk",
-		"24-05-12T14:30:00Z",
-		"2024-5-12T14:30:00Z",
-		"2024-05-12T14:30:00.12a3Z",
+	    "",
+	    "2024-05-12",
+	    "2024-05-12T14:30Z",
+	    "2024-05-12T14:30:00",
+	    "2024-05-12 14:30:00Z",
+	    "2024-05-12T14:30:00.Z",
+	    "2024-05-12T14:30:00+0200",
+	    "2024-05-12T14:30:00+02",
+	    "2024-05-12T24:00:00Z",
+	    "2024-05-12T14:60:00Z",
+	    "2024-05-12T14:30:61Z",
+	    "2024-00-12T14:30:00Z",
+	    "2024-05-32T14:30:00Z",
+	    "2024-04-31T14:30:00Z",
+	    "2023-02-29T00:00:00Z",
+	    "1900-02-29T00:00:00Z",
+	    "2024-05-12T14:30:00+24:00",
+	    "2024-05-12T14:30:00Zjunk",
+	    "24-05-12T14:30:00Z",
+	    "2024-5-12T14:30:00Z",
+	    "2024-05-12T14:30:00.12a3Z",
 	};
 
 	(void)state;
@@ -1003,7 +1000,7 @@ static void *server_main(void *arg)
 				continue;
 			cl = strcasestr(buf, "Content-Length:");
 			if (!cl || got >= (size_t)(end + 4 - buf) +
-						  strtoul(cl + 15, NULL, 10))
+					      strtoul(cl + 15, NULL, 10))
 				break;
 		}
 		buf[got] = '\0';
@@ -1014,11 +1011,14 @@ static void *server_main(void *arg)
 		    c->token_answer) {
 			a = c->token_answer;
 		} else if (strncmp(buf, "POST /oauth/token", 17) == 0) {
-			a = strstr(buf, "grant_type=client_credentials") ?
-				    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-				    "Connection: close\r\n\r\n"
-				    "{\"access_token\":\"tok2\",\"token_type\":\"bearer\",\"expires_in\":9}" :
-				    "HTTP/1.1 400 Bad\r\nConnection: close\r\n\r\n";
+			a = strstr(buf, "grant_type=client_credentials")
+				? "HTTP/1.1 200 OK\r\nContent-Type: "
+				  "application/json\r\n"
+				  "Connection: close\r\n\r\n"
+				  "{\"access_token\":\"tok2\",\"token_type\":"
+				  "\"bearer\",\"expires_in\":9}"
+				: "HTTP/1.1 400 Bad\r\nConnection: "
+				  "close\r\n\r\n";
 		} else {
 			a = c->answers[i];
 			if (c->answers[i + 1])
@@ -1047,10 +1047,9 @@ static void *server_main(void *arg)
 	return NULL;
 }
 
-static int start_server(struct canned *c, pthread_t *t, char *url,
-			size_t size)
+static int start_server(struct canned *c, pthread_t *t, char *url, size_t size)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_in sa = {.sin_family = AF_INET};
 	socklen_t len = sizeof(sa);
 
 	c->fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -1071,27 +1070,27 @@ static void stop_server(struct canned *c, pthread_t t)
 }
 
 #define HDRS "Connection: close\r\nContent-Type: application/json\r\n"
-#define EMPTY_OK                                                        \
-	"HTTP/1.1 200 OK\r\n" HDRS "ININ-Correlation-Id: c-ok\r\n"      \
-	"ETag: \"v7\"\r\nX-RateLimit-Remaining: 200\r\n"                \
-	"X-RateLimit-Reset: 30\r\n\r\n"           \
+#define EMPTY_OK                                                               \
+	"HTTP/1.1 200 OK\r\n" HDRS "ININ-Correlation-Id: c-ok\r\n"             \
+	"ETag: \"v7\"\r\nX-RateLimit-Remaining: 200\r\n"                       \
+	"X-RateLimit-Reset: 30\r\n\r\n"                                        \
 	"{\"rows\": [], \"nextPageCursor\": null}"
 
 static void test_http_retries(void **state)
 {
 	static const char *const answers[] = {
-		"HTTP/1.1 503 Busy\r\n" HDRS "ININ-Correlation-Id: c1\r\n"
-		"\r\n{\"code\": \"server.too.busy\"}\n",
-		"HTTP/1.1 429 Slow\r\n" HDRS "Retry-After: 0\r\n"
-		"\r\n{}",
-		"HTTP/1.1 401 Who\r\n" HDRS "\r\n{}",
-		EMPTY_OK,
-		NULL,
+	    "HTTP/1.1 503 Busy\r\n" HDRS "ININ-Correlation-Id: c1\r\n"
+	    "\r\n{\"code\": \"server.too.busy\"}\n",
+	    "HTTP/1.1 429 Slow\r\n" HDRS "Retry-After: 0\r\n"
+	    "\r\n{}",
+	    "HTTP/1.1 401 Who\r\n" HDRS "\r\n{}",
+	    EMPTY_OK,
+	    NULL,
 	};
-	struct canned c = { .answers = answers };
-	struct api_config cfg = { .client_id = "id", .client_secret = "sec" };
+	struct canned c = {.answers = answers};
+	struct api_config cfg = {.client_id = "id", .client_secret = "sec"};
 	struct api_schema s;
-	struct api_page page = { 0 };
+	struct api_page page = {0};
 	struct api_stats st;
 	struct api *api;
 	pthread_t t;
@@ -1102,9 +1101,8 @@ static void test_http_retries(void **state)
 	cfg.api_url = url;
 	assert_int_equal(api_new(&cfg, &api), 0);
 	schema_load(SCHEMA, &s);
-	assert_int_equal(api_get_rows(api, "t 1", &s, "c/+ =", 0, "\"v6\"",
-				      &page),
-			 0);
+	assert_int_equal(
+	    api_get_rows(api, "t 1", &s, "c/+ =", 0, "\"v6\"", &page), 0);
 	assert_false(page.not_modified);
 	assert_int_equal(page.nrows, 0);
 	assert_null(page.next_cursor);
@@ -1133,42 +1131,42 @@ static void test_http_retries(void **state)
 static void test_http_give_up(void **state)
 {
 	static const char *const busy[] = {
-		"HTTP/1.1 503 Busy\r\n" HDRS "ININ-Correlation-Id: c9\r\n"
-		"\r\n{\"code\": \"server.too.busy\"}\n",
-		NULL,
+	    "HTTP/1.1 503 Busy\r\n" HDRS "ININ-Correlation-Id: c9\r\n"
+	    "\r\n{\"code\": \"server.too.busy\"}\n",
+	    NULL,
 	};
 	static const char *const unauthorized[] = {
-		"HTTP/1.1 401 Who\r\n" HDRS "\r\n{}",
-		NULL,
+	    "HTTP/1.1 401 Who\r\n" HDRS "\r\n{}",
+	    NULL,
 	};
 	static const char *const throttled[] = {
-		"HTTP/1.1 429 Slow\r\n" HDRS "Retry-After: 3600\r\n"
-		"\r\n{}",
-		NULL,
+	    "HTTP/1.1 429 Slow\r\n" HDRS "Retry-After: 3600\r\n"
+	    "\r\n{}",
+	    NULL,
 	};
 	static const char *const notfound[] = {
-		"HTTP/1.1 404 No\r\n" HDRS
-		"\r\n{\"code\": \"datatable.not.found\"}",
-		NULL,
+	    "HTTP/1.1 404 No\r\n" HDRS
+	    "\r\n{\"code\": \"datatable.not.found\"}",
+	    NULL,
 	};
 	struct {
 		const char *const *answers;
 		int err;
 		int served;
 	} cases[] = {
-		{ busy, -EIO, 3 },	       /* max_attempts */
-		{ unauthorized, -EACCES, 2 }, /* once with a fresh token */
-		{ throttled, -EIO, 1 },       /* Retry-After beyond budget */
-		{ notfound, -ENOENT, 1 },     /* other 4xx: no retry */
+	    {busy, -EIO, 3},		/* max_attempts */
+	    {unauthorized, -EACCES, 2}, /* once with a fresh token */
+	    {throttled, -EIO, 1},	/* Retry-After beyond budget */
+	    {notfound, -ENOENT, 1},	/* other 4xx: no retry */
 	};
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct canned c = { .answers = cases[i].answers };
-		struct api_config cfg = { .client_id = "id",
-					  .client_secret = "sec",
-					  .max_attempts = 3,
-					  .retry_budget_s = 30 };
+		struct canned c = {.answers = cases[i].answers};
+		struct api_config cfg = {.client_id = "id",
+					 .client_secret = "sec",
+					 .max_attempts = 3,
+					 .retry_budget_s = 30};
 		struct api_schema s;
 		struct api *api;
 		pthread_t t;
@@ -1177,8 +1175,7 @@ static void test_http_give_up(void **state)
 		assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
 		cfg.api_url = url;
 		assert_int_equal(api_new(&cfg, &api), 0);
-		assert_int_equal(api_get_schema(api, "tbl", &s),
-				 cases[i].err);
+		assert_int_equal(api_get_schema(api, "tbl", &s), cases[i].err);
 		assert_int_equal(c.served, cases[i].served);
 		api_free(api);
 		stop_server(&c, t);
@@ -1188,23 +1185,23 @@ static void test_http_give_up(void **state)
 static void test_http_upsert(void **state)
 {
 	static const char *const invalid[] = {
-		"HTTP/1.1 400 Bad\r\n" HDRS "ININ-Correlation-Id: c4\r\n"
-		"\r\n"
-		"{\"code\": \"invalid.row\", \"status\": 400, \"details\": ["
-		"{\"row\": 1, \"fieldName\": \"visits\", \"errorCode\": "
-		"\"type.mismatch\"}, {\"row\": 0, \"errorCode\": \"x\"}]}",
-		NULL,
+	    "HTTP/1.1 400 Bad\r\n" HDRS "ININ-Correlation-Id: c4\r\n"
+	    "\r\n"
+	    "{\"code\": \"invalid.row\", \"status\": 400, \"details\": ["
+	    "{\"row\": 1, \"fieldName\": \"visits\", \"errorCode\": "
+	    "\"type.mismatch\"}, {\"row\": 0, \"errorCode\": \"x\"}]}",
+	    NULL,
 	};
 	static const char *const ok[] = {
-		"HTTP/1.1 200 OK\r\n" HDRS "ETag: \"v9\"\r\n"
-		"\r\n{\"inserted\": 1, \"updated\": 1}",
-		NULL,
+	    "HTTP/1.1 200 OK\r\n" HDRS "ETag: \"v9\"\r\n"
+	    "\r\n{\"inserted\": 1, \"updated\": 1}",
+	    NULL,
 	};
-	const char *rows[] = { "{\"customer_id\":\"a\"}",
-			       "{\"customer_id\":\"b\",\"visits\":1}" };
+	const char *rows[] = {"{\"customer_id\":\"a\"}",
+			      "{\"customer_id\":\"b\",\"visits\":1}"};
 	struct api_upsert_result res;
-	struct canned c = { .answers = invalid };
-	struct api_config cfg = { .client_id = "id", .client_secret = "sec" };
+	struct canned c = {.answers = invalid};
+	struct api_config cfg = {.client_id = "id", .client_secret = "sec"};
 	struct api *api;
 	pthread_t t;
 	char url[64];
@@ -1233,7 +1230,7 @@ static void test_http_upsert(void **state)
 	api_free(api);
 	stop_server(&c, t);
 
-	c = (struct canned){ .answers = ok };
+	c = (struct canned){.answers = ok};
 	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
 	cfg.api_url = url;
 	assert_int_equal(api_new(&cfg, &api), 0);
@@ -1246,22 +1243,21 @@ static void test_http_upsert(void **state)
 	stop_server(&c, t);
 }
 
-
 static void test_delete_gone(void **state)
 {
 	static const char *const retried[] = {
-		"HTTP/1.1 502 Gateway\r\n" HDRS "\r\n{}",
-		"HTTP/1.1 404 No\r\n" HDRS
-		"\r\n{\"code\": \"datatable.row.not.found\"}",
-		NULL,
+	    "HTTP/1.1 502 Gateway\r\n" HDRS "\r\n{}",
+	    "HTTP/1.1 404 No\r\n" HDRS
+	    "\r\n{\"code\": \"datatable.row.not.found\"}",
+	    NULL,
 	};
 	static const char *const missing[] = {
-		"HTTP/1.1 404 No\r\n" HDRS
-		"\r\n{\"code\": \"datatable.row.not.found\"}",
-		NULL,
+	    "HTTP/1.1 404 No\r\n" HDRS
+	    "\r\n{\"code\": \"datatable.row.not.found\"}",
+	    NULL,
 	};
-	struct api_config cfg = { .client_id = "id", .client_secret = "sec" };
-	struct canned c = { .answers = retried };
+	struct api_config cfg = {.client_id = "id", .client_secret = "sec"};
+	struct canned c = {.answers = retried};
 	struct api *api;
 	pthread_t t;
 	char url[64];
@@ -1279,7 +1275,7 @@ static void test_delete_gone(void **state)
 	stop_server(&c, t);
 
 	/* a plain 404 is -ENOENT */
-	c = (struct canned){ .answers = missing };
+	c = (struct canned){.answers = missing};
 	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
 	cfg.api_url = url;
 	assert_int_equal(api_new(&cfg, &api), 0);
@@ -1321,8 +1317,9 @@ static char *capture_stderr(void (*fn)(const char *url), const char *url)
 
 static void wrong_secret(const char *url)
 {
-	struct api_config cfg = { .api_url = url, .client_id = "my-client",
-				  .client_secret = "TopSecret-123" };
+	struct api_config cfg = {.api_url = url,
+				 .client_id = "my-client",
+				 .client_secret = "TopSecret-123"};
 	struct api *api;
 
 	assert_int_equal(api_new(&cfg, &api), 0);
@@ -1332,8 +1329,9 @@ static void wrong_secret(const char *url)
 
 static void busy_then_ok(const char *url)
 {
-	struct api_config cfg = { .api_url = url, .client_id = "my-client",
-				  .client_secret = "TopSecret-123" };
+	struct api_config cfg = {.api_url = url,
+				 .client_id = "my-client",
+				 .client_secret = "TopSecret-123"};
 	struct api_page page;
 	struct api *api;
 
@@ -1347,16 +1345,16 @@ static void busy_then_ok(const char *url)
 static void test_logs_keep_secrets(void **state)
 {
 	static const char *const answers[] = {
-		"HTTP/1.1 503 Busy\r\n" HDRS "ININ-Correlation-Id: corr-77\r\n"
-		"\r\n{\"code\": \"server.too.busy\"}",
-		EMPTY_OK,
-		NULL,
+	    "HTTP/1.1 503 Busy\r\n" HDRS "ININ-Correlation-Id: corr-77\r\n"
+	    "\r\n{\"code\": \"server.too.busy\"}",
+	    EMPTY_OK,
+	    NULL,
 	};
 	struct canned c = {
-		.answers = answers,
-		.token_answer = "HTTP/1.1 401 Unauthorized\r\n" HDRS
-				"ININ-Correlation-Id: corr-1\r\n\r\n"
-				"{\"error\": \"invalid_client\"}",
+	    .answers = answers,
+	    .token_answer = "HTTP/1.1 401 Unauthorized\r\n" HDRS
+			    "ININ-Correlation-Id: corr-1\r\n\r\n"
+			    "{\"error\": \"invalid_client\"}",
 	};
 	pthread_t t;
 	char url[64], *log;
@@ -1379,7 +1377,7 @@ static void test_logs_keep_secrets(void **state)
 			       "%3Aread%20data-table%3Awrite"));
 	free(log);
 
-	c = (struct canned){ .answers = answers };
+	c = (struct canned){.answers = answers};
 	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
 	log = capture_stderr(busy_then_ok, url);
 	stop_server(&c, t);
@@ -1396,30 +1394,30 @@ static void test_logs_keep_secrets(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_backoff_bounds),
-		cmocka_unit_test(test_random_threads),
-		cmocka_unit_test(test_retry_after),
-		cmocka_unit_test(test_errno_from_http),
-		cmocka_unit_test(test_errno_from_curl),
-		cmocka_unit_test(test_regions),
-		cmocka_unit_test(test_urls),
-		cmocka_unit_test(test_escape),
-		cmocka_unit_test(test_credentials_file),
-		cmocka_unit_test(test_schema_parse),
-		cmocka_unit_test(test_jsonl_order_and_numbers),
-		cmocka_unit_test(test_jsonl_bad_pages),
-		cmocka_unit_test(test_jsonc_compatible),
-		cmocka_unit_test(test_jdoc_strict),
-		cmocka_unit_test(test_validate_rules),
-		cmocka_unit_test(test_validate_keys),
-		cmocka_unit_test(test_dates),
-		cmocka_unit_test(test_pacer),
-		cmocka_unit_test(test_token_margin),
-		cmocka_unit_test(test_http_retries),
-		cmocka_unit_test(test_http_give_up),
-		cmocka_unit_test(test_http_upsert),
-		cmocka_unit_test(test_delete_gone),
-		cmocka_unit_test(test_logs_keep_secrets),
+	    cmocka_unit_test(test_backoff_bounds),
+	    cmocka_unit_test(test_random_threads),
+	    cmocka_unit_test(test_retry_after),
+	    cmocka_unit_test(test_errno_from_http),
+	    cmocka_unit_test(test_errno_from_curl),
+	    cmocka_unit_test(test_regions),
+	    cmocka_unit_test(test_urls),
+	    cmocka_unit_test(test_escape),
+	    cmocka_unit_test(test_credentials_file),
+	    cmocka_unit_test(test_schema_parse),
+	    cmocka_unit_test(test_jsonl_order_and_numbers),
+	    cmocka_unit_test(test_jsonl_bad_pages),
+	    cmocka_unit_test(test_jsonc_compatible),
+	    cmocka_unit_test(test_jdoc_strict),
+	    cmocka_unit_test(test_validate_rules),
+	    cmocka_unit_test(test_validate_keys),
+	    cmocka_unit_test(test_dates),
+	    cmocka_unit_test(test_pacer),
+	    cmocka_unit_test(test_token_margin),
+	    cmocka_unit_test(test_http_retries),
+	    cmocka_unit_test(test_http_give_up),
+	    cmocka_unit_test(test_http_upsert),
+	    cmocka_unit_test(test_delete_gone),
+	    cmocka_unit_test(test_logs_keep_secrets),
 	};
 
 	log_init("test_api", getenv("TEST_API_VERBOSE") ? LOG_DEBUG : LOG_CRIT);
