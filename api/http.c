@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <json-c/json.h>
@@ -237,6 +238,12 @@ static size_t on_header(char *p, size_t size, size_t n, void *user)
 	} else if (strcasecmp(line, "X-RateLimit-Reset") == 0 ||
 		   strcasecmp(line, "inin-ratelimit-reset") == 0) {
 		r->rl_reset = header_long(v);
+		/* some servers send the epoch second of the reset */
+		if (r->rl_reset > 1000000000L) {
+			long left = r->rl_reset - (long)time(NULL);
+
+			r->rl_reset = left > 0 ? left : 0;
+		}
 	} else if (strcasecmp(line, "inin-ratelimit-allowed") == 0) {
 		r->rl_limit = header_long(v);
 	} else if (strcasecmp(line, "inin-ratelimit-count") == 0) {
