@@ -466,6 +466,7 @@ struct upload {
 	pthread_cond_t cond;
 	struct chunk *head, *tail;
 	size_t queued;
+	size_t busy;		/* chunks being sent */
 	bool done;		/* no more chunks will be queued */
 	int error;		/* first fatal error: stop sending */
 	bool failed;		/* some chunk did not land */
@@ -569,14 +570,15 @@ static void *upload_main(void *arg)
 		if (!up->head)
 			up->tail = NULL;
 		up->queued--;
-		pthread_cond_broadcast(&up->cond);
 		if (up->error) {
 			/* a fatal error: drop what is queued */
 			up->failed = true;
 			cache_spool_batch_release(&c->batch);
 			free(c);
+			pthread_cond_broadcast(&up->cond);
 			continue;
 		}
+		up->busy++;
 		pthread_mutex_unlock(&up->lock);
 
 		rc = send_chunk(up->im, &c->batch);
@@ -587,19 +589,24 @@ static void *upload_main(void *arg)
 		free(c);
 
 		pthread_mutex_lock(&up->lock);
+		up->busy--;
 		if (rc) {
 			up->failed = true;
 			if (!up->error)
 				up->error = rc;
 		}
+		/* a worker is free: the reader may cut the next chunk */
+		pthread_cond_broadcast(&up->cond);
 	}
 	pthread_mutex_unlock(&up->lock);
 	return NULL;
 }
 
-/* Send the spool: this thread reads chunks in key order and queues them
- * for the workers, at most `workers` waiting. Returns 0, or the first
- * error of a chunk that did not land. */
+/* Send the spool: this thread reads chunks in key order and hands them to
+ * the workers. A chunk is cut only when a worker is free to send it, so
+ * its size follows the rate budget as the last answer reported it (no
+ * read-ahead of full chunks cut before the budget turned low). Returns 0,
+ * or the first error of a chunk that did not land. */
 static int upload(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
@@ -619,13 +626,23 @@ static int upload(struct fs_import *im)
 	if (!started)
 		rc = -EAGAIN;
 	while (!rc) {
-		struct chunk *c = calloc(1, sizeof(*c));
-		size_t max = api_budget_low(eng->api) ? 50 : eng->cfg.chunk_rows;
+		struct chunk *c;
+		size_t max;
+		bool stop;
 
+		pthread_mutex_lock(&up.lock);
+		while (up.queued + up.busy >= started && !up.error)
+			pthread_cond_wait(&up.cond, &up.lock);
+		stop = up.error != 0;
+		pthread_mutex_unlock(&up.lock);
+		if (stop)
+			break;
+		c = calloc(1, sizeof(*c));
 		if (!c) {
 			rc = -ENOMEM;
 			break;
 		}
+		max = api_budget_low(eng->api) ? 50 : eng->cfg.chunk_rows;
 		rc = cache_spool_next(eng->cache, im->t->id, after, max,
 				      &c->batch);
 		if (rc || c->batch.n == 0) {
@@ -636,14 +653,6 @@ static int upload(struct fs_import *im)
 		free(after);
 		after = strdup(c->batch.last_key);
 		pthread_mutex_lock(&up.lock);
-		while (up.queued >= started && !up.error)
-			pthread_cond_wait(&up.cond, &up.lock);
-		if (up.error) {
-			pthread_mutex_unlock(&up.lock);
-			cache_spool_batch_release(&c->batch);
-			free(c);
-			break;
-		}
 		if (up.tail)
 			up.tail->next = c;
 		else
@@ -681,7 +690,9 @@ int fs_import_finish(struct fs_import *im)
 	int rc = 0, crc;
 
 	pthread_mutex_lock(&im->lock);
-	if (im->latched && !im->drift) {
+	/* nothing written since the last finish: its result stands (a dup's
+	 * close, then the last close, with no write in between) */
+	if (!im->dirty || (im->latched && !im->drift)) {
 		rc = im->latched;
 		goto out;
 	}
@@ -703,6 +714,13 @@ int fs_import_finish(struct fs_import *im)
 	}
 
 	set_state(im, IMPORT_UPLOADING, NULL);
+	/* the table is about to change: forget the cached version first, so
+	 * a daemon killed mid-upload leaves no copy that a later mount would
+	 * serve as fresh within its revalidate window */
+	crc = cache_invalidate(eng->cache, t->id);
+	if (crc)
+		log_warn("cannot invalidate the cached rows of '%s': %s",
+			 t->name, strerror(-crc));
 	rc = upload(im);
 	/* what landed changed the table: the next read must refetch */
 	crc = cache_invalidate(eng->cache, t->id);
@@ -748,6 +766,21 @@ void fs_import_end(struct fs_import *im)
 
 	pthread_mutex_lock(&eng->import_lock);
 	im->open = false;
+	/* still receiving: nothing was written (": > rows.jsonl", O_TRUNC
+	 * alone: an empty import, done), or what was written was never sent
+	 * (a spool error, dtfsctl's read error: failed) */
+	if (im->state == IMPORT_RECEIVING) {
+		int err = im->latched ? im->latched : -ECANCELED;
+
+		if (im->dirty || im->latched) {
+			im->state = IMPORT_FAILED;
+			snprintf(im->error, sizeof(im->error),
+				 "nothing was sent: %s", strerror(-err));
+		} else {
+			im->state = IMPORT_DONE;
+		}
+		im->finished_at = (int64_t)time(NULL);
+	}
 	/* the import lock goes; the status stays on the table */
 	if (im->rejects) {
 		fclose(im->rejects);

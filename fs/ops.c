@@ -407,16 +407,17 @@ static int fs_write(const char *path, const char *buf, size_t size,
 
 /*
  * close() of every descriptor lands here. Only the process that opened the
- * file uploads, when it wrote something: a shell's forked children closing
- * inherited descriptors must not send partial imports. The error is what
- * close() returns.
+ * file uploads, when something was written: a shell's forked children
+ * closing inherited descriptors must not send partial imports. The error is
+ * what close() returns; once an import failed, every later close of the
+ * opener fails with it too (fs_import_finish latches it).
  */
 static int fs_flush(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
 
 	(void)path;
-	if (!h->im || !fs_import_dirty(h->im))
+	if (!h->im)
 		return 0;
 	if (tgid_of(fuse_get_context()->pid) != h->opener)
 		return 0;
