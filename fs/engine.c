@@ -196,7 +196,13 @@ static int refresh_listing(struct fs_engine *eng)
 	size_t i, j;
 	int rc = 0;
 
-	pthread_mutex_lock(&eng->list_lock);
+	/* lookups must not queue behind a walk: while one thread refreshes a
+	 * listing that exists, the others use the one they have */
+	if (pthread_mutex_trylock(&eng->list_lock)) {
+		if (eng->listed_at)
+			return 0;
+		pthread_mutex_lock(&eng->list_lock);
+	}
 	if (eng->listed_at &&
 	    now_s() - eng->listed_at < (int64_t)eng->cfg.list_ttl)
 		goto out;

@@ -25,7 +25,7 @@ struct fs_table {
 	struct api_schema schema;
 	bool have_schema;
 	int64_t schema_at;	/* when fetched from the API; 0 = from cache */
-	uint64_t stale_gen;	/* generation known broken by a change */
+	_Atomic uint64_t stale_gen; /* generation known broken by a change */
 
 	/* eng->pf_lock: the prefetch queue */
 	bool pf_queued;
@@ -48,7 +48,7 @@ struct fs_engine {
 	size_t ntables;
 
 	pthread_mutex_t list_lock; /* one listing walk at a time */
-	int64_t listed_at;
+	_Atomic int64_t listed_at; /* read without list_lock */
 
 	pthread_mutex_t pf_lock;
 	pthread_cond_t pf_cond;
