@@ -25,6 +25,8 @@ enum {
 
 struct ctx {
 	struct fs_config cfg;
+	char *nonopt[2];	/* [SOURCE] MOUNTPOINT */
+	int nnonopt;
 	int bad;
 	int help;
 	int version;
@@ -80,6 +82,19 @@ static int opt_proc(void *data, const char *arg, int key,
 		if (rc == 0 && !strcmp(arg, "ro"))
 			return 1;
 		return rc;
+	case FUSE_OPT_KEY_NONOPT:
+		/* mount(8) and fstab call "dtfs SOURCE MOUNTPOINT -o …": the
+		 * source is a label (say "dtfs" or the org's name) */
+		if (ctx->nnonopt == 2) {
+			fprintf(stderr, "dtfs: unexpected argument '%s'\n", arg);
+			ctx->bad = 1;
+			return 0;
+		}
+		ctx->nonopt[ctx->nnonopt] = strdup(arg);
+		if (!ctx->nonopt[ctx->nnonopt])
+			ctx->bad = 1;
+		ctx->nnonopt++;
+		return 0;
 	default:
 		return 1;
 	}
@@ -87,10 +102,12 @@ static int opt_proc(void *data, const char *arg, int key,
 
 static void usage(const char *prog)
 {
-	printf("usage: %s [-f] [-d] [-o option[,option]...] MOUNTPOINT\n\n"
+	printf("usage: %s [-f] [-d] [-o option[,option]...] [SOURCE] "
+	       "MOUNTPOINT\n\n"
 	       "Mount Genesys Cloud Data Tables: one directory per table with\n"
 	       "schema.json, rows.jsonl (read = export, write = import),\n"
-	       "rejects.jsonl and status.json. Unmount with fusermount3 -u.\n\n"
+	       "rejects.jsonl and status.json. Unmount with fusermount3 -u.\n"
+	       "SOURCE (given by mount(8) and /etc/fstab) is only a label.\n\n"
 	       "    -h, --help     this help\n"
 	       "    -V, --version  the version\n"
 	       "    -f             stay in the foreground, log to stderr\n"
@@ -128,6 +145,9 @@ int main(int argc, char *argv[])
 		ret = 0;
 		goto out;
 	}
+	if (ctx.nnonopt &&
+	    fuse_opt_add_arg(&args, ctx.nonopt[ctx.nnonopt - 1]) != 0)
+		goto out;
 	if (fuse_parse_cmdline(&args, &opts) != 0)
 		goto out;
 	if (ctx.help || opts.show_help) {
@@ -203,6 +223,8 @@ out:
 	fs_engine_free(eng);
 	free(opts.mountpoint);
 	fuse_opt_free_args(&args);
+	free(ctx.nonopt[0]);
+	free(ctx.nonopt[1]);
 	fs_config_release(&ctx.cfg);
 	return ret;
 }
