@@ -58,6 +58,7 @@ struct fs_import {
 	pthread_mutex_t lock;		/* one write/finish at a time */
 	bool open;			/* a handle still holds it */
 	bool dirty;			/* bytes since the last finish */
+	atomic_bool flushed;		/* finished, nothing written since */
 	bool drift;
 	int latched;			/* error every later call returns */
 
@@ -151,6 +152,55 @@ static void set_state(struct fs_import *im, enum import_state s,
 	pthread_mutex_unlock(&im->eng->import_lock);
 }
 
+/* Whether this process's import into t is open but was finished with
+ * nothing written since: its program has closed the file, most likely,
+ * and the kernel's release is on its way. */
+static bool holder_closing(struct fs_engine *eng, struct fs_table *t)
+{
+	bool closing;
+
+	pthread_mutex_lock(&eng->import_lock);
+	closing = t->import && t->import->open &&
+		  atomic_load(&t->import->flushed);
+	pthread_mutex_unlock(&eng->import_lock);
+	return closing;
+}
+
+/*
+ * Take the table's import lock (flock of its rejects file). close()
+ * returns after flush, but the release that ends the import reaches us
+ * later, asynchronously: a writer that opens right after a close must not
+ * get EBUSY for an import that is over. So wait for the holder a little:
+ * up to IMPORT_CLOSING_WAIT_MS when this process's import was flushed
+ * clean (a program closed it), IMPORT_BUSY_WAIT_MS otherwise (another
+ * process, such as dtfsctl or a mount on the same cache, may be releasing
+ * its own). Returns 0, -EBUSY, or another flock error.
+ */
+#define IMPORT_CLOSING_WAIT_MS 2000
+#define IMPORT_BUSY_WAIT_MS 250
+static int take_import_lock(struct fs_engine *eng, struct fs_table *t,
+			    int fd)
+{
+	const struct timespec step = { 0, 5 * 1000 * 1000 };
+	unsigned waited = 0, limit;
+
+	for (;;) {
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno != EWOULDBLOCK && errno != EINTR)
+			return -errno;
+		limit = holder_closing(eng, t) ? IMPORT_CLOSING_WAIT_MS
+					       : IMPORT_BUSY_WAIT_MS;
+		if (waited >= limit)
+			break;
+		nanosleep(&step, NULL);
+		waited += 5;
+	}
+	log_notice("import into '%s' refused: another import into it is in "
+		   "progress", t->name);
+	return -EBUSY;
+}
+
 int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		    struct fs_import **out)
 {
@@ -187,16 +237,26 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		log_err("cannot open '%s': %s", path, strerror(errno));
 		goto fail;
 	}
-	if (flock(im->rejects_fd, LOCK_EX | LOCK_NB)) {
-		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
-		if (rc == -EBUSY)
-			log_notice("import into '%s' refused: another import "
-				   "into it is in progress", t->name);
+	rc = take_import_lock(eng, t, im->rejects_fd);
+	if (rc)
 		goto fail;
-	}
 
+	/*
+	 * Validate against a schema no older than `revalidate` seconds, the
+	 * freshness schema.json promises (the cached one when the API cannot
+	 * be reached): a column added in the API since it was cached is a
+	 * column, not drift.
+	 */
+	{
+		char *json = NULL;
+		size_t len;
+
+		rc = fs_table_schema_json(eng, t, &json, &len);
+		free(json);
+	}
 	pthread_mutex_lock(&t->lock);
-	rc = fs_table_load_schema(eng, t);
+	if (!rc)
+		rc = fs_table_load_schema(eng, t);
 	if (!rc)
 		rc = api_schema_parse(t->schema.json, t->schema.json_len,
 				      t->schema.version, &im->schema);
@@ -426,6 +486,7 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 		goto out;
 	}
 	im->dirty = true;
+	atomic_store(&im->flushed, false);
 	while (s < end && !rc) {
 		nl = memchr(s, '\n', (size_t)(end - s));
 		if (!nl) {
@@ -756,6 +817,7 @@ latch:
 	if (rc)
 		im->latched = rc;
 out:
+	atomic_store(&im->flushed, true);
 	pthread_mutex_unlock(&im->lock);
 	return rc;
 }

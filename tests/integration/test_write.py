@@ -529,6 +529,12 @@ def test_kill9_mid_import_then_rerun_converges(emu_factory, mount_factory,
     finally:
         cp.wait(timeout=30)
     assert cp.returncode != 0
+    # the chunk that was in flight may still land: wait until the table
+    # stops changing, then compare what the next mount reads with the API
+    last = None
+    while emu.stats()["rows_written"] != last:
+        last = emu.stats()["rows_written"]
+        time.sleep(0.3)
     emu.config(latency_ms=0)
     partial = len(emu.rows("Big"))
     assert partial < 6000
@@ -766,3 +772,49 @@ def test_dtfsctl_import_read_only_credentials(emu_factory, tmp_path):
                            client=("ro", "ro-secret"))
     assert code == 77, err
     assert emu.row_entries("Customers") == before
+
+
+# ---- the schema an import validates against ---------------------------------
+
+def test_column_added_remotely_is_not_drift(emu_factory, mount_factory,
+                                            tmp_path):
+    """Validation uses the cached schema, revalidated like schema.json (at
+    most `revalidate` seconds old): a column added in the API since the
+    schema was cached is a column, not drift."""
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu, opts="revalidate=1").start()
+    rows = m.file("Customers", "rows.jsonl")
+    ok(f"echo '{cust(1)}' > '{rows}'")  # schema cached, import ran
+    tid = emu.table_id("Customers")
+    _, h, schema = emu.api("GET", f"/api/v2/datatables/{tid}/schema")
+    schema["columns"].append({"name": "segment", "type": "string",
+                              "isPrimaryKey": False})
+    emu.api("PUT", f"/api/v2/datatables/{tid}/schema", body=schema,
+            headers={"If-Match": h["ETag"]})
+    time.sleep(1.1)
+    line = ('{"customer_id":"NEW-00002","loyalty_tier":1,'
+            '"segment":"gold"}')
+    ok(f"echo '{line}' > '{rows}'")
+    keys = by_key(emu.rows("Customers"))
+    assert keys[("NEW-00002",)]["segment"] == "gold"
+    assert b'"segment"' in slurp(m.file("Customers", "schema.json"))
+
+
+def test_close_then_reopen_never_busy(sample, tmp_path):
+    """close() returns before the kernel's release reaches dtfs; a writer
+    that opens right after must not see the previous, closed, import as
+    busy."""
+    emu, m = sample
+    rows = m.file("Customers", "rows.jsonl")
+    script = tmp_path / "loop.sh"
+    script.write_text(
+        'i=0\nwhile [ $i -lt 40 ]; do\n'
+        '  echo "{\\"customer_id\\":\\"LOOP-$i\\"}" > "$1" || exit 1\n'
+        '  i=$((i+1))\ndone\n')
+    ok(f"sh '{script}' '{rows}'")
+    for _ in range(20):
+        fd = os.open(rows, os.O_WRONLY)
+        os.write(fd, b'{"customer_id":"LOOP-X"}\n')
+        os.close(fd)
+    keys = by_key(emu.rows("Customers"))
+    assert all((f"LOOP-{i}",) in keys for i in range(40))
