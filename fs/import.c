@@ -302,8 +302,42 @@ bool fs_import_dirty(const struct fs_import *im)
 	return im->dirty;
 }
 
-/* Write s[0..n) as a JSON string: invalid UTF-8 bytes become U+FFFD so the
- * rejects file stays valid JSON whatever was written. */
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end)
+{
+	unsigned c = p[0], lo = 0x80, hi = 0xBF;
+	size_t len, i;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c >= 0xE0 && c <= 0xEF)
+		len = 3;
+	else if (c >= 0xF0 && c <= 0xF4)
+		len = 4;
+	else
+		return 0;
+	if (c == 0xE0)
+		lo = 0xA0;
+	else if (c == 0xED)
+		hi = 0x9F;
+	else if (c == 0xF0)
+		lo = 0x90;
+	else if (c == 0xF4)
+		hi = 0x8F;
+	if ((size_t)(end - p) < len || p[1] < lo || p[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if ((p[i] & 0xC0) != 0x80)
+			return 0;
+	return len;
+}
+
+/* Write s[0..n) as a JSON string: bytes that are not well-formed UTF-8
+ * become U+FFFD, so the rejects file stays valid JSON (and valid UTF-8)
+ * whatever was written. */
 static void put_json_string(FILE *f, const char *s, size_t n)
 {
 	const unsigned char *p = (const unsigned char *)s, *end = p + n;
@@ -311,9 +345,7 @@ static void put_json_string(FILE *f, const char *s, size_t n)
 	fputc('"', f);
 	while (p < end) {
 		unsigned c = *p;
-		size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 :
-			     (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-		size_t i;
+		size_t len;
 
 		if (c < 0x80) {
 			if (c == '"' || c == '\\')
@@ -325,9 +357,7 @@ static void put_json_string(FILE *f, const char *s, size_t n)
 			p++;
 			continue;
 		}
-		for (i = 1; len && i < len; i++)
-			if (p + i >= end || (p[i] & 0xC0) != 0x80)
-				len = 0;
+		len = utf8_len(p, end);
 		if (!len) {
 			fputs("\\ufffd", f);
 			p++;

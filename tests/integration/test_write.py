@@ -618,20 +618,29 @@ def test_blank_lines_and_crlf_accepted(sample, tmp_path):
 
 def test_invalid_utf8_quarantined(sample, tmp_path):
     emu, m = sample
-    bad = b'{"customer_id":"NEW-\xff\xfe","loyalty_tier":1}'
+    bad = [b'{"customer_id":"NEW-\xff\xfe","loyalty_tier":1}',
+           b'{"customer_id":"OVERLONG-\xc0\x80"}',        # overlong NUL
+           b'{"customer_id":"SURROGATE-\xed\xa0\x80"}',  # U+D800
+           b'{"customer_id":"BEYOND-\xf5\x80\x80\x80"}',  # > U+10FFFF
+           b'{"customer_id":"CUT-\xe2\x82"}']             # truncated
     src = tmp_path / "u.jsonl"
-    src.write_bytes(cust(1).encode() + b"\n" + bad + b"\n" +
+    src.write_bytes(cust(1).encode() + b"\n" + b"\n".join(bad) + b"\n" +
                     cust(2).encode() + b"\n" +
-                    '{"customer_id":"NEW-é✓"}'.encode() + b"\n")
+                    '{"customer_id":"NEW-é✓😀"}'.encode() + b"\n")
     p = run(f"cp '{src}' '{m.file('Customers', 'rows.jsonl')}'")
     assert p.returncode != 0 and b"Invalid argument" in p.stderr
     keys = by_key(emu.rows("Customers"))
     assert ("NEW-00001",) in keys and ("NEW-00002",) in keys
-    assert ("NEW-é✓",) in keys
-    rej = rejects(m, "Customers")  # valid JSON whatever was written
-    assert [r["line"] for r in rej] == [2]
-    assert "utf" in rej[0]["error"].lower()
+    assert ("NEW-é✓😀",) in keys
+    # rejects.jsonl is valid UTF-8 JSON whatever was written (json.loads
+    # of bytes decodes strictly)
+    rej = rejects(m, "Customers")
+    assert [r["line"] for r in rej] == [2, 3, 4, 5, 6]
+    assert all("utf" in r["error"].lower() for r in rej)
     assert rej[0]["text"].startswith('{"customer_id":"NEW-')
+    assert rej[1]["text"] == '{"customer_id":"OVERLONG-\ufffd\ufffd"}'
+    assert ok(f"jq -c .line '{m.file('Customers', 'rejects.jsonl')}'") == \
+        b"2\n3\n4\n5\n6\n"
 
 
 def test_overlong_line_quarantined(emu_factory, mount_factory, tmp_path):
