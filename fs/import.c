@@ -55,7 +55,10 @@ struct fs_import {
 	struct fs_table *t;
 	struct api_schema schema;	/* private copy: writes never race a
 					   schema refresh */
-	pthread_mutex_t lock;		/* one write/finish at a time */
+	pthread_mutex_t lock;		/* one write/finish at a time; held
+					   while the upload runs */
+	pthread_mutex_t rejects_lock;	/* the rejects file: written by the
+					   writer and by upload workers */
 	bool open;			/* a handle still holds it */
 	bool dirty;			/* bytes since the last finish */
 	atomic_bool flushed;		/* finished, nothing written since */
@@ -115,6 +118,7 @@ static void import_free(struct fs_import *im)
 		close(im->rejects_fd);
 	api_schema_release(&im->schema);
 	free(im->partial);
+	pthread_mutex_destroy(&im->rejects_lock);
 	pthread_mutex_destroy(&im->lock);
 	free(im);
 }
@@ -215,6 +219,7 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	if (!im)
 		return -ENOMEM;
 	pthread_mutex_init(&im->lock, NULL);
+	pthread_mutex_init(&im->rejects_lock, NULL);
 	im->eng = eng;
 	im->t = t;
 	im->rejects_fd = -1;
@@ -375,12 +380,14 @@ static void quarantine(struct fs_import *im, uint64_t line, const char *error,
 	FILE *f = im->rejects;
 
 	atomic_fetch_add(&im->quarantined, 1);
+	pthread_mutex_lock(&im->rejects_lock);
 	fprintf(f, "{\"line\": %" PRIu64 ", \"error\": ", line);
 	put_json_string(f, error, strlen(error));
 	fputs(", \"text\": ", f);
 	put_json_string(f, text, n);
 	fputs("}\n", f);
 	fflush(f);
+	pthread_mutex_unlock(&im->rejects_lock);
 }
 
 static int spool_flush(struct fs_import *im)
@@ -604,8 +611,8 @@ static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
 		if (rc != -EINVAL || !res.nerrors || round > 0)
 			break;
 		/* the server refused rows our validation passed: quarantine
-		 * exactly those and send the others */
-		pthread_mutex_lock(&im->lock);
+		 * exactly those and send the others. (Not under im->lock: the
+		 * finishing thread holds it while it waits for us.) */
 		for (i = 0; i < res.nerrors; i++) {
 			size_t r = res.errors[i].row;
 			char why[256];
@@ -620,7 +627,6 @@ static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
 			quarantine(im, lines[r], why, rows[r], strlen(rows[r]));
 			rows[r] = NULL;
 		}
-		pthread_mutex_unlock(&im->lock);
 		{
 			size_t k = 0;
 
@@ -855,6 +861,13 @@ out:
 void fs_import_end(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
+	bool unsent;
+	int err;
+
+	pthread_mutex_lock(&im->lock);
+	unsent = im->dirty || im->latched;
+	err = im->latched ? im->latched : -ECANCELED;
+	pthread_mutex_unlock(&im->lock);
 
 	pthread_mutex_lock(&eng->import_lock);
 	im->open = false;
@@ -862,9 +875,7 @@ void fs_import_end(struct fs_import *im)
 	 * alone: an empty import, done), or what was written was never sent
 	 * (a spool error, dtfsctl's read error: failed) */
 	if (im->state == IMPORT_RECEIVING) {
-		int err = im->latched ? im->latched : -ECANCELED;
-
-		if (im->dirty || im->latched) {
+		if (unsent) {
 			im->state = IMPORT_FAILED;
 			snprintf(im->error, sizeof(im->error),
 				 "nothing was sent: %s", strerror(-err));

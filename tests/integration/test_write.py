@@ -827,3 +827,80 @@ def test_close_then_reopen_never_busy(sample, tmp_path):
         os.close(fd)
     keys = by_key(emu.rows("Customers"))
     assert all((f"LOOP-{i}",) in keys for i in range(40))
+
+
+def test_chunks_failing_after_retries_fail_close_with_eio(emu_factory,
+                                                          mount_factory,
+                                                          tmp_path):
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu, opts="revalidate=600,retries=2,retry_budget=5")
+    m.start()
+    slurp(m.file("Customers", "schema.json"))
+    before = emu.row_entries("Customers")
+    src = write_file(tmp_path / "in.jsonl", [cust(i) for i in range(1, 11)])
+    emu.config(fail_next=1000)
+    p = run(f"cp '{src}' '{m.file('Customers', 'rows.jsonl')}'")
+    emu.config(fail_next=0)
+    assert p.returncode != 0
+    assert b"Input/output error" in p.stderr
+    assert emu.row_entries("Customers") == before
+    st = status(m, "Customers")["import"]
+    assert st["state"] == "failed" and st["error"]
+    assert st["chunks_acknowledged"] == 0 and st["retries"] >= 1
+    assert "upsert chunk" in m.stderr() and "503" in m.stderr()
+    # the next import works
+    ok(f"cp '{src}' '{m.file('Customers', 'rows.jsonl')}'")
+    assert len(emu.rows("Customers")) == len(before) + 10
+
+
+def test_release_uploads_what_no_opener_flush_sent(sample):
+    """The opener closes first (nothing written yet), a forked child then
+    writes and exits: no flush of the opener saw the bytes, so release
+    uploads them (its error would be thrown away: the log tells)."""
+    emu, m = sample
+    rows = m.file("Customers", "rows.jsonl")
+    r, w = os.pipe()
+    fd = os.open(rows, os.O_WRONLY)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(w)
+            os.read(r, 1)  # wait for the parent's close
+            os.write(fd, (cust(1) + "\n").encode())
+            os.close(fd)
+        finally:
+            os._exit(0)
+    os.close(r)
+    os.close(fd)
+    os.close(w)
+    os.waitpid(pid, 0)
+    wait_for(lambda: ("NEW-00001",) in by_key(emu.rows("Customers")),
+             what="the row uploaded at release")
+    wait_for(lambda: status(m, "Customers")["import"]["state"] == "done",
+             what="the import to end")
+    assert "import into 'Customers': 1 lines" in m.stderr()
+
+
+def test_rows_the_api_refuses_are_quarantined(sample, tmp_path):
+    """A row that passes dtfs's validation but that the API refuses (400
+    invalid.row naming it) is quarantined under its line; the others of its
+    chunk are sent again and land. (The emulator refuses a date followed
+    by an escaped NUL; dtfs may learn to refuse it first: the outcome a
+    user sees is the same.)"""
+    emu, m = sample
+    odd = ('{"customer_id":"ODD-1","last_interaction":'
+           '"2024-01-01T00:00:00Z\\u0000"}')
+    lines = [cust(1), odd, cust(2)]
+    src = write_file(tmp_path / "in.jsonl", lines)
+    p = run(f"cp '{src}' '{m.file('Customers', 'rows.jsonl')}'", timeout=60)
+    assert p.returncode != 0 and b"Invalid argument" in p.stderr
+    keys = by_key(emu.rows("Customers"))
+    assert ("NEW-00001",) in keys and ("NEW-00002",) in keys
+    assert ("ODD-1",) not in keys
+    rej = rejects(m, "Customers")
+    assert [r["line"] for r in rej] == [2]
+    assert "last_interaction" in rej[0]["error"]
+    assert rej[0]["text"].startswith('{"customer_id":"ODD-1"')
+    st = status(m, "Customers")["import"]
+    assert (st["quarantined"], st["state"], st["chunks_acknowledged"]) == \
+        (1, "done", 1)
