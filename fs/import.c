@@ -149,10 +149,14 @@ static void set_state(struct fs_import *im, enum import_state s,
 {
 	pthread_mutex_lock(&im->eng->import_lock);
 	im->state = s;
+	if (s == IMPORT_RECEIVING)
+		im->error[0] = '\0';
 	if (error)
 		snprintf(im->error, sizeof(im->error), "%s", error);
 	if (s == IMPORT_DONE || s == IMPORT_FAILED)
 		im->finished_at = (int64_t)time(NULL);
+	else
+		im->finished_at = 0;
 	pthread_mutex_unlock(&im->eng->import_lock);
 }
 
@@ -522,6 +526,8 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 		rc = im->latched;
 		goto out;
 	}
+	if (!im->dirty)	/* the first bytes, or more after a flush */
+		set_state(im, IMPORT_RECEIVING, NULL);
 	im->dirty = true;
 	atomic_store(&im->flushed, false);
 	while (s < end && !rc) {

@@ -675,7 +675,10 @@ def test_dup_close_flushes_and_later_writes_import(sample):
     os.close(os.dup(fd))  # the opener's flush: what was written lands
     keys = by_key(emu.rows("Customers"))
     assert ("NEW-00001",) in keys
+    assert status(m, "Customers")["import"]["state"] == "done"
     os.write(fd, (cust(2) + "\n").encode())
+    st = status(m, "Customers")["import"]
+    assert (st["state"], st["finished"]) == ("receiving", None)
     os.close(fd)
     keys = by_key(emu.rows("Customers"))
     assert ("NEW-00002",) in keys
