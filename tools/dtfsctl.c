@@ -268,13 +268,20 @@ int main(int argc, char *argv[])
 		rc = cmd_export(eng, t);
 	else
 		rc = cmd_import(eng, t, nargs == 2 ? argv[optind + 2] : NULL);
-	if (rc && rc != -EINVAL)
+	if (rc && rc != -EINVAL) {
 		log_err("%s failed: %s", cmd, strerror(-rc));
-	else if (rc)
-		log_err("%s: %s", cmd, !strcmp(cmd, "import")
-				? "lines were quarantined or the import hit "
-				  "schema drift (see rejects and the log)"
-				: strerror(-rc));
+	} else if (rc && !strcmp(cmd, "import") && t) {
+		/* the mount shows them as TABLE/rejects.jsonl; here, name the
+		 * file, or nobody finds it in the cache directory */
+		char *rejects = fs_table_rejects_path(eng, t);
+
+		log_err("import: lines were quarantined or the import hit "
+			"schema drift: see '%s'",
+			rejects ? rejects : "rejects.jsonl");
+		free(rejects);
+	} else if (rc) {
+		log_err("%s: %s", cmd, strerror(-rc));
+	}
 out:
 	fs_engine_free(eng);
 	fs_config_release(&cfg);

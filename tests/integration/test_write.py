@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import subprocess
 import threading
 import time
@@ -740,6 +741,10 @@ def test_dtfsctl_import_same_rules_and_exit_codes(emu_factory,
     src = write_file(tmp_path / "q.jsonl", [cust(3), "{oops", cust(4)])
     code, _, err = dtfsctl(emu, cache, "import", "Customers", src)
     assert code == 65, err
+    # it says where the rejects are, and they are this import's
+    path = re.search(r"see '([^']+)'", err).group(1)
+    with open(path, "rb") as f:
+        assert [json.loads(x)["line"] for x in f] == [2]
     keys = by_key(emu.rows("Customers"))
     assert len(keys) == before + 4
     # the same again from stdin ("-")
