@@ -274,6 +274,13 @@ def test_schema_drift_fails_the_write_and_sends_nothing(sample, tmp_path):
     p = run(f"cp '{src}' '{rows}'")
     assert p.returncode != 0 and b"Invalid argument" in p.stderr
     assert route(emu, "rows_upsert") == s0
+    # drift on a last line with no newline is only known at close
+    src = tmp_path / "e.jsonl"
+    src.write_bytes((cust(1) + "\n" + drift).encode())
+    p = run(f"cp '{src}' '{rows}'")
+    assert p.returncode != 0 and b"Invalid argument" in p.stderr
+    assert route(emu, "rows_upsert") == s0
+    assert [r["line"] for r in rejects(m, "Customers")] == [2]
 
 
 def test_duplicate_keys_last_line_wins(sample, tmp_path):
@@ -321,6 +328,22 @@ def test_composite_key_table_imports(sample, tmp_path):
     assert after[("mars", "billing")]["note"] == "new"
     assert after[("mars", "vip")]["priority"] == 3
     assert [r["line"] for r in rejects(m, "RoutingRules")] == [5]
+
+
+def test_table_with_a_slash_and_a_date_key_imports(sample):
+    emu, m = sample
+    rows = m.file("Holidays/2025", "rows.jsonl")
+    assert rows.endswith("Holidays%2F2025/rows.jsonl")
+    before = len(emu.rows("Holidays/2025"))
+    ok(f"echo '{{\"day\":\"2025-10-03T00:00:00Z\",\"name\":\"Unity\","
+       f"\"closed\":false}}' >> '{rows}'")
+    ok(f"echo '{{\"day\":\"2025-01-01T00:00:00Z\",\"name\":\"New Year\","
+       f"\"closed\":false}}' >> '{rows}'")
+    days = by_key(emu.rows("Holidays/2025"), ("day",))
+    assert len(days) == before + 1
+    assert days[("2025-10-03T00:00:00Z",)]["name"] == "Unity"
+    assert days[("2025-01-01T00:00:00Z",)] == {
+        "day": "2025-01-01T00:00:00Z", "name": "New Year", "closed": False}
 
 
 # ---- size, chunks, faults, rate limits --------------------------------------
