@@ -935,3 +935,52 @@ def test_rows_the_api_refuses_are_quarantined(sample, tmp_path):
     st = status(m, "Customers")["import"]
     assert (st["quarantined"], st["state"], st["chunks_acknowledged"]) == \
         (1, "done", 1)
+
+
+def test_imports_into_different_tables_run_side_by_side(emu_factory,
+                                                        mount_factory,
+                                                        tmp_path):
+    emu = emu_factory("--data", DATA_DIR, "--generate", "Big:0")
+    m = mount_factory(emu).start()
+    emu.config(latency_ms=5)
+    big = write_file(tmp_path / "big.jsonl", [gen_line(i) for i in range(3000)])
+    cus = write_file(tmp_path / "cus.jsonl", [cust(i) for i in range(1, 1001)])
+    rr = write_file(tmp_path / "rr.jsonl", [
+        '{"region":"r%d","queue":"q","priority":%d,"enabled":true,'
+        '"note":"n"}' % (i, i) for i in range(500)])
+    procs = [subprocess.Popen(["cp", src, m.file(table, "rows.jsonl")],
+                              stderr=subprocess.PIPE)
+             for src, table in ((big, "Big"), (cus, "Customers"),
+                                (rr, "RoutingRules"))]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    emu.config(latency_ms=0)
+    assert len(by_key(emu.rows("Big"))) == 3000
+    assert len(by_key(emu.rows("Customers"))) == 4000
+    assert len(by_key(emu.rows("RoutingRules"), ("region", "queue"))) == 528
+    for table in ("Big", "Customers", "RoutingRules"):
+        st = status(m, table)["import"]
+        assert st["state"] == "done" and st["error"] is None, table
+
+
+def test_writer_killed_while_close_waits(emu_factory, mount_factory,
+                                         tmp_path):
+    """cp is killed while its close() waits for the upload. FUSE flush
+    cannot be interrupted once dtfs has it, so cp dies only when the
+    upload is over: the whole import has landed by then, and the table
+    takes the next import at once."""
+    emu = emu_factory("--generate", "Big:0")
+    m = mount_factory(emu, opts="upload_workers=1").start()
+    rows = m.file("Big", "rows.jsonl")
+    src = write_file(tmp_path / "in.jsonl", [gen_line(i) for i in range(3000)])
+    emu.config(latency_ms=30)
+    cp = subprocess.Popen(["cp", src, rows])
+    wait_for(lambda: route(emu, "rows_upsert") >= 2, what="upserts")
+    cp.kill()
+    cp.wait()
+    emu.config(latency_ms=0)
+    assert status(m, "Big")["import"]["state"] == "done"
+    assert len(by_key(emu.rows("Big"))) == 3000
+    ok(f"echo '{gen_line(5000)}' > '{rows}'")
+    assert len(emu.rows("Big")) == 3001
