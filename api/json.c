@@ -940,7 +940,8 @@ static bool digits(const char *s, size_t n, int *val)
 	return true;
 }
 
-/* date-time = full-date "T" partial-time time-offset, RFC 3339 §5.6 */
+/* date-time = full-date "T" partial-time time-offset, RFC 3339 §5.6; a
+ * space for the "T" as its note allows (the API accepts it too) */
 bool api_date_valid(const char *s, size_t len)
 {
 	static const int mdays[] = {31, 29, 31, 30, 31, 30,
@@ -953,7 +954,7 @@ bool api_date_valid(const char *s, size_t len)
 	if (!digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) ||
 	    s[7] != '-' || !digits(s + 8, 2, &d))
 		return false;
-	if (s[10] != 'T' && s[10] != 't')
+	if (s[10] != 'T' && s[10] != 't' && s[10] != ' ')
 		return false;
 	if (!digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) ||
 	    s[16] != ':' || !digits(s + 17, 2, &sec))
@@ -1054,10 +1055,15 @@ static char *check_value(const struct api_column *col, const struct jdoc *d,
 		break;
 	case API_TYPE_DATE:
 		if (t == JT_STRING) {
-			char *s = jdoc_str_dup(d, v);
-			bool ok = s && api_date_valid(s, strlen(s));
+			struct abuf b;
+			bool ok;
 
-			free(s);
+			/* the decoded length: an escaped NUL must not end
+			 * the date early */
+			abuf_init(&b);
+			jdoc_str_decode(d, v, &b);
+			ok = !b.oom && api_date_valid(b.p ? b.p : "", b.len);
+			abuf_release(&b);
 			if (ok)
 				return NULL;
 			return msgf("%s: expected date, got a string that is "
