@@ -138,10 +138,9 @@ struct fs_import;
 
 /*
  * Start an import into a table: one per table at a time. Loads the schema,
- * empties the table's spool and its rejects.jsonl. `opener` is the
- * thread-group id of the process that opened the file (the face's flush
- * rule; 0 for dtfsctl). Returns 0, -EBUSY (another import is open), -EROFS
- * (a ro mount), or the error of fetching the schema.
+ * empties the table's spool and its rejects.jsonl. Returns 0, -EBUSY (another import is open), -EROFS
+ * (a ro mount), -EACCES (the API already refused these credentials a
+ * write), or the error of fetching the schema.
  */
 int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		    struct fs_import **out) FS_WARN_UNUSED;
@@ -167,7 +166,8 @@ bool fs_import_dirty(const struct fs_import *im);
  * Returns 0 when every line landed, -EINVAL when lines were quarantined or
  * drift stopped the import, -EIO when chunks failed after the retry budget,
  * -EACCES when write access was refused. The result is latched: later
- * writes and finishes on this import fail with it.
+ * writes and finishes on this import fail with it. A call with nothing
+ * written since the previous one sends nothing and returns that result.
  */
 int fs_import_finish(struct fs_import *im) FS_WARN_UNUSED;
 

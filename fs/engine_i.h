@@ -5,6 +5,7 @@
 #define DTFS_FS_ENGINE_I_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -56,6 +57,7 @@ struct fs_engine {
 	pthread_t pf_thread;
 	bool pf_started, pf_stop;
 
+	_Atomic bool write_refused; /* the API answered a write with 403 */
 	pthread_mutex_t import_lock;
 	char *rejects_dir;	/* cache_dir/rejects */
 };

@@ -219,6 +219,14 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	*out = NULL;
 	if (eng->cfg.ro)
 		return -EROFS;
+	/* shells ignore close() errors: once the API has refused these
+	 * credentials a write, refuse later imports at open, where every
+	 * program sees it */
+	if (atomic_load(&eng->write_refused)) {
+		log_err("import into '%s' refused: the API refused write "
+			"access to these credentials", t->name);
+		return -EACCES;
+	}
 	im = calloc(1, sizeof(*im));
 	if (!im)
 		return -ENOMEM;
@@ -833,6 +841,7 @@ int fs_import_finish(struct fs_import *im)
 	crc = cache_spool_clear(eng->cache, t->id);
 	(void)crc;
 	if (rc == -EACCES) {
+		atomic_store(&eng->write_refused, true);
 		set_state(im, IMPORT_FAILED, "write access refused by the API");
 	} else if (rc) {
 		rc = rc == -EINVAL || rc == -ENOENT ? -EIO : rc;

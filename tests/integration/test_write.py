@@ -496,11 +496,17 @@ def test_read_only_credentials_permission_denied(emu_factory, mount_factory,
     assert b"Permission denied" in p.stderr
     assert emu.row_entries("Customers") == before
     assert emu.stats()["rows_written"] == 0
+    upserts = emu.stats()["by_route"]["rows_upsert"]
     st = status(m, "Customers")["import"]
     assert st["state"] == "failed" and st["error"]
     # the mount still reads
     assert slurp(m.file("Customers", "rows.jsonl")).count(
         b"\n") == len(before)
+    # once refused, later imports fail at open, where a shell sees it
+    p = run(f"echo '{{\"customer_id\": \"X\"}}' > "
+            f"'{m.file('Customers', 'rows.jsonl')}'")
+    assert p.returncode != 0 and b"Permission denied" in p.stderr
+    assert emu.stats()["by_route"]["rows_upsert"] == upserts
     # and dtfsctl with the same credentials says 77
     code, _, err = dtfsctl(emu, str(tmp_path / "ctl"), "import", "Customers",
                            str(src), client=("ro", "ro-secret"))

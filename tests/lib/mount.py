@@ -94,7 +94,9 @@ class Mount:
         if not self.proc:
             return
         if self.proc.poll() is None:
-            subprocess.call(["fusermount3", "-u", self.path])
+            if subprocess.call(["fusermount3", "-u", self.path]) != 0:
+                # a failed test may still hold a file open: detach
+                subprocess.call(["fusermount3", "-u", "-z", self.path])
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
