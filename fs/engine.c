@@ -204,7 +204,8 @@ static int refresh_listing(struct fs_engine *eng)
 		pthread_mutex_lock(&eng->list_lock);
 	}
 	if (eng->listed_at &&
-	    now_s() - eng->listed_at < (int64_t)eng->cfg.list_ttl)
+	    now_s() - eng->listed_at < (int64_t)eng->cfg.list_ttl &&
+	    eng->listed_at > atomic_load(&eng->expired_at))
 		goto out;
 	rc = api_list_tables(eng->api, &list);
 	if (rc) {
@@ -362,16 +363,26 @@ int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
 	return fetch_schema(eng, t, NULL);
 }
 
-int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
-			 char **json, size_t *len)
+/* Whether a proof of freshness made at `at` has run out: older than
+ * `revalidate` seconds, or made before the last fs_engine_expire(). */
+static bool expired(struct fs_engine *eng, int64_t at)
+{
+	return now_s() - at >= (int64_t)eng->cfg.revalidate ||
+	       at <= atomic_load(&eng->expired_at);
+}
+
+void fs_engine_expire(struct fs_engine *eng)
+{
+	/* only lock-free atomic stores: safe in a signal handler */
+	atomic_store(&eng->listed_at, 0);
+	atomic_store(&eng->expired_at, (int64_t)time(NULL));
+}
+
+int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
 {
 	int rc = 0;
 
-	*json = NULL;
-	*len = 0;
-	pthread_mutex_lock(&t->lock);
-	if (!t->have_schema ||
-	    now_s() - t->schema_at >= (int64_t)eng->cfg.revalidate) {
+	if (!t->have_schema || expired(eng, t->schema_at)) {
 		rc = fetch_schema(eng, t, NULL);
 		if (rc && (t->have_schema ||
 			   fs_table_load_schema(eng, t) == 0)) {
@@ -380,6 +391,18 @@ int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
 			rc = 0;
 		}
 	}
+	return rc;
+}
+
+int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
+			 char **json, size_t *len)
+{
+	int rc;
+
+	*json = NULL;
+	*len = 0;
+	pthread_mutex_lock(&t->lock);
+	rc = fs_table_fresh_schema(eng, t);
 	if (!rc) {
 		*json = malloc(t->schema.json_len + 1);
 		if (*json) {
@@ -581,7 +604,7 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	if (rc && rc != -ENOENT)
 		return rc;
 	have = rc == 0 && m->gen != t->stale_gen;
-	if (have && now_s() - m->validated_at < (int64_t)eng->cfg.revalidate)
+	if (have && !expired(eng, m->validated_at))
 		return 0;
 
 	rc = fs_table_load_schema(eng, t);

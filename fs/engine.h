@@ -58,6 +58,13 @@ int fs_engine_start(struct fs_engine *eng) FS_WARN_UNUSED;
 void fs_engine_stop(struct fs_engine *eng);
 void fs_engine_free(struct fs_engine *eng);
 
+/*
+ * Forget every proof of freshness: the next lookup walks the listing again
+ * and the next open of any file revalidates. Only atomic stores, so a
+ * SIGHUP handler may call it.
+ */
+void fs_engine_expire(struct fs_engine *eng);
+
 /* The settings in use (borrowed, valid until fs_engine_free). */
 const struct fs_config *fs_engine_config(struct fs_engine *eng);
 

@@ -50,6 +50,8 @@ struct fs_engine {
 
 	pthread_mutex_t list_lock; /* one listing walk at a time */
 	_Atomic int64_t listed_at; /* read without list_lock */
+	_Atomic int64_t expired_at; /* fs_engine_expire(): proofs made at or
+				       before it are void */
 
 	pthread_mutex_t pf_lock;
 	pthread_cond_t pf_cond;
@@ -64,6 +66,10 @@ struct fs_engine {
 
 /* Load t->schema from memory, the cache or the API; t->lock held. */
 int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
+	FS_WARN_UNUSED;
+/* Make t->schema at most `revalidate` seconds old (the cached one when the
+ * API cannot be reached); t->lock held. */
+int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
 	FS_WARN_UNUSED;
 /* The same without network I/O (-ENOENT when not cached); t->lock held. */
 int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)

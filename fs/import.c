@@ -264,16 +264,8 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	 * be reached): a column added in the API since it was cached is a
 	 * column, not drift.
 	 */
-	{
-		char *json = NULL;
-		size_t len;
-
-		rc = fs_table_schema_json(eng, t, &json, &len);
-		free(json);
-	}
 	pthread_mutex_lock(&t->lock);
-	if (!rc)
-		rc = fs_table_load_schema(eng, t);
+	rc = fs_table_fresh_schema(eng, t);
 	if (!rc)
 		rc = api_schema_parse(t->schema.json, t->schema.json_len,
 				      t->schema.version, &im->schema);

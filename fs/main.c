@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,8 +112,21 @@ static void usage(const char *prog)
 	       "    -h, --help     this help\n"
 	       "    -V, --version  the version\n"
 	       "    -f             stay in the foreground, log to stderr\n"
-	       "    -d             debug: foreground, verbose log\n\n%s\n",
+	       "    -d             debug: foreground, verbose log\n\n"
+	       "SIGHUP makes the next ls walk the table listing again and the\n"
+	       "next open of every file revalidate.\n\n%s\n",
 	       prog, fs_config_help);
+}
+
+static struct fs_engine *hup_engine;
+
+/* SIGHUP: drop the listing and revalidate every table on its next open
+ * (rclone and s3fs use SIGHUP the same way). */
+static void on_hup(int sig)
+{
+	(void)sig;
+	if (hup_engine)
+		fs_engine_expire(hup_engine);
 }
 
 static void fuse_log_to_ours(enum fuse_log_level level, const char *fmt,
@@ -192,6 +206,16 @@ int main(int argc, char *argv[])
 		log_use_syslog();
 	if (fs_engine_start(eng))
 		goto out;
+	/* before libfuse's handlers, which leave a handled SIGHUP alone */
+	hup_engine = eng;
+	{
+		struct sigaction sa = { .sa_handler = on_hup };
+
+		sigemptyset(&sa.sa_mask);
+		sa.sa_flags = SA_RESTART;
+		if (sigaction(SIGHUP, &sa, NULL) != 0)
+			goto out;
+	}
 	if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
 		goto out;
 

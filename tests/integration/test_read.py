@@ -4,8 +4,10 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -251,3 +253,30 @@ def test_schema_json_write_refused(sample):
     with pytest.raises(OSError) as e:
         open(m.file("Customers", "schema.json"), "w")
     assert e.value.errno == errno.EROFS
+
+
+def test_sighup_refreshes_listing_and_revalidates(emu_factory,
+                                                  mount_factory):
+    emu = emu_factory("--generate", "Big:3000")
+    m = mount_factory(emu, opts="revalidate=3600,list_ttl=3600").start()
+    rows = m.file("Big", "rows.jsonl")
+    first = open(rows, "rb").read()
+    emu.upsert("Big", [{"customer_id": "HUP-1",
+                        "last_interaction": "2024-01-01T00:00:00Z",
+                        "loyalty_tier": 1}])
+    # within `revalidate`: the cached version, no request
+    gets = emu.stats()["by_route"]["rows_get"]
+    assert open(rows, "rb").read() == first
+    assert emu.stats()["by_route"]["rows_get"] == gets
+    lists = emu.stats()["by_route"]["list"]
+    os.kill(m.proc.pid, signal.SIGHUP)
+    # the signal arrives asynchronously: wait for its effect, a new walk
+    deadline = time.monotonic() + 10
+    while emu.stats()["by_route"]["list"] == lists:
+        assert time.monotonic() < deadline, "SIGHUP had no effect"
+        os.listdir(m.path)
+        time.sleep(0.01)
+    assert emu.stats()["by_route"]["list"] == lists + 1
+    after = open(rows, "rb").read()
+    assert after.count(b"\n") == 3001 and b"HUP-1" in after
+    assert m.proc.poll() is None  # SIGHUP does not end the mount
