@@ -475,10 +475,14 @@ static void page_error(struct fs_table *t, const char *what, int rc)
 
 /*
  * Fetch the page after the cached frontier of generation gen and append
- * it. Returns 0 (a page was appended, here or by someone else), 1 (the
- * version is complete: end of file), -ESTALE, or the API's error.
+ * it, unless the frontier has already moved past `seen` (the frontier the
+ * caller found) while it waited for the lock: a reader that queued behind
+ * the prefetch of the page it needs returns at once. Returns 0 (a page was
+ * appended, here or by someone else), 1 (the version is complete: end of
+ * file), -ESTALE, or the API's error.
  */
-static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen)
+static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
+		      uint64_t seen)
 {
 	struct api_page page = { 0 };
 	struct cache_meta m;
@@ -492,6 +496,10 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen)
 	}
 	if (rc)
 		goto out;
+	if (m.bytes > seen) {
+		rc = 0;
+		goto out;
+	}
 	if (m.complete) {
 		rc = 1;
 		goto out;
@@ -533,13 +541,15 @@ out:
 	return rc;
 }
 
+/* Queue the fetch of the page after frontier `seen` of generation gen. */
 static void prefetch_queue(struct fs_engine *eng, struct fs_table *t,
-			   uint64_t gen)
+			   uint64_t gen, uint64_t seen)
 {
 	pthread_mutex_lock(&eng->pf_lock);
 	if (!t->pf_queued && !eng->pf_stop) {
 		t->pf_queued = true;
 		t->pf_gen = gen;
+		t->pf_seen = seen;
 		t->pf_next = NULL;
 		if (eng->pf_tail)
 			eng->pf_tail->pf_next = t;
@@ -561,7 +571,7 @@ static void *prefetch_main(void *arg)
 	pthread_mutex_lock(&eng->pf_lock);
 	for (;;) {
 		struct fs_table *t;
-		uint64_t gen;
+		uint64_t gen, seen;
 
 		while (!eng->pf_head && !eng->pf_stop)
 			pthread_cond_wait(&eng->pf_cond, &eng->pf_lock);
@@ -572,9 +582,10 @@ static void *prefetch_main(void *arg)
 		if (!eng->pf_head)
 			eng->pf_tail = NULL;
 		gen = t->pf_gen;
+		seen = t->pf_seen;
 		pthread_mutex_unlock(&eng->pf_lock);
 
-		if (fetch_next(eng, t, gen) < 0)
+		if (fetch_next(eng, t, gen, seen) < 0)
 			log_debug("prefetch of '%s' stopped", t->name);
 
 		pthread_mutex_lock(&eng->pf_lock);
@@ -693,7 +704,7 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 		total += n;
 		if (total == size)
 			break;
-		rc = fetch_next(eng, t, rd->gen);
+		rc = fetch_next(eng, t, rd->gen, off + total);
 		if (rc == 1) {
 			rc = 0;
 			break;
@@ -714,7 +725,7 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 	if (!rc && cache_get_meta(eng->cache, t->id, &m) == 0 &&
 	    m.gen == rd->gen && !m.complete && m.pages > 0 &&
 	    off + total + m.bytes / m.pages >= m.bytes)
-		prefetch_queue(eng, t, rd->gen);
+		prefetch_queue(eng, t, rd->gen, m.bytes);
 	return rc;
 }
 

@@ -31,6 +31,7 @@ struct fs_table {
 	/* eng->pf_lock: the prefetch queue */
 	bool pf_queued;
 	uint64_t pf_gen;
+	uint64_t pf_seen;	/* the frontier when it was queued */
 	struct fs_table *pf_next;
 
 	struct fs_face_gens face;
