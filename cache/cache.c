@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +23,22 @@
 #define TOUCH_SLOTS 64
 #define SPOOL_CLEAR_CHUNK 10000
 #define GIB (UINT64_C(1) << 30)
+
+/*
+ * Forgetting the map (docs/cache.md, "Memory: forgetting the map"). The
+ * whole map is dropped once the transactions of this process have taken
+ * MAP_DROP_FAULTS page faults since the last whole drop: about 8 MiB
+ * mapped with the kernel's default 64 KiB fault-around. Loops over many
+ * records count their faults every MAP_CHECK_EVERY records. Besides, the
+ * pages of adjacent values of MAP_DROP_MIN bytes or more that one call
+ * copied or deleted are dropped in runs of MAP_RUN_MAX bytes; deletes
+ * also drop the rest of the run at the end, reads leave it to the next
+ * whole drop.
+ */
+#define MAP_DROP_FAULTS 128
+#define MAP_CHECK_EVERY 16
+#define MAP_RUN_MAX (4 * 1024 * 1024)
+#define MAP_DROP_MIN (64 * 1024)
 
 /* Byte sizes of the key parts: u16 table length, table, u64 gen, u64 end. */
 #define PREFIX_MAX (2 + CACHE_TABLE_MAX)
@@ -46,6 +64,14 @@ struct cache {
 	/* Held shared by every transaction, exclusive while the map is
 	 * resized: mdb_env_set_mapsize needs no live txn in the process. */
 	pthread_rwlock_t resize;
+	/* This process's map of data.mdb, [map_lo, map_hi); both 0 when it
+	 * is not known (nothing is dropped then). Written at open and under
+	 * `resize` held exclusively (the map moves when it is resized); read
+	 * only with `resize` held. */
+	uintptr_t map_lo;
+	uintptr_t map_hi;
+	uintptr_t os_page;	/* the OS page size, a power of two */
+	uint64_t map_faults;	/* __atomic: faults since the last drop */
 	pthread_mutex_t touch_lock;
 	struct touch_slot touch[TOUCH_SLOTS];
 };
@@ -191,6 +217,214 @@ static MDB_val val(const void *data, size_t size)
 	return v;
 }
 
+/* ---- forgetting the map ----------------------------------------------- */
+
+/*
+ * LMDB reads through a shared, read-only map of data.mdb, and each page of
+ * it this process touches stays in its RSS (RssFile, VmHWM) until the
+ * mapping of that page is dropped. madvise(MADV_DONTNEED) on such a mapping
+ * removes only this process's page-table entries: the page stays in the
+ * page cache and the next access maps the same bytes again. That is why a
+ * drop is safe at any moment, even while another thread copies from the
+ * same page inside its transaction (docs/cache.md gives the reasoning).
+ */
+
+/* The calling thread's page faults when they were last counted. */
+static __thread uint64_t map_mark;
+
+/* The calling thread's page faults so far, minor and major. */
+static uint64_t thread_faults(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_THREAD, &ru))
+		return map_mark + 1;	/* cannot count: one per check */
+	return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
+}
+
+static void map_drop(uintptr_t lo, uintptr_t hi)
+{
+	/* EINVAL/ENOMEM cannot happen for a range of a mapping we hold, and
+	 * a failed drop only leaves the pages mapped */
+	if (lo < hi && madvise((void *)lo, hi - lo, MADV_DONTNEED))
+		log_debug("cache: dropping %zu bytes of the map failed: %s",
+			  (size_t)(hi - lo), strerror(errno));
+}
+
+/*
+ * Drop the whole pages inside [data, data + size), bytes of values this
+ * transaction copied or deleted, when they are MAP_DROP_MIN or more:
+ * rounded inwards, never beyond those bytes, and only when they lie in the
+ * map. (A value of a write transaction may sit on a dirty page on the
+ * heap: MADV_DONTNEED would zero it.) Call with `resize` held.
+ */
+static void map_drop_val(const struct cache *c, const void *data,
+			 size_t size)
+{
+	uintptr_t lo = (uintptr_t)data, hi = lo + size;
+
+	if (size < MAP_DROP_MIN || hi < lo || lo < c->map_lo ||
+	    hi > c->map_hi)
+		return;
+	lo = (lo + c->os_page - 1) & ~(c->os_page - 1);
+	hi &= ~(c->os_page - 1);
+	map_drop(lo, hi);
+}
+
+/*
+ * Bytes of the map a transaction has copied or deleted, as one run of
+ * adjacent pages [lo, hi): every page between its ends holds some of
+ * those bytes. Consecutive records are mostly adjacent in data.mdb (pages
+ * are appended in order), so one madvise covers many records. Each call
+ * flushes TLBs: one per FUSE read made warm reads 7-8% slower.
+ */
+struct map_run {
+	uintptr_t lo;
+	uintptr_t hi;
+};
+
+/* Drop the whole pages inside the run (map_drop_val) and empty it. */
+static void map_run_drop(const struct cache *c, struct map_run *r)
+{
+	if (r->hi > r->lo)
+		map_drop_val(c, (const void *)r->lo, r->hi - r->lo);
+	r->lo = 0;
+	r->hi = 0;
+}
+
+/*
+ * Add [data, data + size) to the run when it starts on the run's last page
+ * or the next one. Otherwise start a new run; the old one is dropped when
+ * `drop_short`, else left to the next whole drop. A run that reaches
+ * MAP_RUN_MAX bytes is dropped.
+ */
+static void map_run_add(const struct cache *c, struct map_run *r,
+			const void *data, size_t size, bool drop_short)
+{
+	uintptr_t lo = (uintptr_t)data, mask = ~(c->os_page - 1);
+
+	if (r->hi > r->lo && lo >= r->hi &&
+	    (lo & mask) <= ((r->hi - 1) & mask) + c->os_page) {
+		r->hi = lo + size;
+	} else {
+		if (drop_short)
+			map_run_drop(c, r);
+		r->lo = lo;
+		r->hi = lo + size;
+	}
+	if (r->hi - r->lo >= MAP_RUN_MAX)
+		map_run_drop(c, r);
+}
+
+/* Start counting the faults of this thread's transaction. */
+static void map_mark_faults(void)
+{
+	map_mark = thread_faults();
+}
+
+/*
+ * Add the faults this thread took since the last count to the process's;
+ * once they reach MAP_DROP_FAULTS, drop the whole map. The faults of a
+ * transaction are nearly all pages of the map (and fault-around maps up to
+ * 16 pages per fault); heap faults only make drops a little more frequent.
+ * Call with `resize` held: the map does not move meanwhile.
+ */
+static void map_check(struct cache *c)
+{
+	uint64_t now = thread_faults();
+	uint64_t n = now > map_mark ? now - map_mark : 0;
+
+	map_mark = now;
+	if (n == 0 || c->map_hi == 0)
+		return;
+	if (__atomic_add_fetch(&c->map_faults, n, __ATOMIC_RELAXED) <
+	    MAP_DROP_FAULTS)
+		return;
+	/* of the threads over the budget, the one that resets it drops */
+	if (__atomic_exchange_n(&c->map_faults, 0, __ATOMIC_RELAXED) <
+	    MAP_DROP_FAULTS)
+		return;
+	map_drop(c->map_lo, c->map_hi);
+}
+
+/*
+ * Find this process's map of data.mdb in /proc/self/maps: the mapping that
+ * holds `inside`, a pointer LMDB returned from the map. It must be shared
+ * and read-only, start at file offset 0 and be as long as the map; anything
+ * else leaves the map unknown. (A pointer names the map without trusting
+ * the device and inode numbers there to match fstat(), which stacked file
+ * systems do not promise.)
+ */
+static void map_find(struct cache *c, uintptr_t inside, size_t mapsize)
+{
+	uintptr_t size = ((uintptr_t)mapsize + c->os_page - 1) &
+			 ~(c->os_page - 1);
+	FILE *f = fopen("/proc/self/maps", "re");
+	char *line = NULL;
+	size_t cap = 0;
+
+	if (!f)
+		return;
+	while (getline(&line, &cap, f) > 0) {
+		unsigned long long lo, hi, off;
+		char perms[8];
+
+		if (sscanf(line, "%llx-%llx %7s %llx", &lo, &hi, perms,
+			   &off) != 4 ||
+		    inside < lo || inside >= hi)
+			continue;
+		if (strcmp(perms, "r--s") == 0 && off == 0 &&
+		    hi - lo == size) {
+			c->map_lo = (uintptr_t)lo;
+			c->map_hi = (uintptr_t)hi;
+		}
+		break;
+	}
+	free(line);
+	fclose(f);
+}
+
+/*
+ * Learn where the map is: at open and after each resize, never per
+ * transaction. Call with no transaction of this process live (at open, or
+ * with `resize` held exclusively).
+ */
+static void map_locate(struct cache *c)
+{
+	MDB_envinfo info;
+	MDB_txn *txn = NULL;
+	MDB_cursor *cur = NULL;
+	MDB_dbi main_dbi;
+	MDB_val k, v;
+	uintptr_t inside = 0;
+	unsigned flags;
+
+	c->map_lo = 0;
+	c->map_hi = 0;
+	__atomic_store_n(&c->map_faults, 0, __ATOMIC_RELAXED);
+	/* A writable map (MDB_WRITEMAP, never set here) would hold the
+	 * writer's pages: it is left alone. */
+	if (mdb_env_get_flags(c->env, &flags) || (flags & MDB_WRITEMAP) ||
+	    mdb_env_info(c->env, &info))
+		goto out;
+	if (mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn))
+		goto out;
+	/* the first key of the main DB (a DB name) is on a page of the map */
+	if (mdb_dbi_open(txn, NULL, 0, &main_dbi) == 0 &&
+	    mdb_cursor_open(txn, main_dbi, &cur) == 0) {
+		if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0)
+			inside = (uintptr_t)k.mv_data;
+		mdb_cursor_close(cur);
+	}
+	mdb_txn_abort(txn);
+	if (inside)
+		map_find(c, inside, info.me_mapsize);
+out:
+	if (c->map_hi == 0)
+		log_debug("cache: the map of data.mdb was not found: pages "
+			  "read stay mapped");
+}
+
 /* ---- transactions ----------------------------------------------------- */
 
 static void rwlock_rd(pthread_rwlock_t *l)
@@ -204,14 +438,22 @@ static int txn_begin(struct cache *c, unsigned flags, MDB_txn **txn)
 {
 	int rc;
 
+	map_mark_faults();
 	rwlock_rd(&c->resize);
 	rc = mdb_txn_begin(c->env, NULL, flags, txn);
 	if (rc != MDB_MAP_RESIZED)
 		goto out;
-	/* Another process grew the map past ours: adopt its size. */
+	/* Another process grew the map past ours: adopt its size. The map
+	 * moves, so find it again. */
 	pthread_rwlock_unlock(&c->resize);
 	pthread_rwlock_wrlock(&c->resize);
 	rc = mdb_env_set_mapsize(c->env, 0);
+	if (rc == 0) {
+		map_locate(c);
+	} else {
+		c->map_lo = 0;
+		c->map_hi = 0;
+	}
 	pthread_rwlock_unlock(&c->resize);
 	if (rc)
 		return rc;
@@ -229,6 +471,7 @@ static int txn_commit(struct cache *c, MDB_txn *txn)
 {
 	int rc = mdb_txn_commit(txn);
 
+	map_check(c);
 	pthread_rwlock_unlock(&c->resize);
 	return rc;
 }
@@ -238,6 +481,7 @@ static void txn_abort(struct cache *c, MDB_txn *txn)
 	if (!txn)
 		return;
 	mdb_txn_abort(txn);
+	map_check(c);
 	pthread_rwlock_unlock(&c->resize);
 }
 
@@ -333,12 +577,15 @@ static int meta_store(MDB_txn *txn, const struct op *op,
 }
 
 /* Delete every key of dbi starting with prefix, at most max of them (0: no
- * limit). *deleted counts them. */
-static int delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix,
-			 size_t n, size_t max, size_t *deleted)
+ * limit). *deleted counts them. Deleting a large value reads its first
+ * page (with fault-around, 64 KiB): the mappings are dropped as it goes. */
+static int delete_prefix(MDB_txn *txn, struct cache *c, MDB_dbi dbi,
+			 const uint8_t *prefix, size_t n, size_t max,
+			 size_t *deleted)
 {
 	MDB_cursor *cur = NULL;
 	MDB_val k = val(prefix, n), v;
+	struct map_run run = { 0, 0 };
 	int rc;
 
 	*deleted = 0;
@@ -348,14 +595,22 @@ static int delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix,
 	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
 	while (rc == 0 && has_prefix(&k, prefix, n) &&
 	       (max == 0 || *deleted < max)) {
+		const void *data = v.mv_data;
+		size_t size = v.mv_size;
+
 		rc = mdb_cursor_del(cur, 0);
 		if (rc)
 			break;
 		(*deleted)++;
+		if (size >= MAP_DROP_MIN)
+			map_run_add(c, &run, data, size, true);
+		if (*deleted % MAP_CHECK_EVERY == 0)
+			map_check(c);
 		/* After a delete the cursor already sits on the next key;
 		 * LMDB's MDB_NEXT knows not to skip it. */
 		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 	}
+	map_run_drop(c, &run);
 	mdb_cursor_close(cur);
 	return rc == MDB_NOTFOUND ? 0 : rc;
 }
@@ -368,7 +623,7 @@ static int drop_pages(MDB_txn *txn, const struct op *op, uint64_t bytes)
 	uint64_t total;
 	int rc;
 
-	rc = delete_prefix(txn, op->c->pages, prefix, n, 0, &deleted);
+	rc = delete_prefix(txn, op->c, op->c->pages, prefix, n, 0, &deleted);
 	if (rc)
 		return rc;
 	rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1, &total);
@@ -643,6 +898,8 @@ static int env_open(struct cache *c, const char *dir, size_t mapsize)
 		rc = mdb_env_set_maxreaders(c->env, CACHE_MAX_READERS);
 	if (rc == 0)
 		rc = mdb_env_set_mapsize(c->env, mapsize);
+	/* Never MDB_WRITEMAP: a read-only map is what makes dropping its
+	 * pages safe (map_locate checks). */
 	if (rc == 0)
 		rc = mdb_env_open(c->env, dir, MDB_NOSYNC | MDB_NOTLS, 0600);
 	if (rc) {
@@ -726,6 +983,9 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 	if (!c)
 		return -ENOMEM;
 	c->max_bytes = max_bytes;
+	c->os_page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	if (c->os_page == 0 || (c->os_page & (c->os_page - 1)))
+		c->os_page = 4096;	/* not a power of two: cannot be */
 	pthread_rwlockattr_init(&attr);
 	/* a waiting resize must not starve behind a stream of readers */
 	pthread_rwlockattr_setkind_np(&attr,
@@ -777,6 +1037,8 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 		rc = cache_errno(rc);
 		goto out;
 	}
+	/* after open_dbis: the main DB has a key to point into the map */
+	map_locate(c);
 	*out = c;
 	return 0;
 out:
@@ -1047,6 +1309,7 @@ static int read_pages(MDB_txn *txn, const struct op *op, uint64_t gen,
 	size_t plen = key_page(key, op, gen, offset + 1) - 8;
 	MDB_cursor *cur = NULL;
 	MDB_val k = val(key, plen + 8), v;
+	struct map_run run = { 0, 0 };
 	uint64_t pos = offset;
 	int rc;
 
@@ -1057,6 +1320,7 @@ static int read_pages(MDB_txn *txn, const struct op *op, uint64_t gen,
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
 	     rc == 0 && *copied < want;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		const uint8_t *src;
 		uint64_t end, start;
 		size_t n;
 
@@ -1070,11 +1334,16 @@ static int read_pages(MDB_txn *txn, const struct op *op, uint64_t gen,
 			break;
 		n = end - pos < want - *copied ? (size_t)(end - pos) :
 						 want - *copied;
-		memcpy(buf + *copied, (const uint8_t *)v.mv_data + (pos - start),
-		       n);
+		src = (const uint8_t *)v.mv_data + (pos - start);
+		memcpy(buf + *copied, src, n);
+		/* copied out: this process need not keep it mapped */
+		map_run_add(op->c, &run, src, n, false);
 		*copied += n;
 		pos += n;
 	}
+	/* The rest of the run is left to the next whole drop, which zaps
+	 * the same pages in one call per ~8 MiB: a madvise (and TLB flush)
+	 * per read made warm FUSE reads 7-8% slower. */
 	mdb_cursor_close(cur);
 	return rc == MDB_NOTFOUND ? 0 : rc;
 }
@@ -1348,8 +1617,8 @@ static int spool_clear_fn(MDB_txn *txn, struct op *op, void *arg)
 	int rc;
 
 	/* in chunks: a million deletes in one txn would dirty too much */
-	rc = delete_prefix(txn, op->c->spool, prefix, n, SPOOL_CLEAR_CHUNK,
-			   &a->deleted);
+	rc = delete_prefix(txn, op->c, op->c->spool, prefix, n,
+			   SPOOL_CLEAR_CHUNK, &a->deleted);
 	if (rc == 0)
 		rc = spool_count_add(txn, op, a->deleted < SPOOL_CLEAR_CHUNK ?
 					      INT64_MIN + 1 :
@@ -1407,6 +1676,9 @@ static int spool_put_fn(MDB_txn *txn, struct op *op, void *arg)
 		}
 		if (rc)
 			return op_fail(op, rc);
+		/* each put reads a leaf of the spool from the map */
+		if ((i + 1) % MAP_CHECK_EVERY == 0)
+			map_check(op->c);
 	}
 	rc = added ? spool_count_add(txn, op, added) : 0;
 	return rc ? op_fail(op, rc) : 0;
@@ -1489,6 +1761,7 @@ int cache_spool_next(struct cache *cache, const char *table,
 	MDB_txn *txn = NULL;
 	MDB_cursor *cur = NULL;
 	MDB_val k, v, last = { 0 };
+	struct map_run run = { 0, 0 };
 	size_t plen, alen = after ? strlen(after) : 0, cap = 0;
 	int rc;
 
@@ -1535,7 +1808,13 @@ int cache_spool_next(struct cache *cache, const char *table,
 			rc = ENOMEM;
 			goto fail;
 		}
+		/* rows this big are rare; small ones go with whole drops */
+		if (v.mv_size >= MAP_DROP_MIN)
+			map_run_add(cache, &run, v.mv_data, v.mv_size,
+				    false);
 		b.n++;
+		if (b.n % MAP_CHECK_EVERY == 0)
+			map_check(cache);
 		last = k;
 	}
 	if (rc && rc != MDB_NOTFOUND)

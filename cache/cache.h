@@ -33,6 +33,13 @@
  * returned points into LMDB memory (data is copied out before the
  * transaction ends).
  *
+ * Memory: LMDB reads through a shared, read-only map of data.mdb, whose
+ * pages count in the process's RSS once touched. The cache drops its own
+ * mappings (madvise MADV_DONTNEED) of what its transactions read or
+ * deleted, so the RSS of the map stays about 8 MiB whatever the table size.
+ * A drop only unmaps: the pages stay in the page cache and any thread's
+ * next access maps the same bytes again (docs/cache.md).
+ *
  * Errors: 0 or a negative errno; LMDB codes map through one function
  * (MDB_NOTFOUND → -ENOENT, MDB_MAP_FULL → -ENOSPC, others → -EIO).
  * Every function also returns -EINVAL for a NULL/empty table name and

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
@@ -28,6 +29,7 @@ struct fixture {
 	char base[PATH_MAX / 2]; /* the mkdtemp dir, removed at teardown */
 	char dir[PATH_MAX];	/* the cache dir inside it */
 	struct cache *cache;
+	void *buf;		/* a test's big buffer, freed at teardown */
 };
 
 static int rm_entry(const char *path, const struct stat *st, int flag,
@@ -59,6 +61,7 @@ static int teardown(void **state)
 
 	cache_close(f->cache);
 	nftw(f->base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	free(f->buf);
 	free(f);
 	return 0;
 }
@@ -641,7 +644,7 @@ static void test_spool_10k_batches(void **state)
 		}
 		assert_true(b.n <= GET);
 		for (size_t i = 0; i < b.n; i++) {
-			char want[48];
+			char want[64];
 			size_t id = seen + i;
 
 			snprintf(want, sizeof(want),
@@ -1052,6 +1055,407 @@ static void test_threads(void **state)
 	free(s.bytes);
 }
 
+/* ---- forgetting the map ------------------------------------------------
+ * The cache drops this process's mapping of the LMDB pages it read or
+ * deleted (madvise MADV_DONTNEED). These tests read the process's own
+ * /proc/self/status: the peak RSS of a table read three times, deleted or
+ * spooled must stay far below its size, and every byte read back, also by
+ * threads racing with drops, must be right. The bounds are generous: the
+ * cache keeps about 8 MiB mapped; without the drops the growth is the
+ * table's size.
+ */
+
+#define BIG_PAGE (128 * 1024 + 123)	/* records not page-aligned */
+#define BIG_PAGES 512			/* 64 MiB */
+#define BIG_BYTES ((uint64_t)BIG_PAGE * BIG_PAGES)
+#define MAP_BOUND_KIB (24 * 1024)
+
+/* The byte at offset off of the big table: differs page to page, so a
+ * dropped page read back as zeros or as another page is caught. */
+static uint8_t big_byte(uint64_t off)
+{
+	return (uint8_t)((off * 0x9E3779B1u) >> 24);
+}
+
+static void fill_big(struct cache *c, const char *table, const char *version,
+		     unsigned pages, struct cache_meta *m)
+{
+	uint8_t *buf = malloc(BIG_PAGE);
+
+	assert_non_null(buf);
+	assert_int_equal(cache_begin_version(c, table, version, m), 0);
+	for (unsigned i = 0; i < pages; i++) {
+		uint64_t off = (uint64_t)i * BIG_PAGE;
+
+		for (size_t j = 0; j < BIG_PAGE; j++)
+			buf[j] = big_byte(off + j);
+		assert_int_equal(cache_append_page(c, table, m->gen, off, buf,
+						   BIG_PAGE, 1,
+						   i + 1 == pages ? NULL :
+								    "more",
+						   m),
+				 0);
+	}
+	free(buf);
+}
+
+/* A field of /proc/self/status in KiB, or -1 when it is not there. */
+static long status_kib(const char *field)
+{
+	FILE *f = fopen("/proc/self/status", "re");
+	size_t n = strlen(field);
+	char line[256];
+	long v = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, field, n) == 0 && line[n] == ':') {
+			v = strtol(line + n + 1, NULL, 10);
+			break;
+		}
+	fclose(f);
+	return v;
+}
+
+/* ASan keeps freed memory in a quarantine it recycles: the heap rises and
+ * falls under it, so VmHWM there says little about the map. */
+#if defined(__SANITIZE_ADDRESS__)
+#define HEAP_QUARANTINE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HEAP_QUARANTINE 1
+#endif
+#endif
+#ifndef HEAP_QUARANTINE
+#define HEAP_QUARANTINE 0
+#endif
+
+/*
+ * How much the map grows from here on, two ways:
+ *   - the file-backed RSS (RssFile, + RssShmem for a cache on tmpfs)
+ *     sampled by peak_sample() after calls;
+ *   - with /proc/self/clear_refs (writing 5 resets VmHWM to the current
+ *     RSS), the growth of VmHWM, which also sees the peak inside a call,
+ *     less what the heap grew by (LMDB's dirty pages are not the map).
+ */
+struct peak {
+	bool hwm;	/* VmHWM was reset */
+	long rss;	/* VmRSS at the start, KiB */
+	long anon;	/* RssAnon at the start, KiB */
+	long file;	/* file-backed RSS at the start, KiB */
+	long file_max;	/* ... and its highest sample */
+};
+
+static long file_rss_kib(void)
+{
+	long file = status_kib("RssFile"), shmem = status_kib("RssShmem");
+
+	if (file < 0 || shmem < 0)
+		return -1;
+	return file + shmem;
+}
+
+static void peak_start(struct peak *p)
+{
+	int fd = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+
+	p->hwm = fd >= 0 && write(fd, "5", 1) == 1;
+	if (fd >= 0)
+		close(fd);
+	p->rss = status_kib("VmRSS");
+	p->anon = status_kib("RssAnon");
+	p->file = file_rss_kib();
+	p->file_max = p->file;
+}
+
+static void peak_sample(struct peak *p)
+{
+	long v = file_rss_kib();
+
+	if (v > p->file_max)
+		p->file_max = v;
+}
+
+static void check_growth(long kib, long bound_kib, const char *what,
+			 const char *how)
+{
+	if (kib >= bound_kib || getenv("TEST_CACHE_VERBOSE"))
+		fprintf(stderr, "# %s: %s grew by %ld KiB (bound %ld)\n", what,
+			how, kib, bound_kib);
+	assert_true(kib < bound_kib);
+}
+
+static void assert_peak_below(struct peak *p, long bound_kib,
+			      const char *what)
+{
+	long hwm = status_kib("VmHWM"), anon = status_kib("RssAnon");
+
+	peak_sample(p);
+	if (p->file < 0) {
+		fprintf(stderr, "# %s: no RssFile in /proc/self/status, bound "
+			"not checked\n", what);
+		return;
+	}
+	check_growth(p->file_max - p->file, bound_kib, what,
+		     "file-backed RSS");
+	if (p->hwm && !HEAP_QUARANTINE && hwm >= 0 && p->rss >= 0 &&
+	    anon >= 0 && p->anon >= 0)
+		check_growth(hwm - p->rss - (anon > p->anon ? anon - p->anon :
+							       0),
+			     bound_kib, what, "VmHWM less the heap");
+}
+
+/* Read [0, bytes) in pieces of step bytes into buf and check every
+ * byte. */
+static void read_big(struct cache *c, const char *table, uint64_t gen,
+		     uint64_t bytes, uint8_t *buf, size_t step,
+		     struct peak *p)
+{
+	uint64_t off = 0;
+	size_t n;
+
+	while (off < bytes) {
+		assert_int_equal(cache_read(c, table, gen, off, buf, step, &n),
+				 0);
+		assert_true(n > 0);
+		for (size_t j = 0; j < n; j++)
+			if (buf[j] != big_byte(off + j))
+				fail_msg("byte %llu of '%s' is wrong",
+					 (unsigned long long)(off + j), table);
+		off += n;
+		if (p)
+			peak_sample(p);
+	}
+	assert_int_equal(off, bytes);
+}
+
+/* A 64 MiB table read three times, in pieces that straddle its records:
+ * right bytes, and the map is not kept. */
+static void test_map_reads_bounded(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	uint8_t *buf = f->buf = malloc((size_t)BIG_BYTES);
+	struct cache_meta m;
+	struct peak p;
+
+	assert_non_null(buf);
+	memset(buf, 0, (size_t)BIG_BYTES);	/* its pages are no growth */
+	fill_big(c, "Big", "v1", BIG_PAGES, &m);
+	peak_start(&p);
+	for (int pass = 0; pass < 3; pass++)
+		read_big(c, "Big", m.gen, BIG_BYTES, buf, 100000 + 31 * pass,
+			 &p);
+	assert_peak_below(&p, MAP_BOUND_KIB, "reading 64 MiB three times");
+	/* one read as large as the table: dropped as it goes */
+	peak_start(&p);
+	read_big(c, "Big", m.gen, BIG_BYTES, buf, (size_t)BIG_BYTES, &p);
+	assert_peak_below(&p, MAP_BOUND_KIB, "one read of 64 MiB");
+}
+
+/* Deleting 512 large records (a new version, then an invalidate) reads
+ * the head of each (64 KiB with fault-around): that is dropped too. Each
+ * starts on a fresh map (reopened), as after a restart. */
+static void test_map_deletes_bounded(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct cache_meta m;
+	struct peak p;
+
+	fill_big(c, "Big", "v1", BIG_PAGES, &m);
+	cache_close(c);
+	c = open_cache(f, 0);
+	peak_start(&p);
+	assert_int_equal(cache_begin_version(c, "Big", "v2", &m), 0);
+	peak_sample(&p);
+	assert_peak_below(&p, MAP_BOUND_KIB / 2, "dropping a version");
+	assert_int_equal(m.bytes, 0);
+
+	fill_big(c, "Big", "v3", BIG_PAGES, &m);
+	cache_close(c);
+	c = open_cache(f, 0);
+	peak_start(&p);
+	assert_int_equal(cache_invalidate(c, "Big"), 0);
+	peak_sample(&p);
+	assert_peak_below(&p, MAP_BOUND_KIB / 2, "invalidating a table");
+	assert_int_equal(cache_get_meta(c, "Big", &m), -ENOENT);
+}
+
+/* Row i of the spool test: its key and 300 bytes that differ row to row.
+ * Returns the row's length. */
+static size_t spool_row(unsigned i, char *key, size_t klen, char *row,
+			size_t rlen)
+{
+	int n;
+
+	snprintf(key, klen, "k%07u", i);
+	n = snprintf(row, rlen, "{\"k\":\"k%07u\",\"pad\":\"", i);
+	assert_true(n > 0 && (size_t)n < rlen);
+	for (; (size_t)n < rlen - 3; n++)
+		row[n] = (char)('a' + (i * 7 + (unsigned)n) % 26);
+	row[n++] = '"';
+	row[n++] = '}';
+	row[n] = '\0';
+	return (size_t)n;
+}
+
+/* Spool a 50 MB import in shuffled batches, read it back, clear it: the
+ * spool B-tree is not kept mapped, and the rows come back whole. */
+static void test_map_spool_bounded(void **state)
+{
+	enum { N = 150000, PUT = 500, GET = 1000, KEY = 16, ROW = 301 };
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	unsigned *order = malloc(N * sizeof(*order));
+	static char keys[PUT][KEY], rows[PUT][ROW];
+	const char *kp[PUT], *rp[PUT];
+	unsigned seed = 7;
+	struct cache_spool_batch b;
+	struct peak p;
+	char *after = NULL, want_key[KEY], want[ROW];
+	size_t seen = 0;
+
+	assert_non_null(order);
+	for (unsigned i = 0; i < N; i++)
+		order[i] = i;
+	for (unsigned i = N - 1; i > 0; i--) {
+		unsigned j = (unsigned)rand_r(&seed) % (i + 1), t = order[i];
+
+		order[i] = order[j];
+		order[j] = t;
+	}
+	for (unsigned j = 0; j < PUT; j++) {
+		kp[j] = keys[j];
+		rp[j] = rows[j];
+	}
+	peak_start(&p);
+	for (unsigned i = 0; i < N; i += PUT) {
+		for (unsigned j = 0; j < PUT; j++)
+			spool_row(order[i + j], keys[j], KEY, rows[j], ROW);
+		assert_int_equal(cache_spool_put(c, "T", PUT, kp, rp), 0);
+		peak_sample(&p);
+	}
+	for (;;) {
+		assert_int_equal(cache_spool_next(c, "T", after, GET, &b), 0);
+		peak_sample(&p);
+		if (b.n == 0) {
+			cache_spool_batch_release(&b);
+			break;
+		}
+		for (size_t i = 0; i < b.n; i++) {
+			spool_row((unsigned)(seen + i), want_key, KEY, want,
+				  ROW);
+			assert_string_equal(b.rows[i], want);
+		}
+		seen += b.n;
+		free(after);
+		after = strdup(b.last_key);
+		assert_non_null(after);
+		cache_spool_batch_release(&b);
+	}
+	free(after);
+	free(order);
+	assert_int_equal(seen, N);
+	assert_int_equal(cache_spool_clear(c, "T"), 0);
+	peak_sample(&p);
+	assert_peak_below(&p, MAP_BOUND_KIB, "spooling 150k rows of 300 bytes");
+}
+
+struct big_reader_arg {
+	struct cache *cache;
+	uint64_t gen;
+	volatile int *stop;
+	unsigned reads;
+	int bad;
+};
+
+/* Random reads of the big table, each checked byte by byte. */
+static void *big_reader_thread(void *p)
+{
+	struct big_reader_arg *a = p;
+	unsigned seed = (unsigned)(uintptr_t)p;
+	size_t cap = 3 * BIG_PAGE;
+	uint8_t *buf = malloc(cap);
+
+	if (!buf) {
+		a->bad++;
+		return NULL;
+	}
+	while (!*a->stop || a->reads < 50) {
+		uint64_t off = (uint64_t)rand_r(&seed) % (BIG_BYTES / 16);
+		size_t size = (size_t)rand_r(&seed) % cap, n;
+
+		if (cache_read(a->cache, "Big", a->gen, off, buf, size, &n) ||
+		    n != size) {
+			a->bad++;
+			continue;
+		}
+		for (size_t j = 0; j < n; j++)
+			if (buf[j] != big_byte(off + j)) {
+				a->bad++;
+				break;
+			}
+		a->reads++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/*
+ * Threads copy from the same records while others drop them: readers of
+ * one table race with a thread that fills and deletes another (dropping
+ * runs and, past the fault budget, the whole map) and spools. A drop
+ * under a live transaction only unmaps; the next access maps the same
+ * bytes again, so every read must still be right.
+ */
+static void test_map_drop_races_readers(void **state)
+{
+	enum { READERS = 3, ROUNDS = 6, SPOOL = 2000 };
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct big_reader_arg args[READERS];
+	pthread_t th[READERS];
+	struct cache_meta m, w;
+	volatile int stop = 0;
+	static char keys[SPOOL][16], rows[SPOOL][300];
+	const char *kp[SPOOL], *rp[SPOOL];
+
+	/* only the first 1/16 is read: 32 records, hot in every thread */
+	fill_big(c, "Big", "v1", BIG_PAGES / 16 + 4, &m);
+	for (unsigned i = 0; i < SPOOL; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "k%05u", i);
+		memset(rows[i], 'a' + i % 26, sizeof(rows[i]) - 1);
+		rows[i][sizeof(rows[i]) - 1] = '\0';
+		kp[i] = keys[i];
+		rp[i] = rows[i];
+	}
+	for (int i = 0; i < READERS; i++) {
+		args[i] = (struct big_reader_arg){ .cache = c, .gen = m.gen,
+						   .stop = &stop };
+		assert_int_equal(pthread_create(&th[i], NULL,
+						big_reader_thread, &args[i]),
+				 0);
+	}
+	for (int r = 0; r < ROUNDS; r++) {
+		size_t n;
+
+		fill_big(c, "W", r % 2 ? "odd" : "even", 64, &w);
+		assert_int_equal(cache_spool_put(c, "S", SPOOL, kp, rp), 0);
+		assert_int_equal(cache_spool_count(c, "S", &n), 0);
+		assert_int_equal(n, SPOOL);
+		assert_int_equal(cache_invalidate(c, "W"), 0);
+		assert_int_equal(cache_spool_clear(c, "S"), 0);
+	}
+	stop = 1;
+	for (int i = 0; i < READERS; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(args[i].bad, 0);
+		assert_true(args[i].reads >= 50);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1074,6 +1478,10 @@ int main(void)
 		T(test_threads),
 		T(test_corrupt_env_started_afresh),
 		T(test_errno_mapping),
+		T(test_map_reads_bounded),
+		T(test_map_deletes_bounded),
+		T(test_map_spool_bounded),
+		T(test_map_drop_races_readers),
 #undef T
 	};
 
