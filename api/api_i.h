@@ -55,6 +55,11 @@ enum jtype {
 
 #define JF_ESCAPED 0x01 /* string: has a backslash escape */
 #define JF_FRACEXP 0x02 /* number: has '.', 'e' or 'E' */
+/* The text is what jdoc_emit() writes for the value: strings whose escapes
+ * are all as json-c writes them (none of "\/", "\u00e9", "\u000a", …),
+ * numbers and literals, containers with no whitespace inside and only
+ * such values. */
+#define JF_VERBATIM 0x04
 
 /* One value. Strings: off/len is the text between the quotes. Numbers and
  * literals: their text. Arrays/objects: from the bracket to the bracket.
@@ -81,7 +86,8 @@ void jdoc_init(struct jdoc *d);
 void jdoc_release(struct jdoc *d);
 /* Parse text strictly (RFC 8259, one value, whitespace around it allowed).
  * Returns 0, -EINVAL (d->err says why) or -ENOMEM. The nodes of an earlier
- * parse are reused. d->text is borrowed. */
+ * parse are reused (a first array is sized from len). d->text is
+ * borrowed. */
 int jdoc_parse(struct jdoc *d, const char *text, size_t len, int flags);
 /* First child of a container (or the key of its first member). */
 static inline uint32_t jdoc_child(uint32_t i)
@@ -103,17 +109,27 @@ void jdoc_str_decode(const struct jdoc *d, uint32_t i, struct abuf *out);
 char *jdoc_str_dup(const struct jdoc *d, uint32_t i);
 /* Append value i compactly, as json-c's JSON_C_TO_STRING_PLAIN |
  * JSON_C_TO_STRING_NOSLASHESCAPE would, except that numbers keep their
- * text exactly (json-c rewrites -0 and clamps big integers). */
+ * text exactly (json-c rewrites -0 and clamps big integers). Values
+ * flagged JF_VERBATIM are copied as they are. */
 void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out);
+/* The same bytes the long way: every string decoded and re-escaped, no
+ * copy of JF_VERBATIM text (the reference the copies are tested with). */
+void jdoc_emit_decoded(const struct jdoc *d, uint32_t i, struct abuf *out);
 /* Append s as a JSON string in json-c's escaping. */
 void json_emit_string(struct abuf *out, const char *s, size_t len);
 const char *jtype_name(enum jtype t);
 
 /* Serialize a cursor-dialect rows array (node rows of d) as JSONL into out,
- * keys in schema order (schema may be NULL: server order). Returns 0,
- * -EPROTO (a row is not {"columns": {...}}) or -ENOMEM. */
+ * keys in schema order (schema may be NULL: server order). A columns
+ * object already in that form (compact, JF_VERBATIM, known keys spelled
+ * as json-c writes them, in schema order) is copied as it is, and counted
+ * in *ncopied (may be NULL); flags API_JSONL_DECODE rebuilds every line
+ * value by value instead, with the same bytes (tests compare the two).
+ * Returns 0, -EPROTO (a row is not {"columns": {...}}) or -ENOMEM. */
+#define API_JSONL_DECODE 0x01
 int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
-		      uint32_t rows, struct abuf *out, size_t *nrows);
+		      uint32_t rows, struct abuf *out, size_t *nrows,
+		      size_t *ncopied, int flags);
 
 /* Is s[0..len) an RFC 3339 date-time? */
 bool api_date_valid(const char *s, size_t len);
@@ -181,6 +197,8 @@ double token_margin(double lifetime_s);
 
 /* ---- HTTP (http.c) ---------------------------------------------------- */
 
+struct api_http_pool;
+
 struct api_req {
 	const char *method; /* "GET", "POST", "PUT", "DELETE" */
 	const char *url;    /* absolute */
@@ -199,6 +217,7 @@ struct api_req {
 struct api_resp {
 	long status;
 	struct abuf body;
+	struct jdoc doc; /* for the caller's scan of body */
 	char *etag;
 	char correlation[96];
 	char retry_after[64];
@@ -207,16 +226,26 @@ struct api_resp {
 	unsigned attempts;
 	unsigned throttled;
 	double sent_at; /* monotonic start of the last attempt */
+	/* where body's and doc's arrays go back, NULL: freed */
+	struct api_http_pool *pool;
 };
 
 void api_resp_init(struct api_resp *r);
+/* Frees the headers; body's and doc's arrays go back to the pool they
+ * came from, for the next request to fill without growing them again. */
 void api_resp_release(struct api_resp *r);
 
 /* Send a request with the token, retries, pacing and 401 handling.
  * Returns 0 for 2xx and 304 (resp->status says which), else a negative
  * errno; resp keeps the last answer (status, body, code) either way and
- * the final failure has been logged. */
+ * the final failure has been logged. Unless it is a token request, an
+ * empty resp gets the body and node arrays of an earlier response: the
+ * pool keeps arrays of up to API_SPARE_MAX bytes each, API_SPARE_TOTAL in
+ * all. */
 int api_http(struct api *api, const struct api_req *req, struct api_resp *resp);
+
+#define API_SPARE_MAX ((size_t)8 << 20)
+#define API_SPARE_TOTAL ((size_t)32 << 20)
 
 int api_http_init(struct api *api);
 void api_http_release(struct api *api);
@@ -254,8 +283,6 @@ struct api_dialect {
 extern const struct api_dialect api_dialect_cursor;
 
 /* ---- the client ------------------------------------------------------- */
-
-struct api_http_pool;
 
 struct api {
 	const struct api_dialect *dialect;

@@ -258,7 +258,7 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 			      .subject = table_id,
 			      .if_none_match = if_none_match};
 	struct api_resp resp;
-	struct jdoc d;
+	struct jdoc *d = &resp.doc;
 	struct abuf data;
 	uint32_t rows, next;
 	char *esc = NULL, *suffix = NULL;
@@ -266,7 +266,6 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
-	jdoc_init(&d);
 	abuf_init(&data);
 	if (page_size == 0 || page_size > CURSOR_MAX_PAGE)
 		page_size = CURSOR_MAX_PAGE;
@@ -292,35 +291,35 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		out->not_modified = true;
 		goto out;
 	}
-	rc = jdoc_parse(&d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
+	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
 	if (rc == -EINVAL) {
-		log_proto("get rows page of", table_id, &resp, d.err);
+		log_proto("get rows page of", table_id, &resp, d->err);
 		rc = -EPROTO;
 	}
 	if (rc)
 		goto out;
-	rows = jdoc_member(&d, 0, "rows");
+	rows = jdoc_member(d, 0, "rows");
 	if (rows == UINT32_MAX) {
 		log_proto("get rows page of", table_id, &resp, "no rows");
 		rc = -EPROTO;
 		goto out;
 	}
-	rc = api_rows_to_jsonl(schema, &d, rows, &data, &out->nrows);
+	rc = api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, 0);
 	if (rc == -EPROTO)
 		log_proto("get rows page of", table_id, &resp,
 			  "a row without columns");
 	if (rc)
 		goto out;
-	next = jdoc_member(&d, 0, "nextPageCursor");
-	if (next != UINT32_MAX && d.nodes[next].type == JT_STRING &&
-	    d.nodes[next].len) {
-		out->next_cursor = jdoc_str_dup(&d, next);
+	next = jdoc_member(d, 0, "nextPageCursor");
+	if (next != UINT32_MAX && d->nodes[next].type == JT_STRING &&
+	    d->nodes[next].len) {
+		out->next_cursor = jdoc_str_dup(d, next);
 		if (!out->next_cursor) {
 			rc = -ENOMEM;
 			goto out;
 		}
-	} else if (next != UINT32_MAX && d.nodes[next].type != JT_NULL &&
-		   d.nodes[next].type != JT_STRING) {
+	} else if (next != UINT32_MAX && d->nodes[next].type != JT_NULL &&
+		   d->nodes[next].type != JT_STRING) {
 		log_proto("get rows page of", table_id, &resp,
 			  "nextPageCursor is not a string");
 		rc = -EPROTO;
@@ -338,7 +337,6 @@ out:
 	if (rc)
 		api_page_release(out);
 	abuf_release(&data);
-	jdoc_release(&d);
 	api_resp_release(&resp);
 	free((char *)req.url);
 	free(suffix);

@@ -7,6 +7,12 @@
  * a CURLSH with one lock per data kind. (libcurl's shared *connection*
  * cache is not safe between concurrent threads, hence the pool.)
  *
+ * Buffers: the pool also keeps the body and scanner arrays of finished
+ * responses (64 pairs, API_SPARE_TOTAL bytes at most), so a 200 kB rows
+ * page lands in memory the previous page already faulted in instead of
+ * growing a fresh buffer by doubling (which malloc would give back to the
+ * kernel after each page).
+ *
  * Retries (api_http): 429 waits Retry-After plus up to 1 s of jitter, and
  * tells the pacer so every thread waits; 5xx, 408 and transient network
  * errors back off exponentially with full jitter; a 401 drops the token and
@@ -29,10 +35,21 @@
 #define POOL_MAX_IDLE 64
 #define BODY_MAX ((size_t)1 << 30)
 
+/* The arrays of a released response, kept for the next one. */
+struct spare {
+	char *body;
+	size_t body_cap;
+	struct jnode *nodes;
+	size_t nodes_cap;
+};
+
 struct api_http_pool {
 	pthread_mutex_t mu;
 	CURL **idle;
 	size_t nidle;
+	struct spare *spare; /* POOL_MAX_IDLE of them */
+	size_t nspare;
+	size_t spare_bytes; /* their capacity in all, <= API_SPARE_TOTAL */
 	CURLSH *share;
 	pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
 };
@@ -79,10 +96,12 @@ int api_http_init(struct api *api)
 	if (!pool)
 		return -ENOMEM;
 	pool->idle = calloc(POOL_MAX_IDLE, sizeof(*pool->idle));
+	pool->spare = calloc(POOL_MAX_IDLE, sizeof(*pool->spare));
 	pool->share = curl_share_init();
-	if (!pool->idle || !pool->share) {
+	if (!pool->idle || !pool->spare || !pool->share) {
 		if (pool->share)
 			curl_share_cleanup(pool->share);
+		free(pool->spare);
 		free(pool->idle);
 		free(pool);
 		return -ENOMEM;
@@ -108,6 +127,11 @@ void api_http_release(struct api *api)
 		return;
 	for (size_t i = 0; i < pool->nidle; i++)
 		curl_easy_cleanup(pool->idle[i]);
+	for (size_t i = 0; i < pool->nspare; i++) {
+		free(pool->spare[i].body);
+		free(pool->spare[i].nodes);
+	}
+	free(pool->spare);
 	curl_share_cleanup(pool->share);
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_destroy(&pool->locks[i]);
@@ -146,10 +170,72 @@ static void pool_put(struct api_http_pool *pool, CURL *h)
 
 /* ---- responses -------------------------------------------------------- */
 
+/* Give r (whose arrays are NULL) the arrays of an earlier response. */
+static void spare_take(struct api_http_pool *pool, struct api_resp *r)
+{
+	struct spare s = {0};
+
+	pthread_mutex_lock(&pool->mu);
+	if (pool->nspare) {
+		s = pool->spare[--pool->nspare];
+		pool->spare_bytes -=
+		    s.body_cap + s.nodes_cap * sizeof(*s.nodes);
+	}
+	pthread_mutex_unlock(&pool->mu);
+	r->pool = pool;
+	if (s.body) {
+		r->body.p = s.body;
+		r->body.cap = s.body_cap;
+		r->body.p[0] = '\0';
+	}
+	r->doc.nodes = s.nodes;
+	r->doc.cap = s.nodes_cap;
+}
+
+/* Keep r's arrays for the next response, unless they grew too big (one
+ * huge answer must not pin its memory) or the pool is full (a burst of
+ * parallel requests must not either). */
+static void spare_put(struct api_http_pool *pool, struct api_resp *r)
+{
+	struct spare s = {.body = r->body.p,
+			  .body_cap = r->body.cap,
+			  .nodes = r->doc.nodes,
+			  .nodes_cap = r->doc.cap};
+
+	if (s.body_cap > API_SPARE_MAX || r->body.oom) {
+		free(s.body);
+		s.body = NULL;
+		s.body_cap = 0;
+	}
+	if (s.nodes_cap > API_SPARE_MAX / sizeof(*s.nodes)) {
+		free(s.nodes);
+		s.nodes = NULL;
+		s.nodes_cap = 0;
+	}
+	if (s.body || s.nodes) {
+		size_t bytes = s.body_cap + s.nodes_cap * sizeof(*s.nodes);
+
+		pthread_mutex_lock(&pool->mu);
+		if (pool->nspare < POOL_MAX_IDLE &&
+		    pool->spare_bytes + bytes <= API_SPARE_TOTAL) {
+			pool->spare[pool->nspare++] = s;
+			pool->spare_bytes += bytes;
+			s.body = NULL;
+			s.nodes = NULL;
+		}
+		pthread_mutex_unlock(&pool->mu);
+	}
+	free(s.body);
+	free(s.nodes);
+	abuf_init(&r->body);
+	jdoc_init(&r->doc);
+}
+
 void api_resp_init(struct api_resp *r)
 {
 	memset(r, 0, sizeof(*r));
 	abuf_init(&r->body);
+	jdoc_init(&r->doc);
 	r->rl_remaining = r->rl_reset = r->rl_limit = r->rl_count = -1;
 }
 
@@ -166,7 +252,13 @@ static void resp_clear_headers(struct api_resp *r)
 void api_resp_release(struct api_resp *r)
 {
 	resp_clear_headers(r);
-	abuf_release(&r->body);
+	if (r->pool) {
+		spare_put(r->pool, r);
+		r->pool = NULL;
+	} else {
+		abuf_release(&r->body);
+		jdoc_release(&r->doc);
+	}
 }
 
 static size_t on_body(char *p, size_t size, size_t n, void *user)
@@ -394,6 +486,8 @@ static int perform(struct api *api, const struct api_req *req,
 	resp_clear_headers(resp);
 	resp->body.len = 0;
 	resp->body.oom = false;
+	if (resp->body.p)
+		resp->body.p[0] = '\0';
 	resp->status = 0;
 	errbuf[0] = '\0';
 
@@ -524,6 +618,10 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 
 	resp->attempts = 0;
 	resp->throttled = 0;
+	/* token bodies hold secrets: they get fresh memory, wiped and freed */
+	if (!req->token_request && !resp->pool && !resp->body.p &&
+	    !resp->doc.nodes)
+		spare_take(api->pool, resp);
 	for (;;) {
 		double now = api_now(), delay, wait;
 		bool retry = false, net = false;

@@ -7,7 +7,9 @@
  * one node array per page instead of one object per value, and makes a
  * 1000-row page a single pass. Its output is byte-for-byte what json-c's
  * JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE writes for the
- * same document, numbers aside (tests/unit/test_api.c checks this).
+ * same document, numbers aside (tests/unit/test_api.c checks this). The
+ * scan flags the values whose text already is that output (JF_VERBATIM),
+ * so a row's columns object can be copied rather than rebuilt.
  * Schemas and small bodies use json-c.
  */
 #include <errno.h>
@@ -17,10 +19,17 @@
 #include <string.h>
 
 #include <json-c/json.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "api_i.h"
 
 #define JDOC_MAX_DEPTH 128
+
+/* The scanner's small steps, inlined into the loop of jp_container():
+ * a page is ~15 values per row, and calls cost as much as the scanning. */
+#define JP_INLINE static inline __attribute__((always_inline))
 
 /* ---- abuf ------------------------------------------------------------- */
 
@@ -110,6 +119,7 @@ struct jparser {
 	size_t n, pos;
 	int flags;
 	int depth;
+	uint32_t nonverb; /* whitespace runs and non-json-c escapes so far */
 };
 
 void jdoc_init(struct jdoc *d)
@@ -129,21 +139,37 @@ static int jp_fail(struct jparser *p, const char *why)
 	return -EINVAL;
 }
 
-static int jp_push(struct jparser *p, enum jtype t, size_t off, uint32_t *idx)
+static int jp_grow(struct jparser *p)
+{
+	struct jdoc *d = p->d;
+	struct jnode *nn;
+	size_t cap = d->cap ? d->cap * 2 : 64;
+
+	/* a first guess from the text: a rows page has a node per 12 bytes
+	 * or so, so one allocation usually does */
+	if (cap < p->n / 8)
+		cap = p->n / 8;
+	if (cap > UINT32_MAX - 1)
+		return jp_fail(p, "document too large");
+	nn = realloc(d->nodes, cap * sizeof(*nn));
+	if (!nn)
+		return -ENOMEM;
+	d->nodes = nn;
+	d->cap = cap;
+	return 0;
+}
+
+JP_INLINE int jp_push(struct jparser *p, enum jtype t, size_t off,
+		      uint32_t *idx)
 {
 	struct jdoc *d = p->d;
 	struct jnode *nn;
 
-	if (d->count == d->cap) {
-		size_t cap = d->cap ? d->cap * 2 : 64;
+	if (__builtin_expect(d->count == d->cap, 0)) {
+		int rc = jp_grow(p);
 
-		if (cap > UINT32_MAX - 1)
-			return jp_fail(p, "document too large");
-		nn = realloc(d->nodes, cap * sizeof(*nn));
-		if (!nn)
-			return -ENOMEM;
-		d->nodes = nn;
-		d->cap = cap;
+		if (rc)
+			return rc;
 	}
 	*idx = (uint32_t)d->count;
 	nn = &d->nodes[d->count++];
@@ -156,15 +182,24 @@ static int jp_push(struct jparser *p, enum jtype t, size_t off, uint32_t *idx)
 	return 0;
 }
 
-static void jp_ws(struct jparser *p)
+/* Whitespace between tokens; inside a container it makes the container's
+ * text differ from its compact form, which p->nonverb counts. */
+JP_INLINE void jp_ws(struct jparser *p)
 {
-	while (p->pos < p->n) {
-		char c = p->s[p->pos];
+	size_t i = p->pos;
+
+	if (i >= p->n || (unsigned char)p->s[i] > ' ')
+		return;
+	while (i < p->n) {
+		char c = p->s[i];
 
 		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
 			break;
-		p->pos++;
+		i++;
 	}
+	if (i != p->pos)
+		p->nonverb++;
+	p->pos = i;
 }
 
 static int hexval(unsigned char c)
@@ -213,17 +248,104 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 	return len;
 }
 
-static int jp_string(struct jparser *p, uint32_t *idx)
+/*
+ * String scanning skips plain bytes a block at a time and stops at the
+ * first byte it must look at: '"', '\\', a control, and when validating
+ * UTF-8 any byte >= 0x80. SSE2 takes 16 bytes at a time where the
+ * compiler has it (every x86-64); the portable loop takes 8 (SWAR): its
+ * has-zero-byte trick can mark false bytes, but only above a true one
+ * (borrows run upwards), so the lowest mark, in address order, is exact.
+ */
+#define SWAR_ONES 0x0101010101010101ULL
+#define SWAR_HIGHS 0x8080808080808080ULL
+
+static inline uint64_t swar_load(const unsigned char *s)
+{
+	uint64_t x;
+
+	memcpy(&x, s, sizeof(x));
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	x = __builtin_bswap64(x); /* lowest address in the low byte */
+#endif
+	return x;
+}
+
+/* The top bit of each byte to look at set (and maybe of bytes above). */
+static inline uint64_t swar_stops(uint64_t x, uint64_t high)
+{
+	uint64_t q = x ^ (SWAR_ONES * '"'), b = x ^ (SWAR_ONES * '\\');
+
+	return (((q - SWAR_ONES) & ~q) | ((b - SWAR_ONES) & ~b) |
+		((x - SWAR_ONES * 0x20) & ~x) | (x & high)) &
+	       SWAR_HIGHS;
+}
+
+/* The first byte to look at from s[i] on, or a byte among the last 7 of
+ * s[0..n) (which the caller checks one by one), or n. */
+static inline size_t str_skip(const unsigned char *s, size_t i, size_t n,
+			      bool utf8)
+{
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+	const __m128i c1f = _mm_set1_epi8(0x1f), c20 = _mm_set1_epi8(0x20);
+
+	while (i + 16 <= n) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+		__m128i stop = _mm_or_si128(_mm_cmpeq_epi8(v, quote),
+					    _mm_cmpeq_epi8(v, bslash));
+		unsigned m;
+
+		/* signed compare: < 0x20 or >= 0x80; min: < 0x20 */
+		if (utf8)
+			stop = _mm_or_si128(stop, _mm_cmplt_epi8(v, c20));
+		else
+			stop = _mm_or_si128(
+			    stop, _mm_cmpeq_epi8(_mm_min_epu8(v, c1f), v));
+		m = (unsigned)_mm_movemask_epi8(stop);
+		if (m)
+			return i + (size_t)__builtin_ctz(m);
+		i += 16;
+	}
+#endif
+	while (i + 8 <= n) {
+		uint64_t m =
+		    swar_stops(swar_load(s + i), utf8 ? SWAR_HIGHS : 0);
+
+		if (m)
+			return i + ((size_t)__builtin_ctzll(m) >> 3);
+		i += 8;
+	}
+	return i;
+}
+
+/* Does \uXXXX at h (the 4 hex digits) read exactly as json-c writes the
+ * character it stands for? json-c escapes only controls that have no
+ * short form, as \u00xx in lower case; every other \u escape decodes to
+ * something it writes differently. */
+static bool u_escape_canonical(const unsigned char *h)
+{
+	int v;
+
+	if (h[0] != '0' || h[1] != '0' || (h[2] != '0' && h[2] != '1') ||
+	    !((h[3] >= '0' && h[3] <= '9') || (h[3] >= 'a' && h[3] <= 'f')))
+		return false;
+	v = (h[2] - '0') << 4 | hexval(h[3]);
+	return v != '\b' && v != '\t' && v != '\n' && v != '\f' && v != '\r';
+}
+
+/* The rest of a string from s[*pos], the first byte str_skip() stopped
+ * at: escapes, UTF-8, errors. On success *pos is the closing quote. */
+static int jp_string_rest(struct jparser *p, size_t *pos, uint8_t *flags)
 {
 	const unsigned char *s = (const unsigned char *)p->s;
-	size_t start = p->pos + 1, i = start;
-	uint8_t flags = 0;
-	int rc;
+	const size_t n = p->n;
+	const bool utf8 = p->flags & JDOC_VALIDATE_UTF8;
+	size_t i = *pos;
 
-	for (;;) {
+	for (;; i = str_skip(s, i, n, utf8)) {
 		unsigned char c;
 
-		if (i >= p->n) {
+		if (i >= n) {
 			p->pos = i;
 			return jp_fail(p, "unterminated string");
 		}
@@ -231,24 +353,38 @@ static int jp_string(struct jparser *p, uint32_t *idx)
 		if (c == '"')
 			break;
 		if (c == '\\') {
-			flags |= JF_ESCAPED;
-			if (i + 1 >= p->n) {
+			*flags |= JF_ESCAPED;
+			if (i + 1 >= n) {
 				p->pos = i;
 				return jp_fail(p, "unterminated string");
 			}
 			c = s[i + 1];
 			if (c == 'u') {
-				if (i + 6 > p->n || hexval(s[i + 2]) < 0 ||
+				if (i + 6 > n || hexval(s[i + 2]) < 0 ||
 				    hexval(s[i + 3]) < 0 ||
 				    hexval(s[i + 4]) < 0 ||
 				    hexval(s[i + 5]) < 0) {
 					p->pos = i;
 					return jp_fail(p, "bad \\u escape");
 				}
+				if (!u_escape_canonical(s + i + 2))
+					*flags &= (uint8_t)~JF_VERBATIM;
 				i += 6;
 				continue;
 			}
-			if (!strchr("\"\\/bfnrt", c) || !c) {
+			switch (c) {
+			case '/': /* json-c (NOSLASHESCAPE) writes '/' */
+				*flags &= (uint8_t)~JF_VERBATIM;
+				break;
+			case '"':
+			case '\\':
+			case 'b':
+			case 'f':
+			case 'n':
+			case 'r':
+			case 't':
+				break;
+			default:
 				p->pos = i;
 				return jp_fail(p, "bad escape");
 			}
@@ -259,8 +395,8 @@ static int jp_string(struct jparser *p, uint32_t *idx)
 			p->pos = i;
 			return jp_fail(p, "control character in string");
 		}
-		if (c >= 0x80 && (p->flags & JDOC_VALIDATE_UTF8)) {
-			size_t l = utf8_seq(s + i, p->n - i);
+		if (c >= 0x80 && utf8) {
+			size_t l = utf8_seq(s + i, n - i);
 
 			if (!l) {
 				p->pos = i;
@@ -269,14 +405,37 @@ static int jp_string(struct jparser *p, uint32_t *idx)
 			i += l;
 			continue;
 		}
-		i++;
+		i++; /* a plain byte among the last 7 */
+	}
+	*pos = i;
+	return 0;
+}
+
+/* p->pos is at the opening quote. Most strings end at the first byte
+ * str_skip() stops at, so this part is inlined where strings are read. */
+JP_INLINE int jp_string(struct jparser *p, uint32_t *idx)
+{
+	const unsigned char *s = (const unsigned char *)p->s;
+	size_t start = p->pos + 1;
+	size_t i = str_skip(s, start, p->n, p->flags & JDOC_VALIDATE_UTF8);
+	uint8_t flags = JF_VERBATIM;
+	struct jnode *nd;
+	int rc;
+
+	if (i >= p->n || s[i] != '"') {
+		rc = jp_string_rest(p, &i, &flags);
+		if (rc)
+			return rc;
+		if (!(flags & JF_VERBATIM))
+			p->nonverb++;
 	}
 	rc = jp_push(p, JT_STRING, start, idx);
 	if (rc)
 		return rc;
-	p->d->nodes[*idx].len = (uint32_t)(i - start);
-	p->d->nodes[*idx].flags = flags;
-	p->d->nodes[*idx].end = (uint32_t)p->d->count;
+	nd = &p->d->nodes[*idx];
+	nd->len = (uint32_t)(i - start);
+	nd->flags = flags;
+	nd->end = (uint32_t)p->d->count;
 	p->pos = i + 1;
 	return 0;
 }
@@ -286,11 +445,11 @@ static bool isdig(char c)
 	return c >= '0' && c <= '9';
 }
 
-static int jp_number(struct jparser *p, uint32_t *idx)
+JP_INLINE int jp_number(struct jparser *p, uint32_t *idx)
 {
 	const char *s = p->s;
 	size_t start = p->pos, i = start;
-	uint8_t flags = 0;
+	uint8_t flags = JF_VERBATIM;
 	int rc;
 
 	if (i < p->n && s[i] == '-')
@@ -336,8 +495,8 @@ static int jp_number(struct jparser *p, uint32_t *idx)
 	return 0;
 }
 
-static int jp_literal(struct jparser *p, const char *word, enum jtype t,
-		      uint32_t *idx)
+JP_INLINE int jp_literal(struct jparser *p, const char *word, enum jtype t,
+			 uint32_t *idx)
 {
 	size_t l = strlen(word);
 	int rc;
@@ -348,17 +507,18 @@ static int jp_literal(struct jparser *p, const char *word, enum jtype t,
 	if (rc)
 		return rc;
 	p->d->nodes[*idx].len = (uint32_t)l;
+	p->d->nodes[*idx].flags = JF_VERBATIM;
 	p->d->nodes[*idx].end = (uint32_t)p->d->count;
 	p->pos += l;
 	return 0;
 }
 
-static int jp_value(struct jparser *p, uint32_t *idx);
+JP_INLINE int jp_value(struct jparser *p, uint32_t *idx);
 
 static int jp_container(struct jparser *p, bool object, uint32_t *idx)
 {
 	char close = object ? '}' : ']';
-	uint32_t me, child, n = 0;
+	uint32_t me, child, n = 0, nonverb = p->nonverb;
 	int rc;
 
 	if (++p->depth > JDOC_MAX_DEPTH)
@@ -406,6 +566,9 @@ static int jp_container(struct jparser *p, bool object, uint32_t *idx)
 	}
 done:
 	p->depth--;
+	/* compact, and every string inside as json-c writes it */
+	if (p->nonverb == nonverb)
+		p->d->nodes[me].flags = JF_VERBATIM;
 	p->d->nodes[me].n = n;
 	p->d->nodes[me].len = (uint32_t)(p->pos - p->d->nodes[me].off);
 	p->d->nodes[me].end = (uint32_t)p->d->count;
@@ -413,7 +576,7 @@ done:
 	return 0;
 }
 
-static int jp_value(struct jparser *p, uint32_t *idx)
+JP_INLINE int jp_value(struct jparser *p, uint32_t *idx)
 {
 	if (p->pos >= p->n)
 		return jp_fail(p, "unexpected end");
@@ -662,11 +825,21 @@ void json_emit_string(struct abuf *out, const char *s, size_t len)
 	abuf_addc(out, '"');
 }
 
-void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out)
+/* verbatim: copy the text of values the scanner found in json-c's form
+ * (JF_VERBATIM); otherwise decode and re-escape every string. */
+static void emit(const struct jdoc *d, uint32_t i, struct abuf *out,
+		 bool verbatim)
 {
 	const struct jnode *nd = &d->nodes[i];
 	uint32_t k, m;
 
+	if (verbatim && (nd->flags & JF_VERBATIM)) {
+		if (nd->type == JT_STRING) /* the quotes too */
+			abuf_add(out, d->text + nd->off - 1, nd->len + 2);
+		else
+			abuf_add(out, d->text + nd->off, nd->len);
+		return;
+	}
 	switch ((enum jtype)nd->type) {
 	case JT_STRING:
 		if (!(nd->flags & JF_ESCAPED)) {
@@ -698,7 +871,7 @@ void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out)
 		for (m = 0; m < nd->n; m++) {
 			if (m)
 				abuf_addc(out, ',');
-			jdoc_emit(d, k, out);
+			emit(d, k, out, verbatim);
 			k = jdoc_next(d, k);
 		}
 		abuf_addc(out, ']');
@@ -711,9 +884,9 @@ void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out)
 
 			if (m)
 				abuf_addc(out, ',');
-			jdoc_emit(d, k, out);
+			emit(d, k, out, verbatim);
 			abuf_addc(out, ':');
-			jdoc_emit(d, v, out);
+			emit(d, v, out, verbatim);
 			k = jdoc_next(d, v);
 		}
 		abuf_addc(out, '}');
@@ -722,6 +895,16 @@ void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out)
 		abuf_add(out, d->text + nd->off, nd->len);
 		return;
 	}
+}
+
+void jdoc_emit(const struct jdoc *d, uint32_t i, struct abuf *out)
+{
+	emit(d, i, out, true);
+}
+
+void jdoc_emit_decoded(const struct jdoc *d, uint32_t i, struct abuf *out)
+{
+	emit(d, i, out, false);
 }
 
 const char *jtype_name(enum jtype t)
@@ -754,6 +937,7 @@ struct colmap {
 	struct abuf keys; /* every column's "name": as json-c writes it */
 	uint32_t *extra;  /* key nodes of columns the schema lacks */
 	size_t nextra, extra_cap;
+	bool unique; /* no two columns share a name */
 };
 
 static void colmap_release(struct colmap *m)
@@ -771,6 +955,7 @@ static int colmap_init(struct colmap *m, const struct api_schema *schema)
 
 	memset(m, 0, sizeof(*m));
 	abuf_init(&m->keys);
+	m->unique = true;
 	m->ncol = schema ? schema->ncolumns : 0;
 	if (!m->ncol)
 		return 0;
@@ -790,6 +975,15 @@ static int colmap_init(struct colmap *m, const struct api_schema *schema)
 	m->key_off[m->ncol] = m->keys.len;
 	if (m->keys.oom)
 		goto oom;
+	/* a schema never repeats a name, but colmap_verbatim() relies on
+	 * it, so make sure */
+	for (c = 1; c < m->ncol && m->unique; c++)
+		for (size_t c2 = 0; c2 < c; c2++)
+			if (!strcmp(schema->columns[c].name,
+				    schema->columns[c2].name)) {
+				m->unique = false;
+				break;
+			}
 	return 0;
 oom:
 	colmap_release(m);
@@ -860,8 +1054,48 @@ static int colmap_fill(struct colmap *m, const struct api_schema *schema,
 	return 0;
 }
 
+/*
+ * Is the text of columns object obj exactly what colmap_fill() and
+ * colmap_emit() would write for it? It is when the object is compact with
+ * every string in json-c's form (JF_VERBATIM) and its keys are known
+ * columns, each spelled as json-c writes it, in schema order without
+ * repeats: then every member lands in its own slot, emission in schema
+ * order is the server's order and each value is written as it came.
+ * Absent columns are fine (they are skipped). Without columns every member
+ * is an "extra", written in server order: also the text itself.
+ */
+static bool colmap_verbatim(const struct colmap *m, const struct jdoc *d,
+			    uint32_t obj)
+{
+	const struct jnode *on = &d->nodes[obj];
+	uint32_t k = jdoc_child(obj), mem;
+	size_t c = 0;
+
+	if (!(on->flags & JF_VERBATIM) || !m->unique)
+		return false;
+	if (!m->ncol)
+		return true;
+	for (mem = 0; mem < on->n; mem++) {
+		const struct jnode *kn = &d->nodes[k];
+		/* "key": -- compact, so the colon follows the quote */
+		const char *raw = d->text + kn->off - 1;
+		size_t rlen = (size_t)kn->len + 3;
+
+		for (;; c++) {
+			if (c == m->ncol)
+				return false; /* unknown, repeated or early */
+			if (m->key_off[c + 1] - m->key_off[c] == rlen &&
+			    !memcmp(m->keys.p + m->key_off[c], raw, rlen))
+				break;
+		}
+		c++;
+		k = jdoc_next(d, jdoc_next(d, k));
+	}
+	return true;
+}
+
 static void colmap_emit(const struct colmap *m, const struct jdoc *d,
-			struct abuf *out)
+			struct abuf *out, bool verbatim)
 {
 	bool first = true;
 	size_t c, e;
@@ -875,33 +1109,39 @@ static void colmap_emit(const struct colmap *m, const struct jdoc *d,
 		first = false;
 		abuf_add(out, m->keys.p + m->key_off[c],
 			 m->key_off[c + 1] - m->key_off[c]);
-		jdoc_emit(d, m->slot[c], out);
+		emit(d, m->slot[c], out, verbatim);
 	}
 	for (e = 0; e < m->nextra; e++) {
 		if (!first)
 			abuf_addc(out, ',');
 		first = false;
-		jdoc_emit(d, m->extra[e], out);
+		emit(d, m->extra[e], out, verbatim);
 		abuf_addc(out, ':');
-		jdoc_emit(d, jdoc_next(d, m->extra[e]), out);
+		emit(d, jdoc_next(d, m->extra[e]), out, verbatim);
 	}
 	abuf_addc(out, '}');
 }
 
 int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
-		      uint32_t rows, struct abuf *out, size_t *nrows)
+		      uint32_t rows, struct abuf *out, size_t *nrows,
+		      size_t *ncopied, int flags)
 {
+	bool verbatim = !(flags & API_JSONL_DECODE);
 	struct colmap m;
 	uint32_t r, i;
 	int rc;
 
 	*nrows = 0;
+	if (ncopied)
+		*ncopied = 0;
 	if (d->nodes[rows].type != JT_ARRAY)
 		return -EPROTO;
 	rc = colmap_init(&m, schema);
 	if (rc)
 		return rc;
-	/* rows are usually alike: reserve for the whole text at once */
+	/* the lines never take more bytes than the rows' text (json-c's
+	 * form of a string is its shortest, and each row drops at least
+	 * {"columns":}), so this is the only allocation */
 	abuf_reserve(out, d->nodes[rows].len);
 	r = jdoc_child(rows);
 	for (i = 0; i < d->nodes[rows].n; i++) {
@@ -911,10 +1151,18 @@ int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
 			rc = -EPROTO;
 			goto out;
 		}
-		rc = colmap_fill(&m, schema, d, cols, NULL);
-		if (rc)
-			goto out;
-		colmap_emit(&m, d, out);
+		if (verbatim && colmap_verbatim(&m, d, cols)) {
+			/* the common case: servers send columns so */
+			abuf_add(out, d->text + d->nodes[cols].off,
+				 d->nodes[cols].len);
+			if (ncopied)
+				(*ncopied)++;
+		} else {
+			rc = colmap_fill(&m, schema, d, cols, NULL);
+			if (rc)
+				goto out;
+			colmap_emit(&m, d, out, verbatim);
+		}
 		abuf_addc(out, '\n');
 		r = jdoc_next(d, r);
 	}
@@ -1150,7 +1398,7 @@ int api_row_validate(const struct api_schema *schema, const char *line,
 			goto invalid;
 	}
 
-	colmap_emit(&m, &d, &row);
+	colmap_emit(&m, &d, &row, true);
 	abuf_addc(&key, '[');
 	first = true;
 	for (c = 0; c < m.ncol; c++) {

@@ -1,8 +1,11 @@
 /*
  * Unit tests of api/: everything that needs no server. Pure helpers
  * (backoff, Retry-After, error maps, regions, URLs), the credentials file,
- * the JSONL serialization of rows pages, row validation, schemas, the
- * pacer and a loopback HTTP server for the retry and 401 paths.
+ * the JSONL serialization of rows pages (the copy of columns objects
+ * against the value-by-value rebuild, on a corpus and on random pages),
+ * the string scan against a byte-at-a-time reference, row validation,
+ * schemas, the pacer and a loopback HTTP server for the retry and 401
+ * paths and the reuse of response buffers.
  */
 #include <errno.h>
 #include <math.h>
@@ -479,16 +482,27 @@ static char *page_jsonl(const struct api_schema *s, const char *page,
 			size_t *nrows)
 {
 	struct jdoc d;
-	struct abuf out;
+	struct abuf out, slow;
 	uint32_t rows;
+	size_t n2;
 	char *text;
 
 	jdoc_init(&d);
 	abuf_init(&out);
+	abuf_init(&slow);
 	assert_int_equal(jdoc_parse(&d, page, strlen(page), 0), 0);
 	rows = jdoc_member(&d, 0, "rows");
 	assert_true(rows != UINT32_MAX);
-	assert_int_equal(api_rows_to_jsonl(s, &d, rows, &out, nrows), 0);
+	assert_int_equal(api_rows_to_jsonl(s, &d, rows, &out, nrows, NULL, 0),
+			 0);
+	/* the copies of columns objects change no byte */
+	assert_int_equal(
+	    api_rows_to_jsonl(s, &d, rows, &slow, &n2, NULL, API_JSONL_DECODE),
+	    0);
+	assert_int_equal(n2, *nrows);
+	assert_int_equal(slow.len, out.len);
+	assert_memory_equal(slow.p ? slow.p : "", out.p ? out.p : "", out.len);
+	abuf_release(&slow);
 	abuf_reserve(&out, 0);
 	text = abuf_detach(&out, NULL);
 	jdoc_release(&d);
@@ -574,7 +588,7 @@ static void test_jsonl_bad_pages(void **state)
 		assert_int_equal(jdoc_parse(&d, bad[i], strlen(bad[i]), 0), 0);
 		assert_int_equal(api_rows_to_jsonl(&s, &d,
 						   jdoc_member(&d, 0, "rows"),
-						   &out, &n),
+						   &out, &n, NULL, 0),
 				 -EPROTO);
 		abuf_release(&out);
 		jdoc_release(&d);
@@ -685,6 +699,694 @@ static void test_jdoc_strict(void **state)
 		deep[sizeof(deep) - 1] = '\0';
 		assert_int_equal(jdoc_parse(&d, deep, strlen(deep), 0),
 				 -EINVAL);
+	}
+	jdoc_release(&d);
+}
+
+/* ---- verbatim copies and the string scan ------------------------------ */
+
+/* A schema whose names json-c escapes, or writes raw where a server may
+ * escape them. */
+static const char SCHEMA_ODD[] =
+    "{\"columns\": ["
+    "{\"name\": \"q\\\"uote\", \"type\": \"string\"},"
+    "{\"name\": \"t\\tab\", \"type\": \"string\"},"
+    "{\"name\": \"\\u00e9t\\u00e9\", \"type\": \"string\"},"
+    "{\"name\": \"ctl\\u0001\", \"type\": \"number\"}"
+    "]}";
+
+/* JSONL of a page both ways, which must agree to the byte. Returns the
+ * lines (malloc'ed); *ncopied: rows whose columns text was copied. */
+static char *jsonl_both(const struct api_schema *s, const char *page,
+			size_t len, size_t *nrows, size_t *ncopied)
+{
+	struct jdoc d;
+	struct abuf fast, slow;
+	size_t n2, c2;
+	uint32_t rows;
+
+	jdoc_init(&d);
+	abuf_init(&fast);
+	abuf_init(&slow);
+	if (jdoc_parse(&d, page, len, 0))
+		fail_msg("page refused (%s): %.*s", d.err, (int)len, page);
+	rows = jdoc_member(&d, 0, "rows");
+	assert_true(rows != UINT32_MAX);
+	assert_int_equal(
+	    api_rows_to_jsonl(s, &d, rows, &fast, nrows, ncopied, 0), 0);
+	assert_int_equal(
+	    api_rows_to_jsonl(s, &d, rows, &slow, &n2, &c2, API_JSONL_DECODE),
+	    0);
+	assert_int_equal(c2, 0);
+	assert_int_equal(n2, *nrows);
+	if (fast.len != slow.len ||
+	    memcmp(fast.p ? fast.p : "", slow.p ? slow.p : "", fast.len))
+		fail_msg("copied and rebuilt lines differ for\n%.*s\n"
+			 "copied:  %.*s\nrebuilt: %.*s",
+			 (int)len, page, (int)fast.len, fast.p ? fast.p : "",
+			 (int)slow.len, slow.p ? slow.p : "");
+	abuf_release(&slow);
+	jdoc_release(&d);
+	abuf_reserve(&fast, 0);
+	return abuf_detach(&fast, NULL);
+}
+
+static void test_jsonl_verbatim_corpus(void **state)
+{
+	/* schema: 0 SCHEMA, 1 SCHEMA_ODD, 2 none; copied: the columns
+	 * object is already the line */
+	static const struct {
+		int schema;
+		bool copied;
+		const char *cols;
+	} rows[] = {
+	    {0, true,
+	     "{\"customer_id\":\"CUST-1\",\"last_interaction\":"
+	     "\"2024-05-12T14:30:00Z\",\"loyalty_tier\":1.10,\"visits\":12,"
+	     "\"active\":true,\"region/zone\":\"a/b\"}"},
+	    /* absent columns are skipped either way */
+	    {0, true, "{\"customer_id\":\"C\",\"visits\":-0}"},
+	    {0, true, "{}"},
+	    {0, true, "{\"active\":true,\"region/zone\":null}"},
+	    /* numbers of every shape keep their text */
+	    {0, true,
+	     "{\"loyalty_tier\":-0.0,\"visits\":"
+	     "123456789012345678901234567890,\"active\":null}"},
+	    {0, true, "{\"loyalty_tier\":1E+3,\"visits\":0}"},
+	    {0, true, "{\"loyalty_tier\":0.5e-10,\"active\":false}"},
+	    {0, true, "{\"loyalty_tier\":-12.5E-0,\"visits\":9e0}"},
+	    /* escapes json-c writes the same way */
+	    {0, true,
+	     "{\"customer_id\":\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0000\\u001f"
+	     "\\u0001\\u000b\\u001e\"}"},
+	    /* escapes it writes differently */
+	    {0, false, "{\"customer_id\":\"x\\/y\"}"},
+	    {0, false, "{\"customer_id\":\"\\u00e9\"}"},
+	    {0, false, "{\"customer_id\":\"\\u000a\"}"},
+	    {0, false, "{\"customer_id\":\"\\u0008\"}"},
+	    {0, false, "{\"customer_id\":\"\\u001F\"}"},
+	    {0, false, "{\"customer_id\":\"\\u0041\"}"},
+	    {0, false, "{\"customer_id\":\"\\ud83d\\ude00\"}"},
+	    {0, false, "{\"customer_id\":\"\\u007f\"}"},
+	    {0, false, "{\"customer_id\":\"\\ud800\"}"},
+	    {0, false, "{\"customer_id\":\"ok\",\"visits\":[\"\\/\"]}"},
+	    /* raw bytes are copied either way, even invalid UTF-8 */
+	    {0, true,
+	     "{\"customer_id\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\x7f\"}"},
+	    {0, true, "{\"customer_id\":\"\xff\xfe\xc0\"}"},
+	    /* whitespace anywhere inside */
+	    {0, false, "{ \"customer_id\":\"C\"}"},
+	    {0, false, "{\"customer_id\" :\"C\"}"},
+	    {0, false, "{\"customer_id\": \"C\"}"},
+	    {0, false, "{\"customer_id\":\"C\" }"},
+	    {0, false, "{\"customer_id\":\"C\",\n\"visits\":1}"},
+	    {0, false, "{\"customer_id\":\"C\"\t,\"visits\":1}"},
+	    {0, false, "{\"customer_id\":[1, 2]}"},
+	    {0, false, "{\"customer_id\":[ ]}"},
+	    {0, false, "{\"customer_id\":{\"a\":1 }}"},
+	    /* order, unknown and repeated columns, escaped names */
+	    {0, false, "{\"visits\":1,\"customer_id\":\"C\"}"},
+	    {0, false, "{\"visits\":-12.5E-0,\"loyalty_tier\":3}"},
+	    {0, false, "{\"customer_id\":\"C\",\"segment\":\"x\"}"},
+	    {0, false, "{\"segment\":\"x\",\"customer_id\":\"C\"}"},
+	    {0, false, "{\"zzz\":1}"},
+	    {0, false, "{\"customer_id\":\"A\",\"customer_id\":\"B\"}"},
+	    {0, false, "{\"customer_id\":\"C\",\"customer_id\":\"C\"}"},
+	    {0, false, "{\"customer\\u005fid\":\"C\"}"},
+	    {0, false, "{\"region\\/zone\":\"x\"}"},
+	    {0, true, "{\"region/zone\":\"x\"}"},
+	    /* nested values */
+	    {0, true,
+	     "{\"customer_id\":{\"a\":[1,{\"b\":null}],\"z\":\"q\"},"
+	     "\"visits\":[]}"},
+	    {0, true, "{\"customer_id\":[],\"visits\":{}}"},
+	    {0, true, "{\"customer_id\":{\"b\":1,\"a\":2,\"b\":3}}"},
+	    {0, false,
+	     "{\"customer_id\":{\"a\":[1,{\"b\":null}],\"c\":\"\\/\"}}"},
+	    {0, false, "{\"customer_id\":{\"\\u0061\":1}}"},
+	    /* names json-c escapes */
+	    {1, true,
+	     "{\"q\\\"uote\":\"x\",\"t\\tab\":1,\"\xc3\xa9t\xc3\xa9\":2,"
+	     "\"ctl\\u0001\":3}"},
+	    {1, true, "{\"ctl\\u0001\":1}"},
+	    {1, false, "{\"q\\u0022uote\":\"x\"}"},
+	    {1, false, "{\"\\u00e9t\\u00e9\":2}"},
+	    {1, false, "{\"t\\u0009ab\":1}"},
+	    {1, false, "{\"ctl\\u0001\":3,\"q\\\"uote\":\"x\"}"},
+	    {1, false, "{\"q\\\"uote\":\"x\",\"quote\":1}"},
+	    /* no schema: server order, repeats kept */
+	    {2, true, "{\"b\":1,\"a\":2}"},
+	    {2, true, "{\"b\":1,\"b\":2}"},
+	    {2, true, "{}"},
+	    {2, false, "{\"b\": 1}"},
+	    {2, false, "{\"\\u0062\":1}"},
+	};
+	struct api_schema schemas[2];
+	struct abuf page[3];
+	size_t want[3] = {0}, total[3] = {0};
+
+	(void)state;
+	schema_load(SCHEMA, &schemas[0]);
+	schema_load(SCHEMA_ODD, &schemas[1]);
+	assert_string_equal(schemas[1].columns[0].name, "q\"uote");
+	for (int k = 0; k < 3; k++) {
+		abuf_init(&page[k]);
+		abuf_adds(&page[k], "{\"rows\": [");
+	}
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		const struct api_schema *s =
+		    rows[i].schema < 2 ? &schemas[rows[i].schema] : NULL;
+		struct abuf one, *p = &page[rows[i].schema];
+		size_t n, copied;
+		char *out;
+
+		/* alone, with the row's own members around columns */
+		abuf_init(&one);
+		abuf_adds(&one, "{\"rows\":[{\"id\":\"r\",\"columns\":");
+		abuf_adds(&one, rows[i].cols);
+		abuf_adds(&one, ",\"x\":{ }}],\"nextPageCursor\":null}");
+		out = jsonl_both(s, one.p, one.len, &n, &copied);
+		assert_int_equal(n, 1);
+		if (copied != rows[i].copied)
+			fail_msg("row %zu %s: %s", i,
+				 copied ? "copied" : "not copied",
+				 rows[i].cols);
+		if (rows[i].copied) {
+			assert_int_equal(strlen(out), strlen(rows[i].cols) + 1);
+			assert_memory_equal(out, rows[i].cols,
+					    strlen(rows[i].cols));
+		}
+		free(out);
+		abuf_release(&one);
+
+		/* and in a page of all rows, spaced out between rows */
+		if (total[rows[i].schema]++)
+			abuf_adds(p, ",\n  ");
+		abuf_adds(p, "{\"columns\" : ");
+		abuf_adds(p, rows[i].cols);
+		abuf_adds(p, " , \"id\": \"r\"}");
+		want[rows[i].schema] += rows[i].copied;
+	}
+	for (int k = 0; k < 3; k++) {
+		size_t n, copied;
+		char *out;
+
+		abuf_adds(&page[k], "]}\n");
+		out = jsonl_both(k < 2 ? &schemas[k] : NULL, page[k].p,
+				 page[k].len, &n, &copied);
+		assert_int_equal(n, total[k]);
+		assert_int_equal(copied, want[k]);
+		free(out);
+		abuf_release(&page[k]);
+	}
+	api_schema_release(&schemas[0]);
+	api_schema_release(&schemas[1]);
+}
+
+/* ---- random pages ----------------------------------------------------- */
+
+struct gen {
+	unsigned seed;
+	struct abuf *b;
+	unsigned ws;	   /* % of token gaps with whitespace */
+	unsigned noncanon; /* % of escapes json-c writes differently */
+};
+
+static unsigned rnd(struct gen *g, unsigned n)
+{
+	return (unsigned)rand_r(&g->seed) % n;
+}
+
+static void gen_pick(struct gen *g, const char *const *list, size_t n)
+{
+	abuf_adds(g->b, list[rnd(g, (unsigned)n)]);
+}
+
+#define PICK(g, list) gen_pick(g, list, sizeof(list) / sizeof(list[0]))
+
+static void gen_ws(struct gen *g)
+{
+	static const char *const ws[] = {" ", "\n", "\t", "\r\n  ", "  "};
+
+	if (rnd(g, 100) < g->ws)
+		PICK(g, ws);
+}
+
+static void gen_string(struct gen *g)
+{
+	static const char *const raw[] = {
+	    "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\x7f", "/", "'",
+	};
+	static const char *const canon[] = {
+	    "\\\"",    "\\\\",	  "\\b",     "\\f",	"\\n",
+	    "\\r",     "\\t",	  "\\u0000", "\\u001f", "\\u0001",
+	    "\\u000b", "\\u001e", "\\u0019",
+	};
+	static const char *const other[] = {
+	    "\\/",     "\\u00e9",	 "\\u000a",	   "\\u001F",
+	    "\\u0041", "\\ud83d\\ude00", "\\u007f",	   "\\ud800",
+	    "\\u0008", "\\u20ac",	 "\\uDBFF\\uDFFF", "\\u000D",
+	    "\\u0009", "\\u0020",	 "\\u00",	   "\\udc00",
+	};
+	unsigned n = rnd(g, 8);
+
+	/* "\\u00" above is completed below, to hit \u00XX of every XX */
+	abuf_addc(g->b, '"');
+	for (unsigned k = 0; k < n; k++) {
+		unsigned r = rnd(g, 12);
+
+		if (r < 5) {
+			for (unsigned l = 1 + rnd(g, 20); l; l--)
+				abuf_addc(g->b, (char)('a' + rnd(g, 26)));
+		} else if (r < 7) {
+			PICK(g, raw);
+		} else if (r < 10) {
+			PICK(g, canon);
+		} else if (rnd(g, 100) < g->noncanon) {
+			size_t before = g->b->len;
+
+			PICK(g, other);
+			if (g->b->len - before == 4) { /* "\u00" */
+				abuf_addc(g->b,
+					  "0123456789abcdefABCDEF"[rnd(g, 22)]);
+				abuf_addc(g->b,
+					  "0123456789abcdefABCDEF"[rnd(g, 22)]);
+			}
+		}
+	}
+	abuf_addc(g->b, '"');
+}
+
+static void gen_value(struct gen *g, int depth)
+{
+	static const char *const numbers[] = {
+	    "0",
+	    "-0",
+	    "7",
+	    "-12",
+	    "1.10",
+	    "-0.0",
+	    "1e3",
+	    "1E+3",
+	    "2.5e-7",
+	    "-1.5E10",
+	    "0.000",
+	    "9223372036854775807",
+	    "123456789012345678901234567890",
+	};
+	static const char *const literals[] = {"true", "false", "null"};
+	unsigned r = rnd(g, depth < 3 ? 10 : 7), n;
+
+	if (r < 3 || r == 6) {
+		gen_string(g);
+	} else if (r < 5) {
+		PICK(g, numbers);
+	} else if (r == 5) {
+		PICK(g, literals);
+	} else {
+		bool object = r == 9;
+
+		abuf_addc(g->b, object ? '{' : '[');
+		n = rnd(g, 4);
+		for (unsigned k = 0; k < n; k++) {
+			gen_ws(g);
+			if (k) {
+				abuf_addc(g->b, ',');
+				gen_ws(g);
+			}
+			if (object) {
+				gen_string(g);
+				gen_ws(g);
+				abuf_addc(g->b, ':');
+				gen_ws(g);
+			}
+			gen_value(g, depth + 1);
+		}
+		gen_ws(g);
+		abuf_addc(g->b, object ? '}' : ']');
+	}
+}
+
+/* A columns object: mostly known names in schema order, at times
+ * reordered, repeated, unknown or escaped. */
+static void gen_columns(struct gen *g, const struct api_schema *s)
+{
+	static const char *const unknown[] = {
+	    "\"segment\"", "\"zzz\"", "\"a\\\"b\"", "\"\"", "\"customer\"",
+	};
+	static const char *const escaped[] = {
+	    "\"customer\\u005fid\"", "\"region\\/zone\"", "\"q\\u0022uote\"",
+	    "\"\\u00e9t\\u00e9\"",   "\"t\\u0009ab\"",
+	};
+	static const char *const anyname[] = {"b", "a", "a\"b", "\t"};
+	const char *names[16];
+	size_t n = 0, ncol = s ? s->ncolumns : 0;
+
+	for (size_t c = 0; c < ncol && n < 12; c++)
+		if (rnd(g, 100) < 70)
+			names[n++] = s->columns[c].name;
+	if (n > 1 && rnd(g, 100) < 15) { /* out of order */
+		size_t a = rnd(g, (unsigned)n), b = rnd(g, (unsigned)n);
+		const char *t = names[a];
+
+		names[a] = names[b];
+		names[b] = t;
+	}
+	if (n && rnd(g, 100) < 8) { /* repeated */
+		size_t r = rnd(g, (unsigned)n);
+
+		names[n++] = names[r];
+	}
+	for (; !ncol && n < 4 && rnd(g, 100) < 60; n++)
+		names[n] = anyname[rnd(g, 4)];
+	abuf_addc(g->b, '{');
+	for (size_t k = 0; k <= n; k++) {
+		bool extra = k == n;
+
+		/* at times one more: unknown, or a known one escaped */
+		if (extra && rnd(g, 100) >= 20)
+			break;
+		gen_ws(g);
+		if (k) {
+			abuf_addc(g->b, ',');
+			gen_ws(g);
+		}
+		if (!extra)
+			json_emit_string(g->b, names[k], strlen(names[k]));
+		else if (rnd(g, 2))
+			PICK(g, unknown);
+		else
+			PICK(g, escaped);
+		gen_ws(g);
+		abuf_addc(g->b, ':');
+		gen_ws(g);
+		gen_value(g, 1);
+	}
+	gen_ws(g);
+	abuf_addc(g->b, '}');
+}
+
+/* Every node's text is what the long way writes for it exactly when the
+ * scanner flagged it JF_VERBATIM. */
+static void check_verbatim_flags(const char *doc, size_t len)
+{
+	struct jdoc d;
+	struct abuf a, b;
+
+	jdoc_init(&d);
+	abuf_init(&a);
+	abuf_init(&b);
+	assert_int_equal(jdoc_parse(&d, doc, len, 0), 0);
+	for (uint32_t i = 0; i < d.count; i++) {
+		const struct jnode *nd = &d.nodes[i];
+		const char *raw = doc + nd->off;
+		size_t rlen = nd->len;
+		bool same;
+
+		if (nd->type == JT_STRING) {
+			raw--;
+			rlen += 2;
+		}
+		a.len = 0;
+		jdoc_emit_decoded(&d, i, &a);
+		same = a.len == rlen && !memcmp(a.p, raw, rlen);
+		if (same != !!(nd->flags & JF_VERBATIM))
+			fail_msg("node %u (%s) of %.*s: flag %d, text %s", i,
+				 jtype_name((enum jtype)nd->type), (int)len,
+				 doc, !!(nd->flags & JF_VERBATIM),
+				 same ? "same" : "differs");
+	}
+	a.len = 0;
+	jdoc_emit_decoded(&d, 0, &a);
+	jdoc_emit(&d, 0, &b);
+	assert_int_equal(a.len, b.len);
+	assert_memory_equal(a.p, b.p, a.len);
+	abuf_release(&a);
+	abuf_release(&b);
+	jdoc_release(&d);
+}
+
+static void test_jsonl_verbatim_random(void **state)
+{
+	struct api_schema schemas[2];
+	size_t rows = 0, copied = 0;
+	struct gen g = {.seed = 12345};
+
+	(void)state;
+	schema_load(SCHEMA, &schemas[0]);
+	schema_load(SCHEMA_ODD, &schemas[1]);
+	for (int round = 0; round < 3000; round++) {
+		const struct api_schema *s =
+		    round % 3 < 2 ? &schemas[round % 3] : NULL;
+		struct abuf page;
+		unsigned nrows;
+		size_t n, c;
+
+		abuf_init(&page);
+		g.b = &page;
+		/* half the pages as servers send them, half anything */
+		g.ws = rnd(&g, 2) ? 0 : 1 + rnd(&g, 30);
+		g.noncanon = rnd(&g, 2) ? 0 : 1 + rnd(&g, 60);
+		nrows = rnd(&g, 6);
+		abuf_adds(&page, "{\"rows\":[");
+		for (unsigned r = 0; r < nrows; r++) {
+			if (r)
+				abuf_addc(&page, ',');
+			if (rnd(&g, 4)) {
+				abuf_adds(&page, "{\"id\":\"r\",\"columns\":");
+				gen_columns(&g, s);
+				abuf_addc(&page, '}');
+			} else {
+				abuf_adds(&page, "{\"columns\":");
+				gen_columns(&g, s);
+				abuf_adds(&page, ",\"id\":");
+				gen_value(&g, 1);
+				abuf_addc(&page, '}');
+			}
+		}
+		abuf_adds(&page, "],\"nextPageCursor\":\"c\"}");
+		assert_false(page.oom);
+		free(jsonl_both(s, page.p, page.len, &n, &c));
+		assert_int_equal(n, nrows);
+		rows += n;
+		copied += c;
+		check_verbatim_flags(page.p, page.len);
+		abuf_release(&page);
+	}
+	/* both ways were taken, many times */
+	assert_true(copied > rows / 5);
+	assert_true(copied < rows - rows / 5);
+	api_schema_release(&schemas[0]);
+	api_schema_release(&schemas[1]);
+}
+
+/* The string rules a byte at a time, as the scanner applied them before it
+ * learnt to skip plain bytes in blocks: 0 and the closing quote's index in
+ * *at, or why and where it failed. */
+static size_t ref_utf8(const unsigned char *s, size_t n)
+{
+	size_t len, k;
+	uint32_t cp;
+
+	if (s[0] < 0x80)
+		return 1;
+	if ((s[0] & 0xe0) == 0xc0) {
+		len = 2;
+		cp = s[0] & 0x1f;
+	} else if ((s[0] & 0xf0) == 0xe0) {
+		len = 3;
+		cp = s[0] & 0x0f;
+	} else if ((s[0] & 0xf8) == 0xf0) {
+		len = 4;
+		cp = s[0] & 0x07;
+	} else {
+		return 0;
+	}
+	if (n < len)
+		return 0;
+	for (k = 1; k < len; k++) {
+		if ((s[k] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[k] & 0x3f);
+	}
+	if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+	    (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+static const char *ref_string(const unsigned char *s, size_t n, size_t i,
+			      bool utf8, size_t *at, bool *escaped)
+{
+	*escaped = false;
+	for (;;) {
+		if (i >= n) {
+			*at = i;
+			return "unterminated string";
+		}
+		if (s[i] == '"') {
+			*at = i;
+			return NULL;
+		}
+		if (s[i] == '\\') {
+			*escaped = true;
+			*at = i;
+			if (i + 1 >= n)
+				return "unterminated string";
+			if (s[i + 1] == 'u') {
+				if (i + 6 > n)
+					return "bad \\u escape";
+				for (int k = 2; k < 6; k++)
+					if (!strchr("0123456789abcdefABCDEF",
+						    s[i + k]) ||
+					    !s[i + k])
+						return "bad \\u escape";
+				i += 6;
+			} else if (s[i + 1] && strchr("\"\\/bfnrt", s[i + 1])) {
+				i += 2;
+			} else {
+				return "bad escape";
+			}
+			continue;
+		}
+		if (s[i] < 0x20) {
+			*at = i;
+			return "control character in string";
+		}
+		if (s[i] >= 0x80 && utf8) {
+			size_t l = ref_utf8(s + i, n - i);
+
+			if (!l) {
+				*at = i;
+				return "invalid UTF-8";
+			}
+			i += l;
+			continue;
+		}
+		i++;
+	}
+}
+
+/* Random strings, with every kind of byte at every offset from the start
+ * and from the end of the text (the block skips read 16 and 8 bytes at a
+ * time, and the last few one by one): the same verdict, the same place. */
+static void test_string_scan(void **state)
+{
+	static const char *const bits[] = {
+	    "\"",
+	    "\\",
+	    "\\\"",
+	    "\\\\",
+	    "\\/",
+	    "\\n",
+	    "\\u00e9",
+	    "\\u001f",
+	    "\\ud83d",
+	    "\\uZZ12",
+	    "\\u12",
+	    "\\x",
+	    "\\",
+	    "\x01",
+	    "\x1f",
+	    "\t",
+	    "\x7f",
+	    "\x80",
+	    "\xbf",
+	    "\xc2\x80",
+	    "\xc3\xa9",
+	    "\xc0\xaf",
+	    "\xe0\x9f\x80",
+	    "\xe2\x82\xac",
+	    "\xed\xa0\x80",
+	    "\xed\x9f\xbf",
+	    "\xef\xbf\xbf",
+	    "\xf0\x8f\xbf\xbf",
+	    "\xf0\x9f\x98\x80",
+	    "\xf4\x8f\xbf\xbf",
+	    "\xf4\x90\x80\x80",
+	    "\xf5",
+	    "\xff",
+	    "\xc3",
+	    "\xe2\x82",
+	    " ",
+	};
+	static const char *const tails[] = {
+	    "",
+	    "\"",
+	    "\" ",
+	    "\"                    ",
+	    "\"x",
+	    "\" \n\t",
+	    "abcdefghijklmnopqrstuvwxyz\"",
+	};
+	unsigned seed = 7;
+	struct jdoc d;
+
+	(void)state;
+	jdoc_init(&d);
+	for (int round = 0; round < 40000; round++) {
+		unsigned char doc[160];
+		size_t n = 0, at, pos;
+		bool utf8 = round & 1, escaped;
+		const char *why, *tail;
+		char want[160];
+		int rc;
+
+		doc[n++] = '"';
+		for (unsigned k = (unsigned)rand_r(&seed) % 6; k; k--) {
+			/* a run of plain bytes, then one of interest */
+			for (unsigned l = (unsigned)rand_r(&seed) % 24; l; l--)
+				doc[n++] =
+				    (unsigned char)('a' + rand_r(&seed) % 26);
+			if (rand_r(&seed) % 3 == 0) {
+				doc[n++] = (unsigned char)(rand_r(&seed) % 256);
+			} else {
+				const char *b =
+				    bits[(unsigned)rand_r(&seed) %
+					 (sizeof(bits) / sizeof(bits[0]))];
+
+				memcpy(doc + n, b, strlen(b));
+				n += strlen(b);
+			}
+		}
+		tail = tails[(unsigned)rand_r(&seed) %
+			     (sizeof(tails) / sizeof(tails[0]))];
+		memcpy(doc + n, tail, strlen(tail));
+		n += strlen(tail);
+		assert_true(n < sizeof(doc));
+
+		why = ref_string(doc, n, 1, utf8, &at, &escaped);
+		pos = at + 1;
+		if (!why) {
+			while (pos < n && strchr(" \t\r\n", doc[pos]) &&
+			       doc[pos])
+				pos++;
+			if (pos != n) {
+				why = "trailing characters";
+				at = pos;
+			}
+		}
+		rc = jdoc_parse(&d, (const char *)doc, n,
+				utf8 ? JDOC_VALIDATE_UTF8 : 0);
+		if (why) {
+			snprintf(want, sizeof(want), "%s at byte %zu", why, at);
+			if (rc != -EINVAL || strcmp(d.err, want))
+				fail_msg("%s: got %d (%s), want %s",
+					 utf8 ? "utf8" : "bytes", rc, d.err,
+					 want);
+			continue;
+		}
+		if (rc)
+			fail_msg("%s: refused (%s), want accepted",
+				 utf8 ? "utf8" : "bytes", d.err);
+		assert_int_equal(d.count, 1);
+		assert_int_equal(d.nodes[0].type, JT_STRING);
+		assert_int_equal(d.nodes[0].off, 1);
+		/* the quote ended it: the doc's string runs to `at` */
+		assert_int_equal(d.nodes[0].len, (uint32_t)(at - 1));
+		assert_int_equal(!!(d.nodes[0].flags & JF_ESCAPED), escaped);
+		check_verbatim_flags((const char *)doc, n);
 	}
 	jdoc_release(&d);
 }
@@ -1288,6 +1990,80 @@ static void test_delete_gone(void **state)
 	stop_server(&c, t);
 }
 
+/* Pages of different sizes through one client: each body lands in the
+ * buffer the one before left (longer, then shorter, then none at all),
+ * and nothing of an earlier body shows through. */
+static void test_http_body_reuse(void **state)
+{
+#define BIG_PAGE                                                               \
+	"HTTP/1.1 200 OK\r\n" HDRS "ETag: \"v1\"\r\n\r\n"                      \
+	"{\"rows\": [{\"id\": \"1\", \"columns\": {\"customer_id\": "          \
+	"\"CUST-0001\", \"visits\": 1}}, {\"id\": \"2\", \"columns\": "        \
+	"{\"customer_id\":\"CUST-0002\",\"visits\":2}}, {\"id\": \"3\", "      \
+	"\"columns\": {\"visits\": 3, \"customer_id\": \"CUST-0003\"}}], "     \
+	"\"nextPageCursor\": \"n1\"}"
+	static const char *const answers[] = {
+	    BIG_PAGE,
+	    "HTTP/1.1 200 OK\r\n" HDRS "\r\n"
+	    "{\"rows\":[{\"columns\":{\"customer_id\":\"C\"}}]}",
+	    "HTTP/1.1 304 Not Modified\r\nConnection: close\r\n"
+	    "ETag: \"v1\"\r\n\r\n",
+	    "HTTP/1.1 200 OK\r\n" HDRS "\r\n",
+	    BIG_PAGE,
+	    NULL,
+	};
+	static const char big_lines[] =
+	    "{\"customer_id\":\"CUST-0001\",\"visits\":1}\n"
+	    "{\"customer_id\":\"CUST-0002\",\"visits\":2}\n"
+	    "{\"customer_id\":\"CUST-0003\",\"visits\":3}\n";
+	struct canned c = {.answers = answers};
+	struct api_config cfg = {.client_id = "id", .client_secret = "sec"};
+	struct api_schema s;
+	struct api_page page = {0};
+	struct api *api;
+	pthread_t t;
+	char url[64];
+
+	(void)state;
+	assert_int_equal(start_server(&c, &t, url, sizeof(url)), 0);
+	cfg.api_url = url;
+	assert_int_equal(api_new(&cfg, &api), 0);
+	schema_load(SCHEMA, &s);
+
+	assert_int_equal(api_get_rows(api, "t", &s, NULL, 0, NULL, &page), 0);
+	assert_int_equal(page.nrows, 3);
+	assert_string_equal(page.data, big_lines);
+	assert_int_equal(page.len, strlen(big_lines));
+	assert_string_equal(page.next_cursor, "n1");
+	api_page_release(&page);
+
+	assert_int_equal(api_get_rows(api, "t", &s, "n1", 0, NULL, &page), 0);
+	assert_int_equal(page.nrows, 1);
+	assert_string_equal(page.data, "{\"customer_id\":\"C\"}\n");
+	assert_null(page.next_cursor);
+	api_page_release(&page);
+
+	assert_int_equal(api_get_rows(api, "t", &s, NULL, 0, "\"v1\"", &page),
+			 0);
+	assert_true(page.not_modified);
+	api_page_release(&page);
+
+	/* an empty body is not the last one read into the same buffer */
+	assert_int_equal(api_get_rows(api, "t", &s, NULL, 0, NULL, &page),
+			 -EPROTO);
+	assert_null(page.data);
+
+	assert_int_equal(api_get_rows(api, "t", &s, NULL, 0, NULL, &page), 0);
+	assert_string_equal(page.data, big_lines);
+	api_page_release(&page);
+	assert_int_equal(c.served, 5);
+
+	api_free(api);
+	api_schema_release(&s);
+	stop_server(&c, t);
+#undef BIG_PAGE
+}
+
 /* Run fn with stderr captured into a malloc'ed string, at debug level. */
 static char *capture_stderr(void (*fn)(const char *url), const char *url)
 {
@@ -1412,6 +2188,9 @@ int main(void)
 	    cmocka_unit_test(test_jsonl_bad_pages),
 	    cmocka_unit_test(test_jsonc_compatible),
 	    cmocka_unit_test(test_jdoc_strict),
+	    cmocka_unit_test(test_jsonl_verbatim_corpus),
+	    cmocka_unit_test(test_jsonl_verbatim_random),
+	    cmocka_unit_test(test_string_scan),
 	    cmocka_unit_test(test_validate_rules),
 	    cmocka_unit_test(test_validate_keys),
 	    cmocka_unit_test(test_dates),
@@ -1421,6 +2200,7 @@ int main(void)
 	    cmocka_unit_test(test_http_give_up),
 	    cmocka_unit_test(test_http_upsert),
 	    cmocka_unit_test(test_delete_gone),
+	    cmocka_unit_test(test_http_body_reuse),
 	    cmocka_unit_test(test_logs_keep_secrets),
 	};
 
