@@ -280,6 +280,7 @@ struct emu_stats {
 	uint64_t rows_served;
 	uint64_t rows_written;
 	uint64_t rows_deleted;
+	uint64_t max_in_flight; /* most requests waiting out latency at once */
 };
 
 struct emu {
@@ -291,6 +292,7 @@ struct emu {
 	struct emu_client anonymous; /* rate window of unauthenticated calls */
 	struct emu_map tokens;	     /* token string -> struct emu_token */
 	struct emu_stats stats;
+	uint64_t in_flight; /* requests waiting out latency now */
 	uint64_t cursor_secret;
 };
 

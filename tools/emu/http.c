@@ -190,6 +190,24 @@ static void sleep_ms(long ms)
 		;
 }
 
+/* The configured latency, counting the requests waiting in it at once: the
+ * high-water mark in /_emu/stats shows that clients are served
+ * concurrently, without timing anything. */
+static void wait_latency(struct emu *e, long latency)
+{
+	if (latency <= 0)
+		return;
+	pthread_mutex_lock(&e->lock);
+	e->in_flight++;
+	if (e->in_flight > e->stats.max_in_flight)
+		e->stats.max_in_flight = e->in_flight;
+	pthread_mutex_unlock(&e->lock);
+	sleep_ms(latency);
+	pthread_mutex_lock(&e->lock);
+	e->in_flight--;
+	pthread_mutex_unlock(&e->lock);
+}
+
 /* Does an If-None-Match / If-Match header list name this quoted ETag?
  * Quotes and a W/ prefix are optional on the client's side. */
 static bool etag_matches(const char *hdr, const char *etag)
@@ -948,8 +966,7 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 		e->stats.by_route[r.route]++;
 	latency = e->config.latency_ms;
 	pthread_mutex_unlock(&e->lock);
-	if (latency > 0)
-		sleep_ms(latency);
+	wait_latency(e, latency);
 
 	pthread_mutex_lock(&e->lock);
 	now = emu_now_ms();
@@ -1098,6 +1115,9 @@ static void control_stats(struct emu *e, struct reply *rp)
 	json_object_object_add(
 	    o, "requests_total",
 	    json_object_new_int64((int64_t)e->stats.requests_total));
+	json_object_object_add(
+	    o, "max_in_flight",
+	    json_object_new_int64((int64_t)e->stats.max_in_flight));
 	for (int i = 0; i < EMU_R_COUNT; i++)
 		json_object_object_add(
 		    routes, route_names[i],
@@ -1301,8 +1321,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 		e->stats.by_route[EMU_R_TOKEN]++;
 		latency = e->config.latency_ms;
 		pthread_mutex_unlock(&e->lock);
-		if (latency > 0)
-			sleep_ms(latency);
+		wait_latency(e, latency);
 		if (rq->too_large)
 			reply_oauth_error(&rp, 413, "invalid_request",
 					  "body too large");
