@@ -339,27 +339,12 @@ static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 	return 0;
 }
 
-/* Make sure t->schema is loaded: from memory, the cache, or the API;
- * t->lock held. */
+/* Make sure t->schema is loaded: from memory, the cache (not proved fresh
+ * yet), or the API; t->lock held. */
 int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
 {
-	char *version = NULL, *json = NULL;
-	size_t len = 0;
-	int rc;
-
-	if (t->have_schema)
+	if (fs_table_load_schema_cached(eng, t) == 0)
 		return 0;
-	if (cache_get_schema(eng->cache, t->id, &version, &json, &len) == 0) {
-		rc = api_schema_parse(json, len, version[0] ? version : NULL,
-				      &t->schema);
-		free(version);
-		free(json);
-		if (rc == 0) {
-			t->have_schema = true;
-			t->schema_at = 0; /* not proved fresh yet */
-			return 0;
-		}
-	}
 	return fetch_schema(eng, t, NULL);
 }
 

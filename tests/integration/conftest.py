@@ -5,22 +5,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 
-from emu import Emu  # noqa: E402
+from emu import emu_factory  # noqa: E402,F401  (the shared fixture)
 from mount import Mount, fuse_available  # noqa: E402
-
-
-@pytest.fixture
-def emu_factory():
-    started = []
-
-    def start(*args):
-        e = Emu.start(*args)
-        started.append(e)
-        return e
-
-    yield start
-    for e in started:
-        e.stop()
 
 
 @pytest.fixture
