@@ -588,6 +588,13 @@ struct fs_reader {
 	uint64_t gen;
 };
 
+/* The API could not be reached or kept failing: not an answer about the
+ * table (as 404 or 403 would be). */
+static bool unreachable(int rc)
+{
+	return rc == -ENOTCONN || rc == -ETIMEDOUT || rc == -EIO;
+}
+
 /* Revalidate or start the cached version; t->lock held. */
 static int snapshot(struct fs_engine *eng, struct fs_table *t,
 		    struct cache_meta *m)
@@ -610,6 +617,13 @@ again:
 	rc = api_get_rows(eng->api, t->id, &t->schema, NULL,
 			  eng->cfg.page_size,
 			  have && m->version[0] ? m->version : NULL, &page);
+	if (rc && have && m->complete && unreachable(rc)) {
+		/* offline: the last version proved current, whole, beats no
+		 * file at all (the log says it was not revalidated) */
+		log_warn("cannot revalidate '%s' (%s): serving the cached "
+			 "version %s", t->name, strerror(-rc), m->version);
+		return 0;
+	}
 	if (rc) {
 		page_error(t, "revalidating rows", rc);
 		return rc;

@@ -280,3 +280,24 @@ def test_sighup_refreshes_listing_and_revalidates(emu_factory,
     after = open(rows, "rb").read()
     assert after.count(b"\n") == 3001 and b"HUP-1" in after
     assert m.proc.poll() is None  # SIGHUP does not end the mount
+
+
+def test_api_down_serves_whole_cached_versions_and_fails_the_rest(
+        emu_factory, mount_factory):
+    emu = emu_factory("--generate", "Cached:3000", "--generate", "Cold:3000")
+    m = mount_factory(emu, opts="revalidate=0,retries=2,retry_budget=3")
+    m.start()
+    cached = open(m.file("Cached", "rows.jsonl"), "rb").read()
+    emu.stop()
+    # a whole cached version is served, and the log says it was not
+    # revalidated
+    assert open(m.file("Cached", "rows.jsonl"), "rb").read() == cached
+    assert "serving the cached version" in m.stderr()
+    # what was never cached fails with an errno, within the retry budget
+    with pytest.raises(OSError) as e:
+        open(m.file("Cold", "rows.jsonl"), "rb").read()
+    assert e.value.errno in (errno.ENOTCONN, errno.ETIMEDOUT, errno.EIO)
+    # the mount stays up: the listing and status.json still answer
+    assert sorted(os.listdir(m.path)) == ["Cached", "Cold"]
+    json.load(open(m.file("Cached", "status.json")))
+    assert m.proc.poll() is None
