@@ -132,6 +132,9 @@ void fs_engine_free(struct fs_engine *eng)
 	for (i = 0; i < eng->ntables; i++)
 		table_free(eng->tables[i]);
 	free(eng->tables);
+	for (i = 0; i < eng->nold_names; i++)
+		free(eng->old_names[i]);
+	free(eng->old_names);
 	api_free(eng->api);
 	fs_config_release(&eng->cfg);
 	pthread_cond_destroy(&eng->pf_cond);
@@ -159,11 +162,19 @@ static struct fs_table *table_get(struct fs_engine *eng, const char *id,
 		t = eng->tables[i];
 		if (!strcmp(t->id, id)) {
 			if (strcmp(t->name, name)) {
-				char *n = strdup(name);
+				char *n = strdup(name), **old;
 
-				if (!n)
+				old = realloc(eng->old_names,
+					      (eng->nold_names + 1) *
+						      sizeof(*old));
+				if (!n || !old) {
+					free(n);
+					if (old)
+						eng->old_names = old;
 					return NULL;
-				free(t->name);
+				}
+				eng->old_names = old;
+				old[eng->nold_names++] = t->name;
 				t->name = n;
 			}
 			return t;
@@ -210,8 +221,11 @@ static int refresh_listing(struct fs_engine *eng)
 	rc = api_list_tables(eng->api, &list);
 	if (rc) {
 		if (eng->listed_at) {
+			/* and for another list_ttl: every lookup must not
+			 * pay the retry budget again while the API is down */
 			log_warn("table listing failed (%s); serving the "
 				 "previous one", strerror(-rc));
+			eng->listed_at = now_s();
 			rc = 0;
 		}
 		goto out;
@@ -336,6 +350,7 @@ static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 	t->schema = s;
 	t->have_schema = true;
 	t->schema_at = now_s();
+	atomic_store(&t->schema_len, s.json_len);
 	return 0;
 }
 
@@ -348,9 +363,7 @@ int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
 	return fetch_schema(eng, t, NULL);
 }
 
-/* Whether a proof of freshness made at `at` has run out: older than
- * `revalidate` seconds, or made before the last fs_engine_expire(). */
-static bool expired(struct fs_engine *eng, int64_t at)
+bool fs_engine_expired(struct fs_engine *eng, int64_t at)
 {
 	return now_s() - at >= (int64_t)eng->cfg.revalidate ||
 	       at <= atomic_load(&eng->expired_at);
@@ -367,7 +380,7 @@ int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
 {
 	int rc = 0;
 
-	if (!t->have_schema || expired(eng, t->schema_at)) {
+	if (!t->have_schema || fs_engine_expired(eng, t->schema_at)) {
 		rc = fetch_schema(eng, t, NULL);
 		if (rc && (t->have_schema ||
 			   fs_table_load_schema(eng, t) == 0)) {
@@ -404,15 +417,14 @@ int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
 
 size_t fs_table_schema_size(struct fs_engine *eng, struct fs_table *t)
 {
-	size_t len;
-
-	pthread_mutex_lock(&t->lock);
-	if (!t->have_schema && fs_table_load_schema_cached(eng, t))
-		len = 0;
-	else
-		len = t->schema.json_len;
-	pthread_mutex_unlock(&t->lock);
-	return len;
+	/* getattr must not queue behind a fetch holding t->lock: load from
+	 * the cache only when the lock is free, else say what is known */
+	if (!atomic_load(&t->schema_len) && !pthread_mutex_trylock(&t->lock)) {
+		if (fs_table_load_schema_cached(eng, t))
+			log_debug("no cached schema of '%s' yet", t->name);
+		pthread_mutex_unlock(&t->lock);
+	}
+	return atomic_load(&t->schema_len);
 }
 
 /* Load the schema from the cache only (no network); t->lock held. */
@@ -434,7 +446,28 @@ int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)
 	if (rc == 0) {
 		t->have_schema = true;
 		t->schema_at = 0;
+		atomic_store(&t->schema_len, t->schema.json_len);
 	}
+	return rc;
+}
+
+int fs_table_invalidate(struct fs_engine *eng, struct fs_table *t)
+{
+	struct cache_meta m;
+	int rc;
+
+	/* void the proof, keep the pages: readers of the cached snapshot
+	 * finish it; the next open revalidates and meets the new version */
+	pthread_mutex_lock(&t->lock);
+	rc = cache_get_meta(eng->cache, t->id, &m);
+	if (rc == 0)
+		rc = cache_set_validated(eng->cache, t->id, m.gen, 0);
+	if (rc == -ENOENT || rc == -ESTALE)
+		rc = 0;
+	pthread_mutex_unlock(&t->lock);
+	if (rc)
+		log_warn("cannot invalidate the cached rows of '%s': %s",
+			 t->name, strerror(-rc));
 	return rc;
 }
 
@@ -607,7 +640,12 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	if (rc && rc != -ENOENT)
 		return rc;
 	have = rc == 0 && m->gen != t->stale_gen;
-	if (have && !expired(eng, m->validated_at))
+	if (have && !fs_engine_expired(eng, m->validated_at))
+		return 0;
+	/* offline a moment ago: do not make every open pay the retry budget
+	 * again before `revalidate` seconds have passed */
+	if (have && m->complete && t->offline_at > m->validated_at &&
+	    !fs_engine_expired(eng, t->offline_at))
 		return 0;
 
 	rc = fs_table_load_schema(eng, t);
@@ -618,6 +656,7 @@ again:
 			  eng->cfg.page_size,
 			  have && m->version[0] ? m->version : NULL, &page);
 	if (rc && have && m->complete && unreachable(rc)) {
+		atomic_store(&t->offline_at, now_s());
 		/* offline: the last version proved current, whole, beats no
 		 * file at all (the log says it was not revalidated) */
 		log_warn("cannot revalidate '%s' (%s): serving the cached "
@@ -630,6 +669,12 @@ again:
 	}
 	if (page.not_modified) {
 		rc = cache_set_validated(eng->cache, t->id, m->gen, now_s());
+		if (rc == -ESTALE) {
+			/* an import dropped the cached version meanwhile */
+			api_page_release(&page);
+			have = false;
+			goto again;
+		}
 		goto out;
 	}
 	/* a new version may come with a new schema: the schema orders the

@@ -59,9 +59,10 @@ void fs_engine_stop(struct fs_engine *eng);
 void fs_engine_free(struct fs_engine *eng);
 
 /*
- * Forget every proof of freshness: the next lookup walks the listing again
- * and the next open of any file revalidates. Only atomic stores, so a
- * SIGHUP handler may call it.
+ * Forget every proof of freshness: the next lookup walks the listing again,
+ * the next open of any file revalidates, and tables the API refused writes
+ * into may be tried again. Only atomic stores, so a SIGHUP handler may
+ * call it.
  */
 void fs_engine_expire(struct fs_engine *eng);
 

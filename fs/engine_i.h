@@ -27,6 +27,11 @@ struct fs_table {
 	bool have_schema;
 	int64_t schema_at;	/* when fetched from the API; 0 = from cache */
 	_Atomic uint64_t stale_gen; /* generation known broken by a change */
+	_Atomic size_t schema_len; /* schema.json's length for getattr, which
+				      must not wait for t->lock */
+	_Atomic int64_t offline_at; /* last revalidation that could not reach
+				       the API (the cache was served) */
+	_Atomic int64_t write_refused_at; /* the API refused a write (403) */
 
 	/* eng->pf_lock: the prefetch queue */
 	bool pf_queued;
@@ -48,6 +53,9 @@ struct fs_engine {
 	pthread_mutex_t lock;	/* tables[] and each table's `listed` */
 	struct fs_table **tables;
 	size_t ntables;
+	char **old_names;	/* names replaced by a rename: readers may
+				   still hold them, so freed only at the end */
+	size_t nold_names;
 
 	pthread_mutex_t list_lock; /* one listing walk at a time */
 	_Atomic int64_t listed_at; /* read without list_lock */
@@ -60,7 +68,6 @@ struct fs_engine {
 	pthread_t pf_thread;
 	bool pf_started, pf_stop;
 
-	_Atomic bool write_refused; /* the API answered a write with 403 */
 	pthread_mutex_t import_lock;
 	char *rejects_dir;	/* cache_dir/rejects */
 };
@@ -75,6 +82,16 @@ int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
 /* The same without network I/O (-ENOENT when not cached); t->lock held. */
 int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)
 	FS_WARN_UNUSED;
+
+/* Make the next open of t's rows revalidate (an import changed the table).
+ * Under t->lock, so a revalidation in flight cannot store what it fetched
+ * before the change as fresh after this. */
+int fs_table_invalidate(struct fs_engine *eng, struct fs_table *t)
+	FS_WARN_UNUSED;
+
+/* Whether a proof of freshness made at `at` has run out: older than
+ * `revalidate` seconds, or made before the last fs_engine_expire(). */
+bool fs_engine_expired(struct fs_engine *eng, int64_t at);
 
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;

@@ -219,12 +219,13 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	*out = NULL;
 	if (eng->cfg.ro)
 		return -EROFS;
-	/* shells ignore close() errors: once the API has refused these
-	 * credentials a write, refuse later imports at open, where every
-	 * program sees it */
-	if (atomic_load(&eng->write_refused)) {
+	/* shells ignore close() errors: once the API has refused a write
+	 * into this table, refuse later imports at open, where every program
+	 * sees it (until SIGHUP: permissions may be granted meanwhile) */
+	if (atomic_load(&t->write_refused_at) >
+	    atomic_load(&eng->expired_at)) {
 		log_err("import into '%s' refused: the API refused write "
-			"access to these credentials", t->name);
+			"access to it (SIGHUP to try again)", t->name);
 		return -EACCES;
 	}
 	im = calloc(1, sizeof(*im));
@@ -820,20 +821,16 @@ int fs_import_finish(struct fs_import *im)
 	/* the table is about to change: forget the cached version first, so
 	 * a daemon killed mid-upload leaves no copy that a later mount would
 	 * serve as fresh within its revalidate window */
-	crc = cache_invalidate(eng->cache, t->id);
-	if (crc)
-		log_warn("cannot invalidate the cached rows of '%s': %s",
-			 t->name, strerror(-crc));
+	crc = fs_table_invalidate(eng, t);
+	(void)crc;
 	rc = upload(im);
 	/* what landed changed the table: the next read must refetch */
-	crc = cache_invalidate(eng->cache, t->id);
-	if (crc)
-		log_warn("cannot invalidate the cached rows of '%s': %s",
-			 t->name, strerror(-crc));
+	crc = fs_table_invalidate(eng, t);
+	(void)crc;
 	crc = cache_spool_clear(eng->cache, t->id);
 	(void)crc;
 	if (rc == -EACCES) {
-		atomic_store(&eng->write_refused, true);
+		atomic_store(&t->write_refused_at, (int64_t)time(NULL));
 		set_state(im, IMPORT_FAILED, "write access refused by the API");
 	} else if (rc) {
 		rc = rc == -EINVAL || rc == -ENOENT ? -EIO : rc;

@@ -990,3 +990,48 @@ def test_writer_killed_while_close_waits(emu_factory, mount_factory,
     assert len(by_key(emu.rows("Big"))) == 3000
     ok(f"echo '{gen_line(5000)}' > '{rows}'")
     assert len(emu.rows("Big")) == 3001
+
+
+def test_read_racing_an_import_never_caches_the_old_rows(emu_factory,
+                                                         mount_factory):
+    """A revalidation whose GET was answered before the upsert landed must
+    not store the old rows after the import invalidated the cache: the
+    read after close() returns shows the import (revalidate left at its
+    default, so a wrongly fresh copy would be served)."""
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu).start()
+    rows = m.file("RoutingRules", "rows.jsonl")
+
+    def imp(prio):
+        fd = os.open(rows, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b'{"region":"emea","queue":"billing","priority":%d}\n'
+                 % prio)
+        return fd
+
+    def prio():
+        for line in slurp(rows).splitlines():
+            row = json.loads(line)
+            if (row["region"], row["queue"]) == ("emea", "billing"):
+                return row["priority"]
+
+    os.close(imp(41))
+    assert prio() == 41
+    os.close(imp(42))          # the cache holds no version now
+    emu.config(latency_ms=600)
+    time.sleep(1.5)            # the schema is old: a new version refetches it
+    fd = imp(43)               # the writer is open, not closed yet
+    got = {}
+
+    def read():
+        try:
+            got["p"] = prio()
+        except OSError as e:
+            got["p"] = errno.errorcode[e.errno]
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.1)            # the reader's GET is out before the upsert
+    os.close(fd)
+    reader.join()
+    assert got["p"] in (42, 43)
+    assert prio() == 43
