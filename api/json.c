@@ -24,6 +24,7 @@
 #endif
 
 #include "api_i.h"
+#include "utf8.h"
 
 #define JDOC_MAX_DEPTH 128
 
@@ -213,41 +214,6 @@ static int hexval(unsigned char c)
 	return -1;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-	unsigned char c = s[0];
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t len, i;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		len = 2;
-	else if (c >= 0xe0 && c <= 0xef)
-		len = 3;
-	else if (c >= 0xf0 && c <= 0xf4)
-		len = 4;
-	else
-		return 0;
-	if (n < len)
-		return 0;
-	if (c == 0xe0)
-		lo = 0xa0;
-	else if (c == 0xed)
-		hi = 0x9f;
-	else if (c == 0xf0)
-		lo = 0x90;
-	else if (c == 0xf4)
-		hi = 0x8f;
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (i = 2; i < len; i++)
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	return len;
-}
-
 /*
  * String scanning skips plain bytes a block at a time and stops at the
  * first byte it must look at: '"', '\\', a control, and when validating
@@ -396,7 +362,7 @@ static int jp_string_rest(struct jparser *p, size_t *pos, uint8_t *flags)
 			return jp_fail(p, "control character in string");
 		}
 		if (c >= 0x80 && utf8) {
-			size_t l = utf8_seq(s + i, n - i);
+			size_t l = utf8_seq_len(s + i, n - i);
 
 			if (!l) {
 				p->pos = i;

@@ -31,6 +31,7 @@
 
 #include "log.h"
 #include "names.h"
+#include "utf8.h"
 
 #define SPOOL_BATCH 256
 /* the spool is keyed by primary key: LMDB keys stop near 500 bytes */
@@ -312,39 +313,6 @@ bool fs_import_dirty(const struct fs_import *im)
 	return im->dirty;
 }
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
- * forms, no surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end)
-{
-	unsigned c = p[0], lo = 0x80, hi = 0xBF;
-	size_t len, i;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		len = 2;
-	else if (c >= 0xE0 && c <= 0xEF)
-		len = 3;
-	else if (c >= 0xF0 && c <= 0xF4)
-		len = 4;
-	else
-		return 0;
-	if (c == 0xE0)
-		lo = 0xA0;
-	else if (c == 0xED)
-		hi = 0x9F;
-	else if (c == 0xF0)
-		lo = 0x90;
-	else if (c == 0xF4)
-		hi = 0x8F;
-	if ((size_t)(end - p) < len || p[1] < lo || p[1] > hi)
-		return 0;
-	for (i = 2; i < len; i++)
-		if ((p[i] & 0xC0) != 0x80)
-			return 0;
-	return len;
-}
-
 /* Write s[0..n) as a JSON string: bytes that are not well-formed UTF-8
  * become U+FFFD, so the rejects file stays valid JSON (and valid UTF-8)
  * whatever was written. */
@@ -367,7 +335,7 @@ static void put_json_string(FILE *f, const char *s, size_t n)
 			p++;
 			continue;
 		}
-		len = utf8_len(p, end);
+		len = utf8_seq_len(p, (size_t)(end - p));
 		if (!len) {
 			fputs("\\ufffd", f);
 			p++;
