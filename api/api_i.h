@@ -3,12 +3,15 @@
  *
  * Layers, bottom up:
  *   json.c    a strict span scanner (struct jdoc) for row pages and import
- *             lines, json-c compatible compact output, row validation,
- *             schema parsing;
+ *             lines, json-c compatible compact output;
+ *   rows.c    rows pages to JSONL, RFC 3339 dates, row validation;
+ *   schema.c  schema parsing (both dialects' shapes);
+ *   csv.c     RFC 4180 CSV to and from JSONL rows;
  *   pacer.c   the shared rate-limit pacer;
  *   token.c   the shared OAuth token;
  *   http.c    curl handle pool, one request with retries (api_http);
  *   cursor.c  the cursor dialect (struct api_dialect);
+ *   flows.c   the production dialect;
  *   api.c     api_new/api_free, configuration, the public entry points
  *             that dispatch to the dialect, small helpers.
  * See docs/api.md for the design.
