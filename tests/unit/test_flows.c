@@ -1030,6 +1030,294 @@ static void test_budget_config(void **state)
 	free(dir);
 }
 
+/* ---- against dtfs-emu's production dialect ----------------------------- */
+
+struct emu {
+	pid_t pid;
+	char url[64];
+};
+
+/* Start build/tools/emu/dtfs-emu (DTFS_EMU) on a free port with the sample
+ * tables; extra flags after the defaults. */
+static void emu_start(struct emu *e, const char *const *extra)
+{
+	const char *bin = getenv("DTFS_EMU"), *data = getenv("DTFS_SAMPLE_DATA");
+	const char *argv[32] = {bin, "--listen", "127.0.0.1:0", "--data", data,
+				"--client", "id:sec:architect", "--job-delay",
+				"20"};
+	int fds[2], n = 9;
+	char line[256];
+	FILE *f;
+
+	assert_non_null(bin);
+	assert_non_null(data);
+	for (; extra && *extra; extra++)
+		argv[n++] = *extra;
+	argv[n] = NULL;
+	assert_int_equal(pipe(fds), 0);
+	e->pid = fork();
+	assert_true(e->pid >= 0);
+	if (e->pid == 0) {
+		dup2(fds[1], 1);
+		close(fds[0]);
+		close(fds[1]);
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	close(fds[1]);
+	f = fdopen(fds[0], "r");
+	assert_non_null(fgets(line, sizeof(line), f));
+	fclose(f);
+	assert_int_equal(sscanf(line, "listening on %63s", e->url), 1);
+}
+
+static void emu_stop(struct emu *e)
+{
+	int status;
+
+	kill(e->pid, SIGTERM);
+	assert_int_equal(waitpid(e->pid, &status, 0), e->pid);
+}
+
+/* GET path from the emulator with a bare socket: the body, malloc'ed. */
+static char *emu_get(const struct emu *e, const char *path)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	long port = strtol(strrchr(e->url, ':') + 1, NULL, 10);
+	int fd;
+	char req[256], *buf = calloc(1, 65536), *body;
+	size_t got = 0;
+	ssize_t r;
+
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	snprintf(req, sizeof(req),
+		 "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		 path);
+	assert_true(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+	while ((r = read(fd, buf + got, 65535 - got)) > 0)
+		got += (size_t)r;
+	close(fd);
+	body = strstr(buf, "\r\n\r\n");
+	assert_non_null(body);
+	body = strdup(body + 4);
+	free(buf);
+	return body;
+}
+
+static long stat_of(const char *stats, const char *name)
+{
+	char key[64];
+	const char *p;
+
+	snprintf(key, sizeof(key), "\"%s\":", name);
+	p = strstr(stats, key);
+	if (!p)
+		return 0;
+	p += strlen(key);
+	while (*p == ' ')
+		p++;
+	return strtol(p, NULL, 10);
+}
+
+static struct api *emu_client(const struct emu *e)
+{
+	struct api_config cfg = {.dialect = "flows",
+				 .api_url = e->url,
+				 .client_id = "id",
+				 .client_secret = "sec",
+				 .retry_budget_s = 30};
+	struct api *api;
+
+	assert_int_equal(api_new(&cfg, &api), 0);
+	return api;
+}
+
+static char *table_id(struct api *api, const char *name)
+{
+	struct api_table_list list;
+	char *id = NULL;
+
+	assert_int_equal(api_list_tables(api, &list), 0);
+	for (size_t i = 0; i < list.count; i++)
+		if (!strcmp(list.tables[i].name, name))
+			id = strdup(list.tables[i].id);
+	api_table_list_release(&list);
+	assert_non_null(id);
+	return id;
+}
+
+/* Every row by numbered pages of page_size, concatenated. */
+static char *all_pages(struct api *api, const char *id,
+		       const struct api_schema *s, unsigned page_size,
+		       unsigned *pages)
+{
+	char *all = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&all, &len);
+
+	for (unsigned p = 1;; p++) {
+		struct api_page page;
+
+		assert_int_equal(api_get_page(api, id, s, p, page_size, &page),
+				 0);
+		fwrite(page.data, 1, page.len, f);
+		*pages = page.page_count;
+		if (!page.nrows) {
+			api_page_release(&page);
+			break;
+		}
+		api_page_release(&page);
+	}
+	fclose(f);
+	return all;
+}
+
+static void test_flows_against_emu(void **state)
+{
+	struct emu e;
+	struct api *api;
+	struct api_schema s;
+	struct api_page page;
+	struct api_job job;
+	char *id, *all, *csv, *jsonl, *stats;
+	size_t len, jlen;
+	unsigned pages;
+
+	(void)state;
+	emu_start(&e, NULL);
+	api = emu_client(&e);
+	id = table_id(api, "PriceList");
+	assert_int_equal(api_get_schema(api, id, &s), 0);
+	assert_int_equal(s.ncolumns, 5);
+	assert_string_equal(s.columns[0].name, "key");
+	assert_string_equal(s.columns[4].name, "active");
+
+	/* one page of all 40 rows equals 6 pages of 7 */
+	assert_int_equal(api_get_page(api, id, &s, 1, 0, &page), 0);
+	assert_int_equal(page.nrows, 40);
+	assert_int_equal(page.total, 40);
+	assert_int_equal(page.page_count, 1);
+	assert_int_equal(page.page_size, 500);
+	assert_non_null(strstr(page.data,
+			       "{\"key\":\"SKU-0002\",\"name\":\"Poster "
+			       "\\\"Blue Hour\\\"\",\"price\":7,"));
+	all = all_pages(api, id, &s, 7, &pages);
+	assert_int_equal(pages, 6);
+	assert_string_equal(all, page.data);
+	free(all);
+
+	/* the export job's CSV reads back as the same rows */
+	assert_int_equal(api_export_csv(api, id, &csv, &len), 0);
+	assert_int_equal(api_csv_to_jsonl(&s, csv, len, &jsonl, &jlen), 0);
+	assert_string_equal(jsonl, page.data);
+	free(jsonl);
+	free(csv);
+
+	/* single rows */
+	{
+		const char *row = "{\"key\":\"NEW 1/\xc3\xa9\",\"name\":\"n\","
+				  "\"price\":1.25,\"stock\":2,"
+				  "\"active\":false}";
+		const char *row2 = "{\"key\":\"NEW 1/\xc3\xa9\",\"name\":\"m\","
+				   "\"price\":1.25,\"stock\":3,"
+				   "\"active\":true}";
+
+		assert_int_equal(api_row_create(api, id, row, strlen(row)), 0);
+		assert_int_equal(api_row_create(api, id, row, strlen(row)),
+				 -EEXIST);
+		assert_int_equal(api_row_update(api, id, "NEW 1/\xc3\xa9", row2,
+						strlen(row2)),
+				 0);
+		assert_int_equal(
+		    api_row_update(api, id, "NOPE", "{\"key\":\"NOPE\"}", 14),
+		    -ENOENT);
+		assert_int_equal(
+		    api_row_create(api, id, "{\"key\":\"x\",\"stock\":1.5}", 23),
+		    -EINVAL);
+		all = all_pages(api, id, &s, 0, &pages);
+		assert_non_null(strstr(all, row2));
+		free(all);
+		assert_int_equal(api_row_delete_key(api, id, "NEW 1/\xc3\xa9"),
+				 0);
+		assert_int_equal(api_row_delete_key(api, id, "NEW 1/\xc3\xa9"),
+				 -ENOENT);
+	}
+
+	/* an import job: two rows in, one refused by the server */
+	{
+		const char *rows[] = {
+		    "{\"key\":\"SKU-0001\",\"name\":\"a, \\\"b\\\"\\r\\nc\","
+		    "\"price\":2.50,\"stock\":1,\"active\":false}",
+		    "{\"key\":\"IMP-1\",\"name\":\"\",\"price\":0,\"stock\":0,"
+		    "\"active\":true}",
+		};
+		size_t lens[2] = {strlen(rows[0]), strlen(rows[1])};
+
+		csv = NULL;
+		assert_int_equal(api_csv_encode(&s, rows, lens, 2, &csv, &len),
+				 0);
+		len += (size_t)snprintf(NULL, 0, "BAD-1,x,1,notanint,true\r\n");
+		csv = realloc(csv, len + 1);
+		strcat(csv, "BAD-1,x,1,notanint,true\r\n");
+		assert_int_equal(api_import_csv(api, id, csv, len, false, &job),
+				 0);
+		free(csv);
+		assert_string_equal(job.status, "Succeeded");
+		assert_int_equal(job.updated, 2);
+		assert_int_equal(job.failed, 1);
+		api_job_release(&job);
+		all = all_pages(api, id, &s, 0, &pages);
+		assert_non_null(strstr(all, rows[0]));
+		assert_non_null(strstr(all, rows[1]));
+		assert_null(strstr(all, "BAD-1"));
+		free(all);
+	}
+	api_page_release(&page);
+	api_schema_release(&s);
+	free(id);
+	api_free(api);
+	emu_stop(&e);
+
+	/* a smaller page size limit, and a rate limit below our budget:
+	 * 429s honoured, every call succeeds */
+	{
+		static const char *const extra[] = {
+		    "--max-flows-page-size", "100", "--rate-limit", "4/1",
+		    NULL};
+
+		emu_start(&e, extra);
+		api = emu_client(&e);
+		id = table_id(api, "PriceList");
+		assert_int_equal(api_get_schema(api, id, &s), 0);
+		assert_int_equal(api_get_page(api, id, &s, 1, 0, &page), 0);
+		assert_int_equal(page.page_size, 62);
+		assert_int_equal(page.nrows, 40);
+		api_page_release(&page);
+		for (int i = 0; i < 6; i++) {
+			assert_int_equal(api_get_page(api, id, &s, 1, 0, &page),
+					 0);
+			assert_int_equal(page.page_size, 62);
+			api_page_release(&page);
+		}
+		stats = emu_get(&e, "/_emu/stats");
+		assert_true(stat_of(stats, "429") >= 1);
+		{
+			struct api_stats st;
+
+			api_get_stats(api, &st);
+			assert_int_equal(st.throttled, stat_of(stats, "429"));
+		}
+		free(stats);
+		api_schema_release(&s);
+		free(id);
+		api_free(api);
+		emu_stop(&e);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1042,6 +1330,7 @@ int main(void)
 	    cmocka_unit_test(test_budget_shared_clients),
 	    cmocka_unit_test(test_budget_shared_processes),
 	    cmocka_unit_test(test_budget_config),
+	    cmocka_unit_test(test_flows_against_emu),
 	};
 
 	log_init("test_flows",
