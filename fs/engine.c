@@ -628,9 +628,10 @@ static bool unreachable(int rc)
 	return rc == -ENOTCONN || rc == -ETIMEDOUT || rc == -EIO;
 }
 
-/* Revalidate or start the cached version; t->lock held. */
+/* Revalidate or start the cached version (now when `force`, else at most
+ * once per `revalidate`); t->lock held. */
 static int snapshot(struct fs_engine *eng, struct fs_table *t,
-		    struct cache_meta *m)
+		    struct cache_meta *m, bool force)
 {
 	struct api_page page = { 0 };
 	bool have, changed = false;
@@ -640,11 +641,11 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	if (rc && rc != -ENOENT)
 		return rc;
 	have = rc == 0 && m->gen != t->stale_gen;
-	if (have && !fs_engine_expired(eng, m->validated_at))
+	if (have && !force && !fs_engine_expired(eng, m->validated_at))
 		return 0;
 	/* offline a moment ago: do not make every open pay the retry budget
 	 * again before `revalidate` seconds have passed */
-	if (have && m->complete && t->offline_at > m->validated_at &&
+	if (have && !force && m->complete && t->offline_at > m->validated_at &&
 	    !fs_engine_expired(eng, t->offline_at))
 		return 0;
 
@@ -655,7 +656,7 @@ again:
 	rc = api_get_rows(eng->api, t->id, &t->schema, NULL,
 			  eng->cfg.page_size,
 			  have && m->version[0] ? m->version : NULL, &page);
-	if (rc && have && m->complete && unreachable(rc)) {
+	if (rc && !force && have && m->complete && unreachable(rc)) {
 		atomic_store(&t->offline_at, now_s());
 		/* offline: the last version proved current, whole, beats no
 		 * file at all (the log says it was not revalidated) */
@@ -706,8 +707,8 @@ out:
 	return rc;
 }
 
-int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
-		   struct fs_reader **out)
+static int reader_open(struct fs_engine *eng, struct fs_table *t,
+		       bool force, struct fs_reader **out)
 {
 	struct fs_reader *rd;
 	struct cache_meta m;
@@ -718,7 +719,7 @@ int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
 	if (!rd)
 		return -ENOMEM;
 	pthread_mutex_lock(&t->lock);
-	rc = snapshot(eng, t, &m);
+	rc = snapshot(eng, t, &m, force);
 	pthread_mutex_unlock(&t->lock);
 	if (rc) {
 		free(rd);
@@ -729,6 +730,18 @@ int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
 	rd->gen = m.gen;
 	*out = rd;
 	return 0;
+}
+
+int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
+		   struct fs_reader **out)
+{
+	return reader_open(eng, t, false, out);
+}
+
+int fs_reader_open_current(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_reader **out)
+{
+	return reader_open(eng, t, true, out);
 }
 
 int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,

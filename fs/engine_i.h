@@ -93,6 +93,53 @@ int fs_table_invalidate(struct fs_engine *eng, struct fs_table *t)
  * `revalidate` seconds, or made before the last fs_engine_expire(). */
 bool fs_engine_expired(struct fs_engine *eng, int64_t at);
 
+/* Open a reader on the current version of t: revalidated now, whatever
+ * `revalidate` allows (an import compares with it). */
+int fs_reader_open_current(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_reader **out) FS_WARN_UNUSED;
+
+/* ---- diff.c: only what changed is sent ---- */
+
+/* One spooled row, "LINE\tF\tKEY\tROW"; pointers into the value. */
+struct fs_spooled {
+	uint64_t line;		/* line of the import, 0 for the table's */
+	char flag;		/* '-' none, 'u' key in the table, 'n' new */
+	const char *key;	/* encoded key (api_row_validate), klen bytes */
+	size_t klen;
+	const char *row;	/* canonical row, NUL-terminated */
+};
+
+/* Format / parse a spool value (malloc'ed; -EPROTO when malformed). */
+char *fs_spooled_format(uint64_t line, char flag, const char *key,
+			const char *row);
+int fs_spooled_parse(const char *val, struct fs_spooled *out)
+	FS_WARN_UNUSED;
+
+/* The name of t's spool `what` in the cache ("" is the import spool). */
+char *fs_spool_name(const struct fs_table *t, const char *what);
+
+struct fs_diff {
+	uint64_t current;	/* rows of the current version */
+	uint64_t unreadable;	/* of which the schema could not read */
+	uint64_t same;		/* spooled rows identical: not sent */
+	uint64_t changed;	/* spooled rows whose key the version has */
+	uint64_t added;		/* spooled rows with a key it lacks */
+	uint64_t absent;	/* keys of the version not spooled */
+};
+
+/*
+ * Compare the spool `in` with t's current version (revalidated now, read
+ * whole, each line made canonical by `schema`): rows that differ go to the
+ * spool `out` flagged 'u' (key in the version) or 'n' (new key); the
+ * version's keys missing from `in` go to `absent` when not NULL. Both
+ * outputs are emptied first. Returns 0, or the error of reading the
+ * version (-ESTALE when it kept changing while read) or of the cache.
+ */
+int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
+		  const struct api_schema *schema, const char *in,
+		  const char *out, const char *absent, struct fs_diff *d)
+	FS_WARN_UNUSED;
+
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;
 void fs_import_release(struct fs_engine *eng);

@@ -9,8 +9,10 @@
  * (fs_import_finish) the spool is sent as upsert chunks by a few worker
  * threads, paced by the API client's shared pacer.
  *
- * Spooled values are "LINE\tROW": the line number lets a row the server
- * rejects after all be quarantined under its line.
+ * Spooled values are "LINE\tF\tKEY\tROW" (diff.c): the line number lets a
+ * row the server rejects after all be quarantined under its line. Before
+ * sending, the spool is compared with the table's current version
+ * (diff.c) and only the rows that differ are sent.
  *
  * One import per table at a time, across processes too: the import holds an
  * exclusive flock on its rejects file.
@@ -74,12 +76,14 @@ struct fs_import {
 	char *vals[SPOOL_BATCH];
 	size_t nbatch;
 
+	char *send;			/* spool of the rows to send */
+
 	int rejects_fd;			/* flock'ed: the import lock */
 	FILE *rejects;
 
 	/* status.json; counters are atomics, strings under import_lock */
 	atomic_uint_fast64_t lines, valid, quarantined, chunks_sent,
-		chunks_acked, retries, throttled;
+		chunks_acked, retries, throttled, unchanged, to_send;
 	enum import_state state;
 	char error[512];
 	int64_t started_at, finished_at;
@@ -118,6 +122,7 @@ static void import_free(struct fs_import *im)
 	else if (im->rejects_fd >= 0)
 		close(im->rejects_fd);
 	api_schema_release(&im->schema);
+	free(im->send);
 	free(im->partial);
 	pthread_mutex_destroy(&im->rejects_lock);
 	pthread_mutex_destroy(&im->lock);
@@ -237,6 +242,11 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	im->eng = eng;
 	im->t = t;
 	im->rejects_fd = -1;
+	im->send = fs_spool_name(t, "send");
+	if (!im->send) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 
 	/* the import lock, across processes: flock the rejects file */
 	if (mkdir(eng->rejects_dir, 0700) && errno != EEXIST) {
@@ -289,6 +299,8 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		goto fail;
 	}
 	rc = cache_spool_clear(eng->cache, t->id);
+	if (!rc)
+		rc = cache_spool_clear(eng->cache, im->send);
 	if (rc)
 		goto fail;
 
@@ -400,7 +412,6 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 	uint64_t line = atomic_fetch_add(&im->lines, 1) + 1;
 	char *row = NULL, *key = NULL, *error = NULL, *val;
 	char msg[96];
-	size_t vlen;
 	int rc;
 
 	if (n && s[n - 1] == '\r')
@@ -444,15 +455,12 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 		return 0;
 	}
 	atomic_fetch_add(&im->valid, 1);
-	vlen = strlen(row) + 24;
-	val = malloc(vlen);
+	val = fs_spooled_format(line, '-', key, row);
+	free(row);
 	if (!val) {
-		free(row);
 		free(key);
 		return -ENOMEM;
 	}
-	snprintf(val, vlen, "%" PRIu64 "\t%s", line, row);
-	free(row);
 	im->keys[im->nbatch] = key;
 	im->vals[im->nbatch] = val;
 	if (++im->nbatch == SPOOL_BATCH)
@@ -545,13 +553,17 @@ struct upload {
 	bool failed;		/* some chunk did not land */
 };
 
-/* Split "LINE\tROW". */
+/* The row and line of a spool value. */
 static const char *spooled_row(const char *val, uint64_t *line)
 {
-	char *tab;
+	struct fs_spooled s;
 
-	*line = strtoull(val, &tab, 10);
-	return *tab == '\t' ? tab + 1 : val;
+	if (fs_spooled_parse(val, &s)) {
+		*line = 0;
+		return val;
+	}
+	*line = s.line;
+	return s.row;
 }
 
 /* Send one chunk; on a 400 that names rows, quarantine them and send the
@@ -679,7 +691,7 @@ static void *upload_main(void *arg)
  * its size follows the rate budget as the last answer reported it (no
  * read-ahead of full chunks cut before the budget turned low). Returns 0,
  * or the first error of a chunk that did not land. */
-static int upload(struct fs_import *im)
+static int upload(struct fs_import *im, const char *spool)
 {
 	struct fs_engine *eng = im->eng;
 	unsigned workers = eng->cfg.upload_workers, started = 0, i;
@@ -715,7 +727,7 @@ static int upload(struct fs_import *im)
 			break;
 		}
 		max = api_budget_low(eng->api) ? 50 : eng->cfg.chunk_rows;
-		rc = cache_spool_next(eng->cache, im->t->id, after, max,
+		rc = cache_spool_next(eng->cache, spool, after, max,
 				      &c->batch);
 		if (rc || c->batch.n == 0) {
 			cache_spool_batch_release(&c->batch);
@@ -754,6 +766,47 @@ static int upload(struct fs_import *im)
 	return up.failed ? -EIO : 0;
 }
 
+/*
+ * Send what differs from the table's current version (diff.c). When the
+ * version cannot be read for the comparison, every spooled row is sent:
+ * an upsert of an unchanged row changes nothing, and the upload meets
+ * whatever made the read fail.
+ */
+static int send_changed(struct fs_import *im)
+{
+	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
+	const char *spool = im->send;
+	struct fs_diff d;
+	size_t n = 0;
+	int rc, crc;
+
+	rc = fs_diff_spool(eng, t, &im->schema, t->id, im->send, NULL, &d);
+	if (rc) {
+		log_warn("import into '%s': sending every row", t->name);
+		spool = t->id;
+		if (cache_spool_count(eng->cache, spool, &n))
+			n = (size_t)atomic_load(&im->valid);
+		atomic_store(&im->to_send, n);
+	} else {
+		atomic_store(&im->unchanged, d.same);
+		atomic_store(&im->to_send, d.changed + d.added);
+		if (d.changed + d.added == 0)
+			return 0;	/* nothing differs: the table and its
+					   cached version stay as they are */
+	}
+	/* the table is about to change: forget the cached version first, so
+	 * a daemon killed mid-upload leaves no copy that a later mount would
+	 * serve as fresh within its revalidate window */
+	crc = fs_table_invalidate(eng, t);
+	(void)crc;
+	rc = upload(im, spool);
+	/* what landed changed the table: the next read must refetch */
+	crc = fs_table_invalidate(eng, t);
+	(void)crc;
+	return rc;
+}
+
 int fs_import_finish(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
@@ -786,16 +839,10 @@ int fs_import_finish(struct fs_import *im)
 	}
 
 	set_state(im, IMPORT_UPLOADING, NULL);
-	/* the table is about to change: forget the cached version first, so
-	 * a daemon killed mid-upload leaves no copy that a later mount would
-	 * serve as fresh within its revalidate window */
-	crc = fs_table_invalidate(eng, t);
-	(void)crc;
-	rc = upload(im);
-	/* what landed changed the table: the next read must refetch */
-	crc = fs_table_invalidate(eng, t);
-	(void)crc;
+	rc = send_changed(im);
 	crc = cache_spool_clear(eng->cache, t->id);
+	(void)crc;
+	crc = cache_spool_clear(eng->cache, im->send);
 	(void)crc;
 	if (rc == -EACCES) {
 		atomic_store(&t->write_refused_at, (int64_t)time(NULL));
@@ -816,9 +863,10 @@ int fs_import_finish(struct fs_import *im)
 	}
 	log_notice("import into '%s': %" PRIuFAST64 " lines, %" PRIuFAST64
 		   " valid, %" PRIuFAST64 " quarantined, %" PRIuFAST64
-		   " of %" PRIuFAST64 " chunks acknowledged: %s",
+		   " unchanged, %" PRIuFAST64 " of %" PRIuFAST64
+		   " chunks acknowledged: %s",
 		   t->name, atomic_load(&im->lines), atomic_load(&im->valid),
-		   atomic_load(&im->quarantined),
+		   atomic_load(&im->quarantined), atomic_load(&im->unchanged),
 		   atomic_load(&im->chunks_acked),
 		   atomic_load(&im->chunks_sent), rc ? strerror(-rc) : "ok");
 latch:
@@ -893,6 +941,8 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		     "    \"lines_read\": %" PRIuFAST64 ",\n"
 		     "    \"rows_valid\": %" PRIuFAST64 ",\n"
 		     "    \"quarantined\": %" PRIuFAST64 ",\n"
+		     "    \"rows_unchanged\": %" PRIuFAST64 ",\n"
+		     "    \"rows_to_send\": %" PRIuFAST64 ",\n"
 		     "    \"chunks_sent\": %" PRIuFAST64 ",\n"
 		     "    \"chunks_acknowledged\": %" PRIuFAST64 ",\n"
 		     "    \"retries\": %" PRIuFAST64 ",\n"
@@ -901,6 +951,7 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		     "    \"error\": ",
 		     state_names[im->state], atomic_load(&im->lines),
 		     atomic_load(&im->valid), atomic_load(&im->quarantined),
+		     atomic_load(&im->unchanged), atomic_load(&im->to_send),
 		     atomic_load(&im->chunks_sent),
 		     atomic_load(&im->chunks_acked), atomic_load(&im->retries),
 		     atomic_load(&im->throttled), started, finished);
