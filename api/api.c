@@ -533,10 +533,7 @@ int api_new(const struct api_config *cfg, struct api **out)
 	    strcmp(cfg->dialect, "cursor") == 0) {
 		api->dialect = &api_dialect_cursor;
 	} else if (strcmp(cfg->dialect, "flows") == 0) {
-		log_err("api=flows: the production /api/v2/flows/datatables "
-			"dialect is not implemented yet; use api=cursor");
-		rc = -EINVAL;
-		goto fail;
+		api->dialect = &api_dialect_flows;
 	} else {
 		log_err("unknown api dialect '%s' (cursor or flows)",
 			cfg->dialect);
@@ -673,9 +670,85 @@ int api_delete_row(struct api *api, const char *table_id, const char *row_id)
 	return api->dialect->delete_row(api, table_id, row_id);
 }
 
+int api_get_page(struct api *api, const char *table_id,
+		 const struct api_schema *schema, unsigned page_number,
+		 unsigned page_size, struct api_page *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->get_page)
+		return -ENOSYS;
+	return api->dialect->get_page(api, table_id, schema, page_number,
+				      page_size, out);
+}
+
+int api_row_create(struct api *api, const char *table_id, const char *row,
+		   size_t len)
+{
+	if (!api->dialect->row_create)
+		return -ENOSYS;
+	return api->dialect->row_create(api, table_id, row, len);
+}
+
+int api_row_update(struct api *api, const char *table_id, const char *key,
+		   const char *row, size_t len)
+{
+	if (!api->dialect->row_update)
+		return -ENOSYS;
+	return api->dialect->row_update(api, table_id, key, row, len);
+}
+
+int api_row_delete_key(struct api *api, const char *table_id, const char *key)
+{
+	if (!api->dialect->row_delete_key)
+		return -ENOSYS;
+	return api->dialect->row_delete_key(api, table_id, key);
+}
+
+void api_job_release(struct api_job *job)
+{
+	if (!job)
+		return;
+	free(job->id);
+	free(job->status);
+	free(job->error);
+	memset(job, 0, sizeof(*job));
+}
+
+int api_import_csv(struct api *api, const char *table_id, const char *csv,
+		   size_t len, bool replace_all, struct api_job *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->import_csv)
+		return -ENOSYS;
+	return api->dialect->import_csv(api, table_id, csv, len, replace_all,
+					out);
+}
+
+int api_export_csv(struct api *api, const char *table_id, char **csv,
+		   size_t *len)
+{
+	*csv = NULL;
+	*len = 0;
+	if (!api->dialect->export_csv)
+		return -ENOSYS;
+	return api->dialect->export_csv(api, table_id, csv, len);
+}
+
+void api_get_caps(struct api *api, struct api_caps *out)
+{
+	memset(out, 0, sizeof(*out));
+	api->dialect->get_caps(api, out);
+}
+
 bool api_budget_low(struct api *api)
 {
 	return pacer_low(&api->pacer, api_now());
+}
+
+double api_budget_rate(struct api *api)
+{
+	(void)api;
+	return 0;
 }
 
 void api_get_stats(struct api *api, struct api_stats *out)

@@ -3,12 +3,15 @@
  *
  * Layers, bottom up:
  *   json.c    a strict span scanner (struct jdoc) for row pages and import
- *             lines, json-c compatible compact output, row validation,
- *             schema parsing;
+ *             lines, json-c compatible compact output;
+ *   rows.c    rows pages to JSONL, RFC 3339 dates, row validation;
+ *   schema.c  schema parsing (both dialects' shapes);
+ *   csv.c     RFC 4180 CSV to and from JSONL rows;
  *   pacer.c   the shared rate-limit pacer;
  *   token.c   the shared OAuth token;
  *   http.c    curl handle pool, one request with retries (api_http);
  *   cursor.c  the cursor dialect (struct api_dialect);
+ *   flows.c   the production dialect;
  *   api.c     api_new/api_free, configuration, the public entry points
  *             that dispatch to the dialect, small helpers.
  * See docs/api.md for the design.
@@ -278,9 +281,26 @@ struct api_dialect {
 		      struct api_upsert_result *out);
 	int (*delete_row)(struct api *api, const char *table_id,
 			  const char *row_id);
+	/* NULL where the dialect lacks the operation (-ENOSYS) */
+	int (*get_page)(struct api *api, const char *table_id,
+			const struct api_schema *schema, unsigned page_number,
+			unsigned page_size, struct api_page *out);
+	int (*row_create)(struct api *api, const char *table_id,
+			  const char *row, size_t len);
+	int (*row_update)(struct api *api, const char *table_id,
+			  const char *key, const char *row, size_t len);
+	int (*row_delete_key)(struct api *api, const char *table_id,
+			      const char *key);
+	int (*import_csv)(struct api *api, const char *table_id,
+			  const char *csv, size_t len, bool replace_all,
+			  struct api_job *out);
+	int (*export_csv)(struct api *api, const char *table_id, char **csv,
+			  size_t *len);
+	void (*get_caps)(struct api *api, struct api_caps *out);
 };
 
 extern const struct api_dialect api_dialect_cursor;
+extern const struct api_dialect api_dialect_flows;
 
 /* ---- the client ------------------------------------------------------- */
 

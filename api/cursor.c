@@ -496,6 +496,13 @@ out:
 	return rc;
 }
 
+static void cursor_get_caps(struct api *api, struct api_caps *out)
+{
+	(void)api;
+	out->versions = true;
+	out->max_page_size = CURSOR_MAX_PAGE;
+}
+
 const struct api_dialect api_dialect_cursor = {
     .name = "cursor",
     .scope = "data-table:read data-table:write",
@@ -506,4 +513,5 @@ const struct api_dialect api_dialect_cursor = {
     .get_rows = cursor_get_rows,
     .upsert = cursor_upsert,
     .delete_row = cursor_delete_row,
+    .get_caps = cursor_get_caps,
 };
