@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "hash.h"
 #include "log.h"
 #include "names.h"
 
@@ -25,10 +26,62 @@ static char *dup_or_null(const char *s)
 
 static void *prefetch_main(void *arg);
 
+/* The client id the API will use: the credentials file's client_id= line,
+ * else GENESYSCLOUD_OAUTHCLIENT_ID (api/ reports what is missing). */
+static char *client_id(const struct fs_config *cfg)
+{
+	const char *env = getenv("GENESYSCLOUD_OAUTHCLIENT_ID");
+	char line[1024], *id = NULL;
+	FILE *f;
+
+	if (!cfg->credentials)
+		return env && *env ? strdup(env) : NULL;
+	f = fopen(cfg->credentials, "re");
+	if (!f)
+		return NULL;
+	while (!id && fgets(line, sizeof(line), f)) {
+		const char *v = line + strspn(line, " \t");
+
+		if (strncmp(v, "client_id", 9))
+			continue;
+		v += 9 + strspn(v + 9, " \t");
+		if (*v++ != '=')
+			continue;
+		v += strspn(v, " \t");
+		id = strndup(v, strcspn(v, " \t\r\n"));
+	}
+	fclose(f);
+	return id;
+}
+
+/* <cache_dir>/budget-<digest of the API URL or region and client id>:
+ * the processes of one client id on this host share one request budget
+ * (api/ keeps it in that file). NULL when the id is unknown. */
+static char *budget_path(const struct fs_config *cfg)
+{
+	char *id = client_id(cfg), hex[17], *p;
+	const char *where = cfg->api_url ? cfg->api_url : cfg->region;
+	uint64_t h = HASH_INIT;
+	size_t n;
+
+	if (!id)
+		return NULL;
+	h = hash_add(h, where, strlen(where) + 1);
+	h = hash_add(h, id, strlen(id));
+	free(id);
+	hash_hex(h, hex);
+	n = strlen(cfg->cache_dir) + sizeof("/budget-") + sizeof(hex);
+	p = malloc(n);
+	if (p)
+		snprintf(p, n, "%s/budget-%s", cfg->cache_dir, hex);
+	return p;
+}
+
 int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 {
 	struct api_config ac = { 0 };
 	struct fs_engine *eng;
+	char *budget = NULL;
 	int rc;
 
 	*out = NULL;
@@ -53,6 +106,13 @@ int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 		goto fail;
 	}
 
+	rc = fs_config_resolve(&eng->cfg);
+	if (rc)
+		goto fail;
+	cfg = &eng->cfg;
+	if (cfg->rate_requests)
+		budget = budget_path(cfg);
+
 	ac.dialect = cfg->api;
 	ac.region = cfg->region;
 	ac.api_url = cfg->api_url;
@@ -60,7 +120,14 @@ int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 	ac.credentials = cfg->credentials;
 	ac.max_attempts = cfg->retries;
 	ac.retry_budget_s = cfg->retry_budget;
+	ac.rate_requests = cfg->rate_requests;
+	ac.rate_window_s = cfg->rate_window;
+	ac.budget_file = budget;
+	log_info("api dialect %s, budget %u requests per %u s%s", cfg->api,
+		 cfg->rate_requests, cfg->rate_window,
+		 budget ? " shared through the cache directory" : "");
 	rc = api_new(&ac, &eng->api);
+	free(budget);
 	if (rc)
 		goto fail;
 	rc = fs_import_init(eng);
