@@ -130,6 +130,7 @@ int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 	free(budget);
 	if (rc)
 		goto fail;
+	api_get_caps(eng->api, &eng->caps);
 	rc = fs_import_init(eng);
 	if (rc)
 		goto fail;
@@ -182,6 +183,7 @@ static void table_free(struct fs_table *t)
 {
 	fs_import_table_release(t);
 	api_schema_release(&t->schema);
+	free(t->keys);
 	pthread_mutex_destroy(&t->lock);
 	free(t->id);
 	free(t->name);
@@ -596,6 +598,12 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 	rc = fs_table_load_schema(eng, t);
 	if (rc)
 		goto out;
+	if (eng->caps.numbered_pages) {
+		rc = fs_numbered_fetch(eng, t, &m);
+		if (rc && rc != -ESTALE)
+			page_error(t, "fetching rows", rc);
+		goto out;
+	}
 	rc = api_get_rows(eng->api, t->id, &t->schema,
 			  m.pages ? m.cursor : NULL, eng->cfg.page_size, NULL,
 			  &page);
@@ -686,6 +694,7 @@ struct fs_reader {
 	struct fs_engine *eng;
 	struct fs_table *t;
 	uint64_t gen;
+	bool consumed;		/* bytes of gen were returned */
 };
 
 /* The API could not be reached or kept failing: not an answer about the
@@ -716,6 +725,15 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	    !fs_engine_expired(eng, t->offline_at))
 		return 0;
 
+	if (eng->caps.numbered_pages) {
+		/* no version to ask about: the schema is refreshed on the
+		 * same cadence as the rows it orders */
+		rc = have ? fs_table_fresh_schema(eng, t)
+			  : fs_table_load_schema(eng, t);
+		if (rc)
+			return rc;
+		return fs_numbered_snapshot(eng, t, m, have, force);
+	}
 	rc = fs_table_load_schema(eng, t);
 	if (rc)
 		return rc;
@@ -811,6 +829,23 @@ int fs_reader_open_current(struct fs_engine *eng, struct fs_table *t,
 	return reader_open(eng, t, true, out);
 }
 
+/* Bind rd to the table's version as an open would now. */
+static int rebind(struct fs_reader *rd)
+{
+	struct cache_meta m;
+	int rc;
+
+	pthread_mutex_lock(&rd->t->lock);
+	rc = snapshot(rd->eng, rd->t, &m, false);
+	pthread_mutex_unlock(&rd->t->lock);
+	if (!rc) {
+		log_info("reader of '%s' moved to the new version before "
+			 "reading a byte", rd->t->name);
+		rd->gen = m.gen;
+	}
+	return rc;
+}
+
 int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 		   size_t *nread)
 {
@@ -818,11 +853,21 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 	struct fs_table *t = rd->t;
 	struct cache_meta m;
 	size_t total = 0, n;
+	unsigned rebinds = 0;
 	int rc = 0;
 
 	while (total < size) {
 		rc = cache_read(eng->cache, t->id, rd->gen, off + total,
 				(char *)buf + total, size - total, &n);
+		if (rc == -ESTALE && !rd->consumed && off + total == 0 &&
+		    rebinds++ < 3) {
+			/* the version changed before this reader saw a byte
+			 * of it: start it on the new one (never a mix) */
+			rc = rebind(rd);
+			if (rc)
+				break;
+			continue;
+		}
 		if (rc)
 			break;
 		total += n;
@@ -833,9 +878,18 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 			rc = 0;
 			break;
 		}
+		if (rc == -ESTALE && !rd->consumed && off + total == 0 &&
+		    rebinds++ < 3) {
+			rc = rebind(rd);
+			if (rc)
+				break;
+			continue;
+		}
 		if (rc)
 			break;
 	}
+	if (total > 0)
+		rd->consumed = true;
 	if (rc == -ESTALE)
 		log_err("read of '%s' rows.jsonl failed: the table changed "
 			"while an uncached part of the snapshot was needed",

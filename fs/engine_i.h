@@ -33,6 +33,12 @@ struct fs_table {
 				       the API (the cache was served) */
 	_Atomic int64_t write_refused_at; /* the API refused a write (403) */
 
+	/* t->lock: keys seen by the pass over generation keys_gen
+	 * (numbered.c), an open-addressing set of key digests */
+	uint64_t keys_gen;
+	uint64_t *keys;
+	size_t nkeys, keys_cap;
+
 	/* eng->pf_lock: the prefetch queue */
 	bool pf_queued;
 	uint64_t pf_gen;
@@ -48,6 +54,7 @@ struct fs_table {
 struct fs_engine {
 	struct fs_config cfg;
 	struct api *api;
+	struct api_caps caps;	/* what the dialect can do */
 	struct cache *cache;
 
 	pthread_mutex_t lock;	/* tables[] and each table's `listed` */
@@ -97,6 +104,19 @@ bool fs_engine_expired(struct fs_engine *eng, int64_t at);
  * `revalidate` allows (an import compares with it). */
 int fs_reader_open_current(struct fs_engine *eng, struct fs_table *t,
 			   struct fs_reader **out) FS_WARN_UNUSED;
+
+/* ---- numbered.c: numbered pages (the production dialect) ---- */
+
+/* Revalidate (re-read whole, compare digests) or start the version of t;
+ * m is its cached meta, `have` whether it is usable. t->lock held. */
+int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
+			 struct cache_meta *m, bool have, bool force)
+	FS_WARN_UNUSED;
+/* Fetch and append the next pages of the unfinished version m (up to a
+ * window, page_workers in flight). Returns 0, -ESTALE (the table changed:
+ * the generation is marked stale), or the API's error. t->lock held. */
+int fs_numbered_fetch(struct fs_engine *eng, struct fs_table *t,
+		      struct cache_meta *m) FS_WARN_UNUSED;
 
 /* ---- diff.c: only what changed is sent ---- */
 
