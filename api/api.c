@@ -550,7 +550,25 @@ int api_new(const struct api_config *cfg, struct api **out)
 	api->stall_timeout_s = cfg->stall_timeout_s > 0
 				   ? cfg->stall_timeout_s
 				   : DEFAULT_STALL_TIMEOUT_S;
+	{
+		unsigned n = api->dialect->rate_requests;
+		double w = api->dialect->rate_window_s;
 
+		if (cfg->rate_requests && cfg->rate_window_s > 0) {
+			n = cfg->rate_requests;
+			w = cfg->rate_window_s;
+		} else if (cfg->rate_requests || cfg->rate_window_s > 0) {
+			log_err("a request budget needs both a count and a "
+				"window (rate=N/SECONDS)");
+			rc = -EINVAL;
+			goto fail;
+		}
+		rc = budget_new(n, w, cfg->budget_file, &api->pacer.budget);
+		if (rc)
+			goto fail;
+	}
+
+	atomic_store(&api->max_page, api->dialect->max_page_size);
 	rc = api_http_init(api);
 	if (rc)
 		goto fail;
@@ -601,6 +619,32 @@ int api_list_tables(struct api *api, struct api_table_list *out)
 	return api->dialect->list_tables(api, out);
 }
 
+int api_table_list_add(struct api_table_list *out, size_t *cap,
+		       const char *id, const char *name)
+{
+	struct api_table *t;
+
+	if (out->count == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 32;
+
+		t = realloc(out->tables, ncap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		out->tables = t;
+		*cap = ncap;
+	}
+	t = &out->tables[out->count];
+	t->id = strdup(id);
+	t->name = strdup(name);
+	if (!t->id || !t->name) {
+		free(t->id);
+		free(t->name);
+		return -ENOMEM;
+	}
+	out->count++;
+	return 0;
+}
+
 void api_table_list_release(struct api_table_list *list)
 {
 	if (!list)
@@ -632,6 +676,9 @@ int api_get_rows(struct api *api, const char *table_id,
 		 unsigned page_size, const char *if_none_match,
 		 struct api_page *out)
 {
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->get_rows)
+		return -ENOSYS;
 	return api->dialect->get_rows(api, table_id, schema, cursor, page_size,
 				      if_none_match, out);
 }
@@ -649,6 +696,9 @@ void api_page_release(struct api_page *page)
 int api_upsert(struct api *api, const char *table_id, const char *const *rows,
 	       size_t nrows, struct api_upsert_result *out)
 {
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->upsert)
+		return -ENOSYS;
 	return api->dialect->upsert(api, table_id, rows, nrows, out);
 }
 
@@ -747,8 +797,7 @@ bool api_budget_low(struct api *api)
 
 double api_budget_rate(struct api *api)
 {
-	(void)api;
-	return 0;
+	return pacer_rate(&api->pacer, api_now());
 }
 
 void api_get_stats(struct api *api, struct api_stats *out)

@@ -133,6 +133,9 @@ struct api_column {
 	char *name;
 	enum api_type type;
 	bool key;
+	/* strings: characters (code points) allowed, 0 = no bound (flows:
+	 * the key is 1 to 256) */
+	unsigned min_chars, max_chars;
 };
 
 struct api_schema {
@@ -218,9 +221,10 @@ int api_get_page(struct api *api, const char *table_id,
 /*
  * Validate one line of an import against a schema, without coercion:
  * a JSON object; every key column present and not null; each value of the
- * column's type (string; number; integer = number with no fraction or
- * exponent; true/false; date = RFC 3339 string); null allowed for non-key
- * columns; valid UTF-8. Blank lines are the caller's business.
+ * column's type (string, within the column's min_chars..max_chars when
+ * set; number; integer = number with no fraction or exponent; true/false;
+ * date = RFC 3339 string); null allowed for non-key columns; valid UTF-8.
+ * Blank lines are the caller's business.
  *
  * Returns:
  *   0        valid: *row_out is the canonical compact row (schema order,
@@ -325,10 +329,14 @@ int api_export_csv(struct api *api, const char *table_id, char **csv,
  * api_row_validate() or a page's lines) to an RFC 4180 CSV: a header row of
  * the column names in schema order, then one record per row; CRLF line
  * ends; booleans true/false, numbers' text kept, strings quoted when they
- * hold a comma, quote, CR or LF (or start/end with a space), an empty field
- * for a null or missing value. Appends to *csv (malloc'ed, may be NULL
- * with *len 0). Returns 0, -EINVAL (a row is not an object of the schema's
- * columns: nested values cannot be written) or -ENOMEM.
+ * hold a comma, quote, CR or LF, start or end with a space or tab, or are
+ * empty (""), an empty field
+ * for a null or missing value. *csv NULL: a new CSV, header first
+ * (malloc'ed, NUL-terminated, *len bytes); otherwise the records are
+ * appended to the CSV an earlier call returned (for chunks), with no
+ * header. On failure *csv and *len are as they were. Returns 0, -EINVAL
+ * (a row is not an object of the schema's columns, or holds an array or
+ * object: logged) or -ENOMEM.
  */
 int api_csv_encode(const struct api_schema *schema, const char *const *rows,
 		   const size_t *lens, size_t nrows, char **csv,
@@ -339,10 +347,13 @@ int api_csv_encode(const struct api_schema *schema, const char *const *rows,
  * quoted fields holding commas, quotes and newlines accepted) to JSONL:
  * one compact object per record, keys in schema order, values typed by the
  * schema (strings as they are; integer/number text kept when it is a JSON
- * number; booleans in any letter case). An empty field of a non-string
- * column is left out. *jsonl malloc'ed. Returns 0, -EINVAL (malformed CSV,
- * a header column the schema lacks, a value not of its column's type:
- * logged with the line number), -ENOMEM.
+ * number; booleans in any letter case). An empty field of a string
+ * column is "" (the platform has no null); of another column it is left
+ * out of the row. A header need not name every column, but must name the
+ * key. *jsonl malloc'ed. Returns 0, -EINVAL (malformed CSV, a header
+ * column the schema lacks or repeats, a record with another number of
+ * fields, a value not of its column's type: logged with the line number),
+ * -ENOMEM.
  */
 int api_csv_to_jsonl(const struct api_schema *schema, const char *csv,
 		     size_t len, char **jsonl,

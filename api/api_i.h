@@ -7,6 +7,7 @@
  *   rows.c    rows pages to JSONL, RFC 3339 dates, row validation;
  *   schema.c  schema parsing (both dialects' shapes);
  *   csv.c     RFC 4180 CSV to and from JSONL rows;
+ *   budget.c  our own request budget, shared between processes by a file;
  *   pacer.c   the shared rate-limit pacer;
  *   token.c   the shared OAuth token;
  *   http.c    curl handle pool, one request with retries (api_http);
@@ -122,7 +123,8 @@ void jdoc_emit_decoded(const struct jdoc *d, uint32_t i, struct abuf *out);
 void json_emit_string(struct abuf *out, const char *s, size_t len);
 const char *jtype_name(enum jtype t);
 
-/* Serialize a cursor-dialect rows array (node rows of d) as JSONL into out,
+/* Serialize a rows array (node rows of d: cursor {"columns": {...}} rows, or
+ * flat flows rows with API_JSONL_FLAT) as JSONL into out,
  * keys in schema order (schema may be NULL: server order). A columns
  * object already in that form (compact, JF_VERBATIM, known keys spelled
  * as json-c writes them, in schema order) is copied as it is, and counted
@@ -130,6 +132,8 @@ const char *jtype_name(enum jtype t);
  * value by value instead, with the same bytes (tests compare the two).
  * Returns 0, -EPROTO (a row is not {"columns": {...}}) or -ENOMEM. */
 #define API_JSONL_DECODE 0x01
+/* the rows are the columns objects themselves (flows: flat rows) */
+#define API_JSONL_FLAT 0x02
 int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
 		      uint32_t rows, struct abuf *out, size_t *nrows,
 		      size_t *ncopied, int flags);
@@ -142,6 +146,31 @@ bool api_date_valid(const char *s, size_t len);
  * form. Returns 0, -EPROTO, -ENOMEM. */
 int api_schema_from_json(const char *json, size_t len, const char *version,
 			 struct api_schema *out);
+
+/* ---- our own budget (budget.c) ---------------------------------------- */
+
+/* The most requests per window the ring tracks (a larger budget is
+ * clamped: fewer never exceeds it). */
+#define API_BUDGET_SLOTS 4096
+
+struct api_budget;
+
+/* At most n requests in any window_s seconds; file NULL: this process's
+ * alone, else shared through that file (created 0600). n 0: *out = NULL,
+ * no budget. Returns 0, -ENOMEM, or the file's -errno (logged). */
+int budget_new(unsigned n, double window_s, const char *file,
+	       struct api_budget **out);
+void budget_free(struct api_budget *b);
+/* Reserve the next slot at or after `earliest` (monotonic seconds);
+ * returns its start time. */
+double budget_reserve(struct api_budget *b, double earliest);
+/* Nobody (no thread, no process sharing the file) starts before until. */
+void budget_pause(struct api_budget *b, double until);
+/* Requests still free in the window ending now; *paused while a 429 pause
+ * lasts. */
+unsigned budget_left(struct api_budget *b, double now, bool *paused);
+double budget_rate(const struct api_budget *b);
+unsigned budget_size(const struct api_budget *b);
 
 /* ---- pacer (pacer.c) -------------------------------------------------- */
 
@@ -156,6 +185,7 @@ struct api_pacer {
 	long max_seen;	    /* largest remaining or limit seen */
 	double next_slot;   /* earliest start of the next paced request */
 	long inflight;	    /* reserved and not answered yet */
+	struct api_budget *budget; /* our own budget, or NULL */
 };
 
 void pacer_init(struct api_pacer *p);
@@ -170,6 +200,8 @@ void pacer_update(struct api_pacer *p, double now, long remaining,
 /* A 429 said to wait `seconds`: every thread waits. */
 void pacer_pause(struct api_pacer *p, double now, double seconds);
 bool pacer_low(struct api_pacer *p, double now);
+/* Requests per second allowed now, 0 unknown. */
+double pacer_rate(struct api_pacer *p, double now);
 
 /* ---- token (token.c) -------------------------------------------------- */
 
@@ -215,6 +247,17 @@ struct api_req {
 	bool token_request;  /* POST to the token endpoint, basic auth */
 	bool gone_ok;	     /* DELETE: a 404 after an attempt that may
 				have been carried out is success */
+	/* Not the API (an upload or a signed download URL): no bearer
+	 * token, no Accept header, not paced, not a 401 retry. */
+	bool external;
+	/* Extra "Name: value" header lines, NULL-terminated, or NULL. */
+	const char *const *headers;
+	/* A 3xx answer is returned as success (resp->location set) instead
+	 * of an error: the caller follows it (never with the token). */
+	bool redirect_ok;
+	/* A final answer of this status is the caller's to handle and log
+	 * (row exists, row missing, page size refused): debug level. */
+	long quiet_status;
 };
 
 struct api_resp {
@@ -225,6 +268,8 @@ struct api_resp {
 	char correlation[96];
 	char retry_after[64];
 	char code[96]; /* error code from the body, or "" */
+	char message[256]; /* "message" of an error body, or "" */
+	char *location;	   /* Location header, or NULL */
 	long rl_remaining, rl_reset, rl_limit, rl_count; /* -1 absent */
 	unsigned attempts;
 	unsigned throttled;
@@ -257,6 +302,11 @@ void api_http_release(struct api *api);
  * transient. */
 int api_errno_from_curl(int code, bool *retry);
 
+/* Add a table to a listing (cap: its allocated entries). Returns 0 or
+ * -ENOMEM. */
+int api_table_list_add(struct api_table_list *out, size_t *cap,
+		       const char *id, const char *name);
+
 /* URL-escape s (malloc'ed) or NULL. */
 char *api_escape(const char *s);
 
@@ -266,6 +316,9 @@ struct api_dialect {
 	const char *name;
 	const char *scope; /* token scope to ask for, or NULL */
 	unsigned max_page_size;
+	/* our own request budget by default, 0: none (pace by headers) */
+	unsigned rate_requests;
+	double rate_window_s;
 	int (*list_tables)(struct api *api, struct api_table_list *out);
 	int (*get_schema)(struct api *api, const char *table_id,
 			  struct api_schema *out);
@@ -318,6 +371,8 @@ struct api {
 	struct api_token token;
 	struct api_pacer pacer;
 	struct api_http_pool *pool;
+	/* numbered pages: the largest page size not refused so far */
+	_Atomic unsigned max_page;
 
 	_Atomic uint64_t n_requests, n_retries, n_throttled, n_server_errors,
 	    n_unauthorized, n_tokens;

@@ -59,32 +59,6 @@ static struct json_object *parse_body(const struct api_resp *resp)
 
 /* ---- tables ----------------------------------------------------------- */
 
-static int add_table(struct api_table_list *out, size_t *cap, const char *id,
-		     const char *name)
-{
-	struct api_table *t;
-
-	if (out->count == *cap) {
-		size_t ncap = *cap ? *cap * 2 : 32;
-
-		t = realloc(out->tables, ncap * sizeof(*t));
-		if (!t)
-			return -ENOMEM;
-		out->tables = t;
-		*cap = ncap;
-	}
-	t = &out->tables[out->count];
-	t->id = strdup(id);
-	t->name = strdup(name);
-	if (!t->id || !t->name) {
-		free(t->id);
-		free(t->name);
-		return -ENOMEM;
-	}
-	out->count++;
-	return 0;
-}
-
 static int cursor_list_tables(struct api *api, struct api_table_list *out)
 {
 	struct api_req req = {.method = "GET", .what = "list tables"};
@@ -143,7 +117,7 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 				rc = -EPROTO;
 				goto out;
 			}
-			rc = add_table(out, &cap, json_object_get_string(id),
+			rc = api_table_list_add(out, &cap, json_object_get_string(id),
 				       json_object_get_string(name));
 			if (rc)
 				goto out;

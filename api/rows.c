@@ -244,7 +244,9 @@ int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
 	abuf_reserve(out, d->nodes[rows].len);
 	r = jdoc_child(rows);
 	for (i = 0; i < d->nodes[rows].n; i++) {
-		uint32_t cols = jdoc_member(d, r, "columns");
+		uint32_t cols = (flags & API_JSONL_FLAT)
+				    ? r
+				    : jdoc_member(d, r, "columns");
 
 		if (cols == UINT32_MAX || d->nodes[cols].type != JT_OBJECT) {
 			rc = -EPROTO;
@@ -367,6 +369,29 @@ static char *msgf(const char *fmt, ...)
 	return s;
 }
 
+/* Why string v is too short or too long for col, or NULL. */
+static char *check_chars(const struct api_column *col, const struct jdoc *d,
+			 uint32_t v)
+{
+	struct abuf b;
+	size_t n = 0;
+
+	abuf_init(&b);
+	jdoc_str_decode(d, v, &b);
+	/* valid UTF-8 (checked by the parse): count the lead bytes */
+	for (size_t i = 0; i < b.len; i++)
+		if (((unsigned char)b.p[i] & 0xc0) != 0x80)
+			n++;
+	abuf_release(&b);
+	if (n >= col->min_chars && (!col->max_chars || n <= col->max_chars))
+		return NULL;
+	if (col->max_chars)
+		return msgf("%s: expected %u to %u characters, got %zu",
+			    col->name, col->min_chars, col->max_chars, n);
+	return msgf("%s: expected at least %u characters, got %zu", col->name,
+		    col->min_chars, n);
+}
+
 /* Why value v does not fit column col, or NULL when it does. */
 static char *check_value(const struct api_column *col, const struct jdoc *d,
 			 uint32_t v)
@@ -381,6 +406,8 @@ static char *check_value(const struct api_column *col, const struct jdoc *d,
 	}
 	switch (col->type) {
 	case API_TYPE_STRING:
+		if (t == JT_STRING && (col->min_chars || col->max_chars))
+			return check_chars(col, d, v);
 		if (t == JT_STRING)
 			return NULL;
 		break;

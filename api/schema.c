@@ -75,12 +75,16 @@ struct flows_prop {
 	int64_t order;
 	size_t pos;
 	enum api_type type;
+	bool key;
 };
 
 static int flows_prop_cmp(const void *a, const void *b)
 {
 	const struct flows_prop *x = a, *y = b;
 
+	/* the key first, whatever its displayOrder */
+	if (x->key != y->key)
+		return x->key ? -1 : 1;
 	if (x->order != y->order)
 		return x->order < y->order ? -1 : 1;
 	return x->pos < y->pos ? -1 : x->pos > y->pos;
@@ -108,6 +112,7 @@ static int schema_flows_properties(struct json_object *props,
 		    type_from_name(json_object_get_string(type), &fp[i].type))
 			goto out;
 		fp[i].name = key;
+		fp[i].key = strcmp(key, "key") == 0;
 		fp[i].pos = i;
 		fp[i].order = INT64_MAX;
 		if (json_object_object_get_ex(val, "displayOrder", &order) &&
@@ -128,7 +133,14 @@ static int schema_flows_properties(struct json_object *props,
 			goto out;
 		}
 		out->columns[i].type = fp[i].type;
-		out->columns[i].key = strcmp(fp[i].name, "key") == 0;
+		out->columns[i].key = fp[i].key;
+		if (fp[i].key) {
+			/* the platform's limits on a key */
+			if (fp[i].type != API_TYPE_STRING)
+				goto out;
+			out->columns[i].min_chars = 1;
+			out->columns[i].max_chars = 256;
+		}
 		out->ncolumns = i + 1;
 	}
 	rc = 0;
