@@ -340,7 +340,13 @@ static int merge(struct fs_engine *eng, const char *in, const char *cur,
 	if (!rc)
 		rc = walk_fill(&b);
 	while (!rc && !a.eof) {
-		int c = b.eof ? -1 : key_cmp(&a.cur, &b.cur);
+		int c;
+
+		if (a.cur.flag == 'x') {	/* set aside: never sent */
+			rc = walk_next(&a);
+			continue;
+		}
+		c = b.eof ? -1 : key_cmp(&a.cur, &b.cur);
 
 		if (c > 0) {
 			d->absent++;
@@ -418,4 +424,110 @@ int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
 			 t->name, d->current, d->same, d->changed, d->added,
 			 d->absent);
 	return rc;
+}
+
+/* ---- keys as the API names them ---------------------------------------- */
+
+static int hex4(const char *s, unsigned *out)
+{
+	unsigned v = 0;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		char c = s[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v |= (unsigned)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v |= (unsigned)(c - 'A' + 10);
+		else
+			return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+static size_t put_utf8(char *o, unsigned cp)
+{
+	if (cp < 0x80) {
+		o[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		o[0] = (char)(0xc0 | cp >> 6);
+		o[1] = (char)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		o[0] = (char)(0xe0 | cp >> 12);
+		o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		o[2] = (char)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	o[0] = (char)(0xf0 | cp >> 18);
+	o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+	o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+	o[3] = (char)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
+int fs_key_string(const char *key, size_t klen, char **out)
+{
+	const char *s = key + 2, *end = key + klen - 2;
+	char *o, *buf;
+	unsigned cp, lo;
+
+	*out = NULL;
+	/* ["…"]: one string (the production dialect's single `key`) */
+	if (klen < 4 || memcmp(key, "[\"", 2) || memcmp(end, "\"]", 2))
+		return -EINVAL;
+	buf = o = malloc(klen + 1);
+	if (!buf)
+		return -ENOMEM;
+	while (s < end) {
+		if (*s == '"')
+			goto bad;
+		if (*s != '\\') {
+			*o++ = *s++;
+			continue;
+		}
+		if (++s >= end)
+			goto bad;
+		switch (*s++) {
+		case '"': *o++ = '"'; break;
+		case '\\': *o++ = '\\'; break;
+		case '/': *o++ = '/'; break;
+		case 'b': *o++ = '\b'; break;
+		case 'f': *o++ = '\f'; break;
+		case 'n': *o++ = '\n'; break;
+		case 'r': *o++ = '\r'; break;
+		case 't': *o++ = '\t'; break;
+		case 'u':
+			if (end - s < 4 || hex4(s, &cp))
+				goto bad;
+			s += 4;
+			if (cp >= 0xd800 && cp < 0xdc00 && end - s >= 6 &&
+			    s[0] == '\\' && s[1] == 'u' && !hex4(s + 2, &lo) &&
+			    lo >= 0xdc00 && lo < 0xe000) {
+				cp = 0x10000 + ((cp - 0xd800) << 10) +
+				     (lo - 0xdc00);
+				s += 6;
+			}
+			if (cp == 0)
+				goto bad;	/* no NUL in a C string */
+			o += put_utf8(o, cp);
+			break;
+		default:
+			goto bad;
+		}
+	}
+	*o = '\0';
+	*out = buf;
+	return 0;
+bad:
+	free(buf);
+	return -EINVAL;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "hash.h"
@@ -66,6 +67,10 @@ static char *budget_path(const struct fs_config *cfg)
 
 	if (!id)
 		return NULL;
+	/* the file lives beside the cache, which may not exist yet */
+	if (mkdir(cfg->cache_dir, 0700) && errno != EEXIST)
+		log_warn("cannot create '%s': %s", cfg->cache_dir,
+			 strerror(errno));
 	h = hash_add(h, where, strlen(where) + 1);
 	h = hash_add(h, id, strlen(id));
 	free(id);

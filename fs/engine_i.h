@@ -160,6 +160,11 @@ int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
 		  const char *out, const char *absent, struct fs_diff *d)
 	FS_WARN_UNUSED;
 
+/* The key of a single-key row as the API names it (the string inside the
+ * encoded key ["…"], unescaped; malloc'ed). Returns 0, -EINVAL (not one
+ * string), -ENOMEM. */
+int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
+
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;
 void fs_import_release(struct fs_engine *eng);
