@@ -276,13 +276,45 @@ static int unique_version(char *buf, size_t n)
 /* ---- a cold pass: page 1 (and 2) -------------------------------------- */
 
 /*
+ * Whether the unfinished cached version `old` still is the table's: the
+ * same shape and page 1 byte for byte its first bytes (later pages are
+ * checked against the shape as they come). Then the pass goes on there,
+ * and a process reading it is not cut off by another one's open.
+ */
+static bool same_unfinished(struct fs_engine *eng, struct fs_table *t,
+			    const struct cache_meta *old,
+			    const struct shape *s, const struct api_page *p1)
+{
+	struct shape os;
+	unsigned next;
+	char *buf;
+	size_t n = 0;
+	bool same;
+
+	if (cursor_parse(old->cursor, &next, &os) || os.count != s->count ||
+	    os.total != s->total || os.size != s->size || old->bytes < p1->len)
+		return false;
+	buf = malloc(p1->len + 1);
+	if (!buf)
+		return false;
+	same = cache_read(eng->cache, t->id, old->gen, 0, buf, p1->len, &n) ==
+		       0 &&
+	       n == p1->len && !memcmp(buf, p1->data, n);
+	free(buf);
+	return same;
+}
+
+/*
  * Start a new version: pages 1 and 2 side by side (2 only when the
  * previous version had more than one page or is unknown, and page_workers
- * allows), both appended when they agree. Returns 0 with *m the new
- * generation, 1 when the pages disagree (a change: try again), or an error.
+ * allows), both appended when they agree; or go on with the unfinished
+ * cached version `old` (may be NULL) when page 1 shows it is still the
+ * table's. Returns 0 with *m the generation, 1 when the pages disagree (a
+ * change: try again), or an error.
  */
 static int cold_pass(struct fs_engine *eng, struct fs_table *t,
-		     struct cache_meta *m, unsigned prev_pages)
+		     struct cache_meta *m, unsigned prev_pages,
+		     const struct cache_meta *old)
 {
 	struct api_page p[2];
 	int rcs[2] = { 0, 0 };
@@ -315,11 +347,48 @@ static int cold_pass(struct fs_engine *eng, struct fs_table *t,
 		rc = 1;
 		goto out;
 	}
-	unique_version(version, sizeof(version));
+	if (old && same_unfinished(eng, t, old, &s, &p[0])) {
+		rc = cache_set_validated(eng->cache, t->id, old->gen,
+					 (int64_t)time(NULL));
+		if (rc == 0)
+			rc = cache_get_meta(eng->cache, t->id, m);
+		if (rc == 0 && m->gen == old->gen)
+			goto out;	/* page 2 on, as the pass goes */
+		if (rc && rc != -ESTALE)
+			goto out;
+	}
+	/*
+	 * The pass's name: page 1's digest and the shape, so that processes
+	 * sharing the cache that start the same version at once meet in one
+	 * generation (cache_begin_version keeps an existing one of that
+	 * name) instead of dropping each other's. A generation of that name
+	 * this process saw broken gets a name of its own.
+	 */
+	{
+		char hex[17];
+		struct cache_meta cur;
+
+		hash_hex(hash_add(HASH_INIT, p[0].data, p[0].len), hex);
+		snprintf(version, sizeof(version),
+			 "p1:%s:%u:%" PRIu64 ":%u", hex, s.count, s.total,
+			 s.size);
+		if (cache_get_meta(eng->cache, t->id, &cur) == 0 &&
+		    cur.gen == t->stale_gen && !strcmp(cur.version, version))
+			unique_version(version, sizeof(version));
+	}
 	rc = cache_begin_version(eng->cache, t->id, version, m);
 	if (rc)
 		goto out;
 	gen = m->gen;
+	if (m->pages > 0) {
+		/* another process began it: go on with its pages */
+		if (n == 2 && m->pages == 1 && !m->complete) {
+			rc = append(eng, t, gen, 2, &s, &p[1], m);
+			if (rc == -EINVAL)
+				rc = 0;
+		}
+		goto out;
+	}
 	keys_reset(t, gen);
 	if (page_keys(t, &p[0]) == 1 || (n == 2 && page_keys(t, &p[1]) == 1)) {
 		changed_log(t, "a key seen twice", n);
@@ -525,6 +594,7 @@ int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
 			 struct cache_meta *m, bool have, bool force)
 {
 	unsigned prev_pages = have && m->complete ? (unsigned)m->pages : 0;
+	struct cache_meta old = *m;
 	int rc, tries;
 
 	(void)force;
@@ -532,7 +602,8 @@ int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
 		if (have && m->complete)
 			rc = revalidate_whole(eng, t, m);
 		else
-			rc = cold_pass(eng, t, m, prev_pages);
+			rc = cold_pass(eng, t, m, prev_pages,
+				       have && tries == 0 ? &old : NULL);
 		if (rc != 1)
 			break;
 	}
