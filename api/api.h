@@ -359,6 +359,59 @@ int api_csv_to_jsonl(const struct api_schema *schema, const char *csv,
 		     size_t len, char **jsonl,
 		     size_t *jsonl_len) API_WARN_UNUSED;
 
+/*
+ * The same reader, streaming: bytes in any pieces (a write() at a time),
+ * each complete record handed to a callback as it ends. A record the
+ * reader refuses (malformed, wrong number of fields, a value not of its
+ * column's type, not UTF-8, longer than max_record bytes) is handed over
+ * with its error instead of a row, and reading goes on at the next line
+ * end outside quotes. Blank lines are skipped. Only the header is fatal.
+ */
+struct api_csv_reader;
+
+struct api_csv_record {
+	uint64_t record;	/* from 1, the header not counted */
+	uint64_t line;		/* line of the input where it starts, from 1 */
+	const char *row;	/* the row as api_csv_to_jsonl() writes it (no
+				   newline), or NULL when refused */
+	size_t row_len;
+	const char *error;	/* why it was refused ("line 7: score: not a
+				   number"), or NULL */
+	const char *text;	/* the record as written, without its line end
+				   (truncated to max_record) */
+	size_t text_len;
+};
+
+/* Called for each record; the pointers are valid during the call only.
+ * A non-zero return stops the reader and is returned by _feed/_end. */
+typedef int (*api_csv_record_fn)(void *arg, const struct api_csv_record *rec);
+
+/* An unquoted empty field is no value (left out of the row) in every
+ * column, strings too ("" is the quoted empty string): for a dialect with
+ * nulls (cursor), so that what api_csv_encode() wrote reads back the
+ * same. Without it, the platform's way: an empty string field is "". */
+#define API_CSV_EMPTY_ABSENT 0x01
+
+/* schema is borrowed for the reader's life; max_record 0 = no bound;
+ * flags API_CSV_*. Returns 0 or -ENOMEM. */
+int api_csv_reader_new(const struct api_schema *schema, size_t max_record,
+		       int flags, struct api_csv_reader **out) API_WARN_UNUSED;
+/* Returns 0, the callback's error, -ENOMEM, or a header error (latched:
+ * later calls return it too; api_csv_reader_error() says why): -ENOENT a
+ * header column the schema lacks (schema drift), -EINVAL any other bad
+ * header (repeated column, no key column, malformed, not UTF-8). */
+int api_csv_reader_feed(struct api_csv_reader *r, const char *buf,
+			size_t len, api_csv_record_fn fn,
+			void *arg) API_WARN_UNUSED;
+/* End of input: the last record without a line end is handed over.
+ * -EINVAL when no header was ever read ("no header row"). The reader may
+ * be fed again afterwards: more records under the same header. */
+int api_csv_reader_end(struct api_csv_reader *r, api_csv_record_fn fn,
+		       void *arg) API_WARN_UNUSED;
+/* Why the header was refused (borrowed), or NULL. */
+const char *api_csv_reader_error(const struct api_csv_reader *r);
+void api_csv_reader_free(struct api_csv_reader *r);
+
 /* ---- pacing and counters --------------------------------------------- */
 
 /* True while the rate-limit budget is low (fewer than 20 requests left in

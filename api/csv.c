@@ -24,6 +24,8 @@
  * reader here is a small state machine; one dependency fewer.
  */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,35 +186,72 @@ out:
 
 /* ---- reading ---------------------------------------------------------- */
 
-struct csv_reader {
-	const char *s;
-	size_t n, pos;
-	size_t line; /* of pos, from 1 */
-	struct abuf field;
-	bool quoted; /* the field just read was quoted */
+/*
+ * Streaming: bytes arrive in any pieces. A framing state machine finds the
+ * end of each record (a line feed outside quotes) and keeps its bytes; the
+ * record is then parsed field by field, strictly. A damaged record is
+ * reported on its own (the caller quarantines it) and the next record
+ * starts at the next line end outside quotes, so one bad record does not
+ * take the rest of the file with it. Only the header is fatal.
+ */
+enum frame {
+	FR_START,	/* at the start of a field */
+	FR_UNQ,		/* in an unquoted field */
+	FR_Q,		/* in a quoted field */
+	FR_QQ,		/* a quote in a quoted field: the end, or "" */
 };
 
-/* Read one field into r->field. *end: 0 more fields follow, 1 the record
- * ended, 2 the input ended. Returns 0 or -EINVAL (logged). */
-static int csv_field(struct csv_reader *r, int *end)
-{
-	const char *s = r->s;
-	size_t i = r->pos, start_line = r->line;
+struct api_csv_reader {
+	const struct api_schema *schema;
+	size_t max_record;
+	int flags;
+	struct abuf rec;	/* the current record's bytes */
+	bool overlong;		/* rec passed max_record: truncated */
+	enum frame fr;
+	uint64_t line;		/* line of the next byte, from 1 */
+	uint64_t rec_line;	/* line where rec starts */
+	uint64_t records;	/* records after the header so far */
+	bool have_header;
+	int header_rc;		/* latched header error */
+	char error[400];	/* the header error */
+	size_t *col_of;		/* header field i is column col_of[i] */
+	size_t nfields;
+	bool *have;		/* per column: a value in this record */
+	struct abuf *vals;	/* per column: the value's JSON */
+	struct abuf field, row;
+	char why[400];		/* a record's error */
+};
 
-	r->field.len = 0;
-	r->quoted = false;
-	if (i < r->n && s[i] == '"') {
-		r->quoted = true;
+/* A cursor over one record's bytes (no line end outside quotes). */
+struct csv_fields {
+	const char *s;
+	size_t n, pos;
+	uint64_t line;		/* of pos */
+	bool quoted;		/* the field just read was quoted */
+};
+
+/* Read one field into out. *last: the record ended. Returns 0, or -EINVAL
+ * with why set. */
+static int csv_field(struct csv_fields *f, struct abuf *out, bool *last,
+		     char *why, size_t wsize)
+{
+	const char *s = f->s;
+	size_t i = f->pos;
+	uint64_t start_line = f->line;
+
+	out->len = 0;
+	f->quoted = false;
+	if (i < f->n && s[i] == '"') {
+		f->quoted = true;
 		for (i++;; i++) {
-			if (i >= r->n) {
-				log_err("read CSV failed: line %zu: a quoted "
-					"field is never closed",
-					start_line);
+			if (i >= f->n) {
+				snprintf(why, wsize, "line %" PRIu64 ": a quoted "
+					 "field is never closed", start_line);
 				return -EINVAL;
 			}
 			if (s[i] == '"') {
-				if (i + 1 < r->n && s[i + 1] == '"') {
-					abuf_addc(&r->field, '"');
+				if (i + 1 < f->n && s[i + 1] == '"') {
+					abuf_addc(out, '"');
 					i++;
 					continue;
 				}
@@ -220,47 +259,35 @@ static int csv_field(struct csv_reader *r, int *end)
 				break;
 			}
 			if (s[i] == '\n')
-				r->line++;
-			abuf_addc(&r->field, s[i]);
+				f->line++;
+			abuf_addc(out, s[i]);
 		}
 	} else {
 		size_t b = i;
 
-		while (i < r->n && s[i] != ',' && s[i] != '\r' &&
-		       s[i] != '\n') {
+		while (i < f->n && s[i] != ',' && s[i] != '\r') {
 			if (s[i] == '"') {
-				log_err("read CSV failed: line %zu: a quote "
-					"inside an unquoted field",
-					r->line);
+				snprintf(why, wsize, "line %" PRIu64 ": a quote "
+					 "inside an unquoted field", f->line);
 				return -EINVAL;
 			}
 			i++;
 		}
-		abuf_add(&r->field, s + b, i - b);
+		abuf_add(out, s + b, i - b);
 	}
-	if (i >= r->n) {
-		*end = 2;
+	if (i >= f->n) {
+		*last = true;
 	} else if (s[i] == ',') {
-		*end = 0;
+		*last = false;
 		i++;
-	} else if (s[i] == '\n') {
-		*end = 1;
-		i++;
-		r->line++;
-	} else if (s[i] == '\r' && i + 1 < r->n && s[i + 1] == '\n') {
-		*end = 1;
-		i += 2;
-		r->line++;
 	} else {
-		log_err("read CSV failed: line %zu: %s", r->line,
-			s[i] == '\r' ? "a carriage return without a line feed"
-				     : "text after a closing quote");
+		snprintf(why, wsize, "line %" PRIu64 ": %s", f->line,
+			 s[i] == '\r' ? "a carriage return without a line feed"
+				      : "text after a closing quote");
 		return -EINVAL;
 	}
-	if (*end == 1 && i >= r->n)
-		*end = 2; /* the last line has its line end */
-	r->pos = i;
-	return r->field.oom ? -ENOMEM : 0;
+	f->pos = i;
+	return out->oom ? -ENOMEM : 0;
 }
 
 /* Does s[0..n) parse as exactly one JSON number? *fracexp set. */
@@ -300,9 +327,10 @@ static bool json_number(const char *s, size_t n, bool *fracexp)
 }
 
 /* Append column col's value from the field (typed); *skip when the field
- * gives no value. Returns 0 or -EINVAL (logged). */
+ * gives no value. Returns 0 or -EINVAL with why set. */
 static int csv_value(const struct api_column *col, const struct abuf *f,
-		     size_t line, struct abuf *out, bool *skip)
+		     uint64_t line, struct abuf *out, bool *skip, char *why,
+		     size_t wsize)
 {
 	const char *s = f->p ? f->p : "";
 	bool fracexp;
@@ -346,169 +374,413 @@ static int csv_value(const struct api_column *col, const struct abuf *f,
 		}
 		break;
 	}
-	log_err("read CSV failed: line %zu: %s: not %s", line, col->name,
-		col->type == API_TYPE_INTEGER	? "an integer"
-		: col->type == API_TYPE_NUMBER	? "a number"
-		: col->type == API_TYPE_BOOLEAN ? "true or false"
-						: "an RFC 3339 date");
+	snprintf(why, wsize, "line %" PRIu64 ": %s: not %s", line, col->name,
+		 col->type == API_TYPE_INTEGER	? "an integer"
+		 : col->type == API_TYPE_NUMBER	? "a number"
+		 : col->type == API_TYPE_BOOLEAN ? "true or false"
+						 : "an RFC 3339 date");
 	return -EINVAL;
+}
+
+int api_csv_reader_new(const struct api_schema *schema, size_t max_record,
+		       int flags, struct api_csv_reader **out)
+{
+	struct api_csv_reader *r = calloc(1, sizeof(*r));
+	size_t nc = schema->ncolumns ? schema->ncolumns : 1;
+
+	*out = NULL;
+	if (!r)
+		return -ENOMEM;
+	r->schema = schema;
+	r->max_record = max_record ? max_record : SIZE_MAX;
+	r->flags = flags;
+	r->line = r->rec_line = 1;
+	abuf_init(&r->rec);
+	abuf_init(&r->field);
+	abuf_init(&r->row);
+	r->have = calloc(nc, sizeof(*r->have));
+	r->vals = calloc(nc, sizeof(*r->vals));
+	if (!r->have || !r->vals) {
+		api_csv_reader_free(r);
+		return -ENOMEM;
+	}
+	for (size_t c = 0; c < schema->ncolumns; c++)
+		abuf_init(&r->vals[c]);
+	*out = r;
+	return 0;
+}
+
+void api_csv_reader_free(struct api_csv_reader *r)
+{
+	if (!r)
+		return;
+	if (r->vals)
+		for (size_t c = 0; c < r->schema->ncolumns; c++)
+			abuf_release(&r->vals[c]);
+	free(r->vals);
+	free(r->have);
+	free(r->col_of);
+	abuf_release(&r->rec);
+	abuf_release(&r->field);
+	abuf_release(&r->row);
+	free(r);
+}
+
+const char *api_csv_reader_error(const struct api_csv_reader *r)
+{
+	return r->error[0] ? r->error : NULL;
+}
+
+/* The first byte of s[0..n) that is not UTF-8, or n. */
+static size_t utf8_bad(const char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		size_t k;
+
+		if ((unsigned char)s[i] < 0x80) {
+			i++;
+			continue;
+		}
+		k = utf8_seq_len((const unsigned char *)s + i, n - i);
+		if (!k)
+			return i;
+		i += k;
+	}
+	return n;
+}
+
+static uint64_t lines_in(const char *s, size_t n)
+{
+	uint64_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		k += s[i] == '\n';
+	return k;
+}
+
+static int header_fail(struct api_csv_reader *r, int rc, const char *fmt,
+		       ...) __attribute__((format(printf, 3, 4)));
+static int header_fail(struct api_csv_reader *r, int rc, const char *fmt,
+		       ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(r->error, sizeof(r->error), fmt, ap);
+	va_end(ap);
+	r->header_rc = rc;
+	return rc;
+}
+
+/* The header record: each name a column of the schema, once, the key
+ * among them. Returns 0, -ENOENT (an unknown column: drift), -EINVAL. */
+static int take_header(struct api_csv_reader *r, const char *s, size_t n)
+{
+	const struct api_schema *schema = r->schema;
+	struct csv_fields f = {.s = s, .n = n, .line = r->rec_line};
+	size_t cap = 0, bad = utf8_bad(s, n);
+	bool last = false;
+	int rc;
+
+	if (bad < n)
+		return header_fail(r, -EINVAL, "line %" PRIu64 ": not UTF-8",
+				   r->rec_line + lines_in(s, bad));
+	if (r->overlong)
+		return header_fail(r, -EINVAL, "line 1: a header longer than "
+				   "%zu bytes", r->max_record);
+	for (size_t c = 0; c < schema->ncolumns; c++)
+		r->have[c] = false;
+	while (!last) {
+		size_t c;
+
+		rc = csv_field(&f, &r->field, &last, r->why, sizeof(r->why));
+		if (rc == -ENOMEM)
+			return rc;
+		if (rc)
+			return header_fail(r, -EINVAL, "%s", r->why);
+		for (c = 0; c < schema->ncolumns; c++)
+			if (strlen(schema->columns[c].name) == r->field.len &&
+			    !memcmp(schema->columns[c].name, r->field.p,
+				    r->field.len))
+				break;
+		if (c == schema->ncolumns || r->have[c])
+			return header_fail(
+			    r, c == schema->ncolumns ? -ENOENT : -EINVAL,
+			    "line %" PRIu64 ": %s column '%.*s'", r->rec_line,
+			    c == schema->ncolumns ? "unknown" : "repeated",
+			    (int)(r->field.len > 256 ? 256 : r->field.len),
+			    r->field.p ? r->field.p : "");
+		r->have[c] = true;
+		if (r->nfields == cap) {
+			size_t ncap = cap ? cap * 2 : 16;
+			size_t *p = realloc(r->col_of, ncap * sizeof(*p));
+
+			if (!p)
+				return -ENOMEM;
+			r->col_of = p;
+			cap = ncap;
+		}
+		r->col_of[r->nfields++] = c;
+	}
+	for (size_t c = 0; c < schema->ncolumns; c++)
+		if (schema->columns[c].key && !r->have[c])
+			return header_fail(r, -EINVAL,
+					   "line %" PRIu64 ": no key column '%s'",
+					   r->rec_line, schema->columns[c].name);
+	r->have_header = true;
+	return 0;
+}
+
+/* One record after the header into r->row, or why it is refused
+ * (-EINVAL, r->why set). */
+static int take_fields(struct api_csv_reader *r, const char *s, size_t n)
+{
+	const struct api_schema *schema = r->schema;
+	struct csv_fields f = {.s = s, .n = n, .line = r->rec_line};
+	size_t nf = 0, bad = utf8_bad(s, n);
+	bool last = false, first = true;
+	int rc;
+
+	r->row.len = 0;
+	if (r->overlong) {
+		snprintf(r->why, sizeof(r->why), "line %" PRIu64 ": a record "
+			 "longer than %zu bytes", r->rec_line, r->max_record);
+		return -EINVAL;
+	}
+	if (bad < n) {
+		snprintf(r->why, sizeof(r->why), "line %" PRIu64 ": not UTF-8",
+			 r->rec_line + lines_in(s, bad));
+		return -EINVAL;
+	}
+	for (size_t c = 0; c < schema->ncolumns; c++)
+		r->have[c] = false;
+	while (!last) {
+		bool skip;
+		size_t c;
+
+		rc = csv_field(&f, &r->field, &last, r->why, sizeof(r->why));
+		if (rc)
+			return rc;
+		if (nf == r->nfields) {
+			snprintf(r->why, sizeof(r->why), "line %" PRIu64 ": "
+				 "more fields than the header's %zu",
+				 r->rec_line, r->nfields);
+			return -EINVAL;
+		}
+		c = r->col_of[nf++];
+		r->vals[c].len = 0;
+		rc = csv_value(&schema->columns[c], &r->field, r->rec_line,
+			       &r->vals[c], &skip, r->why, sizeof(r->why));
+		if (rc)
+			return rc;
+		if ((r->flags & API_CSV_EMPTY_ABSENT) && !f.quoted &&
+		    !r->field.len)
+			skip = true;
+		if (r->vals[c].oom)
+			return -ENOMEM;
+		r->have[c] = !skip;
+	}
+	if (nf != r->nfields) {
+		snprintf(r->why, sizeof(r->why), "line %" PRIu64 ": %zu field%s, "
+			 "the header has %zu", r->rec_line, nf,
+			 nf == 1 ? "" : "s", r->nfields);
+		return -EINVAL;
+	}
+	abuf_addc(&r->row, '{');
+	for (size_t c = 0; c < schema->ncolumns; c++) {
+		if (!r->have[c])
+			continue;
+		if (!first)
+			abuf_addc(&r->row, ',');
+		first = false;
+		json_emit_string(&r->row, schema->columns[c].name,
+				 strlen(schema->columns[c].name));
+		abuf_addc(&r->row, ':');
+		abuf_add(&r->row, r->vals[c].p, r->vals[c].len);
+	}
+	abuf_addc(&r->row, '}');
+	return r->row.oom ? -ENOMEM : 0;
+}
+
+/* The record in r->rec is complete. */
+static int take_record(struct api_csv_reader *r, api_csv_record_fn fn,
+		       void *arg)
+{
+	const char *s = r->rec.p ? r->rec.p : "";
+	size_t n = r->rec.len;
+	struct api_csv_record rec = {0};
+	int rc = 0;
+
+	if (n && s[n - 1] == '\r' && r->fr != FR_Q)
+		n--;	/* CRLF */
+	if (!r->have_header) {
+		if (n >= 3 && !memcmp(s, "\xef\xbb\xbf", 3)) {
+			s += 3;
+			n -= 3;
+		}
+		if (!n && !r->overlong)
+			goto next; /* blank lines before the header */
+		rc = take_header(r, s, n);
+		goto next;
+	}
+	if (!n && !r->overlong)
+		goto next; /* a blank line is no record */
+	rec.record = ++r->records;
+	rec.line = r->rec_line;
+	rec.text = s;
+	rec.text_len = n;
+	rc = take_fields(r, s, n);
+	if (rc == -ENOMEM)
+		goto next;
+	if (rc) {
+		rec.error = r->why;
+	} else {
+		rec.row = r->row.p;
+		rec.row_len = r->row.len;
+	}
+	rc = fn(arg, &rec);
+next:
+	r->rec.len = 0;
+	r->overlong = false;
+	r->fr = FR_START;
+	r->rec_line = r->line;
+	return rc;
+}
+
+static void rec_add(struct api_csv_reader *r, const char *s, size_t n)
+{
+	if (r->overlong)
+		return;
+	if (r->rec.len + n > r->max_record) {
+		n = r->max_record - r->rec.len;
+		r->overlong = true;
+	}
+	abuf_add(&r->rec, s, n);
+}
+
+int api_csv_reader_feed(struct api_csv_reader *r, const char *buf,
+			size_t len, api_csv_record_fn fn, void *arg)
+{
+	size_t i = 0, b = 0;
+	int rc;
+
+	if (r->header_rc)
+		return r->header_rc;
+	while (i < len) {
+		char c = buf[i];
+
+		switch (r->fr) {
+		case FR_Q:
+			/* the fast part: a quoted field's text */
+			while (i < len && buf[i] != '"') {
+				r->line += buf[i] == '\n';
+				i++;
+			}
+			if (i < len) {
+				r->fr = FR_QQ;
+				i++;
+			}
+			continue;
+		case FR_QQ:
+			if (c == '"') {
+				r->fr = FR_Q;
+				i++;
+				continue;
+			}
+			/* fall through: after a closing quote */
+			r->fr = FR_UNQ;
+			if (c != ',' && c != '\n')
+				break;
+			/* fall through */
+		case FR_START:
+		case FR_UNQ:
+			if (c == '\n') {
+				rec_add(r, buf + b, i - b);
+				r->line++;
+				i++;
+				b = i;
+				if (r->rec.oom)
+					return -ENOMEM;
+				rc = take_record(r, fn, arg);
+				if (rc)
+					return rc;
+				continue;
+			}
+			if (c == ',')
+				r->fr = FR_START;
+			else if (c == '"' && r->fr == FR_START)
+				r->fr = FR_Q;
+			else
+				r->fr = FR_UNQ;
+			break;
+		}
+		i++;
+	}
+	rec_add(r, buf + b, i - b);
+	return r->rec.oom ? -ENOMEM : 0;
+}
+
+int api_csv_reader_end(struct api_csv_reader *r, api_csv_record_fn fn,
+		       void *arg)
+{
+	int rc = 0;
+
+	if (r->header_rc)
+		return r->header_rc;
+	if (r->rec.len || r->overlong)
+		rc = take_record(r, fn, arg);
+	if (!rc && !r->have_header)
+		rc = header_fail(r, -EINVAL, "no header row");
+	return rc;
+}
+
+struct to_jsonl {
+	struct abuf out;
+};
+
+static int to_jsonl_record(void *arg, const struct api_csv_record *rec)
+{
+	struct to_jsonl *j = arg;
+
+	if (rec->error) {
+		log_err("read CSV failed: %s", rec->error);
+		return -EINVAL;
+	}
+	abuf_add(&j->out, rec->row, rec->row_len);
+	abuf_addc(&j->out, '\n');
+	return j->out.oom ? -ENOMEM : 0;
 }
 
 int api_csv_to_jsonl(const struct api_schema *schema, const char *csv,
 		     size_t len, char **jsonl, size_t *jsonl_len)
 {
-	struct csv_reader r = {.s = csv, .n = len, .line = 1};
-	struct abuf out, *vals = NULL;
-	size_t *col_of = NULL, nfields = 0, cap = 0;
-	bool *have = NULL;
-	int end = 0, rc;
+	struct api_csv_reader *r = NULL;
+	struct to_jsonl j;
+	int rc;
 
 	*jsonl = NULL;
 	*jsonl_len = 0;
-	abuf_init(&out);
-	abuf_init(&r.field);
-	if (len >= 3 && !memcmp(csv, "\xef\xbb\xbf", 3))
-		r.pos = 3;
-	for (size_t i = r.pos, line = 1; i < len;) {
-		size_t k = utf8_seq_len((const unsigned char *)csv + i, len - i);
-
-		if (!k) {
-			log_err("read CSV failed: line %zu: not UTF-8", line);
-			rc = -EINVAL;
-			goto out;
-		}
-		if (csv[i] == '\n')
-			line++;
-		i += k;
-	}
-	if (r.pos >= len) {
-		log_err("read CSV failed: no header row");
+	abuf_init(&j.out);
+	rc = api_csv_reader_new(schema, 0, 0, &r);
+	if (rc)
+		goto out;
+	rc = api_csv_reader_feed(r, csv, len, to_jsonl_record, &j);
+	if (!rc)
+		rc = api_csv_reader_end(r, to_jsonl_record, &j);
+	if (rc == -ENOENT)
 		rc = -EINVAL;
+	if (rc && api_csv_reader_error(r))
+		log_err("read CSV failed: %s", api_csv_reader_error(r));
+	if (rc)
 		goto out;
-	}
-	have = calloc(schema->ncolumns ? schema->ncolumns : 1, sizeof(*have));
-	if (!have) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	/* the header: each name a column of the schema, once */
-	do {
-		size_t c;
-
-		rc = csv_field(&r, &end);
-		if (rc)
-			goto out;
-		for (c = 0; c < schema->ncolumns; c++)
-			if (strlen(schema->columns[c].name) == r.field.len &&
-			    !memcmp(schema->columns[c].name, r.field.p,
-				    r.field.len))
-				break;
-		if (c == schema->ncolumns || have[c]) {
-			log_err("read CSV failed: line 1: %s column '%.*s'",
-				c == schema->ncolumns ? "unknown" : "repeated",
-				(int)(r.field.len > 256 ? 256 : r.field.len),
-				r.field.p ? r.field.p : "");
-			rc = -EINVAL;
-			goto out;
-		}
-		have[c] = true;
-		if (nfields == cap) {
-			size_t ncap = cap ? cap * 2 : 16;
-			size_t *p = realloc(col_of, ncap * sizeof(*p));
-
-			if (!p) {
-				rc = -ENOMEM;
-				goto out;
-			}
-			col_of = p;
-			cap = ncap;
-		}
-		col_of[nfields++] = c;
-	} while (end == 0);
-	for (size_t c = 0; c < schema->ncolumns; c++)
-		if (schema->columns[c].key && !have[c]) {
-			log_err("read CSV failed: line 1: no key column '%s'",
-				schema->columns[c].name);
-			rc = -EINVAL;
-			goto out;
-		}
-	vals = calloc(schema->ncolumns, sizeof(*vals));
-	if (!vals) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	for (size_t c = 0; c < schema->ncolumns; c++)
-		abuf_init(&vals[c]);
-	/* the records */
-	while (end != 2) {
-		size_t line = r.line, f = 0;
-		bool first = true;
-
-		for (size_t c = 0; c < schema->ncolumns; c++)
-			have[c] = false;
-		do {
-			bool skip;
-			size_t c;
-
-			rc = csv_field(&r, &end);
-			if (rc)
-				goto out;
-			if (f == nfields) {
-				log_err("read CSV failed: line %zu: more "
-					"fields than the header's %zu",
-					line, nfields);
-				rc = -EINVAL;
-				goto out;
-			}
-			c = col_of[f++];
-			vals[c].len = 0;
-			rc = csv_value(&schema->columns[c], &r.field, line,
-				       &vals[c], &skip);
-			if (rc)
-				goto out;
-			have[c] = !skip;
-		} while (end == 0);
-		if (f != nfields) {
-			log_err("read CSV failed: line %zu: %zu field%s, the "
-				"header has %zu",
-				line, f, f == 1 ? "" : "s", nfields);
-			rc = -EINVAL;
-			goto out;
-		}
-		abuf_addc(&out, '{');
-		for (size_t c = 0; c < schema->ncolumns; c++) {
-			if (!have[c])
-				continue;
-			if (!first)
-				abuf_addc(&out, ',');
-			first = false;
-			json_emit_string(&out, schema->columns[c].name,
-					 strlen(schema->columns[c].name));
-			abuf_addc(&out, ':');
-			abuf_add(&out, vals[c].p, vals[c].len);
-		}
-		abuf_add(&out, "}\n", 2);
-	}
-	rc = 0;
-	for (size_t c = 0; c < schema->ncolumns; c++)
-		if (vals[c].oom)
-			rc = -ENOMEM;
-	if (out.oom || rc) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	abuf_reserve(&out, 0);
-	*jsonl = abuf_detach(&out, jsonl_len);
+	abuf_reserve(&j.out, 0);
+	*jsonl = abuf_detach(&j.out, jsonl_len);
 	if (!*jsonl)
 		rc = -ENOMEM;
 out:
-	if (vals)
-		for (size_t c = 0; c < schema->ncolumns; c++)
-			abuf_release(&vals[c]);
-	free(vals);
-	free(have);
-	free(col_of);
-	abuf_release(&r.field);
-	abuf_release(&out);
+	api_csv_reader_free(r);
+	abuf_release(&j.out);
 	return rc;
 }

@@ -187,6 +187,7 @@ void fs_engine_stop(struct fs_engine *eng)
 static void table_free(struct fs_table *t)
 {
 	fs_import_table_release(t);
+	fs_csvidx_free(t->csv);
 	api_schema_release(&t->schema);
 	free(t->keys);
 	pthread_mutex_destroy(&t->lock);

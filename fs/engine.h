@@ -140,6 +140,26 @@ bool fs_reader_complete(struct fs_reader *rd, uint64_t *size);
 
 void fs_reader_close(struct fs_reader *rd);
 
+/* ---- rows.csv: reading ---------------------------------------------- */
+
+struct fs_csv_reader;
+
+/*
+ * rows.csv: the snapshot fs_reader_open() gives, as RFC 4180 CSV (a header
+ * of the column names, then one record per row, CRLF line ends), made from
+ * the cached JSONL as it is read. Same errors as the fs_reader functions
+ * (-ESTALE included); -EIO when a row does not fit the schema.
+ */
+int fs_csv_open(struct fs_engine *eng, struct fs_table *t,
+		struct fs_csv_reader **out) FS_WARN_UNUSED;
+int fs_csv_read(struct fs_csv_reader *cr, uint64_t off, void *buf,
+		size_t size, size_t *nread) FS_WARN_UNUSED;
+void fs_csv_close(struct fs_csv_reader *cr);
+
+/* rows.csv's exact size when the current version is complete in the cache
+ * and a reader has converted it to the end, else 0 (no network I/O). */
+uint64_t fs_table_csv_size(struct fs_engine *eng, struct fs_table *t);
+
 /* ---- rows.jsonl: writing (import) ----------------------------------- */
 
 struct fs_import;
@@ -163,6 +183,15 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
  */
 int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 	FS_WARN_UNUSED;
+
+/*
+ * Read the written stream as CSV (rows.csv) rather than JSONL: call right
+ * after fs_import_begin(). A header of column names is required; a header
+ * column the schema lacks is drift (the write fails with -EINVAL, nothing
+ * is sent), as is a header the reader refuses; a bad record is
+ * quarantined under its record number. Returns 0 or -ENOMEM.
+ */
+int fs_import_use_csv(struct fs_import *im) FS_WARN_UNUSED;
 
 /* Whether bytes were written since the last fs_import_finish(). */
 bool fs_import_dirty(const struct fs_import *im);

@@ -49,6 +49,8 @@ struct fs_table {
 
 	/* eng->import_lock: the current or last import */
 	struct fs_import *import;
+
+	struct fs_csvidx *csv;	/* csvview.c: rows.csv's offsets */
 };
 
 struct fs_engine {
@@ -164,6 +166,11 @@ int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
  * encoded key ["…"], unescaped; malloc'ed). Returns 0, -EINVAL (not one
  * string), -ENOMEM. */
 int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
+
+/* csvview.c */
+void fs_csvidx_free(struct fs_csvidx *x);
+/* Forget rows.csv's index and size (the schema changed). */
+void fs_csv_forget(struct fs_table *t);
 
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;

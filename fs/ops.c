@@ -1,7 +1,7 @@
 /*
  * ops: the fuse_operations of dtfs. Paths are "/", "/TABLE" and
  * "/TABLE/FILE" with FILE one of schema.json, rows.jsonl, rejects.jsonl,
- * status.json; TABLE is a file name as names.h encodes it.
+ * status.json, rows.csv; TABLE is a file name as names.h encodes it.
  */
 #include "fs.h"
 
@@ -26,6 +26,7 @@ enum fs_file {
 	FS_ROWS,
 	FS_REJECTS,
 	FS_STATUS,
+	FS_CSV,		/* rows.csv: rows.jsonl as CSV (csvview.c) */
 };
 
 static const char *const file_names[] = {
@@ -33,6 +34,7 @@ static const char *const file_names[] = {
 	[FS_ROWS] = "rows.jsonl",
 	[FS_REJECTS] = "rejects.jsonl",
 	[FS_STATUS] = "status.json",
+	[FS_CSV] = "rows.csv",
 };
 
 /* An open file. */
@@ -40,7 +42,8 @@ struct handle {
 	enum fs_file file;
 	struct fs_table *t;
 	struct fs_reader *rd;	/* rows.jsonl read */
-	struct fs_import *im;	/* rows.jsonl write */
+	struct fs_import *im;	/* rows.jsonl or rows.csv write */
+	struct fs_csv_reader *crd; /* rows.csv read */
 	pid_t opener;		/* thread-group id of the process that opened */
 	char *buf;		/* schema.json, status.json */
 	size_t len;
@@ -81,7 +84,7 @@ static int resolve(const char *path, struct fs_table **t, enum fs_file *file)
 		return rc;
 	if (!slash)
 		return 0;
-	for (i = FS_SCHEMA; i <= FS_STATUS; i++) {
+	for (i = FS_SCHEMA; i <= FS_CSV; i++) {
 		if (!strcmp(slash + 1, file_names[i])) {
 			*file = (enum fs_file)i;
 			return 0;
@@ -165,6 +168,10 @@ static int fs_getattr(const char *path, struct stat *st,
 		fs_table_face(t)->attr = gen;
 		pthread_mutex_unlock(&face_lock);
 		break;
+	case FS_CSV:
+		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
+		st->st_size = (off_t)fs_table_csv_size(eng, t);
+		break;
 	case FS_SCHEMA:
 		st->st_mode = S_IFREG | 0444;
 		st->st_size = (off_t)fs_table_schema_size(eng, t);
@@ -209,7 +216,7 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 	fill(buf, ".", NULL, 0, 0);
 	fill(buf, "..", NULL, 0, 0);
 	if (t) {
-		for (i = FS_SCHEMA; i <= FS_STATUS; i++)
+		for (i = FS_SCHEMA; i <= FS_CSV; i++)
 			fill(buf, file_names[i], NULL, 0, 0);
 		return 0;
 	}
@@ -235,6 +242,8 @@ static void handle_free(struct handle *h)
 {
 	if (h->rd)
 		fs_reader_close(h->rd);
+	if (h->crd)
+		fs_csv_close(h->crd);
 	if (h->im)
 		fs_import_end(h->im);
 	if (h->fd >= 0)
@@ -286,7 +295,8 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 	if (file == FS_NONE)
 		return -EISDIR;
 	if (acc != O_RDONLY &&
-	    (file != FS_ROWS || fs_engine_config(eng)->ro))
+	    ((file != FS_ROWS && file != FS_CSV) ||
+	     fs_engine_config(eng)->ro))
 		return -EROFS;
 	h = calloc(1, sizeof(*h));
 	if (!h)
@@ -304,6 +314,18 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 			fi->direct_io = 1;
 			fi->nonseekable = 0;
 		}
+		break;
+	case FS_CSV:
+		/* direct I/O: the bytes are made as they are read */
+		fi->direct_io = 1;
+		if (acc == O_RDONLY) {
+			rc = fs_csv_open(eng, t, &h->crd);
+			break;
+		}
+		h->opener = tgid_of(fuse_get_context()->pid);
+		rc = fs_import_begin(eng, t, &h->im);
+		if (!rc)
+			rc = fs_import_use_csv(h->im);
 		break;
 	case FS_SCHEMA:
 		rc = fs_table_schema_json(eng, t, &h->buf, &h->len);
@@ -372,6 +394,11 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
 		if (!h->rd)
 			return -EBADF;
 		rc = fs_reader_read(h->rd, (uint64_t)off, buf, size, &n);
+		return rc ? rc : (int)n;
+	case FS_CSV:
+		if (!h->crd)
+			return -EBADF;
+		rc = fs_csv_read(h->crd, (uint64_t)off, buf, size, &n);
 		return rc ? rc : (int)n;
 	case FS_SCHEMA:
 	case FS_STATUS:
@@ -452,7 +479,8 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	rc = resolve(path, &t, &file);
 	if (rc)
 		return rc;
-	if (file != FS_ROWS || fs_engine_config(engine())->ro)
+	if ((file != FS_ROWS && file != FS_CSV) ||
+	    fs_engine_config(engine())->ro)
 		return file == FS_NONE ? -EISDIR : -EROFS;
 	/* truncating rows.jsonl never deletes rows: imports are upserts */
 	return size == 0 ? 0 : -EINVAL;
