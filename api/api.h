@@ -166,6 +166,22 @@ int api_put_schema(struct api *api, const char *table_id,
 		   const char *json, size_t len, const char *if_match,
 		   struct api_schema *out) API_WARN_UNUSED;
 
+/* ---- tables: create and delete (flows; -ENOSYS for cursor) ---------- */
+
+/*
+ * Create a table named name with the schema json (a schema as
+ * api_schema_parse() reads it). *id is the new table's id (malloc'ed).
+ * Returns 0, -EINVAL (not a schema, or refused by the server: logged),
+ * -EEXIST (409: the name is taken), -ENOSYS, …
+ */
+int api_create_table(struct api *api, const char *name, const char *json,
+		     size_t len, char **id) API_WARN_UNUSED;
+
+/* Delete a table; force: even if in use (flows ?force=true).
+ * Returns 0, -ENOENT, -ENOSYS, … */
+int api_delete_table(struct api *api, const char *table_id,
+		     bool force) API_WARN_UNUSED;
+
 /* ---- rows: export ---------------------------------------------------- */
 
 struct api_page {

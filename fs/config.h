@@ -28,6 +28,8 @@ struct fs_config {
 	unsigned retries;	/* attempts per request */
 	unsigned retry_budget;	/* seconds per request, retries included */
 	bool ro;
+	bool allow_delete;	/* rmdir of a table deletes it */
+	bool force_delete;	/* … even if in use (flows ?force=true) */
 
 	/* ---- dialect, pacing and import routes (the production API) ---- */
 	unsigned page_workers;	/* numbered pages in flight, 1..32 */

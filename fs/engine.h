@@ -109,6 +109,51 @@ int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
 /* Length of the schema.json bytes known without network I/O, 0 if none. */
 size_t fs_table_schema_size(struct fs_engine *eng, struct fs_table *t);
 
+/*
+ * Replace t's schema with json (a whole schema, as schema.json shows it).
+ * Only additions are allowed: a column missing (removed or renamed),
+ * retyped, or joining or leaving the key is -EINVAL, logged with the
+ * column, and nothing is sent. The same schema again sends nothing.
+ * Cursor: PUT …/schema with If-Match; flows: PUT the whole table. On
+ * success the cached schema and rows.csv follow at once and rows.jsonl is
+ * revalidated at its next open. Returns 0, -EINVAL, -EAGAIN (412: the
+ * schema changed on the server meanwhile; the server's is fetched again),
+ * -EROFS, or the API's error.
+ */
+int fs_table_put_schema(struct fs_engine *eng, struct fs_table *t,
+			const char *json, size_t len) FS_WARN_UNUSED;
+
+/* ---- new tables (flows only) ----------------------------------------- */
+
+/*
+ * mkdir: a pending table name, existing only in this process until
+ * fs_engine_create() is called for it. Returns 0, -EEXIST, -EROFS, -EPERM
+ * (the cursor API has no table creation: logged).
+ */
+int fs_engine_mkdir(struct fs_engine *eng, const char *name) FS_WARN_UNUSED;
+bool fs_engine_is_pending(struct fs_engine *eng, const char *name);
+/* The pending names (malloc'ed array of malloc'ed strings). */
+int fs_engine_pending_list(struct fs_engine *eng, char ***names,
+			   size_t *count) FS_WARN_UNUSED;
+
+/*
+ * Create the table name with the schema json (POST /api/v2/flows/
+ * datatables); a pending name stops being pending. *out (may be NULL) is
+ * the new table. Returns 0, -EINVAL (not a schema, or refused), -EPERM
+ * (cursor), -EEXIST (the name is taken), -EROFS, or the API's error.
+ */
+int fs_engine_create(struct fs_engine *eng, const char *name,
+		     const char *json, size_t len,
+		     struct fs_table **out) FS_WARN_UNUSED;
+
+/*
+ * rmdir: a pending name is forgotten; a table is deleted only with the
+ * allow_delete option (flows: ?force=true with allow_delete=force).
+ * Returns 0, -ENOENT, -EPERM (no allow_delete, or cursor: logged), -EROFS,
+ * or the API's error.
+ */
+int fs_engine_rmdir(struct fs_engine *eng, const char *name) FS_WARN_UNUSED;
+
 /* ---- rows.jsonl: reading -------------------------------------------- */
 
 /*

@@ -66,6 +66,10 @@ struct fs_engine {
 				   still hold them, so freed only at the end */
 	size_t nold_names;
 
+	char **pending;		/* mkdir'ed names without a table yet
+				   (schema_write.c); eng->lock */
+	size_t npending;
+
 	pthread_mutex_t list_lock; /* one listing walk at a time */
 	_Atomic int64_t listed_at; /* read without list_lock */
 	_Atomic int64_t expired_at; /* fs_engine_expire(): proofs made at or
@@ -84,6 +88,10 @@ struct fs_engine {
 /* Load t->schema from memory, the cache or the API; t->lock held. */
 int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
 	FS_WARN_UNUSED;
+/* Keep s as t's schema, fresh now (memory and cache); s is taken over
+ * (zeroed). t->lock held. */
+void fs_table_set_schema(struct fs_engine *eng, struct fs_table *t,
+			 struct api_schema *s);
 /* Make t->schema at most `revalidate` seconds old (the cached one when the
  * API cannot be reached); t->lock held. */
 int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
@@ -166,6 +174,14 @@ int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
  * encoded key ["…"], unescaped; malloc'ed). Returns 0, -EINVAL (not one
  * string), -ENOMEM. */
 int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
+
+/* Find or add the table id (named name) and mark it listed or not (a
+ * table created or deleted here). NULL when out of memory. */
+struct fs_table *fs_engine_add_table(struct fs_engine *eng, const char *id,
+				     const char *name, bool listed);
+
+/* schema_write.c */
+void fs_pending_release(struct fs_engine *eng);
 
 /* csvview.c */
 void fs_csvidx_free(struct fs_csvidx *x);

@@ -47,6 +47,11 @@ struct handle {
 	pid_t opener;		/* thread-group id of the process that opened */
 	char *buf;		/* schema.json, status.json */
 	size_t len;
+	char *pending;		/* schema.json of a pending table: its name */
+	bool swrite;		/* schema.json opened for writing: buf/len is
+				   what is written */
+	bool sdirty;		/* written since the last flush */
+	int sresult;		/* the last flush's result */
 	int fd;			/* rejects.jsonl */
 };
 
@@ -91,6 +96,28 @@ static int resolve(const char *path, struct fs_table **t, enum fs_file *file)
 		}
 	}
 	return -ENOENT;
+}
+
+/*
+ * A path under a pending table (mkdir'ed, no schema yet): 1 for the
+ * directory, 2 for its schema.json, 0 otherwise; name gets the table name.
+ */
+static int pending_of(const char *path, char *name, size_t size)
+{
+	char enc[NAME_MAX + 1];
+	const char *p = path + 1, *slash = strchr(p, '/');
+	size_t n = slash ? (size_t)(slash - p) : strlen(p);
+
+	if (n == 0 || n > NAME_MAX)
+		return 0;
+	memcpy(enc, p, n);
+	enc[n] = '\0';
+	if (fs_name_decode(enc, name, size) ||
+	    !fs_engine_is_pending(engine(), name))
+		return 0;
+	if (!slash)
+		return 1;
+	return strcmp(slash + 1, "schema.json") ? 0 : 2;
 }
 
 /* The thread-group id of a thread: FUSE reports thread ids, and a
@@ -154,6 +181,20 @@ static int fs_getattr(const char *path, struct stat *st,
 	st->st_gid = getgid();
 	st->st_atime = st->st_mtime = st->st_ctime = mount_time;
 	rc = resolve(path, &t, &file);
+	if (rc == -ENOENT) {
+		char name[1024];
+
+		switch (pending_of(path, name, sizeof(name))) {
+		case 1:
+			st->st_mode = S_IFDIR | 0755;
+			st->st_nlink = 2;
+			return 0;
+		case 2:
+			st->st_mode = S_IFREG | 0644;
+			st->st_nlink = 1;
+			return 0;
+		}
+	}
 	if (rc)
 		return rc;
 	switch (file) {
@@ -173,7 +214,7 @@ static int fs_getattr(const char *path, struct stat *st,
 		st->st_size = (off_t)fs_table_csv_size(eng, t);
 		break;
 	case FS_SCHEMA:
-		st->st_mode = S_IFREG | 0444;
+		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
 		st->st_size = (off_t)fs_table_schema_size(eng, t);
 		break;
 	case FS_REJECTS: {
@@ -195,6 +236,26 @@ static int fs_getattr(const char *path, struct stat *st,
 	return 0;
 }
 
+/* The pending tables (mkdir'ed, no schema yet) in the root listing. */
+static int fill_pending(struct fs_engine *eng, void *buf,
+			fuse_fill_dir_t fill)
+{
+	char **names;
+	size_t i, n;
+	int rc = fs_engine_pending_list(eng, &names, &n);
+
+	for (i = 0; !rc && i < n; i++) {
+		char enc[NAME_MAX + 1];
+
+		if (!fs_name_encode(names[i], enc, sizeof(enc)))
+			fill(buf, enc, NULL, 0, 0);
+	}
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return rc;
+}
+
 static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 		      off_t off, struct fuse_file_info *fi,
 		      enum fuse_readdir_flags flags)
@@ -209,6 +270,16 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 	(void)fi;
 	(void)flags;
 	rc = resolve(path, &t, &file);
+	if (rc == -ENOENT) {
+		char name[1024];
+
+		if (pending_of(path, name, sizeof(name)) != 1)
+			return rc;
+		fill(buf, ".", NULL, 0, 0);
+		fill(buf, "..", NULL, 0, 0);
+		fill(buf, "schema.json", NULL, 0, 0);
+		return 0;
+	}
 	if (rc)
 		return rc;
 	if (file != FS_NONE)
@@ -235,7 +306,7 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 		fill(buf, enc, NULL, 0, 0);
 	}
 	free(tables);
-	return 0;
+	return fill_pending(eng, buf, fill);
 }
 
 static void handle_free(struct handle *h)
@@ -249,6 +320,7 @@ static void handle_free(struct handle *h)
 	if (h->fd >= 0)
 		close(h->fd);
 	free(h->buf);
+	free(h->pending);
 	free(h);
 }
 
@@ -280,6 +352,34 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 	return 0;
 }
 
+/* schema.json of a pending table: empty until written; writing it
+ * creates the table at close. */
+static int open_pending(const char *path, struct fuse_file_info *fi)
+{
+	struct handle *h;
+	char name[1024];
+
+	if (pending_of(path, name, sizeof(name)) != 2)
+		return -ENOENT;
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->file = FS_SCHEMA;
+	h->fd = -1;
+	h->pending = strdup(name);
+	if (!h->pending) {
+		free(h);
+		return -ENOMEM;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+		h->swrite = true;
+		h->opener = tgid_of(fuse_get_context()->pid);
+	}
+	fi->direct_io = 1;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	return 0;
+}
+
 static int fs_open(const char *path, struct fuse_file_info *fi)
 {
 	struct fs_engine *eng = engine();
@@ -290,12 +390,14 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 	int rc;
 
 	rc = resolve(path, &t, &file);
+	if (rc == -ENOENT)
+		return open_pending(path, fi);
 	if (rc)
 		return rc;
 	if (file == FS_NONE)
 		return -EISDIR;
 	if (acc != O_RDONLY &&
-	    ((file != FS_ROWS && file != FS_CSV) ||
+	    ((file != FS_ROWS && file != FS_CSV && file != FS_SCHEMA) ||
 	     fs_engine_config(eng)->ro))
 		return -EROFS;
 	h = calloc(1, sizeof(*h));
@@ -328,8 +430,16 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 			rc = fs_import_use_csv(h->im);
 		break;
 	case FS_SCHEMA:
-		rc = fs_table_schema_json(eng, t, &h->buf, &h->len);
 		fi->direct_io = 1;
+		if (acc != O_RDONLY) {
+			/* a whole new schema is written; O_TRUNC or not, it
+			 * starts from the current one */
+			h->swrite = true;
+			h->opener = tgid_of(fuse_get_context()->pid);
+			if (fi->flags & O_TRUNC)
+				break;
+		}
+		rc = fs_table_schema_json(eng, t, &h->buf, &h->len);
 		break;
 	case FS_STATUS:
 		rc = fs_table_status_json(eng, t, &h->buf, &h->len);
@@ -366,8 +476,13 @@ static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	int rc = resolve(path, &t, &file);
 
 	(void)mode;
-	if (rc == -ENOENT)
+	if (rc == -ENOENT) {
+		char name[1024];
+
+		if (pending_of(path, name, sizeof(name)) == 2)
+			return open_pending(path, fi);
 		return -EACCES; /* no new tables or files by creation */
+	}
 	if (rc)
 		return rc;
 	return fs_open(path, fi);
@@ -418,6 +533,46 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
 	return -EISDIR;
 }
 
+/* schema.json: the bytes at their offsets, in memory (a schema is small). */
+#define SCHEMA_MAX (1 << 20)
+static int schema_write(struct handle *h, const char *buf, size_t size,
+			off_t off)
+{
+	size_t end;
+
+	if (off < 0 || (uint64_t)off + size > SCHEMA_MAX)
+		return -EFBIG;
+	end = (size_t)off + size;
+	if (end > h->len) {
+		char *p = realloc(h->buf, end);
+
+		if (!p)
+			return -ENOMEM;
+		memset(p + h->len, 0, end - h->len);
+		h->buf = p;
+		h->len = end;
+	}
+	memcpy(h->buf + off, buf, size);
+	h->sdirty = true;
+	return (int)size;
+}
+
+/* Send a written schema.json: a schema change, or a new table. */
+static int schema_send(struct handle *h)
+{
+	struct fs_engine *eng = engine();
+
+	if (!h->sdirty)
+		return h->sresult;
+	h->sdirty = false;
+	if (h->pending)
+		h->sresult = fs_engine_create(eng, h->pending, h->buf, h->len,
+					      NULL);
+	else
+		h->sresult = fs_table_put_schema(eng, h->t, h->buf, h->len);
+	return h->sresult;
+}
+
 static int fs_write(const char *path, const char *buf, size_t size,
 		    off_t off, struct fuse_file_info *fi)
 {
@@ -425,6 +580,8 @@ static int fs_write(const char *path, const char *buf, size_t size,
 	int rc;
 
 	(void)path;
+	if (h->swrite)
+		return schema_write(h, buf, size, off);
 	(void)off; /* a stream of lines: offsets (O_APPEND or not) don't matter */
 	if (!h->im)
 		return -EBADF;
@@ -444,10 +601,12 @@ static int fs_flush(const char *path, struct fuse_file_info *fi)
 	struct handle *h = handle_of(fi);
 
 	(void)path;
-	if (!h->im)
+	if (!h->im && !h->swrite)
 		return 0;
 	if (tgid_of(fuse_get_context()->pid) != h->opener)
 		return 0;
+	if (h->swrite)
+		return schema_send(h);
 	return fs_import_finish(h->im);
 }
 
@@ -458,6 +617,14 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 	struct handle *h = handle_of(fi);
 
 	(void)path;
+	if (h->swrite && h->sdirty) {
+		int rc = schema_send(h);
+
+		if (rc)
+			log_err("schema.json of '%s' sent at release: %s",
+				h->pending ? h->pending : fs_table_name(h->t),
+				strerror(-rc));
+	}
 	if (h->im && fs_import_dirty(h->im)) {
 		int rc = fs_import_finish(h->im);
 
@@ -475,7 +642,17 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	enum fs_file file;
 	int rc;
 
-	(void)fi;
+	if (fi && handle_of(fi)->swrite) {
+		struct handle *h = handle_of(fi);
+
+		if (size < 0 || size > SCHEMA_MAX)
+			return -EFBIG;
+		if ((size_t)size > h->len)
+			return schema_write(h, "", 0, size) < 0 ? -ENOMEM : 0;
+		h->len = (size_t)size;
+		h->sdirty = true;
+		return 0;
+	}
 	rc = resolve(path, &t, &file);
 	if (rc)
 		return rc;
@@ -498,6 +675,33 @@ static int fs_utimens(const char *path, const struct timespec tv[2],
 	return resolve(path, &t, &file);
 }
 
+/* The table name of "/NAME" (no deeper path). Returns 0, -EPERM. */
+static int top_name(const char *path, char *name, size_t size)
+{
+	const char *p = path + 1;
+
+	if (!*p || strchr(p, '/') || strlen(p) > NAME_MAX)
+		return -EPERM;
+	return fs_name_decode(p, name, size) ? -EINVAL : 0;
+}
+
+static int fs_mkdir(const char *path, mode_t mode)
+{
+	char name[1024];
+	int rc = top_name(path, name, sizeof(name));
+
+	(void)mode;
+	return rc ? rc : fs_engine_mkdir(engine(), name);
+}
+
+static int fs_rmdir(const char *path)
+{
+	char name[1024];
+	int rc = top_name(path, name, sizeof(name));
+
+	return rc ? rc : fs_engine_rmdir(engine(), name);
+}
+
 const struct fuse_operations fs_ops = {
 	.init = fs_init,
 	.destroy = fs_destroy,
@@ -511,4 +715,6 @@ const struct fuse_operations fs_ops = {
 	.release = fs_release,
 	.truncate = fs_truncate,
 	.utimens = fs_utimens,
+	.mkdir = fs_mkdir,
+	.rmdir = fs_rmdir,
 };

@@ -2,7 +2,8 @@
  * dtfsctl: the engine without FUSE, for machines with no /dev/fuse.
  *
  *   dtfsctl [-o option[,option]...] ls
- *   dtfsctl [-o option[,option]...] schema TABLE
+ *   dtfsctl [-o option[,option]...] schema TABLE [FILE]
+ *   dtfsctl [-o option[,option]...] create TABLE SCHEMA_FILE
  *   dtfsctl [-o option[,option]...] export TABLE
  *   dtfsctl [-o option[,option]...] import TABLE [FILE]
  *   dtfsctl [-o option[,option]...] status TABLE
@@ -31,6 +32,10 @@ static void usage(FILE *f)
 		"commands:\n"
 		"    ls                   table names, one a line\n"
 		"    schema TABLE         the schema JSON (schema.json's bytes)\n"
+		"    schema TABLE FILE    change the schema to FILE's (columns can\n"
+		"                         only be added), as writing schema.json\n"
+		"    create TABLE FILE    create a table with FILE's schema (flows),\n"
+		"                         as mkdir and writing schema.json\n"
 		"    export TABLE         rows as JSONL on stdout (rows.jsonl's bytes)\n"
 		"    import TABLE [FILE]  import JSONL lines (stdin by default)\n"
 		"    status TABLE         status.json's bytes\n\n"
@@ -190,6 +195,58 @@ out:
 	return rc;
 }
 
+/* A whole (small) file: a schema. *buf malloc'ed. */
+#define SCHEMA_FILE_MAX (1 << 20)
+static int read_small(const char *file, char **buf, size_t *len)
+{
+	int fd = open(file, O_RDONLY | O_CLOEXEC), rc = 0;
+	ssize_t n;
+
+	*buf = NULL;
+	*len = 0;
+	if (fd < 0 || !(*buf = malloc(SCHEMA_FILE_MAX))) {
+		rc = fd < 0 ? -errno : -ENOMEM;
+		goto out;
+	}
+	while (*len < SCHEMA_FILE_MAX) {
+		n = read(fd, *buf + *len, SCHEMA_FILE_MAX - *len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n < 0 ? -errno : 0;
+			break;
+		}
+		*len += (size_t)n;
+	}
+	if (!rc && *len == SCHEMA_FILE_MAX)
+		rc = -EFBIG;
+out:
+	if (rc) {
+		log_err("cannot read '%s': %s", file, strerror(-rc));
+		free(*buf);
+		*buf = NULL;
+	}
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+/* schema TABLE FILE, create TABLE FILE: the schema.json writes. */
+static int cmd_schema_write(struct fs_engine *eng, struct fs_table *t,
+			    const char *name, const char *file)
+{
+	char *buf;
+	size_t len;
+	int rc = read_small(file, &buf, &len);
+
+	if (rc)
+		return rc;
+	rc = t ? fs_table_put_schema(eng, t, buf, len)
+	       : fs_engine_create(eng, name, buf, len, NULL);
+	free(buf);
+	return rc;
+}
+
 int main(int argc, char *argv[])
 {
 	struct fs_engine *eng = NULL;
@@ -238,7 +295,9 @@ int main(int argc, char *argv[])
 	if (!(!strcmp(cmd, "ls") && nargs == 0) &&
 	    !((!strcmp(cmd, "schema") || !strcmp(cmd, "export") ||
 	       !strcmp(cmd, "status")) && nargs == 1) &&
-	    !(!strcmp(cmd, "import") && (nargs == 1 || nargs == 2))) {
+	    !((!strcmp(cmd, "import") || !strcmp(cmd, "schema")) &&
+	      (nargs == 1 || nargs == 2)) &&
+	    !(!strcmp(cmd, "create") && nargs == 2)) {
 		log_err("bad command line: '%s' with %d argument(s) (see "
 			"dtfsctl -h)", cmd, nargs);
 		rc = -EINVAL;
@@ -251,7 +310,7 @@ int main(int argc, char *argv[])
 	rc = fs_engine_start(eng);
 	if (rc)
 		goto out;
-	if (nargs >= 1) {
+	if (nargs >= 1 && strcmp(cmd, "create")) {
 		rc = fs_engine_lookup(eng, argv[optind + 1], &t);
 		if (rc == -ENOENT)
 			log_err("no table named '%s'", argv[optind + 1]);
@@ -260,6 +319,11 @@ int main(int argc, char *argv[])
 	}
 	if (!strcmp(cmd, "ls"))
 		rc = cmd_ls(eng);
+	else if (!strcmp(cmd, "schema") && nargs == 2)
+		rc = cmd_schema_write(eng, t, NULL, argv[optind + 2]);
+	else if (!strcmp(cmd, "create"))
+		rc = cmd_schema_write(eng, NULL, argv[optind + 1],
+				      argv[optind + 2]);
 	else if (!strcmp(cmd, "schema"))
 		rc = cmd_bytes(eng, t, fs_table_schema_json);
 	else if (!strcmp(cmd, "status"))
