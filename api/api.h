@@ -359,6 +359,21 @@ int api_csv_encode(const struct api_schema *schema, const char *const *rows,
 		   size_t *len) API_WARN_UNUSED;
 
 /*
+ * The lines of rows.jsonl (JSONL as api_get_rows() writes it: compact
+ * objects, keys in schema order; blank lines skipped, a last line without
+ * its newline taken) to CSV records, the same bytes api_csv_encode()
+ * writes, without a header, appended to the buffer *csv of *csv_len bytes
+ * and *csv_cap allocated (all three may start 0/NULL; grown as needed,
+ * NUL-terminated). The lines rows.jsonl holds take a fast path with no
+ * parsing. On failure the buffer holds the records before the bad line.
+ * Returns 0, -EINVAL (a line is not an object of the schema's columns:
+ * logged), -ENOMEM.
+ */
+int api_csv_encode_lines(const struct api_schema *schema, const char *jsonl,
+			 size_t len, char **csv, size_t *csv_len,
+			 size_t *csv_cap) API_WARN_UNUSED;
+
+/*
  * One CSV (header row required; UTF-8; a BOM, CRLF or LF line ends, and
  * quoted fields holding commas, quotes and newlines accepted) to JSONL:
  * one compact object per record, keys in schema order, values typed by the

@@ -64,123 +64,353 @@ static void put_field(struct abuf *out, const char *s, size_t n)
 	abuf_addc(out, '"');
 }
 
+/* One row (a JSON object of the schema's columns) as a CSV record, the
+ * general way: parsed whole. r is its number for the log. */
+static int encode_row(const struct api_schema *schema, const char *row,
+		      size_t len, size_t r, struct jdoc *d, uint32_t *slot,
+		      struct abuf *tmp, struct abuf *out)
+{
+	uint32_t k;
+	int rc;
+
+	rc = jdoc_parse(d, row, len, JDOC_VALIDATE_UTF8);
+	if (rc == -ENOMEM)
+		return rc;
+	if (rc || d->nodes[0].type != JT_OBJECT) {
+		log_err("encode CSV failed: row %zu is not a JSON object", r);
+		return -EINVAL;
+	}
+	for (size_t c = 0; c < schema->ncolumns; c++)
+		slot[c] = UINT32_MAX;
+	k = jdoc_child(0);
+	for (uint32_t m = 0; m < d->nodes[0].n; m++) {
+		uint32_t v = jdoc_next(d, k);
+		size_t c;
+
+		for (c = 0; c < schema->ncolumns; c++)
+			if (jdoc_str_eq(d, k, schema->columns[c].name,
+					strlen(schema->columns[c].name)))
+				break;
+		if (c == schema->ncolumns) {
+			log_err("encode CSV failed: row %zu has a column the "
+				"schema lacks",
+				r);
+			return -EINVAL;
+		}
+		slot[c] = v;
+		k = jdoc_next(d, v);
+	}
+	for (size_t c = 0; c < schema->ncolumns; c++) {
+		const struct jnode *nd;
+
+		if (c)
+			abuf_addc(out, ',');
+		if (slot[c] == UINT32_MAX)
+			continue;
+		nd = &d->nodes[slot[c]];
+		switch ((enum jtype)nd->type) {
+		case JT_NULL:
+			break;
+		case JT_STRING:
+			tmp->len = 0;
+			jdoc_str_decode(d, slot[c], tmp);
+			put_field(out, tmp->p ? tmp->p : "", tmp->len);
+			break;
+		case JT_NUMBER:
+		case JT_TRUE:
+		case JT_FALSE:
+			abuf_add(out, d->text + nd->off, nd->len);
+			break;
+		default:
+			log_err("encode CSV failed: row %zu: %s is %s, which a "
+				"CSV field cannot hold",
+				r, schema->columns[c].name,
+				jtype_name((enum jtype)nd->type));
+			return -EINVAL;
+		}
+	}
+	abuf_add(out, "\r\n", 2);
+	return 0;
+}
+
+/* What encode_row needs besides the row. */
+struct encoder {
+	struct jdoc d;
+	uint32_t *slot;
+	struct abuf tmp;
+	char **names;		/* each column's name as a JSON string, the
+				   way rows.jsonl spells it */
+	size_t *nlen;
+};
+
+static void encoder_release(struct encoder *e, size_t ncolumns)
+{
+	jdoc_release(&e->d);
+	abuf_release(&e->tmp);
+	free(e->slot);
+	if (e->names)
+		for (size_t c = 0; c < ncolumns; c++)
+			free(e->names[c]);
+	free(e->names);
+	free(e->nlen);
+}
+
+static int encoder_init(struct encoder *e, const struct api_schema *schema)
+{
+	size_t n = schema->ncolumns;
+
+	memset(e, 0, sizeof(*e));
+	jdoc_init(&e->d);
+	abuf_init(&e->tmp);
+	e->slot = calloc(n, sizeof(*e->slot));
+	e->names = calloc(n, sizeof(*e->names));
+	e->nlen = calloc(n, sizeof(*e->nlen));
+	if (!e->slot || !e->names || !e->nlen)
+		return -ENOMEM;
+	for (size_t c = 0; c < n; c++) {
+		struct abuf b;
+
+		abuf_init(&b);
+		json_emit_string(&b, schema->columns[c].name,
+				 strlen(schema->columns[c].name));
+		abuf_addc(&b, ':');
+		if (b.oom) {
+			abuf_release(&b);
+			return -ENOMEM;
+		}
+		e->names[c] = abuf_detach(&b, &e->nlen[c]);
+		if (!e->names[c])
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void header(const struct api_schema *schema, struct abuf *out)
+{
+	for (size_t c = 0; c < schema->ncolumns; c++) {
+		put_field(out, schema->columns[c].name,
+			  strlen(schema->columns[c].name));
+		abuf_add(out, c + 1 < schema->ncolumns ? "," : "\r\n",
+			 c + 1 < schema->ncolumns ? 1 : 2);
+	}
+}
+
+/* Hand out's bytes to the caller: appended to *csv, or as a new *csv. */
+static int hand_over(struct abuf *out, char **csv, size_t *len)
+{
+	if (out->oom)
+		return -ENOMEM;
+	if (*csv) {
+		char *p = realloc(*csv, *len + out->len + 1);
+
+		if (!p)
+			return -ENOMEM;
+		if (out->len)
+			memcpy(p + *len, out->p, out->len);
+		*len += out->len;
+		p[*len] = '\0';
+		*csv = p;
+		return 0;
+	}
+	abuf_reserve(out, 0);
+	*csv = abuf_detach(out, len);
+	return *csv ? 0 : -ENOMEM;
+}
+
 int api_csv_encode(const struct api_schema *schema, const char *const *rows,
 		   const size_t *lens, size_t nrows, char **csv, size_t *len)
 {
-	struct abuf out, tmp;
-	struct jdoc d;
-	uint32_t *slot = NULL;
-	int rc = 0;
+	struct encoder e;
+	struct abuf out;
+	int rc;
 
 	abuf_init(&out);
-	abuf_init(&tmp);
-	jdoc_init(&d);
 	if (!schema->ncolumns)
 		return -EINVAL;
-	slot = calloc(schema->ncolumns, sizeof(*slot));
-	if (!slot) {
-		rc = -ENOMEM;
+	rc = encoder_init(&e, schema);
+	if (rc)
 		goto out;
-	}
-	for (size_t c = 0; !*csv && c < schema->ncolumns; c++) {
-		put_field(&out, schema->columns[c].name,
-			  strlen(schema->columns[c].name));
-		abuf_add(&out, c + 1 < schema->ncolumns ? "," : "\r\n",
-			 c + 1 < schema->ncolumns ? 1 : 2);
-	}
-	for (size_t r = 0; r < nrows; r++) {
-		uint32_t k;
-
-		rc = jdoc_parse(&d, rows[r], lens[r], JDOC_VALIDATE_UTF8);
-		if (rc == -ENOMEM)
-			goto out;
-		if (rc || d.nodes[0].type != JT_OBJECT) {
-			log_err("encode CSV failed: row %zu is not a JSON "
-				"object",
-				r + 1);
-			rc = -EINVAL;
-			goto out;
-		}
-		for (size_t c = 0; c < schema->ncolumns; c++)
-			slot[c] = UINT32_MAX;
-		k = jdoc_child(0);
-		for (uint32_t m = 0; m < d.nodes[0].n; m++) {
-			uint32_t v = jdoc_next(&d, k);
-			size_t c;
-
-			for (c = 0; c < schema->ncolumns; c++)
-				if (jdoc_str_eq(&d, k, schema->columns[c].name,
-						strlen(schema->columns[c].name)))
-					break;
-			if (c == schema->ncolumns) {
-				log_err("encode CSV failed: row %zu has a "
-					"column the schema lacks",
-					r + 1);
-				rc = -EINVAL;
-				goto out;
-			}
-			slot[c] = v;
-			k = jdoc_next(&d, v);
-		}
-		for (size_t c = 0; c < schema->ncolumns; c++) {
-			const struct jnode *nd;
-
-			if (c)
-				abuf_addc(&out, ',');
-			if (slot[c] == UINT32_MAX)
-				continue;
-			nd = &d.nodes[slot[c]];
-			switch ((enum jtype)nd->type) {
-			case JT_NULL:
-				break;
-			case JT_STRING:
-				tmp.len = 0;
-				jdoc_str_decode(&d, slot[c], &tmp);
-				put_field(&out, tmp.p ? tmp.p : "", tmp.len);
-				break;
-			case JT_NUMBER:
-			case JT_TRUE:
-			case JT_FALSE:
-				abuf_add(&out, d.text + nd->off, nd->len);
-				break;
-			default:
-				log_err("encode CSV failed: row %zu: %s is "
-					"%s, which a CSV field cannot hold",
-					r + 1, schema->columns[c].name,
-					jtype_name((enum jtype)nd->type));
-				rc = -EINVAL;
-				goto out;
-			}
-		}
-		abuf_add(&out, "\r\n", 2);
-	}
-	if (out.oom || tmp.oom) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	if (*csv) {
-		char *p = realloc(*csv, *len + out.len + 1);
-
-		if (!p) {
-			rc = -ENOMEM;
-			goto out;
-		}
-		if (out.len)
-			memcpy(p + *len, out.p, out.len);
-		*len += out.len;
-		p[*len] = '\0';
-		*csv = p;
-	} else {
-		abuf_reserve(&out, 0);
-		*csv = abuf_detach(&out, len);
-		if (!*csv)
-			rc = -ENOMEM;
-	}
+	if (!*csv)
+		header(schema, &out);
+	for (size_t r = 0; r < nrows && !rc; r++)
+		rc = encode_row(schema, rows[r], lens[r], r + 1, &e.d, e.slot,
+				&e.tmp, &out);
+	if (!rc)
+		rc = e.tmp.oom ? -ENOMEM : hand_over(&out, csv, len);
 out:
+	encoder_release(&e, schema->ncolumns);
 	abuf_release(&out);
-	free(slot);
-	abuf_release(&tmp);
-	jdoc_release(&d);
+	return rc;
+}
+
+/* a[0..n) == b[0..n), inline: keys are short and memcmp's call costs
+ * more than the compare */
+static inline bool same(const char *a, const char *b, size_t n)
+{
+	while (n >= 8) {
+		uint64_t x, y;
+
+		memcpy(&x, a, 8);
+		memcpy(&y, b, 8);
+		if (x != y)
+			return false;
+		a += 8;
+		b += 8;
+		n -= 8;
+	}
+	while (n--)
+		if (*a++ != *b++)
+			return false;
+	return true;
+}
+
+/*
+ * The fast way for a line as rows.jsonl holds it: a compact object whose
+ * keys are the schema's columns in schema order, spelled as json-c writes
+ * them, with scalar values, then '\n' or the end. Writes into o (room for
+ * the line's length plus a comma per column and CRLF reserved by the
+ * caller) and returns the bytes written, *next the start of the next
+ * line; 0 when the line is not of that shape (then the general way takes
+ * it). The same bytes as encode_row().
+ */
+static size_t fast_line(const struct api_schema *schema,
+			const struct encoder *e, const char *p,
+			const char *end, char *o, const char **next)
+{
+	char *o0 = o;
+	size_t col = 0, ncol = schema->ncolumns;
+
+	if (p >= end || *p++ != '{')
+		return 0;
+	if (p < end && *p == '}') {
+		p++;
+		goto done;
+	}
+	for (;;) {
+		size_t c = col;
+		const char *q;
+
+		while (c < ncol && ((size_t)(end - p) < e->nlen[c] ||
+				    !same(p, e->names[c], e->nlen[c])))
+			c++;
+		if (c == ncol)
+			return 0;
+		while (col < c) {
+			*o++ = ',';
+			col++;
+		}
+		p += e->nlen[c];
+		if (p >= end)
+			return 0;
+		if (*p == '"') {
+			char *f = o;
+			bool quote = false;
+
+			/* copied as scanned: most fields need no quotes */
+			for (q = p + 1; q < end && *q != '"'; q++) {
+				if (*q == '\\' || *q == '\n')
+					return 0; /* escapes: the general way */
+				quote |= *q == ',';
+				*o++ = *q;
+			}
+			if (q >= end)
+				return 0;
+			/* empty, or a blank at either end: quoted too */
+			quote |= o == f || *f == ' ' || *f == '\t' ||
+				 o[-1] == ' ' || o[-1] == '\t';
+			if (quote) {
+				memmove(f + 1, f, (size_t)(o - f));
+				*f = '"';
+				o++;
+				*o++ = '"';
+			}
+			p = q + 1;
+		} else if (*p == '{' || *p == '[') {
+			return 0;
+		} else if (*p == 'n') {
+			if (end - p < 4 || !same(p, "null", 4))
+				return 0;
+			p += 4;
+		} else {
+			for (q = p; q < end && *q != ',' && *q != '}' &&
+				    *q != '\n';
+			     q++)
+				*o++ = *q;
+			p = q;
+		}
+		if (p >= end)
+			return 0;
+		if (*p == '}') {
+			p++;
+			break;
+		}
+		if (*p++ != ',')
+			return 0;
+		col++;
+		if (col >= ncol)
+			return 0;
+		*o++ = ',';
+	}
+done:
+	if (p < end && *p != '\n')
+		return 0;
+	*next = p < end ? p + 1 : p;
+	while (col + 1 < ncol) {
+		*o++ = ',';
+		col++;
+	}
+	*o++ = '\r';
+	*o++ = '\n';
+	return (size_t)(o - o0);
+}
+
+int api_csv_encode_lines(const struct api_schema *schema, const char *jsonl,
+			 size_t len, char **csv, size_t *csv_len,
+			 size_t *csv_cap)
+{
+	struct abuf out = {.p = *csv, .len = *csv_len, .cap = *csv_cap};
+	const char *p = jsonl, *end = jsonl + len;
+	struct encoder e;
+	size_t r = 0;
+	int rc;
+
+	if (!schema->ncolumns)
+		return -EINVAL;
+	rc = encoder_init(&e, schema);
+	/* room for the fast path: the block's bytes plus, per line, a comma
+	 * per column and CRLF (lines of at least "{}" and its newline) */
+	if (!rc && !abuf_reserve(&out, len + (len / 3 + 1) *
+						   (schema->ncolumns + 2)))
+		rc = -ENOMEM;
+	while (!rc && p < end) {
+		const char *nl, *le, *next;
+		size_t n;
+
+		r++;
+		if (*p == '\n') {
+			p++;
+			continue;
+		}
+		n = fast_line(schema, &e, p, end, out.p + out.len, &next);
+		if (n) {
+			out.len += n;
+			p = next;
+			continue;
+		}
+		nl = memchr(p, '\n', (size_t)(end - p));
+		le = nl ? nl : end;
+		rc = encode_row(schema, p, (size_t)(le - p), r, &e.d, e.slot,
+				&e.tmp, &out);
+		p = nl ? nl + 1 : end;
+	}
+	if (!rc && (out.oom || e.tmp.oom))
+		rc = -ENOMEM;
+	encoder_release(&e, schema->ncolumns);
+	if (out.p)
+		out.p[out.len] = '\0';
+	*csv = out.p;
+	*csv_len = out.len;
+	*csv_cap = out.cap;
 	return rc;
 }
 

@@ -48,12 +48,13 @@ struct fs_csv_reader {
 	char *head;			/* the header record */
 	size_t hlen;
 	char *out;			/* converted bytes from out_off */
-	size_t olen;
+	size_t olen, ocap;
 	uint64_t out_off;
 	uint64_t jpos;			/* next JSONL byte to read */
 	char *jbuf;			/* JSONL read, an unfinished line kept */
 	size_t jlen;
 	bool eof;
+	bool started;			/* out/out_off mean something */
 };
 
 void fs_csvidx_free(struct fs_csvidx *x)
@@ -220,15 +221,19 @@ static int restart(struct fs_csv_reader *cr, struct csv_point p)
 	cr->olen = 0;
 	cr->jlen = 0;
 	cr->eof = false;
+	cr->started = true;
 	cr->out_off = p.csv;
 	cr->jpos = p.jsonl;
 	if (p.csv == 0) {
-		char *o = realloc(cr->out, cr->hlen + 1);
+		if (cr->ocap < cr->hlen + 1) {
+			char *o = realloc(cr->out, cr->hlen + 1);
 
-		if (!o)
-			return -ENOMEM;
-		memcpy(o, cr->head, cr->hlen);
-		cr->out = o;
+			if (!o)
+				return -ENOMEM;
+			cr->out = o;
+			cr->ocap = cr->hlen + 1;
+		}
+		memcpy(cr->out, cr->head, cr->hlen);
 		cr->olen = cr->hlen;
 	}
 	return 0;
@@ -237,55 +242,15 @@ static int restart(struct fs_csv_reader *cr, struct csv_point p)
 /* Convert the complete lines jbuf[0..n) and append them to out. */
 static int convert(struct fs_csv_reader *cr, size_t n)
 {
-	const char **rows = NULL;
-	size_t *lens = NULL, nrows = 0, cap = 0, i = 0;
-	int rc;
+	int rc = api_csv_encode_lines(&cr->schema, cr->jbuf, n, &cr->out,
+				      &cr->olen, &cr->ocap);
 
-	while (i < n) {
-		const char *nl = memchr(cr->jbuf + i, '\n', n - i);
-		size_t e = nl ? (size_t)(nl - cr->jbuf) : n;
-
-		if (e > i) {
-			if (nrows == cap) {
-				size_t ncap = cap ? cap * 2 : 1024;
-				const char **r =
-				    realloc(rows, ncap * sizeof(*r));
-				size_t *l = r ? realloc(lens, ncap * sizeof(*l))
-					      : NULL;
-
-				if (r)
-					rows = r;
-				if (!l) {
-					rc = -ENOMEM;
-					goto out;
-				}
-				lens = l;
-				cap = ncap;
-			}
-			rows[nrows] = cr->jbuf + i;
-			lens[nrows++] = e - i;
-		}
-		i = e + 1;
-	}
-	if (!cr->out) {
-		cr->out = malloc(1);
-		if (!cr->out) {
-			rc = -ENOMEM;
-			goto out;
-		}
-	}
-	rc = nrows ? api_csv_encode(&cr->schema, rows, lens, nrows, &cr->out,
-				    &cr->olen)
-		   : 0;
 	if (rc == -EINVAL) {
 		log_err("rows.csv of '%s': a row does not fit the schema "
 			"(changed since?); read it again",
 			cr->t->name);
 		rc = -EIO;
 	}
-out:
-	free(rows);
-	free(lens);
 	return rc;
 }
 
@@ -360,7 +325,7 @@ int fs_csv_read(struct fs_csv_reader *cr, uint64_t off, void *buf,
 	*nread = 0;
 	pthread_mutex_lock(&cr->lock);
 	p = index_find(cr, off);
-	if (!cr->out || off < cr->out_off || p.csv > cr->out_off + cr->olen)
+	if (!cr->started || off < cr->out_off || p.csv > cr->out_off + cr->olen)
 		rc = restart(cr, p);
 	while (!rc && off + size > cr->out_off + cr->olen && !cr->eof) {
 		/* bytes before off are not needed again (a backward read

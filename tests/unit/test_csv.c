@@ -412,6 +412,20 @@ static void test_csv_round_trip_random(void **state)
 				 0);
 		if (jlen != wlen || memcmp(jsonl, want, wlen))
 			fail_msg("round trip differs:\n%s---\n%s", want, jsonl);
+		/* rows.csv's way from the same lines: the same records */
+		{
+			char *lcsv = NULL;
+			size_t llen = 0, lcap = 0;
+			const char *rec = strstr(csv, "\r\n") + 2;
+
+			assert_int_equal(api_csv_encode_lines(&s, want, wlen,
+							      &lcsv, &llen,
+							      &lcap),
+					 0);
+			assert_int_equal(llen, strlen(rec));
+			assert_memory_equal(lcsv, rec, llen);
+			free(lcsv);
+		}
 		free(jsonl);
 		free(csv);
 		free(want);
@@ -535,6 +549,82 @@ static void test_csv_stream(void **state)
 	api_schema_release(&s);
 }
 
+/* api_csv_encode_lines (rows.csv's path, fast for canonical lines) writes
+ * exactly what api_csv_encode writes, for lines of every shape. */
+static void test_csv_encode_lines(void **state)
+{
+	static const char *const lines[] = {
+	    "{\"key\":\"a\",\"note\":\"plain\",\"score\":1.50,\"visits\":3,"
+	    "\"deleted\":true}",
+	    "{\"key\":\"b\"}",
+	    "{}",
+	    "{\"key\":\"c\",\"visits\":-0,\"deleted\":null}",
+	    "{\"key\":\"d\",\"note\":\"\"}",
+	    "{\"key\":\"e\",\"note\":\" lead\"}",
+	    "{\"key\":\"f\",\"note\":\"trail\\t\"}",
+	    "{\"key\":\"g\",\"note\":\"a,b\"}",
+	    "{\"key\":\"h\",\"note\":\"say \\\"hi\\\"\\r\\nbye\"}",
+	    "{\"key\":\"i\",\"note\":\"\\u00e9\\/x\"}",
+	    "{\"key\":\"j\",\"note\":\"caf\xc3\xa9 \xe2\x98\x95\"}",
+	    /* keys out of schema order: the general way */
+	    "{\"deleted\":false,\"key\":\"k\",\"score\":2}",
+	    /* spaces: not compact, the general way */
+	    "{ \"key\" : \"l\" , \"score\" : 3 }",
+	    "{\"key\":\"m\",\"score\":1e3,\"deleted\":false}",
+	};
+	size_t n = sizeof(lines) / sizeof(lines[0]), lens[32], jl = 0;
+	char jsonl[4096], *want = NULL, *got = NULL;
+	size_t wlen = 0, glen = 0, gcap = 0;
+	struct api_schema s;
+
+	(void)state;
+	load(&s);
+	for (size_t i = 0; i < n; i++) {
+		lens[i] = strlen(lines[i]);
+		memcpy(jsonl + jl, lines[i], lens[i]);
+		jl += lens[i];
+		jsonl[jl++] = '\n';
+	}
+	/* the reference: header, then the records */
+	assert_int_equal(api_csv_encode(&s, lines, lens, n, &want, &wlen), 0);
+	/* blank lines skipped; a last line without its newline taken */
+	assert_int_equal(api_csv_encode_lines(&s, "\n", 1, &got, &glen, &gcap),
+			 0);
+	assert_int_equal(glen, 0);
+	assert_int_equal(
+	    api_csv_encode_lines(&s, jsonl, jl - 1, &got, &glen, &gcap), 0);
+	{
+		const char *records = strstr(want, "\r\n") + 2;
+
+		assert_int_equal(glen, strlen(records));
+		assert_memory_equal(got, records, glen);
+	}
+	/* appended, in pieces of whole lines */
+	glen = 0;
+	for (size_t i = 0, at = 0; i < n; at += lens[i] + 1, i++)
+		assert_int_equal(api_csv_encode_lines(&s, jsonl + at,
+						      lens[i] + 1, &got, &glen,
+						      &gcap),
+				 0);
+	assert_string_equal(got, strstr(want, "\r\n") + 2);
+	/* a column the schema lacks, or a nested value: refused */
+	glen = 0;
+	{
+		static const char seg[] = "{\"key\":\"x\",\"seg\":1}";
+		static const char arr[] = "{\"key\":\"x\",\"note\":[1]}";
+
+		assert_int_equal(api_csv_encode_lines(&s, seg, strlen(seg),
+						      &got, &glen, &gcap),
+				 -EINVAL);
+		assert_int_equal(api_csv_encode_lines(&s, arr, strlen(arr),
+						      &got, &glen, &gcap),
+				 -EINVAL);
+	}
+	free(got);
+	free(want);
+	api_schema_release(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +633,7 @@ int main(void)
 	    cmocka_unit_test(test_csv_read),
 	    cmocka_unit_test(test_csv_write),
 	    cmocka_unit_test(test_csv_stream),
+	    cmocka_unit_test(test_csv_encode_lines),
 	    cmocka_unit_test(test_csv_round_trip_random),
 	};
 
