@@ -383,3 +383,15 @@ def test_data_folders(emu_factory, tmp_path):
         assert "type" in str(exc)
     else:
         raise AssertionError("a bad production schema loaded")
+
+
+def test_rename_keeps_the_cursor_listing_in_order(emu):
+    t = create(emu, "Zeta")
+    body = {"name": "Alpha", "schema": t["schema"]}
+    emu.api("PUT", "%s/%s" % (FLOWS, t["id"]), body=body)
+    names = [x["name"] for x in emu.tables()]
+    assert names == sorted(names) and "Alpha" in names and "Zeta" not in names
+    assert emu.table_id("Alpha") == t["id"]
+    _, _, got = emu.api("GET", FLOWS + "?sortBy=name")
+    assert [x["name"] for x in got["entities"]] == [
+        "Alpha", "Customers", "PriceList"]

@@ -216,6 +216,10 @@ void emu_store_sort(struct emu_store *s);
 struct emu_table *emu_store_find(struct emu_store *s, const char *id);
 /* Add a table at its place in name order (write lock held); -EEXIST. */
 int emu_store_insert(struct emu_store *s, struct emu_table *t);
+/* Give a table a new name, keeping the store in name order (write lock
+ * held; the caller checked the name is free). */
+void emu_store_rename(struct emu_store *s, struct emu_table *t,
+		      const char *name);
 /* Take a table out of the store (write lock held). The table stays
  * allocated, marked deleted, until emu_store_release. */
 void emu_store_remove(struct emu_store *s, struct emu_table *t);

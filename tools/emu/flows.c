@@ -716,7 +716,6 @@ static int schema_merge(struct emu_ctx *c, const struct emu_table *t,
 {
 	const struct emu_schema *cur = &t->schema;
 	struct emu_schema m = {NULL, 0};
-	size_t found = 0;
 
 	m.cols = emu_xcalloc(cur->ncols + in->ncols, sizeof(*m.cols));
 	for (size_t i = 0; i < cur->ncols; i++) {
@@ -743,10 +742,9 @@ static int schema_merge(struct emu_ctx *c, const struct emu_table *t,
 			    pname);
 			return -EINVAL;
 		}
-		found++;
-		if (nc->type != (oc->type == EMU_T_DATE ? EMU_T_STRING
-							: oc->type) &&
-		    !(oc->type == EMU_T_DATE && nc->type == EMU_T_STRING)) {
+		/* a date column shows as a string property */
+		if (nc->type !=
+		    (oc->type == EMU_T_DATE ? EMU_T_STRING : oc->type)) {
 			emu_schema_release(&m);
 			emu_reply_error(
 			    c->rp, 400, "flows.datatables.schema.exception",
@@ -790,7 +788,6 @@ static int schema_merge(struct emu_ctx *c, const struct emu_table *t,
 		mc->title = nc->title ? emu_xstrdup(nc->title) : NULL;
 		mc->def = nc->def ? emu_xstrdup(nc->def) : NULL;
 	}
-	(void)found;
 	*out = m;
 	return 0;
 }
@@ -840,16 +837,7 @@ static void table_put(struct emu_ctx *c, const struct emu_target *r)
 	}
 	emu_schema_release(&t->schema);
 	t->schema = merged;
-	t->schema_version = 0;
-	if (strcmp(t->name, tb.name) != 0) {
-		/* keep the store sorted by name: take it out, put it back */
-		emu_store_remove(s, t);
-		s->ngraveyard--;
-		t->deleted = false;
-		free(t->name);
-		t->name = emu_xstrdup(tb.name);
-		emu_store_insert(s, t);
-	}
+	emu_store_rename(s, t, tb.name);
 	free(t->description);
 	t->description = emu_xstrdup(tb.description ? tb.description : "");
 	if (tb.division) {
