@@ -97,6 +97,13 @@ def test_listing_paging_sort_and_filters(emu):
     assert [t["name"] for t in f["entities"]] == ["PriceList"]
     _, _, f = emu.api("GET", FLOWS + "?name=*LIS*")
     assert [t["name"] for t in f["entities"]] == ["PriceList"]
+    for pat, want in (("p*t", ["PriceList"]), ("c*s*s", ["Customers"]),
+                      ("*", ["Customers", "PriceList", "T0", "T1", "T2",
+                             "T3", "T4"]),
+                      ("*x", []), ("price", []), ("**list", ["PriceList"])):
+        _, _, f = emu.api("GET", FLOWS + "?sortBy=name&name=" +
+                          urllib.parse.quote(pat))
+        assert [t["name"] for t in f["entities"]] == want, pat
     div = f["entities"][0]["division"]["id"]
     _, _, f = emu.api("GET", FLOWS + "?divisionId=" + div)
     assert f["total"] == 7

@@ -403,23 +403,31 @@ static void listing_tail(struct emu_buf *b, const char *base, long number,
 	emu_buf_addf(b, ",\"pageCount\":%ld}", count);
 }
 
-/* Case-insensitive match with '*' for any run of characters. */
-static bool name_match(const char *pat, const char *s)
+/* Case-insensitive match with '*' for any run of characters (greedy, with
+ * one backtrack point: linear in practice, never exponential). */
+static bool name_match(const char *p, const char *s)
 {
-	if (*pat == '\0')
-		return *s == '\0';
-	if (*pat == '*') {
-		for (;;) {
-			if (name_match(pat + 1, s))
-				return true;
-			if (!*s)
-				return false;
+	const char *star = NULL, *resume = s;
+
+	while (*s) {
+		if (*p == '*') {
+			star = p++;
+			resume = s;
+		} else if (*p &&
+			   tolower((unsigned char)*p) ==
+			       tolower((unsigned char)*s)) {
+			p++;
 			s++;
+		} else if (star) {
+			p = star + 1;
+			s = ++resume;
+		} else {
+			return false;
 		}
 	}
-	if (!*s || tolower((unsigned char)*pat) != tolower((unsigned char)*s))
-		return false;
-	return name_match(pat + 1, s + 1);
+	while (*p == '*')
+		p++;
+	return *p == '\0';
 }
 
 struct div_filter {
