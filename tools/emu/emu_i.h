@@ -163,8 +163,8 @@ struct emu_table {
 	size_t cap;
 	struct emu_map by_key;
 	struct emu_map by_id;
-	char *division;	 /* production division id */
-	bool deleted;	 /* removed from the store, freed at exit */
+	char *division; /* production division id */
+	bool deleted;	/* removed from the store, freed at exit */
 };
 
 struct emu_store {
@@ -488,8 +488,8 @@ struct emu_reply {
 	bool ratelimit;
 	long rl_remaining;
 	long rl_reset;
-	bool counted; /* an API or token request: goes into the stats */
-	bool prod;    /* a production route: the platform's error shape */
+	bool counted;	/* an API or token request: goes into the stats */
+	bool prod;	/* a production route: the platform's error shape */
 	char *location; /* malloc'd Location header, NULL for none */
 	char corr[37];
 };

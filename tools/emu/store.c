@@ -165,8 +165,8 @@ void emu_store_remove(struct emu_store *s, struct emu_table *t)
 	}
 	t->deleted = true;
 	emu_table_touch(s, t);
-	s->graveyard = emu_xrealloc(
-	    s->graveyard, (s->ngraveyard + 1) * sizeof(*s->graveyard));
+	s->graveyard = emu_xrealloc(s->graveyard, (s->ngraveyard + 1) *
+						      sizeof(*s->graveyard));
 	s->graveyard[s->ngraveyard++] = t;
 }
 
@@ -749,7 +749,8 @@ static bool is_collection(const char *path)
 		char sub[4096 + 256 + 2];
 		struct stat st;
 
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
 			continue;
 		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
 		if (stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
@@ -995,8 +996,9 @@ int emu_schema_parse_prod(struct json_object *o, struct emu_schema *out,
 	if (!json_object_is_type(o, json_type_object) ||
 	    !json_object_object_get_ex(o, "properties", &props) ||
 	    !json_object_is_type(props, json_type_object)) {
-		snprintf(msg, msgsz,
-			 "the schema must be a JSON Schema with \"properties\"");
+		snprintf(
+		    msg, msgsz,
+		    "the schema must be a JSON Schema with \"properties\"");
 		return -EINVAL;
 	}
 	v = emu_xcalloc((size_t)json_object_object_length(props) + 1,
