@@ -2,10 +2,19 @@
 bodies, scopes, and the one store it shares with the cursor API."""
 import urllib.parse
 
-from emu import FLOWS, SAMPLE_DATA
+import pytest
+
+from emu import FLOWS, SAMPLE_DATA, SAMPLE_PRODUCTION
 
 ERROR_FIELDS = {"message", "code", "status", "messageWithParams",
                 "messageParams", "contextId", "details", "errors"}
+
+SAMPLE_ARGS = ("--data", SAMPLE_DATA, "--data", SAMPLE_PRODUCTION)
+
+
+@pytest.fixture
+def emu(emu_factory):  # noqa: F811  (the sample tables and PriceList)
+    return emu_factory(*SAMPLE_ARGS)
 
 
 def schema(props):
@@ -252,7 +261,7 @@ def test_delete_table(emu):
 
 
 def test_table_limits(emu_factory):
-    e = emu_factory("--data", SAMPLE_DATA, "--max-tables", "6",
+    e = emu_factory(*SAMPLE_ARGS, "--max-tables", "6",
                     "--max-properties", "5")
     # four sample tables count; two more fit
     create(e, "A")
@@ -296,7 +305,7 @@ def test_default_limits(emu):
 
 
 def test_scopes(emu_factory):
-    e = emu_factory("--data", SAMPLE_DATA, "--client", "dt:s:data-table:read",
+    e = emu_factory(*SAMPLE_ARGS, "--client", "dt:s:data-table:read",
                     "--client", "ro:s:architect:readonly",
                     "--client", "all:s")
     tok = e.token("dt", "s")
@@ -337,3 +346,40 @@ def test_auth_and_routing_errors(emu, tok):
     assert_error(status, h, err, 405, "method.not.allowed")
     status, h, err = emu.request("GET", FLOWS + "/x/nothing", token=tok)
     assert_error(status, h, err, 404, "not.found")
+
+
+def test_data_folders(emu_factory, tmp_path):
+    # --data of the cursor samples skips the production collection
+    e = emu_factory("--data", SAMPLE_DATA)
+    assert "PriceList" not in [t["name"] for t in e.tables()]
+    # a production JSON Schema in a --data folder; rows are flat objects
+    d = tmp_path / "prod" / "Prod%2FTable"
+    d.mkdir(parents=True)
+    (d / "schema.json").write_text(
+        '{"description": "p", "properties": {"n": {"type": "integer", '
+        '"displayOrder": 1}, "key": {"type": "string", "title": "K", '
+        '"displayOrder": 0}}}')
+    (d / "rows.jsonl").write_text('{"key": "a", "n": 1}\n')
+    e = emu_factory("--data", str(tmp_path / "prod"))
+    t = e.tables()[0]
+    assert (t["name"], t["description"]) == ("Prod/Table", "p")
+    assert e.rows("Prod/Table") == [{"key": "a", "n": 1}]
+    assert e.flows_rows(t["id"]) == [{"key": "a", "n": 1}]
+    # a folder with files but no schema.json is still an error
+    bad = tmp_path / "bad" / "T"
+    bad.mkdir(parents=True)
+    (bad / "rows.jsonl").write_text("{}\n")
+    for args in (("--data", str(tmp_path / "bad")),):
+        try:
+            emu_factory(*args)
+        except AssertionError as exc:
+            assert "schema.json" in str(exc)
+        else:
+            raise AssertionError("a folder without schema.json loaded")
+    (d / "schema.json").write_text('{"properties": {"n": {"type": "date"}}}')
+    try:
+        emu_factory("--data", str(tmp_path / "prod"))
+    except AssertionError as exc:
+        assert "type" in str(exc)
+    else:
+        raise AssertionError("a bad production schema loaded")

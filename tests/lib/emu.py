@@ -37,6 +37,9 @@ SOURCE_DIR = os.environ.get(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BUILD_DIR = os.environ.get("DTFS_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
 SAMPLE_DATA = os.path.join(SOURCE_DIR, "tools", "sample-data")
+# the production-shaped sample tables (PriceList), loaded with their own
+# --data: `--data SAMPLE_DATA` alone serves the three cursor tables
+SAMPLE_PRODUCTION = os.path.join(SAMPLE_DATA, "production")
 
 # Lines that mean a sanitizer found something.
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",

@@ -719,6 +719,33 @@ out:
 	return rc;
 }
 
+/* A folder with no schema.json that holds only folders is a collection
+ * of tables (tools/sample-data/production), not a table missing its
+ * schema: a folder with any file in it still fails to load. */
+static bool is_collection(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	bool dirs = false, files = false;
+
+	if (!d)
+		return false;
+	while ((de = readdir(d))) {
+		char sub[4096 + 256 + 2];
+		struct stat st;
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
+		if (stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
+			dirs = true;
+		else
+			files = true;
+	}
+	closedir(d);
+	return dirs && !files;
+}
+
 int emu_load_dir(struct emu_store *s, const char *dir)
 {
 	DIR *d = opendir(dir);
@@ -739,6 +766,12 @@ int emu_load_dir(struct emu_store *s, const char *dir)
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
 		if (stat(path, &st) || !S_ISDIR(st.st_mode))
 			continue;
+		if (is_collection(path)) {
+			log_info("skipping '%s': a folder of tables (load it "
+				 "with its own --data)",
+				 path);
+			continue;
+		}
 		rc = load_table(s, dir, de->d_name);
 		if (rc)
 			break;
