@@ -570,19 +570,11 @@ void emu_table_put(struct emu_table *t, struct emu_pending *p, bool *inserted)
 
 int emu_table_delete(struct emu_table *t, const char *row_id)
 {
-	struct emu_row *r = emu_map_del(&t->by_id, row_id);
+	struct emu_row *r = emu_map_get(&t->by_id, row_id);
 
 	if (!r)
 		return -ENOENT;
-	emu_map_del(&t->by_key, emu_row_key(r));
-	size_t pos = r->pos;
-
-	memmove(&t->rows[pos], &t->rows[pos + 1],
-		(t->nrows - pos - 1) * sizeof(*t->rows));
-	t->nrows--;
-	for (size_t i = pos; i < t->nrows; i++)
-		t->rows[i]->pos = i;
-	free(r);
+	emu_table_remove_row(t, r);
 	return 0;
 }
 
