@@ -178,15 +178,24 @@ static void srv_start(struct srv *s, route_fn route, void *user)
 	assert_int_equal(pthread_create(&s->t, NULL, srv_main, s), 0);
 }
 
+/* Forget the requests logged so far. */
+static void srv_reset(struct srv *s)
+{
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < s->n; i++) {
+		free(s->log[i].head);
+		free(s->log[i].body);
+	}
+	s->n = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void srv_stop(struct srv *s)
 {
 	shutdown(s->fd, SHUT_RDWR);
 	close(s->fd);
 	pthread_join(s->t, NULL);
-	for (int i = 0; i < s->n; i++) {
-		free(s->log[i].head);
-		free(s->log[i].body);
-	}
+	srv_reset(s);
 	pthread_mutex_destroy(&s->mu);
 }
 
@@ -358,7 +367,7 @@ static void test_flows_tables_and_schema(void **state)
 		    "\"integer\",\"displayOrder\":2},\"tier\":{\"type\":"
 		    "\"string\",\"displayOrder\":3}}}";
 
-		srv.n = 0;
+		srv_reset(&srv);
 		assert_int_equal(
 		    api_put_schema(api, "t1", add, strlen(add), NULL, &put), 0);
 		assert_int_equal(put.ncolumns, 4);
@@ -389,7 +398,7 @@ static void test_flows_tables_and_schema(void **state)
 						strlen(change), NULL, &put),
 				 -EINVAL);
 		assert_null(put.json);
-		srv.n = 0;
+		srv_reset(&srv);
 		assert_int_equal(api_put_schema(api, "t1", junk, strlen(junk),
 						NULL, &put),
 				 -EINVAL);
@@ -475,7 +484,7 @@ static void test_flows_pages(void **state)
 	/* remembered: the next call starts at 62 */
 	api_get_caps(api, &caps);
 	assert_int_equal(caps.max_page_size, 62);
-	srv.n = 0;
+	srv_reset(&srv);
 	assert_int_equal(api_get_page(api, "t", &s, 9, 0, &page), 0);
 	assert_int_equal(srv.n, 1);
 	assert_int_equal(page.nrows, 0);
