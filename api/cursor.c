@@ -219,6 +219,8 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 	abuf_init(&data);
 	if (page_size == 0 || page_size > CURSOR_MAX_PAGE)
 		page_size = CURSOR_MAX_PAGE;
+	out->page_size = page_size;
+	out->total = UINT64_MAX; /* cursor pages do not say */
 	if (cursor && !(esc = api_escape(cursor))) {
 		rc = -ENOMEM;
 		goto out;

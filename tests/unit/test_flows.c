@@ -1268,9 +1268,13 @@ static void test_flows_against_emu(void **state)
 		csv = NULL;
 		assert_int_equal(api_csv_encode(&s, rows, lens, 2, &csv, &len),
 				 0);
-		len += (size_t)snprintf(NULL, 0, "BAD-1,x,1,notanint,true\r\n");
-		csv = realloc(csv, len + 1);
-		strcat(csv, "BAD-1,x,1,notanint,true\r\n");
+		{
+			static const char bad[] = "BAD-1,x,1,notanint,true\r\n";
+
+			csv = realloc(csv, len + sizeof(bad));
+			memcpy(csv + len, bad, sizeof(bad));
+			len += sizeof(bad) - 1;
+		}
 		assert_int_equal(api_import_csv(api, id, csv, len, false, &job),
 				 0);
 		free(csv);
