@@ -291,11 +291,49 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 		else
 			answer(out, size, "200 OK", NULL, r->body);
 	} else {
-		answer(out, size, "404 Not Found", NULL,
-		       "{\"message\":\"Not found\",\"code\":"
-		       "\"flows.datatables.table.not.found\",\"status\":404,"
-		       "\"contextId\":\"ctx-404\"}");
+		/* no correlation header: the body's contextId stands in */
+		snprintf(out, size,
+			 "HTTP/1.1 404 Not Found\r\nContent-Type: "
+			 "application/json\r\n\r\n"
+			 "{\"message\":\"Not found\",\"code\":"
+			 "\"flows.datatables.table.not.found\",\"status\":404,"
+			 "\"contextId\":\"ctx-404\"}");
 	}
+}
+
+/* What fn(api, arg) logs at error level. */
+static char *capture_log(int (*fn)(struct api *, const char *),
+			 struct api *api, const char *arg, int want)
+{
+	char path[] = "/tmp/test_flows_log_XXXXXX", *buf = calloc(1, 8192);
+	int fd = mkstemp(path), saved = dup(2);
+	ssize_t n;
+
+	assert_true(fd >= 0);
+	log_init("test_flows", LOG_ERR);
+	fflush(stderr);
+	dup2(fd, 2);
+	assert_int_equal(fn(api, arg), want);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	log_init("test_flows", getenv("TEST_API_VERBOSE") ? LOG_DEBUG
+							  : LOG_CRIT);
+	n = pread(fd, buf, 8191, 0);
+	assert_true(n >= 0);
+	close(fd);
+	unlink(path);
+	return buf;
+}
+
+static int get_schema_of(struct api *api, const char *id)
+{
+	struct api_schema s;
+	int rc = api_get_schema(api, id, &s);
+
+	if (!rc)
+		api_schema_release(&s);
+	return rc;
 }
 
 static void test_flows_tables_and_schema(void **state)
@@ -406,7 +444,17 @@ static void test_flows_tables_and_schema(void **state)
 	}
 	free(body);
 	api_schema_release(&s);
-	assert_int_equal(api_get_schema(api, "nope", &s), -ENOENT);
+	{
+		/* the platform's code, message and context id in the log */
+		char *log = capture_log(get_schema_of, api, "nope", -ENOENT);
+
+		assert_non_null(strstr(
+		    log, "get schema of 'nope' failed: HTTP 404 "
+			 "flows.datatables.table.not.found: \"Not found\" "
+			 "(correlation ctx-404)"));
+		assert_null(strstr(log, "tok"));
+		free(log);
+	}
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -549,6 +597,11 @@ static void route_rows(struct srv *s, const struct rq *r, char *out,
 		answer(out, size, "200 OK", NULL, r->body);
 }
 
+static int create_row(struct api *api, const char *row)
+{
+	return api_row_create(api, "t1", row, strlen(row));
+}
+
 static void test_flows_rows(void **state)
 {
 	struct srv srv;
@@ -591,6 +644,24 @@ static void test_flows_rows(void **state)
 	assert_int_equal(api_row_delete_key(api, "t1", "missing"), -ENOENT);
 	/* none of these is retried: one request each */
 	assert_int_equal(srv.n, 4 + 7);
+	{
+		/* an expected refusal is the caller's to handle: no error in
+		 * the log; a refused row is, with the platform's message */
+		char *log = capture_log(create_row, api, "{\"key\":\"exists\"}",
+					-EEXIST);
+
+		assert_string_equal(log, "");
+		free(log);
+		log = capture_log(create_row, api, "{\"key\":\"bad\"}", -EINVAL);
+		assert_non_null(strstr(log, "create row of 't1' failed: HTTP 400 "
+					    "flows.datatables.syntax.error: "
+					    "\"visits is not an integer\" "
+					    "(correlation corr-1)"));
+		free(log);
+		log = capture_log(create_row, api, "{\"key\":\"full\"}", -ENOSPC);
+		assert_non_null(strstr(log, "the table is full"));
+		free(log);
+	}
 	api_free(api);
 	srv_stop(&srv);
 }
