@@ -47,14 +47,14 @@ struct budget_state {
 	uint32_t n, head; /* slot[head] is the oldest of the last n */
 	double window;
 	double pause_until;
-	double last;	  /* the latest slot handed out */
+	double last; /* the latest slot handed out */
 	double slot[API_BUDGET_SLOTS];
 };
 
 struct api_budget {
 	pthread_mutex_t mu; /* the threads of this struct api */
 	struct budget_state *st;
-	int fd;		    /* -1: process-local */
+	int fd; /* -1: process-local */
 	char *path;
 	unsigned n;
 	double window, margin;
@@ -185,8 +185,7 @@ static int budget_map(struct api_budget *b, const char *file)
 	if (b->st == MAP_FAILED) {
 		rc = -errno;
 		b->st = NULL;
-		log_err("map budget file '%s' failed: %s", file,
-			strerror(-rc));
+		log_err("map budget file '%s' failed: %s", file, strerror(-rc));
 		file_lock(b, F_UNLCK);
 		return rc;
 	}

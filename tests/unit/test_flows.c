@@ -11,8 +11,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,8 +98,8 @@ static void *srv_main(void *arg)
 				continue;
 			head_len = (size_t)(end + 4 - buf);
 			cl = strcasestr(buf, "\r\nContent-Length:");
-			body_len = cl && cl < end ? strtoul(cl + 17, NULL, 10)
-						  : 0;
+			body_len =
+			    cl && cl < end ? strtoul(cl + 17, NULL, 10) : 0;
 			if (got >= head_len + body_len)
 				break;
 		}
@@ -202,9 +202,10 @@ static void srv_stop(struct srv *s)
 static void answer(char *out, size_t size, const char *status,
 		   const char *headers, const char *body)
 {
-	snprintf(out, size, "HTTP/1.1 %s\r\n%sContent-Type: "
-			    "application/json\r\nININ-Correlation-Id: "
-			    "corr-1\r\n\r\n%s",
+	snprintf(out, size,
+		 "HTTP/1.1 %s\r\n%sContent-Type: "
+		 "application/json\r\nININ-Correlation-Id: "
+		 "corr-1\r\n\r\n%s",
 		 status, headers ? headers : "", body ? body : "");
 }
 
@@ -259,8 +260,8 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 		       "{\"entities\":[{\"id\":\"t1\",\"name\":\"One\"},"
 		       "{\"id\":\"t2\",\"name\":\"Two/x\"}],\"pageSize\":2,"
 		       "\"pageNumber\":1,\"total\":3,\"pageCount\":2}");
-	} else if (!strncmp(r->path,
-			    "/api/v2/flows/datatables?pageNumber=2&", 38)) {
+	} else if (!strncmp(r->path, "/api/v2/flows/datatables?pageNumber=2&",
+			    38)) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"entities\":[{\"id\":\"t3\",\"name\":\"Three\"}],"
 		       "\"pageNumber\":2,\"total\":3,\"pageCount\":2}");
@@ -302,8 +303,8 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 }
 
 /* What fn(api, arg) logs at error level. */
-static char *capture_log(int (*fn)(struct api *, const char *),
-			 struct api *api, const char *arg, int want)
+static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
+			 const char *arg, int want)
 {
 	char path[] = "/tmp/test_flows_log_XXXXXX", *buf = calloc(1, 8192);
 	int fd = mkstemp(path), saved = dup(2);
@@ -317,8 +318,8 @@ static char *capture_log(int (*fn)(struct api *, const char *),
 	fflush(stderr);
 	dup2(saved, 2);
 	close(saved);
-	log_init("test_flows", getenv("TEST_API_VERBOSE") ? LOG_DEBUG
-							  : LOG_CRIT);
+	log_init("test_flows",
+		 getenv("TEST_API_VERBOSE") ? LOG_DEBUG : LOG_CRIT);
 	n = pread(fd, buf, 8191, 0);
 	assert_true(n >= 0);
 	close(fd);
@@ -437,9 +438,9 @@ static void test_flows_tables_and_schema(void **state)
 				 -EINVAL);
 		assert_null(put.json);
 		srv_reset(&srv);
-		assert_int_equal(api_put_schema(api, "t1", junk, strlen(junk),
-						NULL, &put),
-				 -EINVAL);
+		assert_int_equal(
+		    api_put_schema(api, "t1", junk, strlen(junk), NULL, &put),
+		    -EINVAL);
 		assert_int_equal(srv.n, 0); /* refused before sending */
 	}
 	free(body);
@@ -521,12 +522,11 @@ static void test_flows_pages(void **state)
 	assert_null(page.version);
 	assert_null(page.next_cursor);
 	/* key first, then displayOrder; numbers' text kept */
-	assert_string_equal(
-	    page.data,
-	    "{\"key\":\"a\",\"score\":1.50,\"visits\":3}\n"
-	    "{\"key\":\"b\xc3\xa9/\",\"score\":-0,\"visits\":"
-	    "12345678901234567890}\n"
-	    "{\"key\":\"c\",\"score\":1e3,\"visits\":0}\n");
+	assert_string_equal(page.data,
+			    "{\"key\":\"a\",\"score\":1.50,\"visits\":3}\n"
+			    "{\"key\":\"b\xc3\xa9/\",\"score\":-0,\"visits\":"
+			    "12345678901234567890}\n"
+			    "{\"key\":\"c\",\"score\":1e3,\"visits\":0}\n");
 	assert_int_equal(page.len, strlen(page.data));
 	api_page_release(&page);
 	/* remembered: the next call starts at 62 */
@@ -613,7 +613,8 @@ static void test_flows_rows(void **state)
 	api = client(&srv, "flows");
 	assert_int_equal(api_row_create(api, "t1", row, strlen(row)), 0);
 	assert_string_equal(srv.log[0].method, "POST");
-	assert_string_equal(srv.log[0].path, "/api/v2/flows/datatables/t1/rows");
+	assert_string_equal(srv.log[0].path,
+			    "/api/v2/flows/datatables/t1/rows");
 	assert_string_equal(srv.log[0].body, row);
 	assert_true(has_header(&srv.log[0], "Content-Type: application/json"));
 	assert_int_equal(
@@ -652,13 +653,16 @@ static void test_flows_rows(void **state)
 
 		assert_string_equal(log, "");
 		free(log);
-		log = capture_log(create_row, api, "{\"key\":\"bad\"}", -EINVAL);
-		assert_non_null(strstr(log, "create row of 't1' failed: HTTP 400 "
-					    "flows.datatables.syntax.error: "
-					    "\"visits is not an integer\" "
-					    "(correlation corr-1)"));
+		log =
+		    capture_log(create_row, api, "{\"key\":\"bad\"}", -EINVAL);
+		assert_non_null(strstr(log,
+				       "create row of 't1' failed: HTTP 400 "
+				       "flows.datatables.syntax.error: "
+				       "\"visits is not an integer\" "
+				       "(correlation corr-1)"));
 		free(log);
-		log = capture_log(create_row, api, "{\"key\":\"full\"}", -ENOSPC);
+		log =
+		    capture_log(create_row, api, "{\"key\":\"full\"}", -ENOSPC);
 		assert_non_null(strstr(log, "the table is full"));
 		free(log);
 	}
@@ -703,7 +707,8 @@ static void route_jobs(struct srv *s, const struct rq *r, char *out,
 			       "\"countRecordsUpdated\":2,"
 			       "\"countRecordsDeleted\":5,"
 			       "\"countRecordsFailed\":1}");
-	} else if (!strcmp(r->path, "/api/v2/flows/datatables/t1/export/jobs")) {
+	} else if (!strcmp(r->path,
+			   "/api/v2/flows/datatables/t1/export/jobs")) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"id\":\"exp-1\",\"status\":\"Processing\"}");
 	} else if (!strcmp(r->path,
@@ -736,9 +741,8 @@ static void test_flows_import_job(void **state)
 	(void)state;
 	srv_start(&srv, route_jobs, NULL);
 	api = client(&srv, "flows");
-	assert_int_equal(api_import_csv(api, "t1", csv, strlen(csv), false,
-					&job),
-			 0);
+	assert_int_equal(
+	    api_import_csv(api, "t1", csv, strlen(csv), false, &job), 0);
 	assert_string_equal(job.id, "job-1");
 	assert_string_equal(job.status, "Succeeded");
 	assert_int_equal(job.updated, 2);
@@ -774,9 +778,8 @@ static void test_flows_import_job(void **state)
 	/* a Failed job: -EIO with the platform's message; ReplaceAll */
 	srv_start(&srv, route_jobs, (void *)1);
 	api = client(&srv, "flows");
-	assert_int_equal(api_import_csv(api, "t1", csv, strlen(csv), true,
-					&job),
-			 -EIO);
+	assert_int_equal(
+	    api_import_csv(api, "t1", csv, strlen(csv), true, &job), -EIO);
 	assert_string_equal(job.status, "Failed");
 	assert_string_equal(job.error, "The file has no key column");
 	assert_string_equal(srv.log[0].body, "{\"importMode\":\"ReplaceAll\"}");
@@ -821,8 +824,7 @@ static void test_flows_export_job(void **state)
 /* ---- pacing ----------------------------------------------------------- */
 
 /* 429 with Retry-After and no budget header on every second request. */
-static void route_429(struct srv *s, const struct rq *r, char *out,
-		      size_t size)
+static void route_429(struct srv *s, const struct rq *r, char *out, size_t size)
 {
 	(void)r;
 	if (s->state++ == 0)
@@ -1082,7 +1084,8 @@ static void test_budget_config(void **state)
 	assert_int_equal(api_new(&cfg, &api), -EINVAL);
 	cfg.rate_window_s = 1;
 	assert_int_equal(api_new(&cfg, &api), 0);
-	assert_true(api_budget_rate(api) > 9.99 && api_budget_rate(api) < 10.01);
+	assert_true(api_budget_rate(api) > 9.99 &&
+		    api_budget_rate(api) < 10.01);
 	api_free(api);
 	/* a budget file that is not a regular file, or not writable */
 	cfg.budget_file = dir;
@@ -1121,10 +1124,11 @@ struct emu {
  * tables; extra flags after the defaults. */
 static void emu_start(struct emu *e, const char *const *extra)
 {
-	const char *bin = getenv("DTFS_EMU"), *data = getenv("DTFS_SAMPLE_DATA");
-	const char *argv[32] = {bin, "--listen", "127.0.0.1:0", "--data", data,
-				"--client", "id:sec:architect", "--job-delay",
-				"20"};
+	const char *bin = getenv("DTFS_EMU"),
+		   *data = getenv("DTFS_SAMPLE_DATA");
+	const char *argv[32] = {
+	    bin,	"--listen",	    "127.0.0.1:0", "--data", data,
+	    "--client", "id:sec:architect", "--job-delay", "20"};
 	int fds[2], n = 9;
 	char line[256];
 	FILE *f;
@@ -1314,9 +1318,10 @@ static void test_flows_against_emu(void **state)
 		assert_int_equal(
 		    api_row_update(api, id, "NOPE", "{\"key\":\"NOPE\"}", 14),
 		    -ENOENT);
-		assert_int_equal(
-		    api_row_create(api, id, "{\"key\":\"x\",\"stock\":1.5}", 23),
-		    -EINVAL);
+		assert_int_equal(api_row_create(api, id,
+						"{\"key\":\"x\",\"stock\":1.5}",
+						23),
+				 -EINVAL);
 		all = all_pages(api, id, &s, 0, &pages);
 		assert_non_null(strstr(all, row2));
 		free(all);
@@ -1368,9 +1373,9 @@ static void test_flows_against_emu(void **state)
 	/* a smaller page size limit, and a rate limit below our budget:
 	 * 429s honoured, every call succeeds */
 	{
-		static const char *const extra[] = {
-		    "--max-flows-page-size", "100", "--rate-limit", "4/1",
-		    NULL};
+		static const char *const extra[] = {"--max-flows-page-size",
+						    "100", "--rate-limit",
+						    "4/1", NULL};
 
 		emu_start(&e, extra);
 		api = emu_client(&e);
