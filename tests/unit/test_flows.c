@@ -788,6 +788,89 @@ static void test_flows_import_job(void **state)
 	srv_stop(&srv);
 }
 
+/* Jobs that go wrong, by table: t2 downloads from another origin, t3
+ * redirects forever, t4 asks for an unusable upload header, t5 for an
+ * upload over plain http to another host. */
+static void route_odd_jobs(struct srv *s, const struct rq *r, char *out,
+			   size_t size)
+{
+	char body[1024];
+	const char *port = strrchr(s->url, ':') + 1;
+
+	if (strstr(r->path, "/t2/export/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"e\",\"status\":\"Succeeded\","
+			 "\"downloadURI\":\"http://localhost:%s/dl\"}",
+			 port);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (!strcmp(r->path, "/dl")) {
+		snprintf(out, size, "HTTP/1.1 200 OK\r\n\r\nkey\r\n");
+	} else if (strstr(r->path, "/t3/export/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"e\",\"status\":\"Succeeded\","
+			 "\"downloadURI\":\"%s/loop\"}",
+			 s->url);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (!strcmp(r->path, "/loop")) {
+		answer(out, size, "302 Found", "Location: /loop\r\n", NULL);
+	} else if (strstr(r->path, "/t4/import/csv/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+			 "\"uploadURI\":\"%s/up\",\"uploadHeaders\":"
+			 "{\"x-a\":\"1\\r\\nAuthorization: Bearer x\"}}",
+			 s->url);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (strstr(r->path, "/t5/import/csv/jobs")) {
+		answer(out, size, "200 OK", NULL,
+		       "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+		       "\"uploadURI\":\"http://example.com/up\","
+		       "\"uploadHeaders\":{}}");
+	} else {
+		answer(out, size, "404 Not Found", NULL, "{}");
+	}
+}
+
+static void test_flows_jobs_refused(void **state)
+{
+	struct api_job job;
+	struct srv srv;
+	struct api *api;
+	char *csv;
+	size_t len;
+
+	(void)state;
+	srv_start(&srv, route_odd_jobs, NULL);
+	api = client(&srv, "flows");
+	/* a downloadURI off the API's origin gets no token */
+	assert_int_equal(api_export_csv(api, "t2", &csv, &len), 0);
+	assert_string_equal(csv, "key\r\n");
+	free(csv);
+	assert_string_equal(srv.log[1].path, "/dl");
+	assert_null(strcasestr(srv.log[1].head, "Authorization"));
+	/* redirects end */
+	srv_reset(&srv);
+	assert_int_equal(api_export_csv(api, "t3", &csv, &len), -EPROTO);
+	assert_null(csv);
+	assert_int_equal(srv.n, 1 + 6); /* the job, downloadURI, 5 more */
+	/* upload headers that would smuggle a line, and a plain-http
+	 * upload to another host, are refused before any upload */
+	srv_reset(&srv);
+	assert_int_equal(api_import_csv(api, "t4", "key\r\n", 5, false, &job),
+			 -EPROTO);
+	api_job_release(&job);
+	assert_int_equal(api_import_csv(api, "t5", "key\r\n", 5, false, &job),
+			 -EINVAL);
+	api_job_release(&job);
+	assert_int_equal(srv.n, 2);
+	/* a job for a table that does not exist */
+	assert_int_equal(api_import_csv(api, "t9", "key\r\n", 5, false, &job),
+			 -ENOENT);
+	assert_null(job.id);
+	api_job_release(&job);
+	api_free(api);
+	srv_stop(&srv);
+}
+
 static void test_flows_export_job(void **state)
 {
 	struct srv srv;
@@ -1415,6 +1498,7 @@ int main(void)
 	    cmocka_unit_test(test_flows_rows),
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
+	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
 	    cmocka_unit_test(test_budget_shared_clients),
 	    cmocka_unit_test(test_budget_shared_processes),
