@@ -428,6 +428,9 @@ struct fs_face_gens *fs_table_face(struct fs_table *t)
 
 /* Fetch the schema from the API and keep it (memory and cache); t->lock
  * held. *changed tells whether the columns differ from the previous one. */
+static int install_schema(struct fs_engine *eng, struct fs_table *t,
+			  struct api_schema s, bool *changed);
+
 static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 			bool *changed)
 {
@@ -437,6 +440,15 @@ static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 	rc = api_get_schema(eng->api, t->id, &s);
 	if (rc)
 		return rc;
+	return install_schema(eng, t, s, changed);
+}
+
+/* Keep a schema just fetched (memory and cache); t->lock held. */
+static int install_schema(struct fs_engine *eng, struct fs_table *t,
+			  struct api_schema s, bool *changed)
+{
+	int rc;
+
 	if (changed)
 		*changed = !t->have_schema ||
 			   t->schema.json_len != s.json_len ||
@@ -451,6 +463,91 @@ static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 	t->have_schema = true;
 	t->schema_at = now_s();
 	atomic_store(&t->schema_len, s.json_len);
+	return 0;
+}
+
+/* ---- a schema fetched beside the first page ---- */
+
+static void *schema_main(void *arg)
+{
+	struct fs_schema_fetch *f = arg;
+
+	f->rc = api_get_schema(f->eng->api, f->t->id, &f->s);
+	return NULL;
+}
+
+void fs_schema_fetch_start(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_schema_fetch *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->eng = eng;
+	f->t = t;
+	f->started = pthread_create(&f->tid, NULL, schema_main, f) == 0;
+	f->active = true;
+}
+
+int fs_schema_fetch_finish(struct fs_schema_fetch *f, bool *changed)
+{
+	if (!f->active)
+		return 0;
+	f->active = false;
+	if (f->started)
+		pthread_join(f->tid, NULL);
+	else
+		schema_main(f);	/* no thread: now, in this one */
+	if (f->rc)
+		return f->rc;
+	return install_schema(f->eng, f->t, f->s, changed);
+}
+
+int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
+{
+	const char *s = p->data, *end = p->data + p->len, *nl;
+	char *out = NULL, *row, *key, *error;
+	size_t len = 0, cap = p->len + 64, n;
+	int rc = 0;
+
+	out = malloc(cap);
+	if (!out)
+		return -ENOMEM;
+	for (; s < end && !rc; s = nl + 1) {
+		nl = memchr(s, '\n', (size_t)(end - s));
+		if (!nl)
+			nl = end;
+		if (nl == s)
+			continue;
+		rc = api_row_validate(schema, s, (size_t)(nl - s), &row, &key,
+				      &error);
+		free(error);
+		free(key);
+		if (rc)
+			break;
+		n = strlen(row);
+		if (len + n + 1 > cap) {
+			char *g;
+
+			while (len + n + 1 > cap)
+				cap *= 2;
+			g = realloc(out, cap);
+			if (!g) {
+				free(row);
+				rc = -ENOMEM;
+				break;
+			}
+			out = g;
+		}
+		memcpy(out + len, row, n);
+		out[len + n] = '\n';
+		len += n + 1;
+		free(row);
+	}
+	if (rc) {
+		free(out);
+		return rc == -ENOMEM ? rc : -EINVAL;
+	}
+	free(p->data);
+	p->data = out;
+	p->len = len;
 	return 0;
 }
 
@@ -740,7 +837,9 @@ static bool unreachable(int rc)
 static int snapshot(struct fs_engine *eng, struct fs_table *t,
 		    struct cache_meta *m, bool force)
 {
+	static const struct api_schema no_schema;
 	struct api_page page = { 0 };
+	struct fs_schema_fetch sf = { 0 };
 	bool have, changed = false;
 	int rc;
 
@@ -759,19 +858,56 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	if (eng->caps.numbered_pages) {
 		/* no version to ask about: the schema is refreshed on the
 		 * same cadence as the rows it orders */
-		rc = have ? fs_table_fresh_schema(eng, t)
-			  : fs_table_load_schema(eng, t);
-		if (rc)
-			return rc;
+		if (have) {
+			rc = fs_table_fresh_schema(eng, t);
+			if (rc)
+				return rc;
+		} else if (!t->have_schema &&
+			   fs_table_load_schema_cached(eng, t)) {
+			log_debug("no cached schema of '%s': fetched beside "
+				  "the first pages", t->name);
+		}
 		return fs_numbered_snapshot(eng, t, m, have, force);
 	}
-	rc = fs_table_load_schema(eng, t);
-	if (rc)
-		return rc;
+	/*
+	 * A new version for sure (nothing to ask If-None-Match about) needs
+	 * a schema proved fresh: fetch it beside the first page, not before
+	 * it, and put the page's columns in its order once both are here
+	 * (the first page of a cold table costs one round trip, not two).
+	 */
+	if (!have && (!t->have_schema || now_s() - t->schema_at > 1)) {
+		if (!t->have_schema && fs_table_load_schema_cached(eng, t))
+			log_debug("no cached schema of '%s'", t->name);
+		fs_schema_fetch_start(eng, t, &sf);
+	} else {
+		rc = fs_table_load_schema(eng, t);
+		if (rc)
+			return rc;
+	}
 again:
-	rc = api_get_rows(eng->api, t->id, &t->schema, NULL,
+	rc = api_get_rows(eng->api, t->id,
+			  t->have_schema ? &t->schema : &no_schema, NULL,
 			  eng->cfg.page_size,
 			  have && m->version[0] ? m->version : NULL, &page);
+	if (sf.active) {
+		bool had = t->have_schema;
+		int src = fs_schema_fetch_finish(&sf, &changed);
+
+		if (src) {
+			api_page_release(&page);
+			page_error(t, "fetching the schema", src);
+			return src;
+		}
+		/* the schema is fresh now: the step below is done */
+		if (!rc && (changed || !had) &&
+		    fs_page_reorder(&t->schema, &page)) {
+			/* a line the schema cannot order: ask again with it */
+			api_page_release(&page);
+			changed = true;
+			goto again;
+		}
+		changed = true;
+	}
 	if (rc && !force && have && m->complete && unreachable(rc)) {
 		atomic_store(&t->offline_at, now_s());
 		/* offline: the last version proved current, whole, beats no

@@ -90,6 +90,29 @@ int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
 int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)
 	FS_WARN_UNUSED;
 
+/* A schema fetched on a thread of its own, beside a first page. */
+struct fs_schema_fetch {
+	struct fs_engine *eng;
+	struct fs_table *t;
+	pthread_t tid;
+	bool started, active;
+	struct api_schema s;
+	int rc;
+};
+/* Start fetching t's schema (runs at _finish when no thread starts). */
+void fs_schema_fetch_start(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_schema_fetch *f);
+/* Wait for it and keep it as t's (t->lock held); 0 when none was
+ * started. *changed: whether it differs from the one t had. */
+int fs_schema_fetch_finish(struct fs_schema_fetch *f, bool *changed)
+	FS_WARN_UNUSED;
+/* Put each line of a page in schema order (api_row_validate's canonical
+ * row): for a page fetched before its schema was known. Returns 0,
+ * -EINVAL (a line the schema cannot read: fetch the page again with it),
+ * -ENOMEM. */
+int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
+	FS_WARN_UNUSED;
+
 /* Make the next open of t's rows revalidate (an import changed the table).
  * Under t->lock, so a revalidation in flight cannot store what it fetched
  * before the change as fresh after this. */
