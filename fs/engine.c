@@ -210,8 +210,12 @@ void fs_engine_stop(struct fs_engine *eng)
 	eng->cache = NULL;
 }
 
+static void ahead_drop(struct fs_table *t);
+
 static void table_free(struct fs_table *t)
 {
+	ahead_drop(t);
+	api_schema_release(&t->ahead.schema);
 	fs_import_table_release(t);
 	api_schema_release(&t->schema);
 	free(t->keys);
@@ -688,6 +692,99 @@ static void page_error(struct fs_table *t, const char *what, int rc)
 	log_err("%s of '%s' failed: %s", what, t->name, strerror(-rc));
 }
 
+/* ---- the cursor dialect's pipeline: one page fetched ahead ----------- */
+
+static void *ahead_main(void *arg)
+{
+	struct fs_table *t = arg;
+
+	t->ahead.rc = api_get_rows(t->ahead.eng->api, t->id, &t->ahead.schema,
+				   t->ahead.cursor, t->ahead.eng->cfg.page_size,
+				   NULL, &t->ahead.page);
+	return NULL;
+}
+
+/* Wait for the page fetched ahead and forget it; t->lock held. */
+static void ahead_drop(struct fs_table *t)
+{
+	if (!t->ahead.active)
+		return;
+	pthread_join(t->ahead.tid, NULL);
+	t->ahead.active = false;
+	api_page_release(&t->ahead.page);
+	free(t->ahead.cursor);
+	t->ahead.cursor = NULL;
+}
+
+/*
+ * Start fetching the page at `cursor` of generation gen while the caller
+ * caches the one before it: as soon as a page's cursor is known, the next
+ * request is on the wire. t->lock held. Does nothing when a fetch ahead is
+ * still running or no thread can start (the page is then fetched when
+ * needed, as before).
+ */
+static void ahead_start(struct fs_engine *eng, struct fs_table *t,
+			uint64_t gen, const char *cursor)
+{
+	if (!cursor || !t->have_schema)
+		return;
+	if (t->ahead.active && t->ahead.gen == gen &&
+	    !strcmp(t->ahead.cursor, cursor))
+		return;
+	ahead_drop(t);	/* another version's, or another place's */
+	/* the thread reads its own copy: t->schema may be replaced by a
+	 * refresh while it runs */
+	if (!t->ahead.have_schema ||
+	    t->ahead.schema.json_len != t->schema.json_len ||
+	    memcmp(t->ahead.schema.json, t->schema.json, t->schema.json_len)) {
+		api_schema_release(&t->ahead.schema);
+		t->ahead.have_schema =
+			api_schema_parse(t->schema.json, t->schema.json_len,
+					 t->schema.version,
+					 &t->ahead.schema) == 0;
+		if (!t->ahead.have_schema)
+			return;
+	}
+	t->ahead.cursor = strdup(cursor);
+	if (!t->ahead.cursor)
+		return;
+	t->ahead.eng = eng;
+	t->ahead.gen = gen;
+	t->ahead.rc = 0;
+	memset(&t->ahead.page, 0, sizeof(t->ahead.page));
+	if (pthread_create(&t->ahead.tid, NULL, ahead_main, t)) {
+		free(t->ahead.cursor);
+		t->ahead.cursor = NULL;
+		return;
+	}
+	t->ahead.active = true;
+}
+
+/* The page at `cursor` of gen if it was fetched ahead (moved to *page,
+ * its error to *rc): true; else false. t->lock held. */
+static bool ahead_take(struct fs_table *t, uint64_t gen, const char *cursor,
+		       struct api_page *page, int *rc)
+{
+	bool match;
+
+	if (!t->ahead.active)
+		return false;
+	match = t->ahead.gen == gen && cursor &&
+		!strcmp(t->ahead.cursor, cursor);
+	if (!match) {
+		ahead_drop(t);
+		return false;
+	}
+	pthread_join(t->ahead.tid, NULL);
+	t->ahead.active = false;
+	*page = t->ahead.page;
+	*rc = t->ahead.rc;
+	memset(&t->ahead.page, 0, sizeof(t->ahead.page));
+	free(t->ahead.cursor);
+	t->ahead.cursor = NULL;
+	return true;
+}
+
 /*
  * Fetch the page after the cached frontier of generation gen and append
  * it, unless the frontier has already moved past `seen` (the frontier the
@@ -732,9 +829,10 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 			page_error(t, "fetching rows", rc);
 		goto out;
 	}
-	rc = api_get_rows(eng->api, t->id, &t->schema,
-			  m.pages ? m.cursor : NULL, eng->cfg.page_size, NULL,
-			  &page);
+	if (!m.pages || !ahead_take(t, gen, m.cursor, &page, &rc))
+		rc = api_get_rows(eng->api, t->id, &t->schema,
+				  m.pages ? m.cursor : NULL,
+				  eng->cfg.page_size, NULL, &page);
 	if (rc) {
 		page_error(t, "fetching rows", rc);
 		goto out;
@@ -750,6 +848,11 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 		rc = -ESTALE;
 		goto out;
 	}
+	/* the next request goes out now, while this page is cached: once
+	 * the reader is past page 2 (a head costs its page and the one
+	 * prefetch, no more) */
+	if (m.pages >= 2)
+		ahead_start(eng, t, gen, page.next_cursor);
 	rc = cache_append_page(eng->cache, t->id, gen, m.bytes, page.data,
 			       page.len, page.nrows, page.next_cursor, NULL);
 	if (rc == -EEXIST)

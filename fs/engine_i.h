@@ -33,6 +33,20 @@ struct fs_table {
 				       the API (the cache was served) */
 	_Atomic int64_t write_refused_at; /* the API refused a write (403) */
 
+	/* t->lock: the next cursor page, fetched ahead while the last one
+	 * is cached (engine.c) */
+	struct {
+		bool active;	/* a thread was started, not joined yet */
+		pthread_t tid;
+		uint64_t gen;
+		char *cursor;
+		struct api_page page;
+		int rc;
+		struct api_schema schema; /* the thread's own copy */
+		bool have_schema;
+		struct fs_engine *eng;
+	} ahead;
+
 	/* t->lock: keys seen by the pass over generation keys_gen
 	 * (numbered.c), an open-addressing set of key digests */
 	uint64_t keys_gen;
