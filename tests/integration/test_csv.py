@@ -276,3 +276,26 @@ def test_flows_csv_import_converts_by_type(flows, tmp_path):
     assert "SKU-9002" not in got
     # the platform has no null: an empty string field is ""
     assert got["SKU-9003"]["name"] == ""
+
+
+def test_change_during_cold_csv_read_is_estale(emu_factory, mount_factory):
+    emu = emu_factory("--generate", "Big:20000")
+    m = mount_factory(emu, opts="revalidate=0").start()
+    path = m.file("Big", "rows.csv")
+    assert os.stat(path).st_size == 0          # nothing cached: unknown
+    with open(path, "rb", buffering=0) as f:
+        f.read(1000)
+        emu.upsert("Big", [{"customer_id": "CHANGED-1",
+                            "last_interaction": "2024-01-01T00:00:00Z",
+                            "loyalty_tier": 1}])
+        with pytest.raises(OSError) as e:
+            while f.read(1 << 16):
+                pass
+        assert e.value.errno == errno.ESTALE
+    assert "changed during export" in m.stderr()
+    # the next open: a fresh snapshot, whole, the same rows as rows.jsonl
+    after = slurp(path)
+    assert b"CHANGED-1" in after
+    assert after.count(b"\r\n") == 20002
+    assert len(parse_csv(after)) - 1 == \
+        len(slurp(m.file("Big", "rows.jsonl")).splitlines())
