@@ -22,6 +22,7 @@
 
 #define CSV_READ (256 * 1024)	/* JSONL bytes converted at a time */
 #define CSV_STEP (1024 * 1024)	/* CSV bytes between index points */
+#define CSV_DROP (1024 * 1024)	/* CSV bytes read before they are dropped */
 
 struct csv_point {
 	uint64_t csv;		/* a record starts here in rows.csv */
@@ -329,8 +330,9 @@ int fs_csv_read(struct fs_csv_reader *cr, uint64_t off, void *buf,
 		rc = restart(cr, p);
 	while (!rc && off + size > cr->out_off + cr->olen && !cr->eof) {
 		/* bytes before off are not needed again (a backward read
-		 * restarts from the index) */
-		if (off > cr->out_off) {
+		 * restarts from the index): dropped once they are many, so
+		 * the bytes after them are seldom moved */
+		if (off > cr->out_off && off - cr->out_off >= CSV_DROP) {
 			size_t drop = off - cr->out_off < cr->olen
 					      ? (size_t)(off - cr->out_off)
 					      : cr->olen;
