@@ -280,6 +280,12 @@ static inline uint64_t has_byte(uint64_t w, unsigned char c)
 	return (x - ONES) & ~x & HIGHS;
 }
 
+/* The same for a byte below c (c <= 128). */
+static inline uint64_t has_less(uint64_t w, unsigned char c)
+{
+	return (w - ONES * c) & ~w & HIGHS;
+}
+
 /*
  * The fast way for a line as rows.jsonl holds it: a compact object whose
  * keys are the schema's columns in schema order, spelled as json-c writes
@@ -329,8 +335,8 @@ static size_t fast_line(const struct api_schema *schema,
 				while (end - q >= 8) {
 					uint64_t w = word(q), m;
 
-					m = has_byte(w, '"') | has_byte(w, '\\') |
-					    has_byte(w, ',') | has_byte(w, '\n');
+					/* '"', ',' and '\n' are below '-' */
+					m = has_less(w, '-') | has_byte(w, '\\');
 					memcpy(o, &w, 8);
 					if (m) {
 						size_t k = (size_t)__builtin_ctzll(m) / 8;
