@@ -150,6 +150,10 @@ struct api_schema {
 	size_t json_len;
 };
 
+/* A column type as the cursor API spells it ("string", "number",
+ * "integer", "boolean", "date"); static. */
+const char *api_type_name(enum api_type t);
+
 /* GET the schema. Release with api_schema_release(). */
 int api_get_schema(struct api *api, const char *table_id,
 		   struct api_schema *out) API_WARN_UNUSED;

@@ -266,6 +266,22 @@ static int parse_new_schema(const char *table_id, const char *json, size_t len,
 	return 0;
 }
 
+/* Send req with body (JSON, compact) as its body. */
+static int http_json(struct api *api, struct api_req *req,
+		     struct json_object *body, struct api_resp *resp)
+{
+	size_t tlen;
+	const char *text = json_object_to_json_string_length(
+	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+	    &tlen);
+
+	if (!text || !req->url)
+		return -ENOMEM;
+	req->body = text;
+	req->body_len = tlen;
+	return api_http(api, req, resp);
+}
+
 /* PUT the whole table: id, name, description, division{id} as they are,
  * the new schema. The platform only lets the schema gain properties (and
  * change titles, defaults and displayOrder); its refusal is -EINVAL with
@@ -281,8 +297,6 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	struct api_resp resp;
 	struct json_object *table = NULL, *schema = NULL, *body = NULL,
 			   *answer = NULL, *v;
-	const char *text;
-	size_t tlen;
 	int rc;
 
 	(void)if_match;
@@ -318,17 +332,8 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	}
 	json_object_object_add(body, "schema", schema);
 	schema = NULL;
-	text = json_object_to_json_string_length(
-	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-	    &tlen);
 	req.url = flows_url(api, table_id, "?expand=schema");
-	if (!text || !req.url) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.body = text;
-	req.body_len = tlen;
-	rc = api_http(api, &req, &resp);
+	rc = http_json(api, &req, body, &resp);
 	if (rc)
 		goto out;
 	answer = api_resp_json(&resp);
@@ -360,8 +365,7 @@ static int flows_create_table(struct api *api, const char *name,
 			      .content_type = "application/json"};
 	struct api_resp resp;
 	struct json_object *schema = NULL, *body = NULL, *answer = NULL;
-	const char *text, *got;
-	size_t tlen;
+	const char *got;
 	int rc;
 
 	*id = NULL;
@@ -378,17 +382,8 @@ static int flows_create_table(struct api *api, const char *name,
 	json_object_object_add(schema, "title", json_object_new_string(name));
 	json_object_object_add(body, "schema", schema);
 	schema = NULL;
-	text = json_object_to_json_string_length(
-	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-	    &tlen);
 	req.url = flows_url(api, NULL, "");
-	if (!text || !req.url) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.body = text;
-	req.body_len = tlen;
-	rc = api_http(api, &req, &resp);
+	rc = http_json(api, &req, body, &resp);
 	if (rc)
 		goto out;
 	answer = api_resp_json(&resp);

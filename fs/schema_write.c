@@ -20,23 +20,6 @@
 
 #include "log.h"
 
-static const char *type_name(enum api_type t)
-{
-	switch (t) {
-	case API_TYPE_STRING:
-		return "string";
-	case API_TYPE_NUMBER:
-		return "number";
-	case API_TYPE_INTEGER:
-		return "integer";
-	case API_TYPE_BOOLEAN:
-		return "boolean";
-	case API_TYPE_DATE:
-		return "date";
-	}
-	return "?";
-}
-
 static const struct api_column *column(const struct api_schema *s,
 				       const char *name)
 {
@@ -66,8 +49,8 @@ static int only_additions(const char *table, const struct api_schema *cur,
 			log_err("schema of '%s' not changed: column '%s' "
 				"would change type from %s to %s; columns "
 				"can only be added",
-				table, c->name, type_name(c->type),
-				type_name(n->type));
+				table, c->name, api_type_name(c->type),
+				api_type_name(n->type));
 			return -EINVAL;
 		}
 		if (n->key != c->key) {
