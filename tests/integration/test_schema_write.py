@@ -309,3 +309,45 @@ def test_dtfsctl_create_then_import(emu_factory, tmp_path):
     rc, _, err = dtfsctl(emu2, str(tmp_path / "c2"), "create", "Queues",
                          str(src))
     assert rc != 0 and "cursor API has no table creation" in err
+
+
+def test_in_place_edit_with_truncate_lands(cursor):
+    # an editor's in-place save: read, rewrite from 0, ftruncate, close
+    emu, m = cursor
+    path = m.file("RoutingRules", "schema.json")
+    with open(path, "r+") as f:
+        doc = json.loads(f.read())
+        doc["columns"].append({"name": "weight", "type": "integer",
+                               "isPrimaryKey": False})
+        f.seek(0)
+        f.write(json.dumps(doc))
+        f.truncate()
+    assert emu.schema("RoutingRules")["columns"][-1]["name"] == "weight"
+
+
+def test_cursor_rmdir_with_allow_delete_is_refused(emu_factory,
+                                                   mount_factory):
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu, opts="allow_delete").start()
+    with pytest.raises(OSError) as e:
+        os.rmdir(m.table("Customers"))
+    assert e.value.errno == errno.EPERM
+    assert "cursor API cannot delete tables" in m.stderr()
+    assert "Customers" in [t["name"] for t in emu.tables()]
+
+
+def test_flows_removing_or_rekeying_is_refused(flows, tmp_path):
+    emu, m = flows
+    path = m.file("PriceList", "schema.json")
+    doc = read_json(path)
+    before = writes(emu)
+    d = copy.deepcopy(doc)
+    del d["properties"]["stock"]
+    p = write_schema(path, d, tmp_path)
+    assert p.returncode != 0 and b"Invalid argument" in p.stderr
+    assert "'stock'" in m.stderr()
+    d = copy.deepcopy(doc)
+    d["properties"]["active"]["type"] = "integer"
+    p = write_schema(path, d, tmp_path)
+    assert p.returncode != 0 and "'active'" in m.stderr()
+    assert writes(emu) == before
