@@ -382,6 +382,8 @@ struct api {
 	struct api_http_pool *pool;
 	/* numbered pages: the largest page size not refused so far */
 	_Atomic unsigned max_page;
+	/* the token endpoint refused the dialect's scope: ask without */
+	_Atomic bool scope_refused;
 
 	_Atomic uint64_t n_requests, n_retries, n_throttled, n_server_errors,
 	    n_unauthorized, n_tokens;
