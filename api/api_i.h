@@ -187,7 +187,7 @@ void token_init(struct api_token *t);
 void token_destroy(struct api_token *t);
 /* A copy of a valid token (malloc'ed; caller frees, after wiping) and its
  * generation. Fetches one when needed; one thread fetches, others wait.
- * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO, -ENOMEM, -EPROTO. */
+ * Returns 0, -EACCES, -EHOSTUNREACH, -ETIMEDOUT, -EIO, -ENOMEM, -EPROTO. */
 int token_get(struct api *api, char **out, uint64_t *gen);
 /* The token of generation gen was refused: forget it (unless a newer one
  * replaced it already). */

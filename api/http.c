@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -52,6 +53,10 @@ struct api_http_pool {
 	size_t spare_bytes; /* their capacity in all, <= API_SPARE_TOTAL */
 	CURLSH *share;
 	pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+
+	/* the circuit breaker (breaker_enter) */
+	atomic_llong cb_open_ms; /* last refused connection, 0: closed */
+	atomic_bool cb_probing;	 /* a probe is in flight */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -377,8 +382,9 @@ int api_errno_from_curl(int code, bool *retry)
 	case CURLE_COULDNT_RESOLVE_HOST:
 	case CURLE_COULDNT_RESOLVE_PROXY:
 	case CURLE_COULDNT_CONNECT:
-		e = -ENOTCONN;
-		r = true;
+		/* not ENOTCONN: to users that reads "the mount is dead".
+		 * Not retried: the circuit breaker probes instead. */
+		e = -EHOSTUNREACH;
 		break;
 	case CURLE_OPERATION_TIMEDOUT:
 		e = -ETIMEDOUT;
@@ -580,6 +586,109 @@ static int perform(struct api *api, const struct api_req *req,
 	return (int)cc;
 }
 
+/* ---- the request log --------------------------------------------------- */
+
+/* At debug level, one line per request sent: method, path, status, time,
+ * correlation id. Never headers or bodies (they hold the secret, tokens
+ * and rows). */
+static void log_request(const struct api_req *req,
+			const struct api_resp *resp, int cc, double secs)
+{
+	const char *path = strstr(req->url, "://");
+
+	if (log_get_level() < LOG_DEBUG)
+		return;
+	path = path ? strchr(path + 3, '/') : NULL;
+	if (cc == CURLE_OK)
+		log_debug("http %s %s -> %ld in %.1f ms (correlation %s)",
+			  req->method, path ? path : "/", resp->status,
+			  secs * 1000,
+			  resp->correlation[0] ? resp->correlation : "none");
+	else
+		log_debug("http %s %s -> no answer in %.1f ms: %s",
+			  req->method, path ? path : "/", secs * 1000,
+			  curl_easy_strerror((CURLcode)cc));
+}
+
+/* ---- the circuit breaker ---------------------------------------------- */
+
+/*
+ * Once a connection is refused or the host is not found, the API is known
+ * down: every request fails at once with -EHOSTUNREACH instead of each
+ * paying its retries, except one probe at a time, at most every
+ * CB_PROBE_INTERVAL_MS. Any answer from the server (even an error status)
+ * closes the breaker. Callers that hold a whole cached version serve it
+ * (fs/engine.c), so a cached table stays readable at once.
+ */
+#define CB_PROBE_INTERVAL_MS 1000
+
+static long long now_ms(void)
+{
+	return (long long)(api_now() * 1000) + 1; /* never 0: 0 is closed */
+}
+
+/* "scheme://host:port" of a URL, for messages. */
+static void url_host(const char *url, char *buf, size_t size)
+{
+	const char *p = strstr(url, "://"), *end;
+
+	p = p ? p + 3 : url;
+	end = strchr(p, '/');
+	snprintf(buf, size, "%.*s", (int)(end ? (size_t)(end - url)
+					      : strlen(url)), url);
+}
+
+/* May this request be sent? Returns 0 (*probe: it is the probe) or
+ * -EHOSTUNREACH, logged. */
+static int breaker_enter(struct api_http_pool *pool,
+			 const struct api_req *req, bool *probe)
+{
+	long long open = atomic_load(&pool->cb_open_ms), now;
+	bool idle = false;
+	char host[256];
+
+	*probe = false;
+	if (!open)
+		return 0;
+	now = now_ms();
+	if (now - open >= CB_PROBE_INTERVAL_MS &&
+	    atomic_compare_exchange_strong(&pool->cb_probing, &idle, true)) {
+		*probe = true;
+		log_debug("%s: probing whether the API is back", req->what);
+		return 0;
+	}
+	url_host(req->url, host, sizeof(host));
+	log_err("%s%s%s%s failed: %s cannot be reached (it refused a "
+		"connection %.1f s ago; dtfs tries again every %d s): check "
+		"the network, region= or api_url=",
+		req->what, req->subject ? " '" : "",
+		req->subject ? req->subject : "", req->subject ? "'" : "", host,
+		(double)(now - open) / 1000, CB_PROBE_INTERVAL_MS / 1000);
+	return -EHOSTUNREACH;
+}
+
+/* After an attempt: down (no connection) opens the breaker, anything
+ * else closes it. */
+static void breaker_leave(struct api_http_pool *pool,
+			  const struct api_req *req, bool probe, bool down)
+{
+	char host[256];
+
+	if (down) {
+		if (!atomic_exchange(&pool->cb_open_ms, now_ms())) {
+			url_host(req->url, host, sizeof(host));
+			log_warn("%s cannot be reached: requests fail at once "
+				 "until it answers again", host);
+		}
+	} else if (atomic_load(&pool->cb_open_ms) &&
+		   atomic_exchange(&pool->cb_open_ms, 0)) {
+		url_host(req->url, host, sizeof(host));
+		log_notice("%s answers again", host);
+	}
+	if (probe)
+		atomic_store(&pool->cb_probing, false);
+}
+
 /* ---- the retry loop --------------------------------------------------- */
 
 static void log_http_failure(int level, const struct api_req *req,
@@ -623,8 +732,8 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	    !resp->doc.nodes)
 		spare_take(api->pool, resp);
 	for (;;) {
-		double now = api_now(), delay, wait;
-		bool retry = false, net = false;
+		double now = api_now(), delay, wait, t0;
+		bool retry = false, net = false, probe;
 		char tail[96];
 		int cc;
 
@@ -659,7 +768,17 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 			}
 		}
 
+		rc = breaker_enter(api->pool, req, &probe);
+		if (rc) {
+			if (!req->token_request)
+				pacer_update(&api->pacer, api_now(), -1, -1);
+			goto out;
+		}
+		t0 = api_now();
 		cc = perform(api, req, token, resp, errbuf);
+		breaker_leave(api->pool, req, probe,
+			      api_errno_from_curl(cc, NULL) == -EHOSTUNREACH);
+		log_request(req, resp, cc, api_now() - t0);
 		if (token) {
 			explicit_bzero(token, strlen(token));
 			free(token);
@@ -675,7 +794,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				pacer_update(&api->pacer, now, -1, -1);
 			rc = api_errno_from_curl(cc, &retry);
 			net = true;
-			if (rc != -ENOTCONN)
+			if (rc != -EHOSTUNREACH)
 				ambiguous = true; /* it may have arrived */
 			if (rc == -ENOMEM && resp->body.len + 1 > BODY_MAX)
 				rc = -EPROTO;

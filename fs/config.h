@@ -26,6 +26,10 @@ struct fs_config {
 	unsigned retries;	/* attempts per request */
 	unsigned retry_budget;	/* seconds per request, retries included */
 	bool ro;
+
+	/* logging (log_file=, log_level=): applied by fs_config_apply_log */
+	char *log_file;		/* NULL: stderr, or syslog when daemonized */
+	int log_level;		/* LOG_ERR..LOG_DEBUG, -1: the face's default */
 };
 
 /* Defaults; cache_dir is resolved from the environment. Returns 0 or
@@ -45,6 +49,11 @@ int fs_config_set(struct fs_config *cfg, const char *word)
 /* Apply a comma-separated list of words (dtfsctl's -o). Unknown words are
  * refused with -EINVAL. */
 int fs_config_set_list(struct fs_config *cfg, const char *list)
+	__attribute__((warn_unused_result));
+
+/* Apply log_file= and log_level= to the logger (ident names the program).
+ * Returns 0, or -EINVAL when the log file cannot be opened (logged). */
+int fs_config_apply_log(const struct fs_config *cfg, const char *ident)
 	__attribute__((warn_unused_result));
 
 /* The help text of the dtfs options, for --help of both faces. */

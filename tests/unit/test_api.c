@@ -150,12 +150,14 @@ static void test_errno_from_curl(void **state)
 
 	(void)state;
 	assert_int_equal(api_errno_from_curl(CURLE_OK, &retry), 0);
+	/* not retried: the circuit breaker probes instead */
 	assert_int_equal(api_errno_from_curl(CURLE_COULDNT_CONNECT, &retry),
-			 -ENOTCONN);
-	assert_true(retry);
+			 -EHOSTUNREACH);
+	assert_false(retry);
 	assert_int_equal(
-	    api_errno_from_curl(CURLE_COULDNT_RESOLVE_HOST, &retry), -ENOTCONN);
-	assert_true(retry);
+	    api_errno_from_curl(CURLE_COULDNT_RESOLVE_HOST, &retry),
+	    -EHOSTUNREACH);
+	assert_false(retry);
 	assert_int_equal(api_errno_from_curl(CURLE_OPERATION_TIMEDOUT, &retry),
 			 -ETIMEDOUT);
 	assert_true(retry);
