@@ -303,6 +303,10 @@ struct api {
 	    n_unauthorized, n_tokens;
 };
 
+/* Remember the names of the tables listed (api_list_tables), so that
+ * messages about a table name it rather than its id. */
+void api_http_learn_names(struct api *api, const struct api_table_list *list);
+
 /* Monotonic seconds. */
 double api_now(void);
 /* Sleep, not interrupted by signals. */

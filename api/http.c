@@ -54,6 +54,10 @@ struct api_http_pool {
 	CURLSH *share;
 	pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
 
+	/* table names by id, from the last listing: messages name tables */
+	pthread_mutex_t names_mu;
+	struct api_table_list names;
+
 	/* the circuit breaker (breaker_enter) */
 	atomic_llong cb_open_ms; /* last refused connection, 0: closed */
 	atomic_bool cb_probing;	 /* a probe is in flight */
@@ -112,6 +116,7 @@ int api_http_init(struct api *api)
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&pool->mu, NULL);
+	pthread_mutex_init(&pool->names_mu, NULL);
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_init(&pool->locks[i], NULL);
 	curl_share_setopt(pool->share, CURLSHOPT_LOCKFUNC, share_lock);
@@ -137,6 +142,8 @@ void api_http_release(struct api *api)
 		free(pool->spare[i].nodes);
 	}
 	free(pool->spare);
+	api_table_list_release(&pool->names);
+	pthread_mutex_destroy(&pool->names_mu);
 	curl_share_cleanup(pool->share);
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_destroy(&pool->locks[i]);
@@ -586,6 +593,54 @@ static int perform(struct api *api, const struct api_req *req,
 	return (int)cc;
 }
 
+/* ---- table names in messages ------------------------------------------- */
+
+void api_http_learn_names(struct api *api, const struct api_table_list *list)
+{
+	struct api_http_pool *pool = api->pool;
+	struct api_table_list copy = { 0 };
+	size_t i;
+
+	copy.tables = calloc(list->count + 1, sizeof(*copy.tables));
+	if (!copy.tables)
+		return; /* messages show ids */
+	for (i = 0; i < list->count; i++) {
+		copy.tables[i].id = strdup(list->tables[i].id);
+		copy.tables[i].name = strdup(list->tables[i].name);
+		copy.count = i + 1;
+		if (!copy.tables[i].id || !copy.tables[i].name) {
+			api_table_list_release(&copy);
+			return;
+		}
+	}
+	pthread_mutex_lock(&pool->names_mu);
+	api_table_list_release(&pool->names);
+	pool->names = copy;
+	pthread_mutex_unlock(&pool->names_mu);
+}
+
+/* The subject as messages show it: a table's name rather than its id. */
+static const char *subject_name(struct api *api, const char *subject,
+				char *buf, size_t size)
+{
+	struct api_http_pool *pool = api->pool;
+	const char *out = subject;
+	size_t i;
+
+	if (!subject)
+		return NULL;
+	pthread_mutex_lock(&pool->names_mu);
+	for (i = 0; i < pool->names.count; i++) {
+		if (!strcmp(pool->names.tables[i].id, subject)) {
+			snprintf(buf, size, "%s", pool->names.tables[i].name);
+			out = buf;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&pool->names_mu);
+	return out;
+}
+
 /* ---- the request log --------------------------------------------------- */
 
 /* At debug level, one line per request sent: method, path, status, time,
@@ -699,7 +754,7 @@ static void log_http_failure(int level, const struct api_req *req,
 	if (req->token_request &&
 	    (resp->status == 401 || resp->status == 400) &&
 	    (!strcmp(resp->code, "invalid_client") || !resp->code[0]))
-		hint = ": wrong client id or secret?";
+		hint = ": the client id or secret is wrong";
 	else if (resp->status == 403)
 		hint = ": permission or scope missing?";
 	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s", req->what,
@@ -717,6 +772,8 @@ static bool status_retryable(long status)
 
 int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 {
+	struct api_req named = *req;
+	char name[512];
 	double start = api_now(), deadline = start + api->retry_budget_s;
 	char errbuf[CURL_ERROR_SIZE];
 	unsigned nback = 0;
@@ -725,6 +782,9 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	char *token = NULL;
 	int rc = -EIO;
 
+	/* every message below names the table by name */
+	named.subject = subject_name(api, req->subject, name, sizeof(name));
+	req = &named;
 	resp->attempts = 0;
 	resp->throttled = 0;
 	/* token bodies hold secrets: they get fresh memory, wiped and freed */
@@ -907,9 +967,11 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	/* a final answer that is not a retryable one */
 	if (resp->status == 0)
 		log_err(
-		    "%s%s%s%s failed: %s", req->what, req->subject ? " '" : "",
+		    "%s%s%s%s failed: %s%s", req->what, req->subject ? " '" : "",
 		    req->subject ? req->subject : "", req->subject ? "'" : "",
-		    errbuf[0] ? errbuf : strerror(-rc));
+		    errbuf[0] ? errbuf : strerror(-rc),
+		    rc == -EHOSTUNREACH ? ": check the network, region= or "
+					  "api_url=" : "");
 	else
 		log_http_failure(LOG_ERR, req, resp, "");
 out:

@@ -263,3 +263,24 @@ int fs_config_set_list(struct fs_config *cfg, const char *list)
 	free(copy);
 	return rc;
 }
+
+const char *fs_config_advice(int rc)
+{
+	switch (rc) {
+	case -EHOSTUNREACH:
+		return "the API cannot be reached: check the network and "
+		       "region= or api_url=";
+	case -ETIMEDOUT:
+	case -EIO:
+		return "the API kept failing: try again later (retries= and "
+		       "retry_budget= give it longer)";
+	case -EACCES:
+		return "access refused: check the client id and secret "
+		       "(credentials= or GENESYSCLOUD_OAUTHCLIENT_ID and "
+		       "_SECRET) and the client's roles";
+	case -ESTALE:
+		return "the table changed during the export: run it again";
+	default:
+		return NULL;
+	}
+}

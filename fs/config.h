@@ -56,6 +56,10 @@ int fs_config_set_list(struct fs_config *cfg, const char *list)
 int fs_config_apply_log(const struct fs_config *cfg, const char *ident)
 	__attribute__((warn_unused_result));
 
+/* What a user can do about an error that ends a command or a mount (both
+ * faces say the same), or NULL. Static string. */
+const char *fs_config_advice(int rc);
+
 /* The help text of the dtfs options, for --help of both faces. */
 extern const char fs_config_help[];
 

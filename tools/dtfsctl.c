@@ -531,27 +531,6 @@ static int check_command(const char *cmd, int nargs)
 	return -EINVAL;
 }
 
-/* What to do about an error that ends a command. */
-static const char *advice(int rc)
-{
-	switch (rc) {
-	case -EHOSTUNREACH:
-		return "the API cannot be reached: check the network and "
-		       "region= or api_url=";
-	case -ETIMEDOUT:
-	case -EIO:
-		return "the API kept failing: try again later (retries= and "
-		       "retry_budget= give it longer)";
-	case -EACCES:
-		return "access refused: check the client id and secret and "
-		       "the client's roles";
-	case -ESTALE:
-		return "the table changed during the export: run it again";
-	default:
-		return NULL;
-	}
-}
-
 int main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
@@ -656,13 +635,13 @@ int main(int argc, char *argv[])
 fail:
 	/* an import states its own outcome; a missing table is logged */
 	if (rc && !told && rc != -ENOENT) {
-		const char *a = advice(rc);
+		const char *a = fs_config_advice(rc);
 
 		log_err("%s%s%s%s failed: %s%s%s", cmd, what ? " '" : "",
 			what ? what : "", what ? "'" : "", strerror(-rc),
 			a ? "; " : "", a ? a : "");
-	} else if (rc && told && rc != -EINVAL && advice(rc)) {
-		log_err("%s", advice(rc));
+	} else if (rc && told && rc != -EINVAL && fs_config_advice(rc)) {
+		log_err("%s", fs_config_advice(rc));
 	}
 	goto out;
 usage_error:
