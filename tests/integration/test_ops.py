@@ -24,10 +24,9 @@ def man_exit_table(page):
     section = text.split(".SH EXIT STATUS", 1)[1].split("\n.SH ", 1)[0]
     table = section.split(".TS", 1)[1].split(".TE", 1)[0]
     rows = {}
-    for line in table.splitlines():
-        m = re.match(r"^(\d+)\t(.+)$", line)
-        if m:
-            rows[int(m.group(1))] = m.group(2)
+    for m in re.finditer(r"^(\d+)\t(?:T\{\n(.*?)\nT\}|(.+))$", table,
+                         re.M | re.S):
+        rows[int(m.group(1))] = m.group(2) or m.group(3)
     return rows
 
 
