@@ -749,6 +749,7 @@ static void breaker_leave(struct api_http_pool *pool,
 static void log_http_failure(int level, const struct api_req *req,
 			     const struct api_resp *resp, const char *tail)
 {
+	char host[256] = " from ";
 	const char *hint = "";
 
 	if (req->token_request &&
@@ -757,10 +758,14 @@ static void log_http_failure(int level, const struct api_req *req,
 		hint = ": the client id or secret is wrong";
 	else if (resp->status == 403)
 		hint = ": permission or scope missing?";
-	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s", req->what,
+	/* errors name the host: which region or login host answered */
+	if (level <= LOG_ERR)
+		url_host(req->url, host + 6, sizeof(host) - 6);
+	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s%s", req->what,
 		req->subject ? " '" : "", req->subject ? req->subject : "",
 		req->subject ? "'" : "", resp->status, resp->code[0] ? " " : "",
-		resp->code, resp->correlation[0] ? " (correlation " : "",
+		resp->code, level <= LOG_ERR ? host : "",
+		resp->correlation[0] ? " (correlation " : "",
 		resp->correlation, resp->correlation[0] ? ")" : "", hint, tail);
 }
 
@@ -794,7 +799,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	for (;;) {
 		double now = api_now(), delay, wait, t0;
 		bool retry = false, net = false, probe;
-		char tail[96];
+		char tail[128];
 		int cc;
 
 		if (!req->token_request) {
@@ -935,7 +940,8 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		    now + delay > deadline) {
 			snprintf(tail, sizeof(tail),
 				 " (gave up after %u "
-				 "attempt%s in %.1f s)",
+				 "attempt%s in %.1f s; retries= and "
+				 "retry_budget= allow more)",
 				 resp->attempts, resp->attempts == 1 ? "" : "s",
 				 now - start);
 			if (net)

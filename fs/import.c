@@ -664,8 +664,9 @@ static void *upload_main(void *arg)
 
 		rc = send_chunk(up->im, &c->batch);
 		if (rc)
-			log_err("upsert chunk of %zu rows into '%s' failed: %s",
-				c->batch.n, up->im->t->name, strerror(-rc));
+			log_err("upsert chunk of %zu row%s into '%s' failed: "
+				"%s", c->batch.n, c->batch.n == 1 ? "" : "s",
+				up->im->t->name, strerror(-rc));
 		cache_spool_batch_release(&c->batch);
 		free(c);
 
@@ -828,20 +829,24 @@ int fs_import_finish(struct fs_import *im)
 			rc = -EIO;
 	} else if (atomic_load(&im->quarantined)) {
 		snprintf(why, sizeof(why),
-			 "%" PRIuFAST64 " lines quarantined in rejects.jsonl",
-			 atomic_load(&im->quarantined));
+			 "%" PRIuFAST64 " line%s quarantined in rejects.jsonl",
+			 atomic_load(&im->quarantined),
+			 atomic_load(&im->quarantined) == 1 ? "" : "s");
 		set_state(im, IMPORT_DONE, why);
 		rc = -EINVAL;
 	} else {
 		set_state(im, IMPORT_DONE, NULL);
 	}
-	log_notice("import into '%s': %" PRIuFAST64 " lines, %" PRIuFAST64
+	log_notice("import into '%s': %" PRIuFAST64 " line%s, %" PRIuFAST64
 		   " valid, %" PRIuFAST64 " quarantined, %" PRIuFAST64
-		   " of %" PRIuFAST64 " chunks acknowledged: %s",
-		   t->name, atomic_load(&im->lines), atomic_load(&im->valid),
-		   atomic_load(&im->quarantined),
+		   " of %" PRIuFAST64 " chunk%s acknowledged: %s",
+		   t->name, atomic_load(&im->lines),
+		   atomic_load(&im->lines) == 1 ? "" : "s",
+		   atomic_load(&im->valid), atomic_load(&im->quarantined),
 		   atomic_load(&im->chunks_acked),
-		   atomic_load(&im->chunks_sent), rc ? strerror(-rc) : "ok");
+		   atomic_load(&im->chunks_sent),
+		   atomic_load(&im->chunks_sent) == 1 ? "" : "s",
+		   rc ? strerror(-rc) : "ok");
 latch:
 	if (rc)
 		im->latched = rc;

@@ -379,7 +379,7 @@ static void import_outcome(struct fs_engine *eng, struct fs_table *t,
 		 ip.valid - ip.rows_planned : 0;
 	if (ip.quarantined) {
 		rejects = fs_table_rejects_path(eng, t);
-		snprintf(see, sizeof(see), ": see %s",
+		snprintf(see, sizeof(see), ": see '%s'",
 			 rejects ? rejects : "rejects.jsonl");
 	}
 	if (rc && rc != -EINVAL) {

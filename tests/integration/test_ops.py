@@ -1,6 +1,7 @@
 """Operating dtfs (issue 13): dtfsctl's conventions, exit statuses held to
 the table of dtfsctl(1), progress and outcome lines on a terminal, the
 import totals of status.json."""
+import errno
 import fcntl
 import json
 import os
@@ -210,7 +211,7 @@ def test_progress_and_outcome_on_a_terminal(emu_factory, tmp_path):
            "(8 of 8 chunks acknowledged)" in text, text
     rejects = c / "rejects" / (emu.table_id("Customers") + ".jsonl")
     assert (f"imported 2000 rows into 'Customers' (1995 landed, "
-            f"5 quarantined: see {rejects})") in text, text
+            f"5 quarantined: see '{rejects}')") in text, text
     assert len(open(rejects).readlines()) == 5
 
     code, text = script(f"{base} export Customers > {tmp_path}/out")
@@ -258,3 +259,53 @@ def test_status_shows_the_last_import_with_totals(emu, tmp_path):
            "1 quarantined" in printed
     assert "3000 of 3000 rows landed (12 of 12 chunks acknowledged)" \
         in printed
+
+
+def test_refused_upload_names_table_host_and_what_to_do(emu_factory,
+                                                       tmp_path):
+    emu = emu_factory("--data", DATA_DIR,
+                      "--client", "reader:reader-secret:data-table:read")
+    c = tmp_path / "c"
+    tid = emu.table_id("Customers")
+    code, out, err = dtfsctl(emu, c, "import", "Customers",
+                             client=("reader", "reader-secret"),
+                             input=b'{"customer_id": "C-1"}\n')
+    assert code == 77, err
+    lines = err.splitlines()
+    # the first error line already names the table, the host, what to do
+    assert "'Customers' failed: HTTP 403" in lines[0], err
+    assert tid not in err
+    assert f"from {emu.url}" in lines[0], err
+    assert "permission or scope missing" in lines[0], err
+    assert "import into 'Customers' failed: 0 of 1 row landed" in err
+    assert "the client's roles" in lines[-1], err
+    assert " 1 rows" not in err
+
+
+def test_failed_upload_in_a_mount_says_what_to_do(emu_factory,
+                                                  mount_factory):
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu, opts="retries=2,retry_budget=3").start()
+    first = open(m.file("Customers", "rows.jsonl"), "rb").readline()
+    emu.config(fail_rate=1.0)
+    f = open(m.file("Customers", "rows.jsonl"), "ab")
+    f.write(first)
+    with pytest.raises(OSError) as e:
+        f.close()
+    emu.config(fail_rate=0.0)
+    assert e.value.errno == errno.EIO
+    errors = [l for l in m.stderr().splitlines() if ": error: " in l]
+    assert "'Customers' failed: HTTP 5" in errors[0], errors
+    assert f"from {emu.url}" in errors[0]
+    assert "retries= and retry_budget= allow more" in errors[0]
+    assert emu.table_id("Customers") not in m.stderr()
+
+
+def test_one_line_is_not_lines(emu, tmp_path):
+    c = tmp_path / "c"
+    code, out, err = dtfsctl(emu, c, "import", "Customers",
+                             input=b'{"customer_id": 1}\n')
+    assert code == 65
+    code, out, err = dtfsctl(emu, c, "status", "Customers")
+    im = json.loads(out)["import"]
+    assert im["error"] == "1 line quarantined in rejects.jsonl"

@@ -223,7 +223,7 @@ def test_unreachable_api_refuses_to_mount(emu_factory, mount_factory):
     m = mount_factory(emu)
     emu.stop()
     code, err = m.start(expect_fail=True)
-    assert code != 0 and "cannot reach" in err
+    assert code != 0 and "cannot be reached" in err
 
 
 def test_cache_survives_kill_9(emu_factory, mount_factory, tmp_path):
