@@ -1022,12 +1022,13 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
 		ssize_t n;
 
-		if (fd >= 0) {
+		if (fd >= 0 && size - *pos > 64) {
 			n = read(fd, buf + *pos, size - *pos - 8);
 			if (n > 0 && (size_t)n < size - *pos - 8)
 				*pos += (size_t)n;
-			close(fd);
 		}
+		if (fd >= 0)
+			close(fd);
 		free(path);
 	}
 	pthread_mutex_unlock(&eng->import_lock);
