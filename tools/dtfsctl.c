@@ -108,7 +108,8 @@ static int exit_code(int rc)
  * worker updates; the worker itself never waits for the terminal.
  */
 struct progress {
-	bool on;		/* show progress and the outcome */
+	bool on;		/* show the outcome (and progress) */
+	bool lines;		/* show progress lines */
 	bool tty;
 	const char *verb;	/* "exporting", "importing" */
 	const char *table;
@@ -239,7 +240,7 @@ static void progress_start(struct progress *p, const char *verb,
 	p->verb = verb;
 	p->table = table;
 	clock_gettime(CLOCK_MONOTONIC, &p->start);
-	if (!p->on)
+	if (!p->on || !p->lines)
 		return;
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cond, NULL);
@@ -343,6 +344,10 @@ static int cmd_export(struct fs_engine *eng, struct fs_table *t,
 		goto out;
 	if (fs_reader_complete(rd, &total))
 		p->total_bytes = total;
+	/* rows on the terminal: a progress line would garble them (curl
+	 * does the same); the outcome still comes */
+	if (p->tty && isatty(STDOUT_FILENO))
+		p->lines = false;
 	progress_start(p, "exporting", fs_table_name(t));
 	do {
 		rc = fs_reader_read(rd, off, buf, size, &n);
@@ -599,6 +604,7 @@ int main(int argc, char *argv[])
 		goto usage_error;
 	p.tty = isatty(STDERR_FILENO);
 	p.on = !quiet && (verbose || p.tty);
+	p.lines = true;
 
 	rc = fs_engine_new(&cfg, &eng);
 	if (rc == -EINVAL)	/* bad settings or no credentials: logged */

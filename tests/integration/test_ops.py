@@ -221,6 +221,12 @@ def test_progress_and_outcome_on_a_terminal(emu_factory, tmp_path):
     assert "exported 3000 rows (" in text
     assert open(tmp_path / "out", "rb").read() == rows
 
+    # rows on the terminal: no progress line in between, the outcome after
+    code, text = script(f"{base} export Holidays%2F2025")
+    assert code == 0 and "exporting" not in text, text
+    assert text.endswith("exported 12 rows (812 bytes) from "
+                         "'Holidays/2025'\r\n"), text
+
     # -q: nothing on success
     code, text = script(f"{base} -q export Customers > /dev/null")
     assert code == 0 and text == "", text
