@@ -255,9 +255,12 @@ static void resp_clear_headers(struct api_resp *r)
 {
 	free(r->etag);
 	r->etag = NULL;
+	free(r->location);
+	r->location = NULL;
 	r->correlation[0] = '\0';
 	r->retry_after[0] = '\0';
 	r->code[0] = '\0';
+	r->message[0] = '\0';
 	r->rl_remaining = r->rl_reset = r->rl_limit = r->rl_count = -1;
 }
 
@@ -314,6 +317,23 @@ static size_t on_header(char *p, size_t size, size_t n, void *user)
 		resp_clear_headers(r);
 		return len;
 	}
+	if (len >= 9 && strncasecmp(p, "Location:", 9) == 0) {
+		/* signed URLs are long: keep the whole value */
+		char *loc = strndup(p + 9, len - 9), *b = loc, *z;
+
+		if (!loc)
+			return len;
+		while (*b == ' ' || *b == '\t')
+			b++;
+		z = b + strlen(b);
+		while (z > b && (z[-1] == '\r' || z[-1] == '\n' ||
+				 z[-1] == ' ' || z[-1] == '\t'))
+			*--z = '\0';
+		free(r->location);
+		r->location = strdup(b);
+		free(loc);
+		return len;
+	}
 	if (len >= sizeof(line))
 		return len; /* none of ours is that long */
 	memcpy(line, p, len);
@@ -356,12 +376,14 @@ static size_t on_header(char *p, size_t size, size_t n, void *user)
 	return len;
 }
 
-/* The "code" of an error body ("error" from the token endpoint). */
+/* The "code" of an error body ("error" from the token endpoint), its
+ * "message", and its "contextId" when no correlation header came. */
 static void resp_parse_code(struct api_resp *r)
 {
-	struct json_object *root, *code;
+	struct json_object *root, *code, *msg;
 
 	r->code[0] = '\0';
+	r->message[0] = '\0';
 	if (!r->body.len || r->body.len > 65536 || r->body.p[0] != '{')
 		return;
 	root = json_tokener_parse(r->body.p);
@@ -372,6 +394,15 @@ static void resp_parse_code(struct api_resp *r)
 	    json_object_is_type(code, json_type_string))
 		copy_value(r->code, sizeof(r->code),
 			   json_object_get_string(code));
+	if (json_object_object_get_ex(root, "message", &msg) &&
+	    json_object_is_type(msg, json_type_string))
+		copy_value(r->message, sizeof(r->message),
+			   json_object_get_string(msg));
+	if (!r->correlation[0] &&
+	    json_object_object_get_ex(root, "contextId", &msg) &&
+	    json_object_is_type(msg, json_type_string))
+		copy_value(r->correlation, sizeof(r->correlation),
+			   json_object_get_string(msg));
 	json_object_put(root);
 }
 
@@ -483,6 +514,30 @@ static struct curl_slist *add_header(struct curl_slist *l, bool *oom,
 	return n;
 }
 
+static struct curl_slist *append_line(struct curl_slist *l, bool *oom,
+				      const char *line)
+{
+	struct curl_slist *n;
+
+	if (*oom)
+		return l;
+	n = curl_slist_append(l, line);
+	if (!n)
+		*oom = true;
+	return n ? n : l;
+}
+
+/* Does req->headers hold a header called name? */
+static bool has_header(const struct api_req *req, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *const *x = req->headers; x && *x; x++)
+		if (strncasecmp(*x, name, n) == 0 && (*x)[n] == ':')
+			return true;
+	return false;
+}
+
 /* Send once. Returns the curl code; resp has status, headers and body. */
 static int perform(struct api *api, const struct api_req *req,
 		   const char *token, struct api_resp *resp, char *errbuf)
@@ -504,10 +559,18 @@ static int perform(struct api *api, const struct api_req *req,
 	resp->status = 0;
 	errbuf[0] = '\0';
 
-	hdrs = add_header(hdrs, &oom, "Accept", "application/json");
+	if (!req->external)
+		hdrs = add_header(hdrs, &oom, "Accept", "application/json");
+	else
+		hdrs = append_line(hdrs, &oom, "Accept:"); /* not curl's */
 	if (req->content_type)
 		hdrs =
 		    add_header(hdrs, &oom, "Content-Type", req->content_type);
+	else if (req->external && req->body && !has_header(req, "Content-Type"))
+		/* exactly the headers given: not curl's form content type */
+		hdrs = append_line(hdrs, &oom, "Content-Type:");
+	for (const char *const *x = req->headers; x && *x; x++)
+		hdrs = append_line(hdrs, &oom, *x);
 	if (req->if_match)
 		hdrs = add_header(hdrs, &oom, "If-Match", req->if_match);
 	if (req->if_none_match)
@@ -554,7 +617,8 @@ static int perform(struct api *api, const struct api_req *req,
 			 (long)(api->connect_timeout_s * 1000));
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall);
-	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	if (!req->external)
+		curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "dtfs/" DTFS_VERSION);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
@@ -761,12 +825,14 @@ static void log_http_failure(int level, const struct api_req *req,
 	/* errors name the host: which region or login host answered */
 	if (level <= LOG_ERR)
 		url_host(req->url, host + 6, sizeof(host) - 6);
-	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s%s", req->what,
-		req->subject ? " '" : "", req->subject ? req->subject : "",
-		req->subject ? "'" : "", resp->status, resp->code[0] ? " " : "",
-		resp->code, level <= LOG_ERR ? host : "",
-		resp->correlation[0] ? " (correlation " : "",
-		resp->correlation, resp->correlation[0] ? ")" : "", hint, tail);
+	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s%s%s%s%s",
+		req->what, req->subject ? " '" : "",
+		req->subject ? req->subject : "", req->subject ? "'" : "",
+		resp->status, resp->code[0] ? " " : "", resp->code,
+		resp->message[0] ? ": \"" : "", resp->message,
+		resp->message[0] ? "\"" : "", level <= LOG_ERR ? host : "",
+		resp->correlation[0] ? " (correlation " : "", resp->correlation,
+		resp->correlation[0] ? ")" : "", hint, tail);
 }
 
 static bool status_retryable(long status)
@@ -802,7 +868,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		char tail[128];
 		int cc;
 
-		if (!req->token_request) {
+		if (!req->token_request && !req->external) {
 			wait = pacer_reserve(&api->pacer, now);
 			if (wait > 0) {
 				if (now + wait > deadline) {
@@ -855,7 +921,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		now = api_now();
 
 		if (cc != CURLE_OK) {
-			if (!req->token_request)
+			if (!req->token_request && !req->external)
 				pacer_update(&api->pacer, now, -1, -1);
 			rc = api_errno_from_curl(cc, &retry);
 			net = true;
@@ -872,11 +938,15 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				    resp->rl_limit > resp->rl_count
 					? resp->rl_limit - resp->rl_count
 					: 0;
-			if (!req->token_request)
+			if (!req->token_request && !req->external)
 				pacer_update(&api->pacer, now,
 					     resp->rl_remaining,
 					     resp->rl_reset);
 			rc = api_errno_from_http(resp->status);
+			if (req->redirect_ok && resp->status >= 300 &&
+			    resp->status <= 399 && resp->status != 304 &&
+			    resp->location)
+				rc = 0;
 			if (!rc)
 				goto out;
 			if (rc == -ENOENT && req->gone_ok && ambiguous) {
@@ -895,7 +965,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				atomic_fetch_add(&api->n_server_errors, 1);
 			if (resp->status == 401) {
 				atomic_fetch_add(&api->n_unauthorized, 1);
-				if (!req->token_request &&
+				if (!req->token_request && !req->external &&
 				    !(have_fresh && gen == fresh_gen) &&
 				    resp->attempts < api->max_attempts) {
 					log_info(
@@ -920,7 +990,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				if (ra < 0)
 					ra = api_backoff_delay(
 					    nback++, 1.0, API_BACKOFF_CAP_S);
-				if (!req->token_request)
+				if (!req->token_request && !req->external)
 					pacer_pause(&api->pacer, now, ra);
 				delay = ra + api_random();
 				rc = -EIO;
@@ -979,7 +1049,9 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		    rc == -EHOSTUNREACH ? ": check the network, region= or "
 					  "api_url=" : "");
 	else
-		log_http_failure(LOG_ERR, req, resp, "");
+		log_http_failure(resp->status == req->quiet_status ? LOG_DEBUG
+								   : LOG_ERR,
+				 req, resp, "");
 out:
 	if (token) {
 		explicit_bzero(token, strlen(token));

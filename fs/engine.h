@@ -189,6 +189,8 @@ struct fs_import_progress {
 	uint64_t lines;		/* lines taken (blank ones included) */
 	uint64_t valid;		/* rows that passed validation */
 	uint64_t quarantined;	/* lines in rejects.jsonl */
+	uint64_t unchanged;	/* rows the table already holds as given:
+				   not sent */
 	uint64_t rows_planned;	/* distinct rows to send (0 until the
 				   upload starts); repeated keys merge */
 	uint64_t rows_landed;	/* rows the API acknowledged */

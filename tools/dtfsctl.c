@@ -375,13 +375,15 @@ static void import_outcome(struct fs_engine *eng, struct fs_table *t,
 			   struct fs_import *im, int rc, bool on)
 {
 	struct fs_import_progress ip;
-	uint64_t rows, merged;
+	uint64_t rows, merged, landed;
 	char *rejects = NULL, see[1100] = "";
 
 	fs_import_progress(im, &ip);
 	rows = ip.valid + ip.quarantined;
-	merged = ip.valid > ip.rows_planned && ip.rows_planned ?
-		 ip.valid - ip.rows_planned : 0;
+	/* rows the table already held as given were not sent: landed too */
+	landed = ip.rows_landed + ip.unchanged;
+	merged = ip.valid > ip.rows_planned + ip.unchanged ?
+		 ip.valid - ip.rows_planned - ip.unchanged : 0;
 	if (ip.quarantined) {
 		rejects = fs_table_rejects_path(eng, t);
 		snprintf(see, sizeof(see), ": see '%s'",
@@ -391,7 +393,7 @@ static void import_outcome(struct fs_engine *eng, struct fs_table *t,
 		/* errors are shown even with -q */
 		log_err("import into '%s' failed: %" PRIu64 " of %" PRIu64
 			" %s landed, %" PRIu64 " quarantined%s",
-			fs_table_name(t), ip.rows_landed, rows,
+			fs_table_name(t), landed, rows,
 			plural(rows, "row", "rows"), ip.quarantined, see);
 	} else if (rc && ip.drift) {
 		log_err("import into '%s' stopped by schema drift: nothing "
@@ -401,17 +403,22 @@ static void import_outcome(struct fs_engine *eng, struct fs_table *t,
 		fprintf(stderr, "imported %" PRIu64 " %s into '%s' (%" PRIu64
 			" landed, %" PRIu64 " quarantined%s)\n", rows,
 			plural(rows, "row", "rows"), fs_table_name(t),
-			ip.rows_landed, ip.quarantined, see);
+			landed, ip.quarantined, see);
 	} else if (on) {
-		char tail[96] = "";
+		char tail[160] = "";
+		int n = 0;
 
-		if (merged)
-			snprintf(tail, sizeof(tail),
+		if (ip.unchanged)
+			n = snprintf(tail, sizeof(tail),
+				     ", %" PRIu64 " of them unchanged",
+				     ip.unchanged);
+		if (merged && n >= 0 && (size_t)n < sizeof(tail))
+			snprintf(tail + n, sizeof(tail) - (size_t)n,
 				 ", %" PRIu64 " repeated %s merged", merged,
 				 plural(merged, "key", "keys"));
 		fprintf(stderr, "imported %" PRIu64 " %s into '%s' (%" PRIu64
 			" landed%s)\n", rows, plural(rows, "row", "rows"),
-			fs_table_name(t), ip.rows_landed, tail);
+			fs_table_name(t), landed, tail);
 	}
 	free(rejects);
 }

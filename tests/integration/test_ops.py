@@ -31,6 +31,17 @@ def man_exit_table(page):
     return rows
 
 
+def changed(jsonl, tier):
+    """The rows of an export with loyalty_tier set to `tier`: rows the
+    table does not hold as given, so an import sends them."""
+    out = []
+    for line in jsonl.decode().splitlines():
+        row = json.loads(line)
+        row["loyalty_tier"] = tier
+        out.append(json.dumps(row))
+    return ("\n".join(out) + "\n").encode()
+
+
 def closed_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -176,10 +187,17 @@ def test_quiet_without_a_terminal_unless_verbose(emu, tmp_path):
     code, out, err = dtfsctl(emu, c, "import", "Customers", input=rows)
     assert code == 0 and err == ""
     o = f"api_url={emu.url},cache_dir={c}"
+    # the same rows: nothing to send, all of them landed already
     code, out, err = run(["-v", "-o", o, "import", "Customers"], input=rows)
+    assert code == 0, err
+    assert "imported 3000 rows into 'Customers' (3000 landed, 3000 of " \
+           "them unchanged)" in err
+    code, out, err = run(["-v", "-o", o, "import", "Customers"],
+                         input=changed(rows, 123.25))
     assert code == 0, err
     assert "imported 3000 rows into 'Customers' (3000 landed)" in err
     assert "3000 of 3000 rows landed (12 of 12 chunks acknowledged)" in err
+    code, rows, err = dtfsctl(emu, c, "export", "Customers")
     code, out, err = run(["-v", "-o", o, "export", "Customers"])
     assert code == 0 and out == rows
     assert f"exported 3000 rows ({len(rows)} bytes) from 'Customers'" in err
@@ -198,7 +216,7 @@ def test_progress_and_outcome_on_a_terminal(emu_factory, tmp_path):
     c = tmp_path / "c"
     o = f"api_url={emu.url},cache_dir={c}"
     code, rows, err = dtfsctl(emu, c, "export", "Customers")
-    good = rows.decode().splitlines()
+    good = changed(rows, 321.5).decode().splitlines()
     lines = good[:1995] + ['{"customer_id": %d}' % i for i in range(5)]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
@@ -216,10 +234,11 @@ def test_progress_and_outcome_on_a_terminal(emu_factory, tmp_path):
 
     code, text = script(f"{base} export Customers > {tmp_path}/out")
     assert code == 0, text
-    assert re.search(r"\rexporting 'Customers': 3000 rows, 262\.\d kB, ",
+    assert re.search(r"\rexporting .Customers.: 3000 rows, 2\d\d\.\d kB, ",
                      text), text
     assert "exported 3000 rows (" in text
-    assert open(tmp_path / "out", "rb").read() == rows
+    code, now, err = dtfsctl(emu, c, "export", "Customers")
+    assert open(tmp_path / "out", "rb").read() == now
 
     # rows on the terminal: no progress line in between, the outcome after
     code, text = script(f"{base} export Holidays%2F2025")
@@ -232,7 +251,7 @@ def test_progress_and_outcome_on_a_terminal(emu_factory, tmp_path):
     assert code == 0 and text == "", text
     # never "1 lines"
     one = tmp_path / "one.jsonl"
-    one.write_text(good[0] + "\n")
+    one.write_text(good[2500] + "\n")  # not imported above
     code, text = script(f"{base} import Customers {one}")
     assert code == 0, text
     assert "imported 1 row into 'Customers' (1 landed)" in text, text
@@ -242,7 +261,7 @@ def test_progress_and_outcome_on_a_terminal(emu_factory, tmp_path):
 def test_status_shows_the_last_import_with_totals(emu, tmp_path):
     c = tmp_path / "c"
     code, rows, err = dtfsctl(emu, c, "export", "Customers")
-    data = rows + b'{"customer_id": 1}\n\n'
+    data = changed(rows, 77.5) + b'{"customer_id": 1}\n\n'
     o = f"api_url={emu.url},cache_dir={c}"
     code, out, printed = run(["-v", "-o", o, "import", "Customers"],
                              input=data)
@@ -257,7 +276,8 @@ def test_status_shows_the_last_import_with_totals(emu, tmp_path):
     assert im["bytes_read"] == len(data)
     assert im["lines_read"] == 3002
     assert im["rows_valid"] == 3000 and im["quarantined"] == 1
-    assert im["rows_planned"] == 3000 and im["rows_landed"] == 3000
+    assert im["rows_unchanged"] == 0 and im["route"] == "upsert"
+    assert im["rows_to_send"] == 3000 and im["rows_landed"] == 3000
     assert im["chunks_planned"] == 12 and im["chunks_sent"] == 12
     assert im["chunks_acknowledged"] == 12
     # the same counts dtfsctl printed
