@@ -830,9 +830,10 @@ static void log_http_failure(int level, const struct api_req *req,
 		req->subject ? req->subject : "", req->subject ? "'" : "",
 		resp->status, resp->code[0] ? " " : "", resp->code,
 		resp->message[0] ? ": \"" : "", resp->message,
-		resp->message[0] ? "\"" : "", level <= LOG_ERR ? host : "",
+		resp->message[0] ? "\"" : "",
 		resp->correlation[0] ? " (correlation " : "", resp->correlation,
-		resp->correlation[0] ? ")" : "", hint, tail);
+		resp->correlation[0] ? ")" : "", level <= LOG_ERR ? host : "",
+		hint, tail);
 }
 
 static bool status_retryable(long status)

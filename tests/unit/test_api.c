@@ -2151,7 +2151,7 @@ static void test_logs_keep_secrets(void **state)
 	/* the error names the host that answered */
 	snprintf(want, sizeof(want),
 		 "get token for client 'my-client' failed: HTTP 401 "
-		 "invalid_client from %s (correlation corr-1): the client id "
+		 "invalid_client (correlation corr-1) from %s: the client id "
 		 "or secret is wrong", url);
 	assert_non_null(strstr(log, want));
 	assert_null(strstr(log, "TopSecret"));
