@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <json-c/json.h>
 
 #include "api_i.h"
 #include "log.h"
@@ -164,6 +165,35 @@ int api_errno_from_http(long status)
 	default:
 		return -EIO;
 	}
+}
+
+struct json_object *api_resp_json(const struct api_resp *resp)
+{
+	struct json_tokener *tok;
+	struct json_object *o;
+
+	if (!resp->body.len || resp->body.len > INT32_MAX)
+		return NULL;
+	tok = json_tokener_new();
+	if (!tok)
+		return NULL;
+	o = json_tokener_parse_ex(tok, resp->body.p, (int)resp->body.len);
+	json_tokener_free(tok);
+	if (o && !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		o = NULL;
+	}
+	return o;
+}
+
+void api_log_unexpected(const char *what, const char *subject,
+			const struct api_resp *resp, const char *why)
+{
+	log_err("%s%s%s%s failed: unexpected answer: %s (HTTP %ld, "
+		"correlation %s)",
+		what, subject ? " '" : "", subject ? subject : "",
+		subject ? "'" : "", why, resp->status,
+		resp->correlation[0] ? resp->correlation : "none");
 }
 
 /* ---- regions ---------------------------------------------------------- */

@@ -307,6 +307,15 @@ int api_errno_from_curl(int code, bool *retry);
 int api_table_list_add(struct api_table_list *out, size_t *cap,
 		       const char *id, const char *name);
 
+struct json_object;
+/* resp's body parsed by json-c when it is a JSON object (json_object_put()
+ * it), else NULL. */
+struct json_object *api_resp_json(const struct api_resp *resp);
+/* Log "<what> '<subject>' failed: unexpected answer: <why> (HTTP …,
+ * correlation …)". */
+void api_log_unexpected(const char *what, const char *subject,
+			const struct api_resp *resp, const char *why);
+
 /* URL-escape s (malloc'ed) or NULL. */
 char *api_escape(const char *s);
 

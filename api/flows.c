@@ -45,14 +45,6 @@ static const char *corr(const struct api_resp *resp)
 	return resp->correlation[0] ? resp->correlation : "none";
 }
 
-static void log_proto(const char *what, const char *subject,
-		      const struct api_resp *resp, const char *why)
-{
-	log_err("%s '%s' failed: unexpected answer: %s (HTTP %ld, "
-		"correlation %s)",
-		what, subject ? subject : "", why, resp->status, corr(resp));
-}
-
 /* "<api_url>/api/v2/flows/datatables[/<escaped id>]<suffix>" */
 static char *flows_url(struct api *api, const char *table_id,
 		       const char *suffix)
@@ -66,25 +58,6 @@ static char *flows_url(struct api *api, const char *table_id,
 		url = NULL;
 	free(id);
 	return url;
-}
-
-static struct json_object *parse_body(const struct api_resp *resp)
-{
-	struct json_tokener *tok;
-	struct json_object *o;
-
-	if (!resp->body.len || resp->body.len > INT32_MAX)
-		return NULL;
-	tok = json_tokener_new();
-	if (!tok)
-		return NULL;
-	o = json_tokener_parse_ex(tok, resp->body.p, (int)resp->body.len);
-	json_tokener_free(tok);
-	if (o && !json_object_is_type(o, json_type_object)) {
-		json_object_put(o);
-		o = NULL;
-	}
-	return o;
 }
 
 static const char *get_str(struct json_object *o, const char *name)
@@ -144,11 +117,11 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 		if (rc)
 			goto out;
 		json_object_put(root);
-		root = parse_body(&resp);
+		root = api_resp_json(&resp);
 		if (!root ||
 		    !json_object_object_get_ex(root, "entities", &ents) ||
 		    !json_object_is_type(ents, json_type_array)) {
-			log_proto("list tables", NULL, &resp, "no entities");
+			api_log_unexpected("list tables", NULL, &resp, "no entities");
 			rc = -EPROTO;
 			goto out;
 		}
@@ -160,7 +133,7 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 			const char *name = get_str(e, "name");
 
 			if (!id || !name) {
-				log_proto("list tables", NULL, &resp,
+				api_log_unexpected("list tables", NULL, &resp,
 					  "an entity without id or name");
 				rc = -EPROTO;
 				goto out;
@@ -222,9 +195,9 @@ static int get_table(struct api *api, const char *table_id, bool schema,
 	rc = api_http(api, &req, &resp);
 	if (rc)
 		goto out;
-	*table = parse_body(&resp);
+	*table = api_resp_json(&resp);
 	if (!*table) {
-		log_proto(what, table_id, &resp, "not a JSON object");
+		api_log_unexpected(what, table_id, &resp, "not a JSON object");
 		rc = -EPROTO;
 	}
 out:
@@ -357,13 +330,13 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	rc = api_http(api, &req, &resp);
 	if (rc)
 		goto out;
-	answer = parse_body(&resp);
+	answer = api_resp_json(&resp);
 	if (answer && json_object_object_get_ex(answer, "schema", &v))
 		rc = schema_from_table(answer, out);
 	else /* no schema in the answer: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, NULL, out);
 	if (rc == -EPROTO)
-		log_proto("put schema of", table_id, &resp, "not a schema");
+		api_log_unexpected("put schema of", table_id, &resp, "not a schema");
 out:
 	json_object_put(answer);
 	json_object_put(body);
@@ -472,7 +445,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 	out->page_size = size;
 	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
 	if (rc == -EINVAL) {
-		log_proto("get rows page of", table_id, &resp, d->err);
+		api_log_unexpected("get rows page of", table_id, &resp, d->err);
 		rc = -EPROTO;
 	}
 	if (rc)
@@ -480,14 +453,14 @@ static int flows_get_page(struct api *api, const char *table_id,
 	ents = d->nodes[0].type == JT_OBJECT ? jdoc_member(d, 0, "entities")
 					     : UINT32_MAX;
 	if (ents == UINT32_MAX) {
-		log_proto("get rows page of", table_id, &resp, "no entities");
+		api_log_unexpected("get rows page of", table_id, &resp, "no entities");
 		rc = -EPROTO;
 		goto out;
 	}
 	rc = api_rows_to_jsonl(schema, d, ents, &data, &out->nrows, NULL,
 			       API_JSONL_FLAT);
 	if (rc == -EPROTO)
-		log_proto("get rows page of", table_id, &resp,
+		api_log_unexpected("get rows page of", table_id, &resp,
 			  "a row that is not an object");
 	if (rc)
 		goto out;
@@ -689,9 +662,9 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 		if (rc)
 			break;
 		json_object_put(*last);
-		*last = parse_body(&resp);
+		*last = api_resp_json(&resp);
 		if (!*last || !get_str(*last, "status")) {
-			log_proto(what, table_id, &resp, "a job without status");
+			api_log_unexpected(what, table_id, &resp, "a job without status");
 			rc = -EPROTO;
 			break;
 		}
@@ -734,9 +707,9 @@ static int job_start(struct api *api, const char *table_id, const char *what,
 	rc = api_http(api, &req, &resp);
 	if (rc)
 		goto out;
-	*answer = parse_body(&resp);
+	*answer = api_resp_json(&resp);
 	if (!*answer || !get_str(*answer, "id")) {
-		log_proto(what, table_id, &resp, "a job without id");
+		api_log_unexpected(what, table_id, &resp, "a job without id");
 		rc = -EPROTO;
 		goto out;
 	}
@@ -941,7 +914,7 @@ static int download(struct api *api, const char *table_id, const char *uri,
 		}
 		next = resolve_url(url, resp.location);
 		if (!next) {
-			log_proto("download export of", table_id, &resp,
+			api_log_unexpected("download export of", table_id, &resp,
 				  "a redirect to no URL");
 			rc = -EPROTO;
 			goto out;

@@ -548,6 +548,8 @@ static int perform(struct api *api, const struct api_req *req,
 
 	if (!req->external)
 		hdrs = add_header(hdrs, &oom, "Accept", "application/json");
+	else
+		hdrs = append_line(hdrs, &oom, "Accept:"); /* not curl's */
 	if (req->content_type)
 		hdrs =
 		    add_header(hdrs, &oom, "Content-Type", req->content_type);
@@ -602,7 +604,8 @@ static int perform(struct api *api, const struct api_req *req,
 			 (long)(api->connect_timeout_s * 1000));
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall);
-	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	if (!req->external)
+		curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "dtfs/" DTFS_VERSION);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
