@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from mount import DATA_DIR, dtfsctl
+from emu import SAMPLE_PRODUCTION
+from mount import dtfsctl
 
 BIG_KEY = "customer_id"	# the key column's name in the cursor dialect
 
@@ -370,7 +371,7 @@ def test_two_processes_sharing_one_budget_stay_under_it(emu_factory,
 def test_dtfsctl_speaks_the_production_dialect(emu_factory, tmp_path):
     """ls, schema, export, import and status with the same options as the
     mount; import sends only what changed, status says how."""
-    emu = emu_factory("--data", DATA_DIR)
+    emu = emu_factory("--data", SAMPLE_PRODUCTION)
     cache = tmp_path / "c"
     code, out, err = dtfsctl(emu, cache, "ls", opts="api=flows")
     assert code == 0, err
