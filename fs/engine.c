@@ -528,7 +528,7 @@ int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
 		if (rc)
 			break;
 		n = strlen(row);
-		if (len + n + 2 > cap) {	/* the line, '\n' and the NUL */
+		if (len + n + 2 > cap) {
 			char *g;
 
 			while (len + n + 2 > cap)
@@ -550,7 +550,7 @@ int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
 		free(out);
 		return rc == -ENOMEM ? rc : -EINVAL;
 	}
-	out[len] = '\0';	/* api_page data is NUL-terminated */
+	out[len] = '\0';	/* as api/ leaves its pages */
 	free(p->data);
 	p->data = out;
 	p->len = len;
