@@ -156,9 +156,9 @@ out:
 
 /* ---- new tables ------------------------------------------------------ */
 
-static bool can_create(struct fs_engine *eng)
+bool fs_engine_can_create(struct fs_engine *eng)
 {
-	return eng->cfg.api && !strcmp(eng->cfg.api, "flows");
+	return !eng->cfg.ro && eng->cfg.api && !strcmp(eng->cfg.api, "flows");
 }
 
 /* Index of a pending name, or -1; eng->lock held. */
@@ -240,7 +240,7 @@ int fs_engine_mkdir(struct fs_engine *eng, const char *name)
 
 	if (eng->cfg.ro)
 		return -EROFS;
-	if (!can_create(eng)) {
+	if (!fs_engine_can_create(eng)) {
 		log_err("cannot create table '%s': the cursor API has no table "
 			"creation (mount with api=flows for the production "
 			"API)",
@@ -291,7 +291,7 @@ int fs_engine_create(struct fs_engine *eng, const char *name,
 		*out = NULL;
 	if (eng->cfg.ro)
 		return -EROFS;
-	if (!can_create(eng)) {
+	if (!fs_engine_can_create(eng)) {
 		log_err("cannot create table '%s': the cursor API has no table "
 			"creation",
 			name);
