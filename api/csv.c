@@ -138,8 +138,8 @@ struct encoder {
 	struct jdoc d;
 	uint32_t *slot;
 	struct abuf tmp;
-	char **names;		/* each column's name as a JSON string, the
-				   way rows.jsonl spells it */
+	char **names; /* each column's name as a JSON string, the
+			 way rows.jsonl spells it */
 	size_t *nlen;
 };
 
@@ -296,8 +296,8 @@ static inline uint64_t has_less(uint64_t w, unsigned char c)
  * it). The same bytes as encode_row().
  */
 static size_t fast_line(const struct api_schema *schema,
-			const struct encoder *e, const char *p,
-			const char *end, char *o, const char **next)
+			const struct encoder *e, const char *p, const char *end,
+			char *o, const char **next)
 {
 	char *o0 = o;
 	size_t col = 0, ncol = schema->ncolumns;
@@ -336,10 +336,13 @@ static size_t fast_line(const struct api_schema *schema,
 					uint64_t w = word(q), m;
 
 					/* '"', ',' and '\n' are below '-' */
-					m = has_less(w, '-') | has_byte(w, '\\');
+					m = has_less(w, '-') |
+					    has_byte(w, '\\');
 					memcpy(o, &w, 8);
 					if (m) {
-						size_t k = (size_t)__builtin_ctzll(m) / 8;
+						size_t k =
+						    (size_t)__builtin_ctzll(m) /
+						    8;
 
 						o += k;
 						q += k;
@@ -374,8 +377,8 @@ static size_t fast_line(const struct api_schema *schema,
 				return 0;
 			p += 4;
 		} else {
-			for (q = p; q < end && *q != ',' && *q != '}' &&
-				    *q != '\n';
+			for (q = p;
+			     q < end && *q != ',' && *q != '}' && *q != '\n';
 			     q++)
 				*o++ = *q;
 			p = q;
@@ -421,8 +424,8 @@ int api_csv_encode_lines(const struct api_schema *schema, const char *jsonl,
 	rc = encoder_init(&e, schema);
 	/* room for the fast path: the block's bytes plus, per line, a comma
 	 * per column and CRLF (lines of at least "{}" and its newline) */
-	if (!rc && !abuf_reserve(&out, len + (len / 3 + 1) *
-						   (schema->ncolumns + 2) + 8))
+	if (!rc && !abuf_reserve(
+		       &out, len + (len / 3 + 1) * (schema->ncolumns + 2) + 8))
 		rc = -ENOMEM;
 	while (!rc && p < end) {
 		const char *nl, *le, *next;
@@ -467,39 +470,39 @@ int api_csv_encode_lines(const struct api_schema *schema, const char *jsonl,
  * take the rest of the file with it. Only the header is fatal.
  */
 enum frame {
-	FR_START,	/* at the start of a field */
-	FR_UNQ,		/* in an unquoted field */
-	FR_Q,		/* in a quoted field */
-	FR_QQ,		/* a quote in a quoted field: the end, or "" */
+	FR_START, /* at the start of a field */
+	FR_UNQ,	  /* in an unquoted field */
+	FR_Q,	  /* in a quoted field */
+	FR_QQ,	  /* a quote in a quoted field: the end, or "" */
 };
 
 struct api_csv_reader {
 	const struct api_schema *schema;
 	size_t max_record;
 	int flags;
-	struct abuf rec;	/* the current record's bytes */
-	bool overlong;		/* rec passed max_record: truncated */
+	struct abuf rec; /* the current record's bytes */
+	bool overlong;	 /* rec passed max_record: truncated */
 	enum frame fr;
-	uint64_t line;		/* line of the next byte, from 1 */
-	uint64_t rec_line;	/* line where rec starts */
-	uint64_t records;	/* records after the header so far */
+	uint64_t line;	   /* line of the next byte, from 1 */
+	uint64_t rec_line; /* line where rec starts */
+	uint64_t records;  /* records after the header so far */
 	bool have_header;
-	int header_rc;		/* latched header error */
-	char error[400];	/* the header error */
-	size_t *col_of;		/* header field i is column col_of[i] */
+	int header_rc;	 /* latched header error */
+	char error[400]; /* the header error */
+	size_t *col_of;	 /* header field i is column col_of[i] */
 	size_t nfields;
-	bool *have;		/* per column: a value in this record */
-	struct abuf *vals;	/* per column: the value's JSON */
+	bool *have;	   /* per column: a value in this record */
+	struct abuf *vals; /* per column: the value's JSON */
 	struct abuf field, row;
-	char why[400];		/* a record's error */
+	char why[400]; /* a record's error */
 };
 
 /* A cursor over one record's bytes (no line end outside quotes). */
 struct csv_fields {
 	const char *s;
 	size_t n, pos;
-	uint64_t line;		/* of pos */
-	bool quoted;		/* the field just read was quoted */
+	uint64_t line; /* of pos */
+	bool quoted;   /* the field just read was quoted */
 };
 
 /* Read one field into out. *last: the record ended. Returns 0, or -EINVAL
@@ -517,8 +520,10 @@ static int csv_field(struct csv_fields *f, struct abuf *out, bool *last,
 		f->quoted = true;
 		for (i++;; i++) {
 			if (i >= f->n) {
-				snprintf(why, wsize, "line %" PRIu64 ": a quoted "
-					 "field is never closed", start_line);
+				snprintf(why, wsize,
+					 "line %" PRIu64 ": a quoted "
+					 "field is never closed",
+					 start_line);
 				return -EINVAL;
 			}
 			if (s[i] == '"') {
@@ -539,8 +544,10 @@ static int csv_field(struct csv_fields *f, struct abuf *out, bool *last,
 
 		while (i < f->n && s[i] != ',' && s[i] != '\r') {
 			if (s[i] == '"') {
-				snprintf(why, wsize, "line %" PRIu64 ": a quote "
-					 "inside an unquoted field", f->line);
+				snprintf(why, wsize,
+					 "line %" PRIu64 ": a quote "
+					 "inside an unquoted field",
+					 f->line);
 				return -EINVAL;
 			}
 			i++;
@@ -647,8 +654,8 @@ static int csv_value(const struct api_column *col, const struct abuf *f,
 		break;
 	}
 	snprintf(why, wsize, "line %" PRIu64 ": %s: not %s", line, col->name,
-		 col->type == API_TYPE_INTEGER	? "an integer"
-		 : col->type == API_TYPE_NUMBER	? "a number"
+		 col->type == API_TYPE_INTEGER	 ? "an integer"
+		 : col->type == API_TYPE_NUMBER	 ? "a number"
 		 : col->type == API_TYPE_BOOLEAN ? "true or false"
 						 : "an RFC 3339 date");
 	return -EINVAL;
@@ -732,10 +739,9 @@ static uint64_t lines_in(const char *s, size_t n)
 	return k;
 }
 
-static int header_fail(struct api_csv_reader *r, int rc, const char *fmt,
-		       ...) __attribute__((format(printf, 3, 4)));
-static int header_fail(struct api_csv_reader *r, int rc, const char *fmt,
-		       ...)
+static int header_fail(struct api_csv_reader *r, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int header_fail(struct api_csv_reader *r, int rc, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -760,8 +766,10 @@ static int take_header(struct api_csv_reader *r, const char *s, size_t n)
 		return header_fail(r, -EINVAL, "line %" PRIu64 ": not UTF-8",
 				   r->rec_line + lines_in(s, bad));
 	if (r->overlong)
-		return header_fail(r, -EINVAL, "line 1: a header longer than "
-				   "%zu bytes", r->max_record);
+		return header_fail(r, -EINVAL,
+				   "line 1: a header longer than "
+				   "%zu bytes",
+				   r->max_record);
 	for (size_t c = 0; c < schema->ncolumns; c++)
 		r->have[c] = false;
 	while (!last) {
@@ -798,9 +806,9 @@ static int take_header(struct api_csv_reader *r, const char *s, size_t n)
 	}
 	for (size_t c = 0; c < schema->ncolumns; c++)
 		if (schema->columns[c].key && !r->have[c])
-			return header_fail(r, -EINVAL,
-					   "line %" PRIu64 ": no key column '%s'",
-					   r->rec_line, schema->columns[c].name);
+			return header_fail(
+			    r, -EINVAL, "line %" PRIu64 ": no key column '%s'",
+			    r->rec_line, schema->columns[c].name);
 	r->have_header = true;
 	return 0;
 }
@@ -817,8 +825,10 @@ static int take_fields(struct api_csv_reader *r, const char *s, size_t n)
 
 	r->row.len = 0;
 	if (r->overlong) {
-		snprintf(r->why, sizeof(r->why), "line %" PRIu64 ": a record "
-			 "longer than %zu bytes", r->rec_line, r->max_record);
+		snprintf(r->why, sizeof(r->why),
+			 "line %" PRIu64 ": a record "
+			 "longer than %zu bytes",
+			 r->rec_line, r->max_record);
 		return -EINVAL;
 	}
 	if (bad < n) {
@@ -836,7 +846,8 @@ static int take_fields(struct api_csv_reader *r, const char *s, size_t n)
 		if (rc)
 			return rc;
 		if (nf == r->nfields) {
-			snprintf(r->why, sizeof(r->why), "line %" PRIu64 ": "
+			snprintf(r->why, sizeof(r->why),
+				 "line %" PRIu64 ": "
 				 "more fields than the header's %zu",
 				 r->rec_line, r->nfields);
 			return -EINVAL;
@@ -855,9 +866,10 @@ static int take_fields(struct api_csv_reader *r, const char *s, size_t n)
 		r->have[c] = !skip;
 	}
 	if (nf != r->nfields) {
-		snprintf(r->why, sizeof(r->why), "line %" PRIu64 ": %zu field%s, "
-			 "the header has %zu", r->rec_line, nf,
-			 nf == 1 ? "" : "s", r->nfields);
+		snprintf(r->why, sizeof(r->why),
+			 "line %" PRIu64 ": %zu field%s, "
+			 "the header has %zu",
+			 r->rec_line, nf, nf == 1 ? "" : "s", r->nfields);
 		return -EINVAL;
 	}
 	abuf_addc(&r->row, '{');
@@ -886,7 +898,7 @@ static int take_record(struct api_csv_reader *r, api_csv_record_fn fn,
 	int rc = 0;
 
 	if (n && s[n - 1] == '\r' && r->fr != FR_Q)
-		n--;	/* CRLF */
+		n--; /* CRLF */
 	if (!r->have_header) {
 		if (n >= 3 && !memcmp(s, "\xef\xbb\xbf", 3)) {
 			s += 3;
@@ -932,8 +944,8 @@ static void rec_add(struct api_csv_reader *r, const char *s, size_t n)
 	abuf_add(&r->rec, s, n);
 }
 
-int api_csv_reader_feed(struct api_csv_reader *r, const char *buf,
-			size_t len, api_csv_record_fn fn, void *arg)
+int api_csv_reader_feed(struct api_csv_reader *r, const char *buf, size_t len,
+			api_csv_record_fn fn, void *arg)
 {
 	size_t i = 0, b = 0;
 	int rc;

@@ -20,21 +20,24 @@
 
 #include "log.h"
 
-#define CSV_READ (256 * 1024)	/* JSONL bytes converted at a time */
-#define CSV_STEP (1024 * 1024)	/* CSV bytes between index points */
-#define CSV_DROP (1024 * 1024)	/* CSV bytes read before they are dropped */
+#define CSV_READ (256 * 1024)  /* JSONL bytes converted at a time */
+#define CSV_STEP (1024 * 1024) /* CSV bytes between index points */
+#define CSV_DROP (1024 * 1024) /* CSV bytes read before they are dropped */
 
 struct csv_point {
-	uint64_t csv;		/* a record starts here in rows.csv */
-	uint64_t jsonl;		/* and its line here in rows.jsonl */
+	uint64_t csv;	/* a record starts here in rows.csv */
+	uint64_t jsonl; /* and its line here in rows.jsonl */
 };
 
 /* Per table (t->csv), guarded by csv_lock. */
 struct fs_csvidx {
-	uint64_t gen;		/* the generation the points are of */
-	struct csv_point *pts;	/* ascending; pts[0] is {0, 0} */
+	uint64_t gen;	       /* the generation the points are of */
+	size_t schema_len;     /* and the length of the schema's JSON: a
+				  column added changes the CSV, not the
+				  JSONL (flows versions are the rows') */
+	struct csv_point *pts; /* ascending; pts[0] is {0, 0} */
 	size_t n, cap;
-	uint64_t size;		/* rows.csv's size, when size_known */
+	uint64_t size; /* rows.csv's size, when size_known */
 	bool size_known;
 };
 
@@ -44,18 +47,18 @@ struct fs_csv_reader {
 	struct fs_engine *eng;
 	struct fs_table *t;
 	struct fs_reader *rd;
-	struct api_schema schema;	/* a private copy */
-	pthread_mutex_t lock;		/* one read at a time */
-	char *head;			/* the header record */
+	struct api_schema schema; /* a private copy */
+	pthread_mutex_t lock;	  /* one read at a time */
+	char *head;		  /* the header record */
 	size_t hlen;
-	char *out;			/* converted bytes from out_off */
+	char *out; /* converted bytes from out_off */
 	size_t olen, ocap;
 	uint64_t out_off;
-	uint64_t jpos;			/* next JSONL byte to read */
-	char *jbuf;			/* JSONL read, an unfinished line kept */
+	uint64_t jpos; /* next JSONL byte to read */
+	char *jbuf;    /* JSONL read, an unfinished line kept */
 	size_t jlen;
 	bool eof;
-	bool started;			/* out/out_off mean something */
+	bool started; /* out/out_off mean something */
 };
 
 void fs_csvidx_free(struct fs_csvidx *x)
@@ -74,9 +77,9 @@ void fs_csv_forget(struct fs_table *t)
 	pthread_mutex_unlock(&csv_lock);
 }
 
-/* t's index for gen (emptied when of another generation); csv_lock held.
- * NULL when out of memory. */
-static struct fs_csvidx *index_of(struct fs_table *t, uint64_t gen)
+/* t's index for gen and a schema of slen bytes (emptied when of another);
+ * csv_lock held. NULL when out of memory. */
+static struct fs_csvidx *index_of(struct fs_table *t, uint64_t gen, size_t slen)
 {
 	struct fs_csvidx *x = t->csv;
 
@@ -87,8 +90,9 @@ static struct fs_csvidx *index_of(struct fs_table *t, uint64_t gen)
 		t->csv = x;
 		x->gen = gen + 1;
 	}
-	if (x->gen != gen) {
+	if (x->gen != gen || x->schema_len != slen) {
 		x->gen = gen;
+		x->schema_len = slen;
 		x->n = 0;
 		x->size_known = false;
 	}
@@ -110,7 +114,7 @@ static void index_add(struct fs_csv_reader *cr, uint64_t csv, uint64_t jsonl)
 	struct fs_csvidx *x;
 
 	pthread_mutex_lock(&csv_lock);
-	x = index_of(cr->t, fs_reader_gen(cr->rd));
+	x = index_of(cr->t, fs_reader_gen(cr->rd), cr->schema.json_len);
 	if (x && csv >= x->pts[x->n - 1].csv + CSV_STEP) {
 		if (x->n == x->cap) {
 			struct csv_point *p =
@@ -136,7 +140,7 @@ static struct csv_point index_find(struct fs_csv_reader *cr, uint64_t off)
 	struct fs_csvidx *x;
 
 	pthread_mutex_lock(&csv_lock);
-	x = index_of(cr->t, fs_reader_gen(cr->rd));
+	x = index_of(cr->t, fs_reader_gen(cr->rd), cr->schema.json_len);
 	if (x) {
 		size_t lo = 0, hi = x->n;
 
@@ -162,7 +166,8 @@ uint64_t fs_table_csv_size(struct fs_engine *eng, struct fs_table *t)
 	if (!gen)
 		return 0;
 	pthread_mutex_lock(&csv_lock);
-	if (t->csv && t->csv->gen == gen && t->csv->size_known)
+	if (t->csv && t->csv->gen == gen && t->csv->size_known &&
+	    t->csv->schema_len == atomic_load(&t->schema_len))
 		size = t->csv->size;
 	pthread_mutex_unlock(&csv_lock);
 	return size;
@@ -276,8 +281,8 @@ static int produce(struct fs_csv_reader *cr)
 			return -ENOMEM;
 		cr->jbuf = b;
 	}
-	rc = fs_reader_read(cr->rd, cr->jpos, cr->jbuf + cr->jlen, CSV_READ,
-			    &n);
+	rc =
+	    fs_reader_read(cr->rd, cr->jpos, cr->jbuf + cr->jlen, CSV_READ, &n);
 	if (rc)
 		return rc;
 	cr->jpos += n;
@@ -293,7 +298,8 @@ static int produce(struct fs_csv_reader *cr)
 			struct fs_csvidx *x;
 
 			pthread_mutex_lock(&csv_lock);
-			x = index_of(cr->t, fs_reader_gen(cr->rd));
+			x = index_of(cr->t, fs_reader_gen(cr->rd),
+				     cr->schema.json_len);
 			if (x) {
 				x->size = cr->out_off + cr->olen;
 				x->size_known = true;
@@ -316,8 +322,8 @@ static int produce(struct fs_csv_reader *cr)
 	return 0;
 }
 
-int fs_csv_read(struct fs_csv_reader *cr, uint64_t off, void *buf,
-		size_t size, size_t *nread)
+int fs_csv_read(struct fs_csv_reader *cr, uint64_t off, void *buf, size_t size,
+		size_t *nread)
 {
 	struct csv_point p;
 	size_t n = 0;
@@ -334,8 +340,8 @@ int fs_csv_read(struct fs_csv_reader *cr, uint64_t off, void *buf,
 		 * the bytes after them are seldom moved */
 		if (off > cr->out_off && off - cr->out_off >= CSV_DROP) {
 			size_t drop = off - cr->out_off < cr->olen
-					      ? (size_t)(off - cr->out_off)
-					      : cr->olen;
+					  ? (size_t)(off - cr->out_off)
+					  : cr->olen;
 
 			memmove(cr->out, cr->out + drop, cr->olen - drop);
 			cr->olen -= drop;

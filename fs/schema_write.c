@@ -202,8 +202,7 @@ bool fs_engine_is_pending(struct fs_engine *eng, const char *name)
 	return yes;
 }
 
-int fs_engine_pending_list(struct fs_engine *eng, char ***names,
-			   size_t *count)
+int fs_engine_pending_list(struct fs_engine *eng, char ***names, size_t *count)
 {
 	int rc = 0;
 
@@ -260,8 +259,8 @@ int fs_engine_mkdir(struct fs_engine *eng, const char *name)
 	if (pending_find(eng, name) >= 0) {
 		rc = -EEXIST;
 	} else {
-		grown = realloc(eng->pending,
-				(eng->npending + 1) * sizeof(*grown));
+		grown =
+		    realloc(eng->pending, (eng->npending + 1) * sizeof(*grown));
 		if (!grown) {
 			rc = -ENOMEM;
 		} else {
@@ -279,8 +278,8 @@ int fs_engine_mkdir(struct fs_engine *eng, const char *name)
 	return rc;
 }
 
-int fs_engine_create(struct fs_engine *eng, const char *name,
-		     const char *json, size_t len, struct fs_table **out)
+int fs_engine_create(struct fs_engine *eng, const char *name, const char *json,
+		     size_t len, struct fs_table **out)
 {
 	struct api_schema next = {0};
 	struct fs_table *t;
