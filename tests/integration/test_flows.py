@@ -115,6 +115,19 @@ def test_pages_are_fetched_in_parallel(emu_factory, mount_factory):
     assert s["max_in_flight"] >= 3
 
 
+def test_page_size_falls_to_what_the_server_accepts(emu_factory,
+                                                    mount_factory):
+    """A server that refuses 500-row pages: the size is halved until it
+    is accepted, kept for the pass, and the export is whole and exact."""
+    emu = emu_factory("--generate", "Big:1000", "--max-flows-page-size",
+                      "200")
+    m = mount_factory(emu, opts="api=flows").start()
+    data = slurp(m.file("Big", "rows.jsonl"))
+    assert flows_rows(data) == cursor_rows(emu, "Big")
+    assert len(data.splitlines()) == 1000
+    assert emu.stats()["by_status"].get("400", 0) >= 1
+
+
 def test_head_costs_one_page_and_at_most_one_prefetch(big):
     emu, m = big
     ok(f"ls '{m.table('Big')}'")
