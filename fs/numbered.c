@@ -273,6 +273,11 @@ static int append(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 	unsigned want;
 	int rc, tries;
 
+	/* Another process on this cache may have appended page k already
+	 * (the meta was refreshed after an -EEXIST on an earlier page):
+	 * appending it at the frontier would store its rows twice. */
+	if (m->pages >= k)
+		return 0;
 	if (k < s->count)
 		cursor_format(cur, sizeof(cur), k + 1, s);
 	for (tries = 0; tries < 2; tries++) {

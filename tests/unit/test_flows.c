@@ -60,8 +60,9 @@ struct srv {
 	int state; /* for routes that change their answer */
 	pthread_mutex_t mu;
 	struct rq log[MAX_LOG];
-	int n;	    /* API requests logged (tokens not) */
-	int tokens; /* token requests */
+	int n;		   /* API requests logged (tokens not) */
+	int tokens;	   /* token requests */
+	bool refuse_scope; /* token requests with a scope get invalid_scope */
 	char token_body[512];
 };
 
@@ -119,11 +120,18 @@ static void *srv_main(void *arg)
 			snprintf(s->token_body, sizeof(s->token_body), "%s",
 				 r.body);
 			pthread_mutex_unlock(&s->mu);
-			snprintf(out, REQ_MAX,
-				 "HTTP/1.1 200 OK\r\nContent-Type: "
-				 "application/json\r\n\r\n"
-				 "{\"access_token\":\"tok\",\"token_type\":"
-				 "\"bearer\",\"expires_in\":3600}");
+			if (s->refuse_scope && strstr(r.body, "scope="))
+				snprintf(out, REQ_MAX,
+					 "HTTP/1.1 400 Bad Request\r\n"
+					 "Content-Type: application/json\r\n"
+					 "\r\n{\"error\":\"invalid_scope\"}");
+			else
+				snprintf(
+				    out, REQ_MAX,
+				    "HTTP/1.1 200 OK\r\nContent-Type: "
+				    "application/json\r\n\r\n"
+				    "{\"access_token\":\"tok\",\"token_type\":"
+				    "\"bearer\",\"expires_in\":3600}");
 			free(r.head);
 			free(r.body);
 		} else {
@@ -446,6 +454,16 @@ static void test_flows_tables_and_schema(void **state)
 	}
 	free(body);
 	api_schema_release(&s);
+	api_free(api);
+	/* an OAuth client without the architect scope: asked again
+	 * without one (the SDKs send none), and not asked again */
+	srv.refuse_scope = true;
+	srv.tokens = 0;
+	api = client(&srv, "flows");
+	assert_int_equal(api_list_tables(api, &list), 0);
+	api_table_list_release(&list);
+	assert_int_equal(srv.tokens, 2);
+	assert_string_equal(srv.token_body, "grant_type=client_credentials");
 	{
 		/* the platform's code, message and context id in the log */
 		char *log = capture_log(get_schema_of, api, "nope", -ENOENT);
