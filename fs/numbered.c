@@ -648,11 +648,6 @@ out:
 
 /* ---- opening ------------------------------------------------------------ */
 
-static bool unreachable(int rc)
-{
-	return rc == -ENOTCONN || rc == -ETIMEDOUT || rc == -EIO;
-}
-
 int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
 			 struct cache_meta *m, bool have, bool force)
 {
@@ -675,7 +670,7 @@ int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
 			"tries)", t->name, PASS_TRIES);
 		return -EAGAIN;
 	}
-	if (rc && !force && have && m->complete && unreachable(rc)) {
+	if (rc && !force && have && m->complete && fs_unreachable(rc)) {
 		atomic_store(&t->offline_at, (int64_t)time(NULL));
 		log_warn("cannot revalidate '%s' (%s): serving the cached "
 			 "version", t->name, strerror(-rc));
