@@ -161,6 +161,23 @@ def test_revalidation_keeps_an_unchanged_version(emu_factory,
     assert flows_rows(again) == cursor_rows(emu, "Big")
 
 
+def test_an_unreachable_api_serves_the_cached_version(emu_factory,
+                                                      mount_factory):
+    emu = emu_factory("--generate", "Big:1200")
+    m = mount_factory(emu, opts="api=flows,revalidate=0,retries=2,"
+                      "retry_budget=2").start()
+    rows = m.file("Big", "rows.jsonl")
+    first = slurp(rows)
+    emu.config(fail_rate=1.0)		# answers, all 5xx
+    try:
+        assert slurp(rows) == first
+    finally:
+        emu.config(fail_rate=0.0)
+    emu.stop()				# no answer at all
+    assert slurp(rows) == first
+    assert m.stderr().count("serving the cached version") >= 2
+
+
 def test_a_change_between_pages_gives_one_version_or_estale(
         emu_factory, mount_factory):
     emu = emu_factory("--generate", "Big:1000")
