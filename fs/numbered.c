@@ -367,12 +367,11 @@ static int cold_pass(struct fs_engine *eng, struct fs_table *t,
 	int rcs[2] = { 0, 0 };
 	unsigned n = eng->cfg.page_workers > 1 && prev_pages != 1 ? 2 : 1;
 	char version[CACHE_VERSION_MAX];
+	struct fs_schema_fetch sf = { 0 };
+	bool had = t->have_schema, changed = false;
 	struct shape s;
 	uint64_t gen;
 	int rc;
-
-	struct fs_schema_fetch sf = { 0 };
-	bool had = t->have_schema, changed = false;
 
 	memset(p, 0, sizeof(p));
 	/* a schema to prove fresh is fetched beside pages 1 and 2, and
