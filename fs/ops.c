@@ -45,6 +45,7 @@ struct handle {
 	char *buf;		/* schema.json, status.json */
 	size_t len;
 	int fd;			/* rejects.jsonl */
+	bool page_cached;	/* counted in face->cached_handles */
 };
 
 /* Guards every table's fs_face_gens. */
@@ -158,13 +159,28 @@ static int fs_getattr(const char *path, struct stat *st,
 		st->st_mode = S_IFDIR | 0755;
 		st->st_nlink = 2;
 		return 0;
-	case FS_ROWS:
+	case FS_ROWS: {
+		struct fs_face_gens *face = fs_table_face(t);
+		uint64_t size = fs_table_rows_size(eng, t, &gen);
+
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
-		st->st_size = (off_t)fs_table_rows_size(eng, t, &gen);
+		/*
+		 * The kernel ends page-cache reads at st_size, on every open
+		 * handle: while a handle reads a version through the page
+		 * cache, a new version's size (0 while incomplete) would cut
+		 * it short with success. Keep telling that version's size
+		 * until the last such handle closes.
+		 */
 		pthread_mutex_lock(&face_lock);
-		fs_table_face(t)->attr = gen;
+		if (face->cached_handles) {
+			size = face->kernel_size;
+		} else {
+			face->attr = gen;
+		}
 		pthread_mutex_unlock(&face_lock);
+		st->st_size = (off_t)size;
 		break;
+	}
 	case FS_SCHEMA:
 		st->st_mode = S_IFREG | 0444;
 		st->st_size = (off_t)fs_table_schema_size(eng, t);
@@ -233,6 +249,11 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 
 static void handle_free(struct handle *h)
 {
+	if (h->page_cached) {
+		pthread_mutex_lock(&face_lock);
+		fs_table_face(h->t)->cached_handles--;
+		pthread_mutex_unlock(&face_lock);
+	}
 	if (h->rd)
 		fs_reader_close(h->rd);
 	if (h->im)
@@ -247,7 +268,7 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 			  struct fuse_file_info *fi)
 {
 	struct fs_face_gens *face = fs_table_face(h->t);
-	uint64_t size;
+	uint64_t size, gen;
 	int rc;
 
 	rc = fs_reader_open(eng, h->t, &h->rd);
@@ -257,15 +278,23 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 	 * Through the page cache only when the version is complete and the
 	 * kernel was told its exact size; otherwise direct I/O, so tools read
 	 * to the end whatever st_size said. The kernel keeps cached pages
-	 * only if they are of this very generation.
+	 * only if they are of this very generation. While handles read one
+	 * generation through the page cache, every other generation is
+	 * direct I/O and keeps the cache (theirs), and st_size stays theirs
+	 * (fs_getattr).
 	 */
 	pthread_mutex_lock(&face_lock);
+	gen = fs_reader_gen(h->rd);
 	if (fs_reader_complete(h->rd, &size) &&
-	    face->attr == fs_reader_gen(h->rd)) {
-		fi->keep_cache = face->kernel == face->attr;
-		face->kernel = face->attr;
+	    (face->cached_handles ? face->kernel == gen : face->attr == gen)) {
+		fi->keep_cache = face->kernel == gen;
+		face->kernel = gen;
+		face->kernel_size = size;
+		face->cached_handles++;
+		h->page_cached = true;
 	} else {
 		fi->direct_io = 1;
+		fi->keep_cache = face->cached_handles > 0;
 	}
 	pthread_mutex_unlock(&face_lock);
 	return 0;

@@ -1,0 +1,83 @@
+"""Reliability of the mount (docs/reliability.md): a reader gets every byte
+of the version it opened or an error, never fewer bytes and success."""
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+ROW = {"customer_id": "CHANGED-1", "last_interaction": "2024-01-01T00:00:00Z",
+       "loyalty_tier": 1}
+
+
+def read_rest(f, got):
+    """Read f to EOF; (bytes, errno or None)."""
+    try:
+        while True:
+            b = f.read(1 << 16)
+            if not b:
+                return got, None
+            got += b
+    except OSError as e:
+        return got, e.errno
+
+
+def test_cached_reader_is_never_cut_short_by_a_new_version(emu_factory,
+                                                          mount_factory):
+    """Issue 11 item 1: a reader of a complete cached version, a change in
+    the API, another open (a new version begins) and a stat (size 0 for the
+    incomplete new version) must not end the first reader early with
+    success."""
+    emu = emu_factory("--generate", "Big:20000")
+    m = mount_factory(emu, opts="revalidate=0").start()
+    rows = m.file("Big", "rows.jsonl")
+    first = open(rows, "rb").read()
+    assert os.stat(rows).st_size == len(first)  # complete: exact size
+    with open(rows, "rb", buffering=0) as f:
+        got = f.read(1000)  # through the page cache, size known
+        emu.upsert("Big", [ROW])
+        # another process opens: the revalidation begins a new version
+        subprocess.run(["head", "-c", "10", rows], check=True,
+                       capture_output=True)
+        time.sleep(1.2)  # past attr_timeout: the stat reaches dtfs
+        os.stat(rows)
+        got, err = read_rest(f, got)
+    if err is None:
+        assert len(got) == len(first) and got == first
+    else:
+        assert err in (errno.ESTALE, errno.EIO)
+        assert first.startswith(got)
+    # the new version, whole, once the old reader is gone
+    after = open(rows, "rb").read()
+    assert after.count(b"\n") == 20001 and b"CHANGED-1" in after
+
+
+def test_cat_during_change_exits_nonzero_or_copies_everything(
+        emu_factory, mount_factory, tmp_path):
+    """The issue's reproduction with real tools: `cat` whose output is
+    drained late, a change, a new open, a stat."""
+    emu = emu_factory("--generate", "Big:20000")
+    m = mount_factory(emu, opts="revalidate=0").start()
+    rows = m.file("Big", "rows.jsonl")
+    first = open(rows, "rb").read()
+    os.stat(rows)
+    out = tmp_path / "out"
+    # cat blocks on the pipe after ~64 KiB until the reader side drains
+    p = subprocess.Popen(
+        f"cat '{rows}'; echo $? > '{tmp_path}/rc'", shell=True,
+        stdout=subprocess.PIPE)
+    head = p.stdout.read(1000)
+    emu.upsert("Big", [ROW])
+    subprocess.run(["head", "-c", "10", rows], check=True,
+                   capture_output=True)
+    time.sleep(1.2)
+    os.stat(rows)
+    got = head + p.stdout.read()
+    p.wait()
+    out.write_bytes(got)
+    rc = int((tmp_path / "rc").read_text())
+    if rc == 0:
+        assert got == first
+    else:
+        assert first.startswith(got)
