@@ -17,7 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CACHE_FORMAT 1u
+/* 2: page values carry a checksum (PAGE_SUM_SIZE bytes, then the data) */
+#define CACHE_FORMAT 2u
+#define PAGE_SUM_SIZE 8
 #define CACHE_MAX_DBS 8
 #define CACHE_MAX_READERS 1022	/* FUSE workers × mounts, NOTLS */
 #define TOUCH_SLOTS 64
@@ -55,7 +57,7 @@ struct cache {
 	MDB_env *env;
 	MDB_dbi info;		/* "format", "next_gen", "bytes", spool counts */
 	MDB_dbi meta;		/* table → meta record */
-	MDB_dbi pages;		/* (table, gen, end offset) → JSONL bytes */
+	MDB_dbi pages;		/* (table, gen, end offset) → checksum, bytes */
 	MDB_dbi schema;		/* table → version length, version, json */
 	MDB_dbi spool;		/* (table, primary key) → row */
 	uint64_t max_bytes;
@@ -215,6 +217,76 @@ static MDB_val val(const void *data, size_t size)
 	MDB_val v = { .mv_size = size, .mv_data = (void *)data };
 
 	return v;
+}
+
+/* ---- page checksums --------------------------------------------------- */
+
+#define SUM_P1 UINT64_C(0x9E3779B185EBCA87)
+#define SUM_P2 UINT64_C(0xC2B2AE3D27D4EB4F)
+#define SUM_P3 UINT64_C(0x165667B19E3779F9)
+#define SUM_P4 UINT64_C(0x85EBCA77C2B2AE63)
+#define SUM_P5 UINT64_C(0x27D4EB2F165667C5)
+
+static uint64_t rotl64(uint64_t x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+static uint64_t load64(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static uint64_t sum_round(uint64_t acc, uint64_t in)
+{
+	return rotl64(acc + in * SUM_P2, 31) * SUM_P1;
+}
+
+/*
+ * The checksum of a page record (XXH64's structure: four lanes of 8-byte
+ * words, a few GB/s, so verifying every page a read touches costs little
+ * next to the copy). Seeded with the page's generation and end offset, so
+ * a value moved under another key does not verify either.
+ */
+static uint64_t page_sum(uint64_t gen, uint64_t end, const uint8_t *p,
+			 size_t len)
+{
+	uint64_t seed = gen * SUM_P3 ^ end, h;
+	const uint8_t *e = p + len;
+
+	if (len >= 32) {
+		uint64_t v1 = seed + SUM_P1 + SUM_P2, v2 = seed + SUM_P2;
+		uint64_t v3 = seed, v4 = seed - SUM_P1;
+
+		for (; e - p >= 32; p += 32) {
+			v1 = sum_round(v1, load64(p));
+			v2 = sum_round(v2, load64(p + 8));
+			v3 = sum_round(v3, load64(p + 16));
+			v4 = sum_round(v4, load64(p + 24));
+		}
+		h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) +
+		    rotl64(v4, 18);
+		h = (h ^ sum_round(0, v1)) * SUM_P1 + SUM_P4;
+		h = (h ^ sum_round(0, v2)) * SUM_P1 + SUM_P4;
+		h = (h ^ sum_round(0, v3)) * SUM_P1 + SUM_P4;
+		h = (h ^ sum_round(0, v4)) * SUM_P1 + SUM_P4;
+	} else {
+		h = seed + SUM_P5;
+	}
+	h += (uint64_t)len;
+	for (; e - p >= 8; p += 8)
+		h = rotl64(h ^ sum_round(0, load64(p)), 27) * SUM_P1 + SUM_P4;
+	for (; p < e; p++)
+		h = rotl64(h ^ (*p * SUM_P5), 11) * SUM_P1;
+	h ^= h >> 33;
+	h *= SUM_P2;
+	h ^= h >> 29;
+	h *= SUM_P3;
+	h ^= h >> 32;
+	return h;
 }
 
 /* ---- forgetting the map ----------------------------------------------- */
@@ -653,6 +725,14 @@ static int drop_table(MDB_txn *txn, const struct op *op)
 	return mdb_del(txn, op->c->meta, &k, NULL);
 }
 
+static int invalidate_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	int rc = drop_table(txn, op);
+
+	(void)arg;
+	return rc ? op_fail(op, rc) : 0;
+}
+
 /* Find the least recently used table with pages, other than op's. */
 static int find_victim(MDB_txn *txn, const struct op *op, char *name,
 		       size_t *len)
@@ -925,6 +1005,34 @@ static void wipe_env(const char *dir)
 	}
 }
 
+/*
+ * Whether data.mdb is shorter than the pages its meta page says were
+ * written: a truncated file (an OS crash without ordered writes, a full
+ * disk, a damaged copy). LMDB maps it anyway and the first access past the
+ * end kills the process with SIGBUS, so it must be found before any read.
+ */
+static bool env_truncated(struct cache *c, const char *dir)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	struct stat fs;
+	char path[4096];
+	int n;
+
+	n = snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	if (n < 0 || (size_t)n >= sizeof(path) || stat(path, &fs))
+		return false;
+	if (mdb_env_info(c->env, &info) || mdb_env_stat(c->env, &st))
+		return false;
+	if ((uint64_t)fs.st_size >=
+	    ((uint64_t)info.me_last_pgno + 1) * st.ms_psize)
+		return false;
+	log_warn("cache: '%s' is truncated (%lld bytes, %llu expected), "
+		 "starting afresh", path, (long long)fs.st_size,
+		 ((unsigned long long)info.me_last_pgno + 1) * st.ms_psize);
+	return true;
+}
+
 static int open_dbis(struct cache *c)
 {
 	static const char *const names[] = { "info", "meta", "pages",
@@ -1014,6 +1122,12 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 		wipe_env(dir);
 		rc = env_open(c, dir, map_size(max_bytes));
 	}
+	if (rc == 0 && env_truncated(c, dir)) {
+		mdb_env_close(c->env);
+		c->env = NULL;
+		wipe_env(dir);
+		rc = env_open(c, dir, map_size(max_bytes));
+	}
 	if (rc) {
 		log_err("cache: open '%s' failed: %s", dir, mdb_strerror(rc));
 		rc = rc == EACCES || rc == EPERM ? -EACCES : cache_errno(rc);
@@ -1087,6 +1201,13 @@ int cache_get_meta(struct cache *cache, const char *table,
 		return op_fail(&op, rc);
 	rc = meta_load(txn, &op, out);
 	txn_abort(cache, txn);
+	if (rc == MDB_CORRUPTED) {
+		log_warn("cache: the meta record of '%s' is damaged: "
+			 "dropping the cached rows", table);
+		op.what = "drop damaged meta";
+		rc = run_write(&op, invalidate_fn, NULL);
+		return rc ? rc : -ENOENT;
+	}
 	if (rc == MDB_NOTFOUND)
 		return -ENOENT;
 	return rc ? op_fail(&op, rc) : 0;
@@ -1192,14 +1313,20 @@ static int append_fn(MDB_txn *txn, struct op *op, void *arg)
 	if (a->len > 0) {
 		/* An empty page (an empty table) adds no record: its end
 		 * offset would be the previous page's. */
+		uint64_t sum = page_sum(a->gen, a->offset + a->len,
+					a->data, a->len);
+
 		k = val(key, key_page(key, op, a->gen, a->offset + a->len));
-		v = val(a->data, a->len);
-		rc = mdb_put(txn, op->c->pages, &k, &v, MDB_NOOVERWRITE);
+		v = val(NULL, PAGE_SUM_SIZE + a->len);
+		rc = mdb_put(txn, op->c->pages, &k, &v,
+			     MDB_NOOVERWRITE | MDB_RESERVE);
 		if (rc == MDB_KEYEXIST)
 			return op_fail_msg(op, -EIO, "page record exists "
 					   "beyond the frontier");
 		if (rc)
 			return op_fail(op, rc);
+		memcpy(v.mv_data, &sum, PAGE_SUM_SIZE);
+		memcpy((uint8_t *)v.mv_data + PAGE_SUM_SIZE, a->data, a->len);
 		rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1,
 			      &total);
 		if (rc == 0)
@@ -1320,21 +1447,34 @@ static int read_pages(MDB_txn *txn, const struct op *op, uint64_t gen,
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
 	     rc == 0 && *copied < want;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		const uint8_t *src;
-		uint64_t end, start;
-		size_t n;
+		const uint8_t *src, *data;
+		uint64_t end, start, sum;
+		size_t n, len;
 
 		if (k.mv_size != plen + 8 || !has_prefix(&k, key, plen))
 			break;
 		end = get_be64((const uint8_t *)k.mv_data + plen);
-		if (v.mv_size > end)
+		if (v.mv_size < PAGE_SUM_SIZE) {
+			rc = MDB_CORRUPTED;
 			break;
-		start = end - v.mv_size;
+		}
+		len = v.mv_size - PAGE_SUM_SIZE;
+		data = (const uint8_t *)v.mv_data + PAGE_SUM_SIZE;
+		if (len > end)
+			break;
+		start = end - len;
 		if (start > pos || end <= pos)
 			break;
+		/* every page a read touches is verified whole: damaged
+		 * bytes are never served */
+		memcpy(&sum, v.mv_data, PAGE_SUM_SIZE);
+		if (sum != page_sum(gen, end, data, len)) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
 		n = end - pos < want - *copied ? (size_t)(end - pos) :
 						 want - *copied;
-		src = (const uint8_t *)v.mv_data + (pos - start);
+		src = data + (pos - start);
 		memcpy(buf + *copied, src, n);
 		/* copied out: this process need not keep it mapped */
 		map_run_add(op->c, &run, src, n, false);
@@ -1373,6 +1513,10 @@ int cache_read(struct cache *cache, const char *table, uint64_t gen,
 		rc = -ESTALE;
 		goto out;
 	}
+	if (rc == MDB_CORRUPTED) {
+		rc = -EBADMSG;
+		goto out;
+	}
 	if (rc) {
 		rc = op_fail(&op, rc);
 		goto out;
@@ -1382,18 +1526,33 @@ int cache_read(struct cache *cache, const char *table, uint64_t gen,
 						 size;
 	if (want > 0) {
 		rc = read_pages(txn, &op, gen, offset, buf, want, &copied);
-		if (rc) {
-			rc = op_fail(&op, rc);
+		if (rc == 0 && copied < want)
+			rc = MDB_CORRUPTED;	/* a page is missing */
+		if (rc == MDB_CORRUPTED) {
+			rc = -EBADMSG;
 			goto out;
 		}
-		if (copied < want) {
-			rc = op_fail_msg(&op, -EIO, "a page is missing");
+		if (rc) {
+			rc = op_fail(&op, rc);
 			goto out;
 		}
 	}
 	*nread = copied;
 out:
 	txn_abort(cache, txn);
+	if (rc == -EBADMSG) {
+		/* a damaged cache is a cache miss: forget the version */
+		log_warn("cache: the cached rows of '%s' are damaged "
+			 "(checksum, missing page or bad record): dropping "
+			 "them", table);
+		op.what = "drop damaged rows";
+		if (run_write(&op, invalidate_fn, NULL))
+			log_err("cache: cannot drop the damaged rows of '%s'",
+				table);
+		if (nread)
+			*nread = 0;
+		return -EBADMSG;
+	}
 	if (rc)
 		return rc;
 	now = now_s();
@@ -1443,14 +1602,6 @@ int cache_set_validated(struct cache *cache, const char *table, uint64_t gen,
 	if (rc)
 		return rc;
 	return run_write(&op, validated_fn, &a);
-}
-
-static int invalidate_fn(MDB_txn *txn, struct op *op, void *arg)
-{
-	int rc = drop_table(txn, op);
-
-	(void)arg;
-	return rc ? op_fail(op, rc) : 0;
 }
 
 int cache_invalidate(struct cache *cache, const char *table)

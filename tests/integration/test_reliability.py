@@ -81,3 +81,67 @@ def test_cat_during_change_exits_nonzero_or_copies_everything(
         assert got == first
     else:
         assert first.startswith(got)
+
+
+# ---- a damaged cache is a cache miss ------------------------------------
+
+def damage_page(cache_dir, needle):
+    """Change one byte of a cached row inside data.mdb (still valid
+    JSON, so only a checksum can tell)."""
+    path = os.path.join(cache_dir, "data.mdb")
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.find(needle)
+        assert at >= 0, "the row is not in data.mdb"
+        f.seek(at + len(needle) - 1)
+        f.write(b"9" if data[at + len(needle) - 1:at + len(needle)] != b"9"
+                else b"8")
+
+
+def truncate_half(cache_dir):
+    path = os.path.join(cache_dir, "data.mdb")
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "page"])
+def test_damaged_cache_mount_reads_the_right_bytes(emu_factory,
+                                                   mount_factory, tmp_path,
+                                                   damage):
+    emu = emu_factory("--generate", "Big:8000")
+    cache = str(tmp_path / "dcache")
+    m = mount_factory(emu, cache_dir=cache).start()
+    rows = m.file("Big", "rows.jsonl")
+    first = open(rows, "rb").read()
+    m.stop()
+    if damage == "truncate":
+        truncate_half(cache)
+    else:
+        damage_page(cache, b'"customer_id":"CUST-0006000"')
+    gets = emu.stats()["by_route"].get("rows_get", 0)
+    m2 = mount_factory(emu, cache_dir=cache).start()
+    rows = m2.file("Big", "rows.jsonl")
+    assert subprocess.run(["cat", rows], capture_output=True,
+                          check=True).stdout == first
+    assert m2.proc.poll() is None  # alive: no SIGBUS
+    # the damaged part came from the API again
+    assert emu.stats()["by_route"].get("rows_get", 0) > gets
+    assert open(rows, "rb").read() == first
+    word = "truncated" if damage == "truncate" else "damaged"
+    assert word in m2.stderr()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "page"])
+def test_damaged_cache_dtfsctl_exports_the_right_bytes(emu_factory,
+                                                       tmp_path, damage):
+    from mount import dtfsctl
+    emu = emu_factory("--generate", "Big:8000")
+    cache = str(tmp_path / "dcache")
+    rc, first, err = dtfsctl(emu, cache, "export", "Big")
+    assert rc == 0, err
+    if damage == "truncate":
+        truncate_half(cache)
+    else:
+        damage_page(cache, b'"customer_id":"CUST-0006000"')
+    rc, out, err = dtfsctl(emu, cache, "export", "Big")
+    assert rc == 0, err  # not 135 (SIGBUS)
+    assert out == first
