@@ -6,6 +6,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -21,6 +22,9 @@
 #define CACHE_FORMAT 2u
 #define PAGE_SUM_SIZE 8
 #define CACHE_MAX_DBS 8
+/* More pages than a version can have (ten million rows of 1-row pages):
+ * a server that keeps sending new cursors. */
+#define CACHE_PAGES_MAX (UINT64_C(10) << 20)
 #define CACHE_MAX_READERS 1022	/* FUSE workers × mounts, NOTLS */
 #define TOUCH_SLOTS 64
 #define SPOOL_CLEAR_CHUNK 10000
@@ -60,6 +64,7 @@ struct cache {
 	MDB_dbi pages;		/* (table, gen, end offset) → checksum, bytes */
 	MDB_dbi schema;		/* table → version length, version, json */
 	MDB_dbi spool;		/* (table, primary key) → row */
+	MDB_dbi cursors;	/* (table, gen, cursor checksum) → "" */
 	uint64_t max_bytes;
 	size_t max_key;
 	uint64_t evictions;	/* __atomic */
@@ -696,6 +701,9 @@ static int drop_pages(MDB_txn *txn, const struct op *op, uint64_t bytes)
 	int rc;
 
 	rc = delete_prefix(txn, op->c, op->c->pages, prefix, n, 0, &deleted);
+	if (rc == 0)
+		rc = delete_prefix(txn, op->c, op->c->cursors, prefix, n, 0,
+				   &deleted);
 	if (rc)
 		return rc;
 	rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1, &total);
@@ -1006,39 +1014,88 @@ static void wipe_env(const char *dir)
 }
 
 /*
- * Whether data.mdb is shorter than the pages its meta page says were
- * written: a truncated file (an OS crash without ordered writes, a full
- * disk, a damaged copy). LMDB maps it anyway and the first access past the
- * end kills the process with SIGBUS, so it must be found before any read.
+ * A data.mdb shorter than the pages LMDB's meta says were written: a
+ * truncated file (an OS crash without ordered writes, a full disk, a
+ * damaged copy) or, harmlessly, free pages at the end that were never
+ * written. LMDB maps it anyway and the first access past the end kills the
+ * process with SIGBUS. Only looks at the file size and the meta (no access
+ * to the map). Returns true and the sizes when it is short.
  */
-static bool env_truncated(struct cache *c, const char *dir)
+static bool env_short(struct cache *c, const char *path, uint64_t *size,
+		      uint64_t *want)
 {
 	MDB_envinfo info;
 	MDB_stat st;
 	struct stat fs;
-	char path[4096];
-	int n;
 
-	n = snprintf(path, sizeof(path), "%s/data.mdb", dir);
-	if (n < 0 || (size_t)n >= sizeof(path) || stat(path, &fs))
+	if (mdb_env_info(c->env, &info) || mdb_env_stat(c->env, &st) ||
+	    stat(path, &fs))
 		return false;
-	if (mdb_env_info(c->env, &info) || mdb_env_stat(c->env, &st))
-		return false;
-	if ((uint64_t)fs.st_size >=
-	    ((uint64_t)info.me_last_pgno + 1) * st.ms_psize)
-		return false;
-	log_warn("cache: '%s' is truncated (%lld bytes, %llu expected), "
-		 "starting afresh", path, (long long)fs.st_size,
-		 ((unsigned long long)info.me_last_pgno + 1) * st.ms_psize);
-	return true;
+	*size = (uint64_t)fs.st_size;
+	*want = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+	return *size < *want;
+}
+
+/* Grow data.mdb to `want` bytes of zeros (posix_fallocate never shrinks,
+ * so a writer in another process growing it meanwhile loses nothing):
+ * nothing in the map is past the end any more, and a lost page reads as
+ * zeros, which LMDB reports as MDB_CORRUPTED or the page checksums catch. */
+static int env_extend(const char *path, uint64_t want)
+{
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0)
+		return -errno;
+	rc = posix_fallocate(fd, 0, (off_t)want);
+	close(fd);
+	return -rc;
+}
+
+/* Walk every record of every database, touching each value's first and
+ * last byte: MDB_CORRUPTED (a page lost to truncation) shows up here, not
+ * in the middle of a read. Returns 0 or the LMDB error. */
+static int env_walk(struct cache *c)
+{
+	MDB_dbi dbis[] = { 0, 1, c->info, c->meta, c->pages, c->schema,
+			   c->spool, c->cursors };
+	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = txn_begin(c, MDB_RDONLY, &txn);
+	if (rc)
+		return rc;
+	for (size_t i = 0; rc == 0 && i < sizeof(dbis) / sizeof(dbis[0]);
+	     i++) {
+		MDB_cursor *cur = NULL;
+		MDB_val k, v;
+		volatile uint8_t sink = 0;
+
+		rc = mdb_cursor_open(txn, dbis[i], &cur);
+		if (rc)
+			break;
+		while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+			if (v.mv_size) {
+				sink ^= ((const uint8_t *)v.mv_data)[0];
+				sink ^= ((const uint8_t *)
+					 v.mv_data)[v.mv_size - 1];
+			}
+		}
+		(void)sink;
+		mdb_cursor_close(cur);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	txn_abort(c, txn);
+	return rc;
 }
 
 static int open_dbis(struct cache *c)
 {
 	static const char *const names[] = { "info", "meta", "pages",
-					     "schema", "spool" };
+					     "schema", "spool", "cursors" };
 	MDB_dbi *dbis[] = { &c->info, &c->meta, &c->pages, &c->schema,
-			    &c->spool };
+			    &c->spool, &c->cursors };
 	MDB_txn *txn = NULL;
 	uint64_t format;
 	int rc;
@@ -1082,7 +1139,10 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 	pthread_rwlockattr_t attr;
 	struct cache *c = NULL;
 	bool lock_init = false, mutex_init = false;
-	int dead = 0, rc;
+	bool shortened = false, damaged = false;
+	uint64_t size = 0, want = 0;
+	char path[4096];
+	int dead = 0, n, rc;
 
 	if (!out || !dir || !*dir)
 		return -EINVAL;
@@ -1122,11 +1182,24 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 		wipe_env(dir);
 		rc = env_open(c, dir, map_size(max_bytes));
 	}
-	if (rc == 0 && env_truncated(c, dir)) {
-		mdb_env_close(c->env);
-		c->env = NULL;
-		wipe_env(dir);
-		rc = env_open(c, dir, map_size(max_bytes));
+	if (rc == 0) {
+		n = snprintf(path, sizeof(path), "%s/data.mdb", dir);
+		if (n > 0 && (size_t)n < sizeof(path) &&
+		    env_short(c, path, &size, &want)) {
+			log_warn("cache: '%s' is truncated (%llu bytes, %llu "
+				 "expected): checking it", path,
+				 (unsigned long long)size,
+				 (unsigned long long)want);
+			shortened = true;
+			if (env_extend(path, want))
+				damaged = true;
+		}
+		if (damaged) {
+			mdb_env_close(c->env);
+			c->env = NULL;
+			wipe_env(dir);
+			rc = env_open(c, dir, map_size(max_bytes));
+		}
 	}
 	if (rc) {
 		log_err("cache: open '%s' failed: %s", dir, mdb_strerror(rc));
@@ -1145,6 +1218,17 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 		log_info("cache: cleared %d stale readers in '%s'", dead, dir);
 	c->max_key = (size_t)mdb_env_get_maxkeysize(c->env);
 	rc = open_dbis(c);
+	if (shortened && (rc == MDB_CORRUPTED || (rc == 0 && env_walk(c)))) {
+		/* pages the B-tree reaches were lost: start afresh */
+		log_warn("cache: '%s' lost pages in use, starting afresh",
+			 path);
+		mdb_env_close(c->env);
+		c->env = NULL;
+		wipe_env(dir);
+		rc = env_open(c, dir, map_size(max_bytes));
+		if (rc == 0)
+			rc = open_dbis(c);
+	}
 	if (rc) {
 		log_err("cache: open databases of '%s' failed: %s", dir,
 			mdb_strerror(rc));
@@ -1305,6 +1389,25 @@ static int append_fn(MDB_txn *txn, struct op *op, void *arg)
 		return -EINVAL;
 	if (a->offset < m->bytes || m->complete)
 		return -EEXIST;
+	if (m->pages >= CACHE_PAGES_MAX)
+		return op_fail_msg(op, -EPROTO, "more pages than any table "
+				   "has: the API keeps sending cursors");
+	if (a->next_cursor) {
+		/* a cursor sent before for this version is a loop (A → B →
+		 * A): following it would fetch and cache forever */
+		uint64_t sum = page_sum(a->gen, 0, (const uint8_t *)
+					a->next_cursor, a->clen);
+
+		k = val(key, key_page(key, op, a->gen, sum));
+		v = val("", 0);
+		rc = mdb_put(txn, op->c->cursors, &k, &v, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST)
+			return op_fail_msg(op, -EPROTO, "the API sent a "
+					   "cursor it had sent before for "
+					   "this version (a cursor loop)");
+		if (rc)
+			return op_fail(op, rc);
+	}
 	if (op->c->max_bytes) {
 		rc = evict_lru(txn, op, op->c->max_bytes, a->len);
 		if (rc)
