@@ -218,6 +218,15 @@ void api_upsert_result_release(struct api_upsert_result *res);
 int api_delete_row(struct api *api, const char *table_id,
 		   const char *row_id) API_WARN_UNUSED;
 
+/*
+ * A hook asked (from the thread of a request, about once a second and
+ * between retries) whether the caller gave up on the request: non-zero
+ * makes the request fail at once with -EINTR. The mount sets
+ * fuse_interrupted; NULL (the default) never interrupts. Set it before any
+ * request runs.
+ */
+void api_set_interrupt_check(int (*check)(void));
+
 /* ---- pacing and counters --------------------------------------------- */
 
 /* True while the rate-limit budget is low (fewer than 20 requests left in

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "engine.h"
 #include "log.h"
 #include "names.h"
@@ -128,6 +129,9 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->use_ino = 0;
 	cfg->kernel_cache = 0;
 	cfg->direct_io = 0;
+	/* a reader killed or interrupted while its page is fetched gets
+	 * EINTR at once, not after the retry budget */
+	api_set_interrupt_check(fuse_interrupted);
 	mount_time = time(NULL);
 	return fuse_get_context()->private_data;
 }

@@ -215,6 +215,8 @@ static void test_open_not_a_dir(void **state)
 static void test_read_every_offset(void **state)
 {
 	static const size_t lens[] = { 5, 1, 7, 3, 9, 2, 4 };
+	static const char *const cursors[] = { "c1", "c2", "c3", "c4", "c5",
+					       "c6" };
 	const size_t npages = sizeof(lens) / sizeof(lens[0]);
 	struct fixture *f = *state;
 	struct cache *c = open_cache(f, 0);
@@ -233,7 +235,7 @@ static void test_read_every_offset(void **state)
 	for (size_t p = 0; p < npages; p++) {
 		assert_int_equal(cache_append_page(c, "T", m.gen, frontier,
 						   all + frontier, lens[p], 1,
-						   p + 1 < npages ? "next" :
+						   p + 1 < npages ? cursors[p] :
 								    NULL,
 						   NULL),
 				 0);
@@ -677,11 +679,15 @@ static void fill_table(struct cache *c, const char *table, unsigned pages,
 	assert_non_null(buf);
 	memset(buf, table[0], page_len);
 	assert_int_equal(cache_begin_version(c, table, "v", m), 0);
-	for (unsigned i = 0; i < pages; i++)
+	for (unsigned i = 0; i < pages; i++) {
+		char cursor[32];
+
+		snprintf(cursor, sizeof(cursor), "more-%u", i);
 		assert_int_equal(cache_append_page(c, table, m->gen,
 						   (uint64_t)i * page_len, buf,
-						   page_len, 1, "more", m),
+						   page_len, 1, cursor, m),
 				 0);
+	}
 	free(buf);
 }
 
@@ -721,7 +727,7 @@ static void test_eviction_lru(void **state)
 
 	memset(buf, 'C', sizeof(buf));
 	assert_int_equal(cache_append_page(c, "C", cm.gen, 1000, buf, 1000, 1,
-					   "more", NULL),
+					   "more-a", NULL),
 			 0);
 	assert_int_equal(cache_get_meta(c, "B", &got), -ENOENT);
 	assert_int_equal(cache_get_meta(c, "A", &got), 0);
@@ -732,7 +738,7 @@ static void test_eviction_lru(void **state)
 
 	memset(buf, 'C', sizeof(buf));
 	assert_int_equal(cache_append_page(c, "C", cm.gen, 2000, buf, 1000, 1,
-					   "more", NULL),
+					   "more-b", NULL),
 			 0);
 	assert_int_equal(cache_get_meta(c, "A", &got), -ENOENT);
 	/* C alone is over the cap: it stays whole */
@@ -1246,13 +1252,15 @@ static void fill_big(struct cache *c, const char *table, const char *version,
 	assert_int_equal(cache_begin_version(c, table, version, m), 0);
 	for (unsigned i = 0; i < pages; i++) {
 		uint64_t off = (uint64_t)i * BIG_PAGE;
+		char cursor[32];
 
+		snprintf(cursor, sizeof(cursor), "more-%u", i);
 		for (size_t j = 0; j < BIG_PAGE; j++)
 			buf[j] = big_byte(off + j);
 		assert_int_equal(cache_append_page(c, table, m->gen, off, buf,
 						   BIG_PAGE, 1,
 						   i + 1 == pages ? NULL :
-								    "more",
+								    cursor,
 						   m),
 				 0);
 	}
