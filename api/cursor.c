@@ -331,7 +331,22 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		out->not_modified = true;
 		goto out;
 	}
-	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
+	/* strict as an import line is: what dtfs would refuse to import is
+	 * never exported without a word */
+	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len,
+			JDOC_VALIDATE_UTF8);
+	if (rc == -EINVAL) {
+		char why[sizeof(d->err)];
+
+		snprintf(why, sizeof(why), "%s", d->err);
+		rc = jdoc_parse(d, resp.body.p ? resp.body.p : "",
+				resp.body.len, 0);
+		if (rc == 0)
+			log_warn("rows of '%s' hold text an import would "
+				 "refuse (%s): exported as sent, with "
+				 "invalid UTF-8 bytes kept and lone "
+				 "surrogates as U+FFFD", table_id, why);
+	}
 	if (rc == -EINVAL) {
 		log_proto("get rows page of", table_id, &resp, d->err);
 		rc = -EPROTO;

@@ -131,3 +131,12 @@ def test_names_that_broke_the_listing(fake, mount_factory):
                 b'{"k":"c","v":3}\n'
     assert m.stderr().count("holds a NUL") == 2
 
+
+def test_invalid_utf8_from_the_api_is_never_exported_silently(fake,
+                                                              tmp_path):
+    api = fake(rows_mode="bad_utf8")
+    code, out, err = dtfsctl(api, tmp_path / "c", "export", "T",
+                             timeout=BOUND)
+    assert code == 0, err
+    assert out == b'{"k":"a\xff","v":1}\n'
+    assert "an import would refuse" in err and "invalid UTF-8" in err
