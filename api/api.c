@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <json-c/json.h>
 
 #include "api_i.h"
 #include "log.h"
@@ -164,6 +165,35 @@ int api_errno_from_http(long status)
 	default:
 		return -EIO;
 	}
+}
+
+struct json_object *api_resp_json(const struct api_resp *resp)
+{
+	struct json_tokener *tok;
+	struct json_object *o;
+
+	if (!resp->body.len || resp->body.len > INT32_MAX)
+		return NULL;
+	tok = json_tokener_new();
+	if (!tok)
+		return NULL;
+	o = json_tokener_parse_ex(tok, resp->body.p, (int)resp->body.len);
+	json_tokener_free(tok);
+	if (o && !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		o = NULL;
+	}
+	return o;
+}
+
+void api_log_unexpected(const char *what, const char *subject,
+			const struct api_resp *resp, const char *why)
+{
+	log_err("%s%s%s%s failed: unexpected answer: %s (HTTP %ld, "
+		"correlation %s)",
+		what, subject ? " '" : "", subject ? subject : "",
+		subject ? "'" : "", why, resp->status,
+		resp->correlation[0] ? resp->correlation : "none");
 }
 
 /* ---- regions ---------------------------------------------------------- */
@@ -533,10 +563,7 @@ int api_new(const struct api_config *cfg, struct api **out)
 	    strcmp(cfg->dialect, "cursor") == 0) {
 		api->dialect = &api_dialect_cursor;
 	} else if (strcmp(cfg->dialect, "flows") == 0) {
-		log_err("api=flows: the production /api/v2/flows/datatables "
-			"dialect is not implemented yet; use api=cursor");
-		rc = -EINVAL;
-		goto fail;
+		api->dialect = &api_dialect_flows;
 	} else {
 		log_err("unknown api dialect '%s' (cursor or flows)",
 			cfg->dialect);
@@ -553,7 +580,25 @@ int api_new(const struct api_config *cfg, struct api **out)
 	api->stall_timeout_s = cfg->stall_timeout_s > 0
 				   ? cfg->stall_timeout_s
 				   : DEFAULT_STALL_TIMEOUT_S;
+	{
+		unsigned n = api->dialect->rate_requests;
+		double w = api->dialect->rate_window_s;
 
+		if (cfg->rate_requests && cfg->rate_window_s > 0) {
+			n = cfg->rate_requests;
+			w = cfg->rate_window_s;
+		} else if (cfg->rate_requests || cfg->rate_window_s > 0) {
+			log_err("a request budget needs both a count and a "
+				"window (rate=N/SECONDS)");
+			rc = -EINVAL;
+			goto fail;
+		}
+		rc = budget_new(n, w, cfg->budget_file, &api->pacer.budget);
+		if (rc)
+			goto fail;
+	}
+
+	atomic_store(&api->max_page, api->dialect->max_page_size);
 	rc = api_http_init(api);
 	if (rc)
 		goto fail;
@@ -604,6 +649,32 @@ int api_list_tables(struct api *api, struct api_table_list *out)
 	return api->dialect->list_tables(api, out);
 }
 
+int api_table_list_add(struct api_table_list *out, size_t *cap,
+		       const char *id, const char *name)
+{
+	struct api_table *t;
+
+	if (out->count == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 32;
+
+		t = realloc(out->tables, ncap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		out->tables = t;
+		*cap = ncap;
+	}
+	t = &out->tables[out->count];
+	t->id = strdup(id);
+	t->name = strdup(name);
+	if (!t->id || !t->name) {
+		free(t->id);
+		free(t->name);
+		return -ENOMEM;
+	}
+	out->count++;
+	return 0;
+}
+
 void api_table_list_release(struct api_table_list *list)
 {
 	if (!list)
@@ -635,6 +706,9 @@ int api_get_rows(struct api *api, const char *table_id,
 		 unsigned page_size, const char *if_none_match,
 		 struct api_page *out)
 {
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->get_rows)
+		return -ENOSYS;
 	return api->dialect->get_rows(api, table_id, schema, cursor, page_size,
 				      if_none_match, out);
 }
@@ -652,6 +726,9 @@ void api_page_release(struct api_page *page)
 int api_upsert(struct api *api, const char *table_id, const char *const *rows,
 	       size_t nrows, struct api_upsert_result *out)
 {
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->upsert)
+		return -ENOSYS;
 	return api->dialect->upsert(api, table_id, rows, nrows, out);
 }
 
@@ -673,9 +750,84 @@ int api_delete_row(struct api *api, const char *table_id, const char *row_id)
 	return api->dialect->delete_row(api, table_id, row_id);
 }
 
+int api_get_page(struct api *api, const char *table_id,
+		 const struct api_schema *schema, unsigned page_number,
+		 unsigned page_size, struct api_page *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->get_page)
+		return -ENOSYS;
+	return api->dialect->get_page(api, table_id, schema, page_number,
+				      page_size, out);
+}
+
+int api_row_create(struct api *api, const char *table_id, const char *row,
+		   size_t len)
+{
+	if (!api->dialect->row_create)
+		return -ENOSYS;
+	return api->dialect->row_create(api, table_id, row, len);
+}
+
+int api_row_update(struct api *api, const char *table_id, const char *key,
+		   const char *row, size_t len)
+{
+	if (!api->dialect->row_update)
+		return -ENOSYS;
+	return api->dialect->row_update(api, table_id, key, row, len);
+}
+
+int api_row_delete_key(struct api *api, const char *table_id, const char *key)
+{
+	if (!api->dialect->row_delete_key)
+		return -ENOSYS;
+	return api->dialect->row_delete_key(api, table_id, key);
+}
+
+void api_job_release(struct api_job *job)
+{
+	if (!job)
+		return;
+	free(job->id);
+	free(job->status);
+	free(job->error);
+	memset(job, 0, sizeof(*job));
+}
+
+int api_import_csv(struct api *api, const char *table_id, const char *csv,
+		   size_t len, bool replace_all, struct api_job *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!api->dialect->import_csv)
+		return -ENOSYS;
+	return api->dialect->import_csv(api, table_id, csv, len, replace_all,
+					out);
+}
+
+int api_export_csv(struct api *api, const char *table_id, char **csv,
+		   size_t *len)
+{
+	*csv = NULL;
+	*len = 0;
+	if (!api->dialect->export_csv)
+		return -ENOSYS;
+	return api->dialect->export_csv(api, table_id, csv, len);
+}
+
+void api_get_caps(struct api *api, struct api_caps *out)
+{
+	memset(out, 0, sizeof(*out));
+	api->dialect->get_caps(api, out);
+}
+
 bool api_budget_low(struct api *api)
 {
 	return pacer_low(&api->pacer, api_now());
+}
+
+double api_budget_rate(struct api *api)
+{
+	return pacer_rate(&api->pacer, api_now());
 }
 
 void api_get_stats(struct api *api, struct api_stats *out)

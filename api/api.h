@@ -8,11 +8,15 @@
  * shared, and each call borrows a curl handle from a pool (connections are
  * reused).
  *
- * Dialects: the wire format lives behind struct api_dialect (api_i.h). Only
- * the cursor API (../shared/spec/cursor-api.md) exists today; the production
- * /api/v2/flows/datatables API is meant to be a second dialect. Callers only
- * see tables, schemas, pages of rows as JSONL bytes, upsert results and an
- * opaque version string (the ETag, or NULL where a dialect has none).
+ * Dialects: the wire format lives behind struct api_dialect (api_i.h):
+ * "cursor" (../shared/spec/cursor-api.md: cursor pages, ETags, batched
+ * upserts, rate-limit headers) and "flows" (the production
+ * /api/v2/flows/datatables API: numbered pages, single-row writes, CSV
+ * import/export jobs, no versions, paced by a configured budget). Callers
+ * only see tables, schemas, pages of rows as JSONL bytes, write results and
+ * an opaque version string (the ETag, or NULL where a dialect has none);
+ * api_get_caps() says which operations the dialect has. An operation the
+ * dialect lacks returns -ENOSYS.
  *
  * Errors: every fallible function returns 0 or a negative errno:
  *   -ENOENT     404 (table or row does not exist)
@@ -25,6 +29,7 @@
  *   -ENOMEM     out of memory
  *   -EEXIST     409 (insert-only upsert hit an existing key)
  *   -ESTALE     412 (If-Match version mismatch)
+ *   -ENOSYS     the dialect has no such operation
  * Every failure is logged once: what failed, the subject, HTTP status, the
  * error code of the body and the correlation id. Secrets, tokens and
  * Authorization headers never reach a log.
@@ -56,6 +61,16 @@ struct api_config {
 	double retry_budget_s;	/* per request, 0: default 120 s */
 	double connect_timeout_s; /* 0: default 10 s */
 	double stall_timeout_s;	/* no byte for this long: 0 = default 60 s */
+	/* Our own request budget: at most rate_requests requests in any
+	 * rate_window_s seconds, never exceeded on our own. 0: the dialect's
+	 * default (flows: 300 per 60 s; cursor: none, pace by the server's
+	 * rate-limit headers). */
+	unsigned rate_requests;
+	double rate_window_s;
+	/* NULL: the budget is this process's. Otherwise a file (created 0600)
+	 * through which every process on this host naming the same file
+	 * shares the budget and the 429 pauses. */
+	const char *budget_file;
 };
 
 /*
@@ -66,6 +81,20 @@ struct api_config {
  */
 int api_new(const struct api_config *cfg, struct api **out) API_WARN_UNUSED;
 void api_free(struct api *api);
+
+struct api_caps {
+	bool numbered_pages;	/* flows: pages by number, independent,
+				   parallel-safe (api_get_page) */
+	bool versions;		/* cursor: ETag/If-None-Match exist; flows: none */
+	bool row_ops;		/* single-row create/update/delete by key */
+	bool csv_jobs;		/* CSV import/export jobs */
+	unsigned max_page_size;	/* current best known (flows: 500, halved on
+				   400) */
+	unsigned max_rows;	/* per table, 0 = none (flows: 5000) */
+};
+
+/* What the client's dialect can do. */
+void api_get_caps(struct api *api, struct api_caps *out);
 
 /* Fetch a token now: proves the credentials and that the API is reachable.
  * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO (also -EPROTO when the
@@ -104,6 +133,9 @@ struct api_column {
 	char *name;
 	enum api_type type;
 	bool key;
+	/* strings: characters (code points) allowed, 0 = no bound (flows:
+	 * the key is 1 to 256) */
+	unsigned min_chars, max_chars;
 };
 
 struct api_schema {
@@ -148,6 +180,11 @@ struct api_page {
 	size_t nrows;
 	char *next_cursor;	/* NULL on the last page */
 	char *version;		/* the table version (ETag) or NULL */
+	uint64_t total;		/* rows the server says the table has,
+				   UINT64_MAX unknown (numbered pages) */
+	unsigned page_count;	/* pages the server says there are, 0
+				   unknown (numbered pages) */
+	unsigned page_size;	/* rows per page used for this request */
 };
 
 /*
@@ -164,14 +201,30 @@ int api_get_rows(struct api *api, const char *table_id,
 		 struct api_page *out) API_WARN_UNUSED;
 void api_page_release(struct api_page *page);
 
+/*
+ * GET page page_number (from 1) of a numbered-pages dialect (flows; -ENOSYS
+ * for cursor), always with the full rows (showbrief=false). page_size 0
+ * means the largest the server accepts: a 400 for the size halves it,
+ * retries, and remembers the smaller maximum for later calls;
+ * out->page_size says what was used (keep it for a whole pass, or page
+ * numbers shift). data is JSONL as for api_get_rows(): `key` first, then the
+ * properties in schema (displayOrder) order, numbers' text kept, the same
+ * bytes for the same content. version is NULL; total and page_count are
+ * the server's. A page past the end has 0 rows (not an error).
+ */
+int api_get_page(struct api *api, const char *table_id,
+		 const struct api_schema *schema, unsigned page_number,
+		 unsigned page_size, struct api_page *out) API_WARN_UNUSED;
+
 /* ---- rows: import ---------------------------------------------------- */
 
 /*
  * Validate one line of an import against a schema, without coercion:
  * a JSON object; every key column present and not null; each value of the
- * column's type (string; number; integer = number with no fraction or
- * exponent; true/false; date = RFC 3339 string); null allowed for non-key
- * columns; valid UTF-8. Blank lines are the caller's business.
+ * column's type (string, within the column's min_chars..max_chars when
+ * set; number; integer = number with no fraction or exponent; true/false;
+ * date = RFC 3339 string); null allowed for non-key columns; valid UTF-8.
+ * Blank lines are the caller's business.
  *
  * Returns:
  *   0        valid: *row_out is the canonical compact row (schema order,
@@ -227,11 +280,103 @@ int api_delete_row(struct api *api, const char *table_id,
  */
 void api_set_interrupt_check(int (*check)(void));
 
+/*
+ * Single-row writes (row_ops dialects: flows; -ENOSYS for cursor). row is a
+ * canonical compact JSON object from api_row_validate() (len bytes); key is
+ * the row's key (URL-encoded here). Errors besides the common ones:
+ *   api_row_create: -EEXIST  the key exists (POST is not an upsert);
+ *   api_row_update: -ENOENT  no row with that key;
+ *   api_row_delete_key: -ENOENT no row with that key (a 404 after an
+ *                   attempt whose outcome is unknown counts as done);
+ *   -EINVAL  the server refuses the row (400 syntax error: logged with the
+ *            platform's message);
+ *   -ENOSPC  the table is at its row limit.
+ */
+int api_row_create(struct api *api, const char *table_id, const char *row,
+		   size_t len) API_WARN_UNUSED;
+int api_row_update(struct api *api, const char *table_id, const char *key,
+		   const char *row, size_t len) API_WARN_UNUSED;
+int api_row_delete_key(struct api *api, const char *table_id,
+		       const char *key) API_WARN_UNUSED;
+
+/* ---- CSV jobs (csv_jobs dialects: flows; -ENOSYS for cursor) ---------- */
+
+struct api_job {
+	char *id;
+	char *status;		/* "Succeeded", "Failed", … */
+	uint64_t updated, deleted, failed; /* countRecords* */
+	char *error;		/* errorInformation.message, or NULL */
+};
+
+void api_job_release(struct api_job *job);
+
+/*
+ * Import a CSV (header row of property names): POST an import job
+ * (importMode ReplaceAll or Append), PUT the CSV to its uploadURI with
+ * exactly its uploadHeaders (never the bearer token), poll with back-off
+ * until Succeeded or Failed. Returns 0 when Succeeded (out->failed may be
+ * > 0), -EIO when Failed (out->error says why; logged), or the request's
+ * error. out is set as far as known either way; release it.
+ */
+int api_import_csv(struct api *api, const char *table_id, const char *csv,
+		   size_t len, bool replace_all,
+		   struct api_job *out) API_WARN_UNUSED;
+
+/*
+ * Export a table as CSV: POST an export job, poll until done, GET its
+ * downloadURI with the bearer token and follow the redirect to the signed
+ * URL without it. *csv is malloc'ed (NUL-terminated, *len excludes the NUL).
+ * Returns 0, -EIO (job Failed: logged), or the request's error.
+ */
+int api_export_csv(struct api *api, const char *table_id, char **csv,
+		   size_t *len) API_WARN_UNUSED;
+
+/* ---- CSV conversion (no client needed) ------------------------------- */
+
+/*
+ * Canonical rows (compact JSON objects in schema order, as from
+ * api_row_validate() or a page's lines) to an RFC 4180 CSV: a header row of
+ * the column names in schema order, then one record per row; CRLF line
+ * ends; booleans true/false, numbers' text kept, strings quoted when they
+ * hold a comma, quote, CR or LF, start or end with a space or tab, or are
+ * empty (""), an empty field
+ * for a null or missing value. *csv NULL: a new CSV, header first
+ * (malloc'ed, NUL-terminated, *len bytes); otherwise the records are
+ * appended to the CSV an earlier call returned (for chunks), with no
+ * header. On failure *csv and *len are as they were. Returns 0, -EINVAL
+ * (a row is not an object of the schema's columns, or holds an array or
+ * object: logged) or -ENOMEM.
+ */
+int api_csv_encode(const struct api_schema *schema, const char *const *rows,
+		   const size_t *lens, size_t nrows, char **csv,
+		   size_t *len) API_WARN_UNUSED;
+
+/*
+ * One CSV (header row required; UTF-8; a BOM, CRLF or LF line ends, and
+ * quoted fields holding commas, quotes and newlines accepted) to JSONL:
+ * one compact object per record, keys in schema order, values typed by the
+ * schema (strings as they are; integer/number text kept when it is a JSON
+ * number; booleans in any letter case). An empty field of a string
+ * column is "" (the platform has no null); of another column it is left
+ * out of the row. A header need not name every column, but must name the
+ * key. *jsonl malloc'ed. Returns 0, -EINVAL (malformed CSV, a header
+ * column the schema lacks or repeats, a record with another number of
+ * fields, a value not of its column's type: logged with the line number),
+ * -ENOMEM.
+ */
+int api_csv_to_jsonl(const struct api_schema *schema, const char *csv,
+		     size_t len, char **jsonl,
+		     size_t *jsonl_len) API_WARN_UNUSED;
+
 /* ---- pacing and counters --------------------------------------------- */
 
 /* True while the rate-limit budget is low (fewer than 20 requests left in
  * the window): importers shrink their chunks to 50 rows. */
 bool api_budget_low(struct api *api);
+
+/* Requests per second the budget allows now (the configured budget, or
+ * what the rate-limit headers leave), 0 when unknown or unbounded. */
+double api_budget_rate(struct api *api);
 
 struct api_stats {
 	uint64_t requests;	/* HTTP requests sent, tokens included */

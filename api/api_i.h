@@ -3,12 +3,16 @@
  *
  * Layers, bottom up:
  *   json.c    a strict span scanner (struct jdoc) for row pages and import
- *             lines, json-c compatible compact output, row validation,
- *             schema parsing;
+ *             lines, json-c compatible compact output;
+ *   rows.c    rows pages to JSONL, RFC 3339 dates, row validation;
+ *   schema.c  schema parsing (both dialects' shapes);
+ *   csv.c     RFC 4180 CSV to and from JSONL rows;
+ *   budget.c  our own request budget, shared between processes by a file;
  *   pacer.c   the shared rate-limit pacer;
  *   token.c   the shared OAuth token;
  *   http.c    curl handle pool, one request with retries (api_http);
  *   cursor.c  the cursor dialect (struct api_dialect);
+ *   flows.c   the production dialect;
  *   api.c     api_new/api_free, configuration, the public entry points
  *             that dispatch to the dialect, small helpers.
  * See docs/api.md for the design.
@@ -119,7 +123,8 @@ void jdoc_emit_decoded(const struct jdoc *d, uint32_t i, struct abuf *out);
 void json_emit_string(struct abuf *out, const char *s, size_t len);
 const char *jtype_name(enum jtype t);
 
-/* Serialize a cursor-dialect rows array (node rows of d) as JSONL into out,
+/* Serialize a rows array (node rows of d: cursor {"columns": {...}} rows, or
+ * flat flows rows with API_JSONL_FLAT) as JSONL into out,
  * keys in schema order (schema may be NULL: server order). A columns
  * object already in that form (compact, JF_VERBATIM, known keys spelled
  * as json-c writes them, in schema order) is copied as it is, and counted
@@ -127,6 +132,8 @@ const char *jtype_name(enum jtype t);
  * value by value instead, with the same bytes (tests compare the two).
  * Returns 0, -EPROTO (a row is not {"columns": {...}}) or -ENOMEM. */
 #define API_JSONL_DECODE 0x01
+/* the rows are the columns objects themselves (flows: flat rows) */
+#define API_JSONL_FLAT 0x02
 int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
 		      uint32_t rows, struct abuf *out, size_t *nrows,
 		      size_t *ncopied, int flags);
@@ -139,6 +146,31 @@ bool api_date_valid(const char *s, size_t len);
  * form. Returns 0, -EPROTO, -ENOMEM. */
 int api_schema_from_json(const char *json, size_t len, const char *version,
 			 struct api_schema *out);
+
+/* ---- our own budget (budget.c) ---------------------------------------- */
+
+/* The most requests per window the ring tracks (a larger budget is
+ * clamped: fewer never exceeds it). */
+#define API_BUDGET_SLOTS 4096
+
+struct api_budget;
+
+/* At most n requests in any window_s seconds; file NULL: this process's
+ * alone, else shared through that file (created 0600). n 0: *out = NULL,
+ * no budget. Returns 0, -ENOMEM, or the file's -errno (logged). */
+int budget_new(unsigned n, double window_s, const char *file,
+	       struct api_budget **out);
+void budget_free(struct api_budget *b);
+/* Reserve the next slot at or after `earliest` (monotonic seconds);
+ * returns its start time. */
+double budget_reserve(struct api_budget *b, double earliest);
+/* Nobody (no thread, no process sharing the file) starts before until. */
+void budget_pause(struct api_budget *b, double until);
+/* Requests still free in the window ending now; *paused while a 429 pause
+ * lasts. */
+unsigned budget_left(struct api_budget *b, double now, bool *paused);
+double budget_rate(const struct api_budget *b);
+unsigned budget_size(const struct api_budget *b);
 
 /* ---- pacer (pacer.c) -------------------------------------------------- */
 
@@ -153,6 +185,7 @@ struct api_pacer {
 	long max_seen;	    /* largest remaining or limit seen */
 	double next_slot;   /* earliest start of the next paced request */
 	long inflight;	    /* reserved and not answered yet */
+	struct api_budget *budget; /* our own budget, or NULL */
 };
 
 void pacer_init(struct api_pacer *p);
@@ -167,6 +200,8 @@ void pacer_update(struct api_pacer *p, double now, long remaining,
 /* A 429 said to wait `seconds`: every thread waits. */
 void pacer_pause(struct api_pacer *p, double now, double seconds);
 bool pacer_low(struct api_pacer *p, double now);
+/* Requests per second allowed now, 0 unknown. */
+double pacer_rate(struct api_pacer *p, double now);
 
 /* ---- token (token.c) -------------------------------------------------- */
 
@@ -212,6 +247,17 @@ struct api_req {
 	bool token_request;  /* POST to the token endpoint, basic auth */
 	bool gone_ok;	     /* DELETE: a 404 after an attempt that may
 				have been carried out is success */
+	/* Not the API (an upload or a signed download URL): no bearer
+	 * token, no Accept header, not paced, not a 401 retry. */
+	bool external;
+	/* Extra "Name: value" header lines, NULL-terminated, or NULL. */
+	const char *const *headers;
+	/* A 3xx answer is returned as success (resp->location set) instead
+	 * of an error: the caller follows it (never with the token). */
+	bool redirect_ok;
+	/* A final answer of this status is the caller's to handle and log
+	 * (row exists, row missing, page size refused): debug level. */
+	long quiet_status;
 };
 
 struct api_resp {
@@ -222,6 +268,8 @@ struct api_resp {
 	char correlation[96];
 	char retry_after[64];
 	char code[96]; /* error code from the body, or "" */
+	char message[256]; /* "message" of an error body, or "" */
+	char *location;	   /* Location header, or NULL */
 	long rl_remaining, rl_reset, rl_limit, rl_count; /* -1 absent */
 	unsigned attempts;
 	unsigned throttled;
@@ -250,6 +298,8 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp);
  * token answer far less): a body that never ends fails with -EPROTO. */
 #define API_BODY_MAX ((size_t)64 << 20)
 #define API_TOKEN_BODY_MAX ((size_t)64 << 10)
+/* a whole table as CSV, from a signed URL */
+#define API_EXTERNAL_BODY_MAX ((size_t)1 << 30)
 
 #define API_SPARE_MAX ((size_t)8 << 20)
 #define API_SPARE_TOTAL ((size_t)32 << 20)
@@ -261,6 +311,20 @@ void api_http_release(struct api *api);
  * transient. */
 int api_errno_from_curl(int code, bool *retry);
 
+/* Add a table to a listing (cap: its allocated entries). Returns 0 or
+ * -ENOMEM. */
+int api_table_list_add(struct api_table_list *out, size_t *cap,
+		       const char *id, const char *name);
+
+struct json_object;
+/* resp's body parsed by json-c when it is a JSON object (json_object_put()
+ * it), else NULL. */
+struct json_object *api_resp_json(const struct api_resp *resp);
+/* Log "<what> '<subject>' failed: unexpected answer: <why> (HTTP …,
+ * correlation …)". */
+void api_log_unexpected(const char *what, const char *subject,
+			const struct api_resp *resp, const char *why);
+
 /* URL-escape s (malloc'ed) or NULL. */
 char *api_escape(const char *s);
 
@@ -270,6 +334,9 @@ struct api_dialect {
 	const char *name;
 	const char *scope; /* token scope to ask for, or NULL */
 	unsigned max_page_size;
+	/* our own request budget by default, 0: none (pace by headers) */
+	unsigned rate_requests;
+	double rate_window_s;
 	int (*list_tables)(struct api *api, struct api_table_list *out);
 	int (*get_schema)(struct api *api, const char *table_id,
 			  struct api_schema *out);
@@ -285,9 +352,26 @@ struct api_dialect {
 		      struct api_upsert_result *out);
 	int (*delete_row)(struct api *api, const char *table_id,
 			  const char *row_id);
+	/* NULL where the dialect lacks the operation (-ENOSYS) */
+	int (*get_page)(struct api *api, const char *table_id,
+			const struct api_schema *schema, unsigned page_number,
+			unsigned page_size, struct api_page *out);
+	int (*row_create)(struct api *api, const char *table_id,
+			  const char *row, size_t len);
+	int (*row_update)(struct api *api, const char *table_id,
+			  const char *key, const char *row, size_t len);
+	int (*row_delete_key)(struct api *api, const char *table_id,
+			      const char *key);
+	int (*import_csv)(struct api *api, const char *table_id,
+			  const char *csv, size_t len, bool replace_all,
+			  struct api_job *out);
+	int (*export_csv)(struct api *api, const char *table_id, char **csv,
+			  size_t *len);
+	void (*get_caps)(struct api *api, struct api_caps *out);
 };
 
 extern const struct api_dialect api_dialect_cursor;
+extern const struct api_dialect api_dialect_flows;
 
 /* ---- the client ------------------------------------------------------- */
 
@@ -305,6 +389,8 @@ struct api {
 	struct api_token token;
 	struct api_pacer pacer;
 	struct api_http_pool *pool;
+	/* numbered pages: the largest page size not refused so far */
+	_Atomic unsigned max_page;
 
 	_Atomic uint64_t n_requests, n_retries, n_throttled, n_server_errors,
 	    n_unauthorized, n_tokens;

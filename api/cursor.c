@@ -18,15 +18,6 @@
 #define CURSOR_MAX_PAGE 1000
 #define CURSOR_MAX_CHUNK 1000
 
-static void log_proto(const char *what, const char *subject,
-		      const struct api_resp *resp, const char *why)
-{
-	log_err("%s '%s' failed: unexpected answer: %s (HTTP %ld, "
-		"correlation %s)",
-		what, subject, why, resp->status,
-		resp->correlation[0] ? resp->correlation : "none");
-}
-
 /* "<api_url>/api/v2/datatables/<escaped id><suffix>" */
 static char *table_url(struct api *api, const char *table_id,
 		       const char *suffix)
@@ -42,48 +33,7 @@ static char *table_url(struct api *api, const char *table_id,
 	return url;
 }
 
-static struct json_object *parse_body(const struct api_resp *resp)
-{
-	struct json_tokener *tok;
-	struct json_object *o;
-
-	if (!resp->body.len || resp->body.len > INT32_MAX)
-		return NULL;
-	tok = json_tokener_new();
-	if (!tok)
-		return NULL;
-	o = json_tokener_parse_ex(tok, resp->body.p, (int)resp->body.len);
-	json_tokener_free(tok);
-	return o;
-}
-
 /* ---- tables ----------------------------------------------------------- */
-
-static int add_table(struct api_table_list *out, size_t *cap, const char *id,
-		     const char *name)
-{
-	struct api_table *t;
-
-	if (out->count == *cap) {
-		size_t ncap = *cap ? *cap * 2 : 32;
-
-		t = realloc(out->tables, ncap * sizeof(*t));
-		if (!t)
-			return -ENOMEM;
-		out->tables = t;
-		*cap = ncap;
-	}
-	t = &out->tables[out->count];
-	t->id = strdup(id);
-	t->name = strdup(name);
-	if (!t->id || !t->name) {
-		free(t->id);
-		free(t->name);
-		return -ENOMEM;
-	}
-	out->count++;
-	return 0;
-}
 
 /* 100 tables a page: four million tables */
 #define CURSOR_LIST_PAGES_MAX 40000
@@ -119,7 +69,7 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 		if (rc)
 			goto out;
 		json_object_put(root);
-		root = parse_body(&resp);
+		root = api_resp_json(&resp);
 		if (!root ||
 		    !json_object_object_get_ex(root, "entities", &ents) ||
 		    !json_object_is_type(ents, json_type_array)) {
@@ -157,7 +107,8 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 					 json_object_get_string(id));
 				continue;
 			}
-			rc = add_table(out, &cap, json_object_get_string(id),
+			rc = api_table_list_add(out, &cap,
+						json_object_get_string(id),
 				       json_object_get_string(name));
 			if (rc)
 				goto out;
@@ -242,7 +193,7 @@ static int cursor_get_schema(struct api *api, const char *table_id,
 	rc = api_schema_from_json(resp.body.p ? resp.body.p : "", resp.body.len,
 				  resp.etag, out);
 	if (rc == -EPROTO)
-		log_proto("get schema of", table_id, &resp, "not a schema");
+		api_log_unexpected("get schema of", table_id, &resp, "not a schema");
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
@@ -279,7 +230,7 @@ static int cursor_put_schema(struct api *api, const char *table_id,
 	else /* no body: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, resp.etag, out);
 	if (rc == -EPROTO)
-		log_proto("put schema of", table_id, &resp, "not a schema");
+		api_log_unexpected("put schema of", table_id, &resp, "not a schema");
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
@@ -348,20 +299,20 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 				 "surrogates as U+FFFD", table_id, why);
 	}
 	if (rc == -EINVAL) {
-		log_proto("get rows page of", table_id, &resp, d->err);
+		api_log_unexpected("get rows page of", table_id, &resp, d->err);
 		rc = -EPROTO;
 	}
 	if (rc)
 		goto out;
 	rows = jdoc_member(d, 0, "rows");
 	if (rows == UINT32_MAX) {
-		log_proto("get rows page of", table_id, &resp, "no rows");
+		api_log_unexpected("get rows page of", table_id, &resp, "no rows");
 		rc = -EPROTO;
 		goto out;
 	}
 	rc = api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, 0);
 	if (rc == -EPROTO)
-		log_proto("get rows page of", table_id, &resp,
+		api_log_unexpected("get rows page of", table_id, &resp,
 			  "a row without columns");
 	if (rc)
 		goto out;
@@ -375,7 +326,7 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		}
 	} else if (next != UINT32_MAX && d->nodes[next].type != JT_NULL &&
 		   d->nodes[next].type != JT_STRING) {
-		log_proto("get rows page of", table_id, &resp,
+		api_log_unexpected("get rows page of", table_id, &resp,
 			  "nextPageCursor is not a string");
 		rc = -EPROTO;
 		goto out;
@@ -403,7 +354,7 @@ out:
 static int parse_row_errors(const struct api_resp *resp,
 			    struct api_upsert_result *out)
 {
-	struct json_object *root = parse_body(resp), *details;
+	struct json_object *root = api_resp_json(resp), *details;
 	size_t n, i;
 	int rc = 0;
 
@@ -496,9 +447,9 @@ static int cursor_upsert(struct api *api, const char *table_id,
 	}
 	if (rc)
 		goto out;
-	root = parse_body(&resp);
+	root = api_resp_json(&resp);
 	if (!root || !json_object_is_type(root, json_type_object)) {
-		log_proto("upsert chunk of", table_id, &resp, "not JSON");
+		api_log_unexpected("upsert chunk of", table_id, &resp, "not JSON");
 		rc = -EPROTO;
 		goto out;
 	}
@@ -551,6 +502,13 @@ out:
 	return rc;
 }
 
+static void cursor_get_caps(struct api *api, struct api_caps *out)
+{
+	(void)api;
+	out->versions = true;
+	out->max_page_size = CURSOR_MAX_PAGE;
+}
+
 const struct api_dialect api_dialect_cursor = {
     .name = "cursor",
     .scope = "data-table:read data-table:write",
@@ -561,4 +519,5 @@ const struct api_dialect api_dialect_cursor = {
     .get_rows = cursor_get_rows,
     .upsert = cursor_upsert,
     .delete_row = cursor_delete_row,
+    .get_caps = cursor_get_caps,
 };

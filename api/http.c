@@ -283,9 +283,12 @@ static void resp_clear_headers(struct api_resp *r)
 {
 	free(r->etag);
 	r->etag = NULL;
+	free(r->location);
+	r->location = NULL;
 	r->correlation[0] = '\0';
 	r->retry_after[0] = '\0';
 	r->code[0] = '\0';
+	r->message[0] = '\0';
 	r->rl_remaining = r->rl_reset = r->rl_limit = r->rl_count = -1;
 }
 
@@ -343,6 +346,23 @@ static size_t on_header(char *p, size_t size, size_t n, void *user)
 		resp_clear_headers(r);
 		return len;
 	}
+	if (len >= 9 && strncasecmp(p, "Location:", 9) == 0) {
+		/* signed URLs are long: keep the whole value */
+		char *loc = strndup(p + 9, len - 9), *b = loc, *z;
+
+		if (!loc)
+			return len;
+		while (*b == ' ' || *b == '\t')
+			b++;
+		z = b + strlen(b);
+		while (z > b && (z[-1] == '\r' || z[-1] == '\n' ||
+				 z[-1] == ' ' || z[-1] == '\t'))
+			*--z = '\0';
+		free(r->location);
+		r->location = strdup(b);
+		free(loc);
+		return len;
+	}
 	if (len >= sizeof(line))
 		return len; /* none of ours is that long */
 	memcpy(line, p, len);
@@ -385,12 +405,14 @@ static size_t on_header(char *p, size_t size, size_t n, void *user)
 	return len;
 }
 
-/* The "code" of an error body ("error" from the token endpoint). */
+/* The "code" of an error body ("error" from the token endpoint), its
+ * "message", and its "contextId" when no correlation header came. */
 static void resp_parse_code(struct api_resp *r)
 {
-	struct json_object *root, *code;
+	struct json_object *root, *code, *msg;
 
 	r->code[0] = '\0';
+	r->message[0] = '\0';
 	if (!r->body.len || r->body.len > 65536 || r->body.p[0] != '{')
 		return;
 	root = json_tokener_parse(r->body.p);
@@ -401,6 +423,15 @@ static void resp_parse_code(struct api_resp *r)
 	    json_object_is_type(code, json_type_string))
 		copy_value(r->code, sizeof(r->code),
 			   json_object_get_string(code));
+	if (json_object_object_get_ex(root, "message", &msg) &&
+	    json_object_is_type(msg, json_type_string))
+		copy_value(r->message, sizeof(r->message),
+			   json_object_get_string(msg));
+	if (!r->correlation[0] &&
+	    json_object_object_get_ex(root, "contextId", &msg) &&
+	    json_object_is_type(msg, json_type_string))
+		copy_value(r->correlation, sizeof(r->correlation),
+			   json_object_get_string(msg));
 	json_object_put(root);
 }
 
@@ -511,6 +542,30 @@ static struct curl_slist *add_header(struct curl_slist *l, bool *oom,
 	return n;
 }
 
+static struct curl_slist *append_line(struct curl_slist *l, bool *oom,
+				      const char *line)
+{
+	struct curl_slist *n;
+
+	if (*oom)
+		return l;
+	n = curl_slist_append(l, line);
+	if (!n)
+		*oom = true;
+	return n ? n : l;
+}
+
+/* Does req->headers hold a header called name? */
+static bool has_header(const struct api_req *req, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *const *x = req->headers; x && *x; x++)
+		if (strncasecmp(*x, name, n) == 0 && (*x)[n] == ':')
+			return true;
+	return false;
+}
+
 /* Send once, within deadline (monotonic). Returns the curl code; resp has
  * status, headers and body. */
 static int perform(struct api *api, const struct api_req *req,
@@ -531,16 +586,26 @@ static int perform(struct api *api, const struct api_req *req,
 	resp->body.len = 0;
 	resp->body.oom = false;
 	resp->too_big = false;
-	resp->body_max = req->token_request ? API_TOKEN_BODY_MAX : API_BODY_MAX;
+	resp->body_max = req->token_request ? API_TOKEN_BODY_MAX
+			 : req->external    ? API_EXTERNAL_BODY_MAX
+					    : API_BODY_MAX;
 	if (resp->body.p)
 		resp->body.p[0] = '\0';
 	resp->status = 0;
 	errbuf[0] = '\0';
 
-	hdrs = add_header(hdrs, &oom, "Accept", "application/json");
+	if (!req->external)
+		hdrs = add_header(hdrs, &oom, "Accept", "application/json");
+	else
+		hdrs = append_line(hdrs, &oom, "Accept:"); /* not curl's */
 	if (req->content_type)
 		hdrs =
 		    add_header(hdrs, &oom, "Content-Type", req->content_type);
+	else if (req->external && req->body && !has_header(req, "Content-Type"))
+		/* exactly the headers given: not curl's form content type */
+		hdrs = append_line(hdrs, &oom, "Content-Type:");
+	for (const char *const *x = req->headers; x && *x; x++)
+		hdrs = append_line(hdrs, &oom, *x);
 	if (req->if_match)
 		hdrs = add_header(hdrs, &oom, "If-Match", req->if_match);
 	if (req->if_none_match)
@@ -595,7 +660,8 @@ static int perform(struct api *api, const struct api_req *req,
 	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
 	curl_easy_setopt(h, CURLOPT_XFERINFODATA,
 			 req->token_request ? (void *)h : NULL);
-	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	if (!req->external)
+		curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "dtfs/" DTFS_VERSION);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
@@ -647,11 +713,14 @@ static void log_http_failure(int level, const struct api_req *req,
 		hint = ": wrong client id or secret?";
 	else if (resp->status == 403)
 		hint = ": permission or scope missing?";
-	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s", req->what,
-		req->subject ? " '" : "", req->subject ? req->subject : "",
-		req->subject ? "'" : "", resp->status, resp->code[0] ? " " : "",
-		resp->code, resp->correlation[0] ? " (correlation " : "",
-		resp->correlation, resp->correlation[0] ? ")" : "", hint, tail);
+	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s%s%s%s",
+		req->what, req->subject ? " '" : "",
+		req->subject ? req->subject : "", req->subject ? "'" : "",
+		resp->status, resp->code[0] ? " " : "", resp->code,
+		resp->message[0] ? ": \"" : "", resp->message,
+		resp->message[0] ? "\"" : "",
+		resp->correlation[0] ? " (correlation " : "", resp->correlation,
+		resp->correlation[0] ? ")" : "", hint, tail);
 }
 
 static bool status_retryable(long status)
@@ -682,7 +751,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		char tail[96];
 		int cc;
 
-		if (!req->token_request) {
+		if (!req->token_request && !req->external) {
 			wait = pacer_reserve(&api->pacer, now);
 			if (wait > 0) {
 				if (now + wait > deadline) {
@@ -725,7 +794,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		now = api_now();
 
 		if (cc != CURLE_OK) {
-			if (!req->token_request)
+			if (!req->token_request && !req->external)
 				pacer_update(&api->pacer, now, -1, -1);
 			rc = api_errno_from_curl(cc, &retry);
 			net = true;
@@ -745,8 +814,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 					req->what, req->subject ? " '" : "",
 					req->subject ? req->subject : "",
 					req->subject ? "'" : "",
-					req->token_request ? API_TOKEN_BODY_MAX
-							   : API_BODY_MAX);
+					resp->body_max);
 				rc = -EPROTO;
 				goto out;
 			}
@@ -759,11 +827,15 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				    resp->rl_limit > resp->rl_count
 					? resp->rl_limit - resp->rl_count
 					: 0;
-			if (!req->token_request)
+			if (!req->token_request && !req->external)
 				pacer_update(&api->pacer, now,
 					     resp->rl_remaining,
 					     resp->rl_reset);
 			rc = api_errno_from_http(resp->status);
+			if (req->redirect_ok && resp->status >= 300 &&
+			    resp->status <= 399 && resp->status != 304 &&
+			    resp->location)
+				rc = 0;
 			if (!rc)
 				goto out;
 			if (rc == -ENOENT && req->gone_ok && ambiguous) {
@@ -782,7 +854,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				atomic_fetch_add(&api->n_server_errors, 1);
 			if (resp->status == 401) {
 				atomic_fetch_add(&api->n_unauthorized, 1);
-				if (!req->token_request &&
+				if (!req->token_request && !req->external &&
 				    !(have_fresh && gen == fresh_gen) &&
 				    resp->attempts < api->max_attempts) {
 					log_info(
@@ -807,7 +879,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				if (ra < 0)
 					ra = api_backoff_delay(
 					    nback++, 1.0, API_BACKOFF_CAP_S);
-				if (!req->token_request)
+				if (!req->token_request && !req->external)
 					pacer_pause(&api->pacer, now, ra);
 				delay = ra + api_random();
 				rc = -EIO;
@@ -868,7 +940,9 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		    req->subject ? req->subject : "", req->subject ? "'" : "",
 		    errbuf[0] ? errbuf : strerror(-rc));
 	else
-		log_http_failure(LOG_ERR, req, resp, "");
+		log_http_failure(resp->status == req->quiet_status ? LOG_DEBUG
+								   : LOG_ERR,
+				 req, resp, "");
 out:
 	if (token) {
 		explicit_bzero(token, strlen(token));

@@ -9,6 +9,11 @@
  * of 429s. With nothing left, everyone waits for the reset. A 429 pauses
  * every thread for its Retry-After, with a per-thread jitter so they do not
  * all come back at the same instant.
+ *
+ * With a configured budget (budget.c; the flows dialect, which gets no
+ * headers) every request also takes a slot of that budget, after whatever
+ * the headers ask for, and a 429 pauses the budget too (every process
+ * sharing its file).
  */
 #include "api_i.h"
 
@@ -22,10 +27,13 @@ void pacer_init(struct api_pacer *p)
 	p->max_seen = 0;
 	p->next_slot = 0;
 	p->inflight = 0;
+	p->budget = NULL;
 }
 
 void pacer_destroy(struct api_pacer *p)
 {
+	budget_free(p->budget);
+	p->budget = NULL;
 	pthread_mutex_destroy(&p->mu);
 }
 
@@ -55,8 +63,10 @@ double pacer_reserve(struct api_pacer *p, double now)
 		if (p->estimate > 0)
 			p->estimate--;
 	}
-	wait = start - now;
 	pthread_mutex_unlock(&p->mu);
+	if (p->budget)
+		start = budget_reserve(p->budget, start > now ? start : now);
+	wait = start - now;
 	return wait > 0 ? wait : 0;
 }
 
@@ -88,6 +98,8 @@ void pacer_pause(struct api_pacer *p, double now, double seconds)
 	if (p->reset_at < p->pause_until)
 		p->reset_at = p->pause_until;
 	pthread_mutex_unlock(&p->mu);
+	if (p->budget)
+		budget_pause(p->budget, now + seconds);
 }
 
 bool pacer_low(struct api_pacer *p, double now)
@@ -99,5 +111,33 @@ bool pacer_low(struct api_pacer *p, double now)
 	      (p->remaining >= 0 && p->remaining < API_BUDGET_LOW &&
 	       (p->reset_at < 0 || now < p->reset_at));
 	pthread_mutex_unlock(&p->mu);
+	if (!low && p->budget) {
+		unsigned n = budget_size(p->budget), thresh = n / 4;
+		bool paused;
+		unsigned left = budget_left(p->budget, now, &paused);
+
+		if (thresh > API_BUDGET_LOW)
+			thresh = API_BUDGET_LOW;
+		if (!thresh)
+			thresh = 1;
+		low = paused || left < thresh;
+	}
 	return low;
+}
+
+double pacer_rate(struct api_pacer *p, double now)
+{
+	double rate = 0;
+
+	pthread_mutex_lock(&p->mu);
+	if (p->estimate >= 0 && p->reset_at > now)
+		rate = (double)p->estimate / (p->reset_at - now);
+	pthread_mutex_unlock(&p->mu);
+	if (p->budget) {
+		double b = budget_rate(p->budget);
+
+		if (!(rate > 0) || b < rate)
+			rate = b;
+	}
+	return rate;
 }

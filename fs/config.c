@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -11,16 +12,30 @@
 
 const char fs_config_help[] =
 	"dtfs options:\n"
-	"    -o api=cursor|flows      API dialect (default cursor)\n"
 	"    -o region=NAME           Genesys Cloud region (us-east-1, eu-west-1, ...)\n"
 	"    -o api_url=URL           API base URL (overrides region)\n"
+	"    -o api=flows|cursor      API dialect: flows is Genesys Cloud's\n"
+	"                             /api/v2/flows/datatables, cursor the guide's\n"
+	"                             API; default flows, except that an api_url\n"
+	"                             that is not a Genesys Cloud host (such as\n"
+	"                             dtfs-emu) defaults to cursor\n"
 	"    -o login_url=URL         login base URL (default: api_url)\n"
 	"    -o credentials=FILE      client_id=/client_secret= file, mode 0600\n"
 	"    -o cache_dir=DIR         cache directory (default $XDG_CACHE_HOME/dtfs)\n"
 	"    -o cache_size=N[KMG]     most page bytes kept in the cache (default 4G)\n"
-	"    -o page_size=N           rows per page fetched (default 1000)\n"
+	"    -o page_size=N           rows per page fetched (default: the largest\n"
+	"                             the API accepts, 1000 cursor, 500 flows)\n"
+	"    -o page_workers=N        pages fetched in parallel, flows (default 4)\n"
+	"    -o rate=N/S              at most N requests per S seconds, shared by\n"
+	"                             the processes of one client id (default\n"
+	"                             300/60 flows; cursor: the server's headers)\n"
+	"    -o job_rows=N|auto       changed rows from which a flows import goes\n"
+	"                             as one CSV job, not row by row (default auto)\n"
+	"    -o max_rows=N            rows a table may hold, 0 = no limit (default\n"
+	"                             5000 flows, 0 cursor); rows past it are\n"
+	"                             quarantined\n"
 	"    -o chunk_rows=N          rows per upsert chunk (default 250)\n"
-	"    -o upload_workers=N      upsert chunks in flight (default 4)\n"
+	"    -o upload_workers=N      upsert chunks or rows in flight (default 4)\n"
 	"    -o revalidate=SECONDS    revalidate a table at most this often (default 5)\n"
 	"    -o list_ttl=SECONDS      keep a table listing this long (default 30)\n"
 	"    -o max_line=BYTES        longest import line accepted (default 1M)\n"
@@ -106,7 +121,9 @@ int fs_config_init(struct fs_config *cfg)
 
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->cache_size = 4ULL << 30;
-	cfg->page_size = 1000;
+	cfg->page_size = 0;
+	cfg->page_workers = 4;
+	cfg->job_rows = FS_CONFIG_AUTO;
 	cfg->chunk_rows = 250;
 	cfg->upload_workers = 4;
 	cfg->revalidate = 5;
@@ -123,7 +140,7 @@ int fs_config_init(struct fs_config *cfg)
 			     (unsigned)getuid());
 	if (n < 0 || (size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
-	if (set_str(&cfg->cache_dir, buf) || set_str(&cfg->api, "cursor")) {
+	if (set_str(&cfg->cache_dir, buf)) {
 		fs_config_release(cfg);
 		return -ENOMEM;
 	}
@@ -140,6 +157,133 @@ void fs_config_release(struct fs_config *cfg)
 	free(cfg->cache_dir);
 	memset(cfg, 0, sizeof(*cfg));
 }
+
+/* ---- dialect, pacing and import routes --------------------------------- */
+
+/* "N/S": N requests per S seconds (both whole, N ≥ 1); "0" or "none": no
+ * budget of our own. */
+static int parse_rate(const char *value, unsigned *n, unsigned *window)
+{
+	char *end;
+	unsigned long a, b;
+
+	if (!strcmp(value, "0") || !strcmp(value, "none")) {
+		*n = 0;
+		*window = 0;
+		return 0;
+	}
+	errno = 0;
+	a = strtoul(value, &end, 10);
+	if (errno || end == value || *end != '/' || value[0] == '-' ||
+	    a < 1 || a > 1000000)
+		goto bad;
+	value = end + 1;
+	b = strtoul(value, &end, 10);
+	if (errno || end == value || *end || value[0] == '-' || b < 1 ||
+	    b > 86400)
+		goto bad;
+	*n = (unsigned)a;
+	*window = (unsigned)b;
+	return 0;
+bad:
+	log_err("option 'rate': '%s' is not N/S (N requests per S seconds, "
+		"such as 300/60) or none", value);
+	return -EINVAL;
+}
+
+/* The words of the dialect block; 1 when `key` is none of them. */
+static int set_dialect_word(struct fs_config *cfg, const char *key,
+			    const char *v)
+{
+	int rc;
+
+	if (!strcmp(key, "page_workers"))
+		return parse_uint(key, v, 1, 32, &cfg->page_workers);
+	if (!strcmp(key, "rate")) {
+		rc = parse_rate(v, &cfg->rate_requests, &cfg->rate_window);
+		if (!rc)
+			cfg->rate_set = true;
+		return rc;
+	}
+	if (!strcmp(key, "job_rows")) {
+		if (!strcmp(v, "auto")) {
+			cfg->job_rows = FS_CONFIG_AUTO;
+			return 0;
+		}
+		return parse_uint(key, v, 1, 1000000, &cfg->job_rows);
+	}
+	if (!strcmp(key, "max_rows")) {
+		rc = parse_uint(key, v, 0, 100000000, &cfg->max_rows);
+		if (!rc)
+			cfg->max_rows_set = true;
+		return rc;
+	}
+	return 1;
+}
+
+/* Whether url's host is a Genesys Cloud API host (api.mypurecloud.com,
+ * api.<x>.pure.cloud, …): the production API lives there. */
+static bool genesys_url(const char *url)
+{
+	static const char *const domains[] = {
+		".mypurecloud.com", ".mypurecloud.ie", ".mypurecloud.de",
+		".mypurecloud.jp", ".mypurecloud.com.au", ".pure.cloud",
+	};
+	const char *h = strstr(url, "://");
+	char host[256];
+	size_t n, i, d;
+
+	h = h ? h + 3 : url;
+	n = strcspn(h, ":/?#");
+	if (n == 0 || n >= sizeof(host))
+		return false;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	for (i = 0; i < sizeof(domains) / sizeof(domains[0]); i++) {
+		d = strlen(domains[i]);
+		if (n > d && !strcasecmp(host + n - d, domains[i]))
+			return true;
+	}
+	return false;
+}
+
+int fs_config_resolve(struct fs_config *cfg)
+{
+	const char *env = getenv("GENESYSCLOUD_REGION");
+	bool flows;
+	int rc;
+
+	if (!cfg->api_url && !cfg->region && env && *env) {
+		rc = set_str(&cfg->region, env);
+		if (rc)
+			return rc;
+	}
+	if (!cfg->api_url && (!cfg->region || !cfg->region[0])) {
+		log_err("no region: give -o region=NAME (us-east-1, eu-west-1, "
+			"eu-central-1, ap-southeast-2, ... : the region of your "
+			"Genesys Cloud org) or set GENESYSCLOUD_REGION, or give "
+			"-o api_url=URL");
+		return -EINVAL;
+	}
+	if (!cfg->api) {
+		/* a region, or a Genesys host, is the production API; any
+		 * other URL is a server of the guide's API (dtfs-emu) */
+		flows = !cfg->api_url || genesys_url(cfg->api_url);
+		rc = set_str(&cfg->api, flows ? "flows" : "cursor");
+		if (rc)
+			return rc;
+	}
+	flows = !strcmp(cfg->api, "flows");
+	if (!cfg->rate_set) {
+		cfg->rate_requests = flows ? 300 : 0;
+		cfg->rate_window = flows ? 60 : 0;
+	}
+	if (!cfg->max_rows_set)
+		cfg->max_rows = flows ? 5000 : 0;
+	return 0;
+}
+
+/* ---- the one parser ------------------------------------------------------ */
 
 int fs_config_set(struct fs_config *cfg, const char *word)
 {
@@ -195,7 +339,7 @@ int fs_config_set(struct fs_config *cfg, const char *word)
 		return parse_uint(key, v, 1, 100, &cfg->retries);
 	if (!strcmp(key, "retry_budget"))
 		return parse_uint(key, v, 1, 86400, &cfg->retry_budget);
-	return 1;
+	return set_dialect_word(cfg, key, v);
 }
 
 int fs_config_set_list(struct fs_config *cfg, const char *list)

@@ -10,14 +10,16 @@
 #include <stdint.h>
 
 struct fs_config {
-	char *api;		/* "cursor" (default) or "flows" */
+	char *api;		/* "cursor", "flows", or NULL: chosen by
+				   fs_config_resolve() */
 	char *region;
 	char *api_url;
 	char *login_url;
 	char *credentials;
 	char *cache_dir;	/* default $XDG_CACHE_HOME/dtfs or ~/.cache/dtfs */
 	uint64_t cache_size;	/* bytes of pages kept, 0 = no cap */
-	unsigned page_size;	/* rows per page fetched, 1..1000 */
+	unsigned page_size;	/* rows per page fetched, 1..1000; 0 = the
+				   largest the API accepts */
 	unsigned chunk_rows;	/* rows per upsert chunk, 1..1000 */
 	unsigned upload_workers; /* chunks in flight, 1..32 */
 	unsigned revalidate;	/* seconds between revalidations of a table */
@@ -26,7 +28,30 @@ struct fs_config {
 	unsigned retries;	/* attempts per request */
 	unsigned retry_budget;	/* seconds per request, retries included */
 	bool ro;
+
+	/* ---- dialect, pacing and import routes (the production API) ---- */
+	unsigned page_workers;	/* numbered pages in flight, 1..32 */
+	unsigned rate_requests;	/* our budget: requests per rate_window */
+	unsigned rate_window;	/* seconds; rate_requests 0 = none (pace by
+				   the server's rate-limit headers) */
+	unsigned job_rows;	/* changed rows from which an import goes as
+				   one CSV job; FS_CONFIG_AUTO = by cost */
+	unsigned max_rows;	/* rows a table may hold, 0 = no limit */
+	bool rate_set, max_rows_set; /* given, not the dialect's default */
 };
+
+#define FS_CONFIG_AUTO 0u
+
+/*
+ * Settle what depends on several options and the environment, once all
+ * words are applied (fs_engine_new does it): the region from
+ * GENESYSCLOUD_REGION, the dialect when api= was not given (see
+ * fs_config_help), and the dialect's defaults for rate= and max_rows=.
+ * Returns 0, -EINVAL (no region and no api_url: logged with how to give
+ * one), -ENOMEM.
+ */
+int fs_config_resolve(struct fs_config *cfg)
+	__attribute__((warn_unused_result));
 
 /* Defaults; cache_dir is resolved from the environment. Returns 0 or
  * -ENOMEM. Release with fs_config_release(). */

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "hash.h"
 #include "log.h"
 #include "names.h"
 
@@ -25,10 +27,66 @@ static char *dup_or_null(const char *s)
 
 static void *prefetch_main(void *arg);
 
+/* The client id the API will use: the credentials file's client_id= line,
+ * else GENESYSCLOUD_OAUTHCLIENT_ID (api/ reports what is missing). */
+static char *client_id(const struct fs_config *cfg)
+{
+	const char *env = getenv("GENESYSCLOUD_OAUTHCLIENT_ID");
+	char line[1024], *id = NULL;
+	FILE *f;
+
+	if (!cfg->credentials)
+		return env && *env ? strdup(env) : NULL;
+	f = fopen(cfg->credentials, "re");
+	if (!f)
+		return NULL;
+	while (!id && fgets(line, sizeof(line), f)) {
+		const char *v = line + strspn(line, " \t");
+
+		if (strncmp(v, "client_id", 9))
+			continue;
+		v += 9 + strspn(v + 9, " \t");
+		if (*v++ != '=')
+			continue;
+		v += strspn(v, " \t");
+		id = strndup(v, strcspn(v, " \t\r\n"));
+	}
+	fclose(f);
+	return id;
+}
+
+/* <cache_dir>/budget-<digest of the API URL or region and client id>:
+ * the processes of one client id on this host share one request budget
+ * (api/ keeps it in that file). NULL when the id is unknown. */
+static char *budget_path(const struct fs_config *cfg)
+{
+	char *id = client_id(cfg), hex[17], *p;
+	const char *where = cfg->api_url ? cfg->api_url : cfg->region;
+	uint64_t h = HASH_INIT;
+	size_t n;
+
+	if (!id)
+		return NULL;
+	/* the file lives beside the cache, which may not exist yet */
+	if (mkdir(cfg->cache_dir, 0700) && errno != EEXIST)
+		log_warn("cannot create '%s': %s", cfg->cache_dir,
+			 strerror(errno));
+	h = hash_add(h, where, strlen(where) + 1);
+	h = hash_add(h, id, strlen(id));
+	free(id);
+	hash_hex(h, hex);
+	n = strlen(cfg->cache_dir) + sizeof("/budget-") + sizeof(hex);
+	p = malloc(n);
+	if (p)
+		snprintf(p, n, "%s/budget-%s", cfg->cache_dir, hex);
+	return p;
+}
+
 int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 {
 	struct api_config ac = { 0 };
 	struct fs_engine *eng;
+	char *budget = NULL;
 	int rc;
 
 	*out = NULL;
@@ -53,6 +111,13 @@ int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 		goto fail;
 	}
 
+	rc = fs_config_resolve(&eng->cfg);
+	if (rc)
+		goto fail;
+	cfg = &eng->cfg;
+	if (cfg->rate_requests)
+		budget = budget_path(cfg);
+
 	ac.dialect = cfg->api;
 	ac.region = cfg->region;
 	ac.api_url = cfg->api_url;
@@ -60,9 +125,17 @@ int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 	ac.credentials = cfg->credentials;
 	ac.max_attempts = cfg->retries;
 	ac.retry_budget_s = cfg->retry_budget;
+	ac.rate_requests = cfg->rate_requests;
+	ac.rate_window_s = cfg->rate_window;
+	ac.budget_file = budget;
+	log_info("api dialect %s, budget %u requests per %u s%s", cfg->api,
+		 cfg->rate_requests, cfg->rate_window,
+		 budget ? " shared through the cache directory" : "");
 	rc = api_new(&ac, &eng->api);
+	free(budget);
 	if (rc)
 		goto fail;
+	api_get_caps(eng->api, &eng->caps);
 	rc = fs_import_init(eng);
 	if (rc)
 		goto fail;
@@ -115,6 +188,7 @@ static void table_free(struct fs_table *t)
 {
 	fs_import_table_release(t);
 	api_schema_release(&t->schema);
+	free(t->keys);
 	pthread_mutex_destroy(&t->lock);
 	free(t->id);
 	free(t->name);
@@ -529,6 +603,12 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 	rc = fs_table_load_schema(eng, t);
 	if (rc)
 		goto out;
+	if (eng->caps.numbered_pages) {
+		rc = fs_numbered_fetch(eng, t, &m);
+		if (rc && rc != -ESTALE)
+			page_error(t, "fetching rows", rc);
+		goto out;
+	}
 	rc = api_get_rows(eng->api, t->id, &t->schema,
 			  m.pages ? m.cursor : NULL, eng->cfg.page_size, NULL,
 			  &page);
@@ -620,6 +700,7 @@ struct fs_reader {
 	struct fs_table *t;
 	uint64_t gen;
 	char version[CACHE_VERSION_MAX];
+	bool consumed;		/* bytes of gen were returned */
 };
 
 /* The API could not be reached or kept failing: not an answer about the
@@ -629,9 +710,10 @@ static bool unreachable(int rc)
 	return rc == -ENOTCONN || rc == -ETIMEDOUT || rc == -EIO;
 }
 
-/* Revalidate or start the cached version; t->lock held. */
+/* Revalidate or start the cached version (now when `force`, else at most
+ * once per `revalidate`); t->lock held. */
 static int snapshot(struct fs_engine *eng, struct fs_table *t,
-		    struct cache_meta *m)
+		    struct cache_meta *m, bool force)
 {
 	struct api_page page = { 0 };
 	bool have, changed = false;
@@ -641,14 +723,23 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	if (rc && rc != -ENOENT)
 		return rc;
 	have = rc == 0 && m->gen != t->stale_gen;
-	if (have && !fs_engine_expired(eng, m->validated_at))
+	if (have && !force && !fs_engine_expired(eng, m->validated_at))
 		return 0;
 	/* offline a moment ago: do not make every open pay the retry budget
 	 * again before `revalidate` seconds have passed */
-	if (have && m->complete && t->offline_at > m->validated_at &&
+	if (have && !force && m->complete && t->offline_at > m->validated_at &&
 	    !fs_engine_expired(eng, t->offline_at))
 		return 0;
 
+	if (eng->caps.numbered_pages) {
+		/* no version to ask about: the schema is refreshed on the
+		 * same cadence as the rows it orders */
+		rc = have ? fs_table_fresh_schema(eng, t)
+			  : fs_table_load_schema(eng, t);
+		if (rc)
+			return rc;
+		return fs_numbered_snapshot(eng, t, m, have, force);
+	}
 	rc = fs_table_load_schema(eng, t);
 	if (rc)
 		return rc;
@@ -656,7 +747,7 @@ again:
 	rc = api_get_rows(eng->api, t->id, &t->schema, NULL,
 			  eng->cfg.page_size,
 			  have && m->version[0] ? m->version : NULL, &page);
-	if (rc && have && m->complete && unreachable(rc)) {
+	if (rc && !force && have && m->complete && unreachable(rc)) {
 		atomic_store(&t->offline_at, now_s());
 		/* offline: the last version proved current, whole, beats no
 		 * file at all (the log says it was not revalidated) */
@@ -707,8 +798,8 @@ out:
 	return rc;
 }
 
-int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
-		   struct fs_reader **out)
+static int reader_open(struct fs_engine *eng, struct fs_table *t,
+		       bool force, struct fs_reader **out)
 {
 	struct fs_reader *rd;
 	struct cache_meta m;
@@ -719,7 +810,7 @@ int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
 	if (!rd)
 		return -ENOMEM;
 	pthread_mutex_lock(&t->lock);
-	rc = snapshot(eng, t, &m);
+	rc = snapshot(eng, t, &m, force);
 	pthread_mutex_unlock(&t->lock);
 	if (rc) {
 		free(rd);
@@ -731,6 +822,35 @@ int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
 	memcpy(rd->version, m.version, sizeof(rd->version));
 	*out = rd;
 	return 0;
+}
+
+int fs_reader_open(struct fs_engine *eng, struct fs_table *t,
+		   struct fs_reader **out)
+{
+	return reader_open(eng, t, false, out);
+}
+
+int fs_reader_open_current(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_reader **out)
+{
+	return reader_open(eng, t, true, out);
+}
+
+/* Bind rd to the table's version as an open would now. */
+static int rebind(struct fs_reader *rd)
+{
+	struct cache_meta m;
+	int rc;
+
+	pthread_mutex_lock(&rd->t->lock);
+	rc = snapshot(rd->eng, rd->t, &m, false);
+	pthread_mutex_unlock(&rd->t->lock);
+	if (!rc) {
+		log_info("reader of '%s' moved to the new version before "
+			 "reading a byte", rd->t->name);
+		rd->gen = m.gen;
+	}
+	return rc;
 }
 
 /*
@@ -746,7 +866,7 @@ static int reader_refetch(struct fs_reader *rd)
 	if (!rd->version[0])
 		return -ESTALE;	/* no version to prove it the same */
 	pthread_mutex_lock(&rd->t->lock);
-	rc = snapshot(rd->eng, rd->t, &m);
+	rc = snapshot(rd->eng, rd->t, &m, false);
 	pthread_mutex_unlock(&rd->t->lock);
 	if (rc == 0 && strcmp(m.version, rd->version) == 0) {
 		log_warn("cached rows of '%s' were damaged: fetching them "
@@ -765,6 +885,7 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 	struct cache_meta m;
 	size_t total = 0, n;
 	bool refetched = false;
+	unsigned rebinds = 0;
 	int rc = 0;
 
 	while (total < size) {
@@ -776,6 +897,15 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 			if (rc == 0)
 				continue;
 		}
+		if (rc == -ESTALE && !rd->consumed && off + total == 0 &&
+		    rebinds++ < 3) {
+			/* the version changed before this reader saw a byte
+			 * of it: start it on the new one (never a mix) */
+			rc = rebind(rd);
+			if (rc)
+				break;
+			continue;
+		}
 		if (rc)
 			break;
 		total += n;
@@ -786,9 +916,18 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 			rc = 0;
 			break;
 		}
+		if (rc == -ESTALE && !rd->consumed && off + total == 0 &&
+		    rebinds++ < 3) {
+			rc = rebind(rd);
+			if (rc)
+				break;
+			continue;
+		}
 		if (rc)
 			break;
 	}
+	if (total > 0)
+		rd->consumed = true;
 	if (rc == -ESTALE)
 		log_err("read of '%s' rows.jsonl failed: the table changed "
 			"while an uncached part of the snapshot was needed",

@@ -33,6 +33,12 @@ struct fs_table {
 				       the API (the cache was served) */
 	_Atomic int64_t write_refused_at; /* the API refused a write (403) */
 
+	/* t->lock: keys seen by the pass over generation keys_gen
+	 * (numbered.c), an open-addressing set of key digests */
+	uint64_t keys_gen;
+	uint64_t *keys;
+	size_t nkeys, keys_cap;
+
 	/* eng->pf_lock: the prefetch queue */
 	bool pf_queued;
 	uint64_t pf_gen;
@@ -48,6 +54,7 @@ struct fs_table {
 struct fs_engine {
 	struct fs_config cfg;
 	struct api *api;
+	struct api_caps caps;	/* what the dialect can do */
 	struct cache *cache;
 
 	pthread_mutex_t lock;	/* tables[] and each table's `listed` */
@@ -92,6 +99,71 @@ int fs_table_invalidate(struct fs_engine *eng, struct fs_table *t)
 /* Whether a proof of freshness made at `at` has run out: older than
  * `revalidate` seconds, or made before the last fs_engine_expire(). */
 bool fs_engine_expired(struct fs_engine *eng, int64_t at);
+
+/* Open a reader on the current version of t: revalidated now, whatever
+ * `revalidate` allows (an import compares with it). */
+int fs_reader_open_current(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_reader **out) FS_WARN_UNUSED;
+
+/* ---- numbered.c: numbered pages (the production dialect) ---- */
+
+/* Revalidate (re-read whole, compare digests) or start the version of t;
+ * m is its cached meta, `have` whether it is usable. t->lock held. */
+int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
+			 struct cache_meta *m, bool have, bool force)
+	FS_WARN_UNUSED;
+/* Fetch and append the next pages of the unfinished version m (up to a
+ * window, page_workers in flight). Returns 0, -ESTALE (the table changed:
+ * the generation is marked stale), or the API's error. t->lock held. */
+int fs_numbered_fetch(struct fs_engine *eng, struct fs_table *t,
+		      struct cache_meta *m) FS_WARN_UNUSED;
+
+/* ---- diff.c: only what changed is sent ---- */
+
+/* One spooled row, "LINE\tF\tKEY\tROW"; pointers into the value. */
+struct fs_spooled {
+	uint64_t line;		/* line of the import, 0 for the table's */
+	char flag;		/* '-' none, 'u' key in the table, 'n' new */
+	const char *key;	/* encoded key (api_row_validate), klen bytes */
+	size_t klen;
+	const char *row;	/* canonical row, NUL-terminated */
+};
+
+/* Format / parse a spool value (malloc'ed; -EPROTO when malformed). */
+char *fs_spooled_format(uint64_t line, char flag, const char *key,
+			const char *row);
+int fs_spooled_parse(const char *val, struct fs_spooled *out)
+	FS_WARN_UNUSED;
+
+/* The name of t's spool `what` in the cache ("" is the import spool). */
+char *fs_spool_name(const struct fs_table *t, const char *what);
+
+struct fs_diff {
+	uint64_t current;	/* rows of the current version */
+	uint64_t unreadable;	/* of which the schema could not read */
+	uint64_t same;		/* spooled rows identical: not sent */
+	uint64_t changed;	/* spooled rows whose key the version has */
+	uint64_t added;		/* spooled rows with a key it lacks */
+	uint64_t absent;	/* keys of the version not spooled */
+};
+
+/*
+ * Compare the spool `in` with t's current version (revalidated now, read
+ * whole, each line made canonical by `schema`): rows that differ go to the
+ * spool `out` flagged 'u' (key in the version) or 'n' (new key); the
+ * version's keys missing from `in` go to `absent` when not NULL. Both
+ * outputs are emptied first. Returns 0, or the error of reading the
+ * version (-ESTALE when it kept changing while read) or of the cache.
+ */
+int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
+		  const struct api_schema *schema, const char *in,
+		  const char *out, const char *absent, struct fs_diff *d)
+	FS_WARN_UNUSED;
+
+/* The key of a single-key row as the API names it (the string inside the
+ * encoded key ["…"], unescaped; malloc'ed). Returns 0, -EINVAL (not one
+ * string), -ENOMEM. */
+int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
 
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;

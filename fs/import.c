@@ -9,8 +9,10 @@
  * (fs_import_finish) the spool is sent as upsert chunks by a few worker
  * threads, paced by the API client's shared pacer.
  *
- * Spooled values are "LINE\tROW": the line number lets a row the server
- * rejects after all be quarantined under its line.
+ * Spooled values are "LINE\tF\tKEY\tROW" (diff.c): the line number lets a
+ * row the server rejects after all be quarantined under its line. Before
+ * sending, the spool is compared with the table's current version
+ * (diff.c) and only the rows that differ are sent.
  *
  * One import per table at a time, across processes too: the import holds an
  * exclusive flock on its rejects file.
@@ -74,12 +76,15 @@ struct fs_import {
 	char *vals[SPOOL_BATCH];
 	size_t nbatch;
 
+	char *send;			/* spool of the rows to send */
+
 	int rejects_fd;			/* flock'ed: the import lock */
 	FILE *rejects;
 
 	/* status.json; counters are atomics, strings under import_lock */
 	atomic_uint_fast64_t lines, valid, quarantined, chunks_sent,
-		chunks_acked, retries, throttled;
+		chunks_acked, retries, throttled, unchanged, to_send;
+	const char *route;		/* "upsert", "rows", "job" or NULL */
 	enum import_state state;
 	char error[512];
 	int64_t started_at, finished_at;
@@ -118,6 +123,7 @@ static void import_free(struct fs_import *im)
 	else if (im->rejects_fd >= 0)
 		close(im->rejects_fd);
 	api_schema_release(&im->schema);
+	free(im->send);
 	free(im->partial);
 	pthread_mutex_destroy(&im->rejects_lock);
 	pthread_mutex_destroy(&im->lock);
@@ -237,6 +243,11 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	im->eng = eng;
 	im->t = t;
 	im->rejects_fd = -1;
+	im->send = fs_spool_name(t, "send");
+	if (!im->send) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 
 	/* the import lock, across processes: flock the rejects file */
 	if (mkdir(eng->rejects_dir, 0700) && errno != EEXIST) {
@@ -289,6 +300,8 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		goto fail;
 	}
 	rc = cache_spool_clear(eng->cache, t->id);
+	if (!rc)
+		rc = cache_spool_clear(eng->cache, im->send);
 	if (rc)
 		goto fail;
 
@@ -400,7 +413,6 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 	uint64_t line = atomic_fetch_add(&im->lines, 1) + 1;
 	char *row = NULL, *key = NULL, *error = NULL, *val;
 	char msg[96];
-	size_t vlen;
 	int rc;
 
 	if (n && s[n - 1] == '\r')
@@ -444,15 +456,12 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 		return 0;
 	}
 	atomic_fetch_add(&im->valid, 1);
-	vlen = strlen(row) + 24;
-	val = malloc(vlen);
+	val = fs_spooled_format(line, '-', key, row);
+	free(row);
 	if (!val) {
-		free(row);
 		free(key);
 		return -ENOMEM;
 	}
-	snprintf(val, vlen, "%" PRIu64 "\t%s", line, row);
-	free(row);
 	im->keys[im->nbatch] = key;
 	im->vals[im->nbatch] = val;
 	if (++im->nbatch == SPOOL_BATCH)
@@ -545,14 +554,20 @@ struct upload {
 	bool failed;		/* some chunk did not land */
 };
 
-/* Split "LINE\tROW". */
+/* The row and line of a spool value; NULL for a row set aside ('x'). */
 static const char *spooled_row(const char *val, uint64_t *line)
 {
-	char *tab;
+	struct fs_spooled s;
 
-	*line = strtoull(val, &tab, 10);
-	return *tab == '\t' ? tab + 1 : val;
+	if (fs_spooled_parse(val, &s)) {
+		*line = 0;
+		return val;
+	}
+	*line = s.line;
+	return s.flag == 'x' ? NULL : s.row;
 }
+
+static int send_rows(struct fs_import *im, struct cache_spool_batch *b);
 
 /* Send one chunk; on a 400 that names rows, quarantine them and send the
  * rest once more. Returns 0 or the error. */
@@ -571,8 +586,22 @@ static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
 		free(lines);
 		return -ENOMEM;
 	}
-	for (i = 0; i < n; i++)
-		rows[i] = spooled_row(b->rows[i], &lines[i]);
+	if (im->eng->caps.row_ops) {
+		free(rows);
+		free(lines);
+		return send_rows(im, b);
+	}
+	n = 0;
+	for (i = 0; i < b->n; i++) {
+		rows[n] = spooled_row(b->rows[i], &lines[n]);
+		if (rows[n])	/* else set aside (max_rows): not sent */
+			n++;
+	}
+	if (n == 0) {
+		free(rows);
+		free(lines);
+		return 0;
+	}
 	for (round = 0;; round++) {
 		atomic_fetch_add(&im->chunks_sent, 1);
 		rc = api_upsert(im->eng->api, im->t->id, rows, n, &res);
@@ -679,7 +708,7 @@ static void *upload_main(void *arg)
  * its size follows the rate budget as the last answer reported it (no
  * read-ahead of full chunks cut before the budget turned low). Returns 0,
  * or the first error of a chunk that did not land. */
-static int upload(struct fs_import *im)
+static int upload(struct fs_import *im, const char *spool)
 {
 	struct fs_engine *eng = im->eng;
 	unsigned workers = eng->cfg.upload_workers, started = 0, i;
@@ -715,7 +744,9 @@ static int upload(struct fs_import *im)
 			break;
 		}
 		max = api_budget_low(eng->api) ? 50 : eng->cfg.chunk_rows;
-		rc = cache_spool_next(eng->cache, im->t->id, after, max,
+		if (eng->caps.row_ops)
+			max = 1;	/* one request per row: a row per worker */
+		rc = cache_spool_next(eng->cache, spool, after, max,
 				      &c->batch);
 		if (rc || c->batch.n == 0) {
 			cache_spool_batch_release(&c->batch);
@@ -754,6 +785,390 @@ static int upload(struct fs_import *im)
 	return up.failed ? -EIO : 0;
 }
 
+/* ---- the production dialect: single rows, or one CSV job ------------- */
+
+/*
+ * Send one spooled row by key: an update when the version had the key, a
+ * create when it did not, switching when the table changed meanwhile (a
+ * create refused as existing becomes an update, an update of a missing
+ * key a create). Returns 0 (sent, or quarantined when the API refuses the
+ * row or the table is full) or a fatal error.
+ */
+static int send_row(struct fs_import *im, const char *val)
+{
+	struct fs_engine *eng = im->eng;
+	struct fs_spooled s;
+	bool update;
+	char *key = NULL;
+	size_t len;
+	int rc, tries;
+
+	if (fs_spooled_parse(val, &s))
+		return -EPROTO;
+	if (s.flag == 'x')
+		return 0;
+	rc = fs_key_string(s.key, s.klen, &key);
+	if (rc)
+		return rc == -EINVAL ? -EPROTO : rc;
+	update = s.flag != 'n';
+	len = strlen(s.row);
+	for (tries = 0; tries < 3; tries++) {
+		atomic_fetch_add(&im->chunks_sent, 1);
+		rc = update ? api_row_update(eng->api, im->t->id, key, s.row,
+					     len)
+			    : api_row_create(eng->api, im->t->id, s.row, len);
+		if (update && rc == -ENOENT)
+			update = false;
+		else if (!update && rc == -EEXIST)
+			update = true;
+		else
+			break;
+	}
+	if (rc == 0)
+		atomic_fetch_add(&im->chunks_acked, 1);
+	if (rc == -EINVAL) {
+		quarantine(im, s.line, "refused by the API (its message is in "
+			   "the log)", s.row, len);
+		rc = 0;
+	} else if (rc == -ENOSPC) {
+		quarantine(im, s.line, "refused by the API: the table is at "
+			   "its row limit", s.row, len);
+		rc = 0;
+	}
+	free(key);
+	return rc;
+}
+
+static int send_rows(struct fs_import *im, struct cache_spool_batch *b)
+{
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < b->n && !rc; i++)
+		rc = send_row(im, b->rows[i]);
+	return rc;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Rows that would take the table past max_rows: the new keys of the
+ * latest lines beyond what the table has room for are quarantined and set
+ * aside ('x') in the spool. Returns how many, or a negative errno.
+ */
+static int64_t set_aside_over_max(struct fs_import *im, const char *spool,
+				  const struct fs_diff *d)
+{
+	struct fs_engine *eng = im->eng;
+	uint64_t room, *lines = NULL, cut, n = 0, over = 0;
+	struct cache_spool_batch b = { 0 };
+	char *after = NULL, why[128];
+	size_t i;
+	int rc = 0;
+
+	room = d->current >= eng->cfg.max_rows ? 0
+					       : eng->cfg.max_rows - d->current;
+	if (d->added <= room)
+		return 0;
+	lines = malloc(d->added * sizeof(*lines));
+	if (!lines)
+		return -ENOMEM;
+	/* which lines: the new keys in file order, the first `room` kept */
+	for (;;) {
+		rc = cache_spool_next(eng->cache, spool, after, 256, &b);
+		if (rc || b.n == 0)
+			break;
+		for (i = 0; i < b.n; i++) {
+			struct fs_spooled s;
+
+			if (!fs_spooled_parse(b.rows[i], &s) &&
+			    s.flag == 'n' && n < d->added)
+				lines[n++] = s.line;
+		}
+		free(after);
+		after = b.last_key;
+		b.last_key = NULL;
+		cache_spool_batch_release(&b);
+	}
+	cache_spool_batch_release(&b);
+	free(after);
+	after = NULL;
+	if (rc)
+		goto out;
+	qsort(lines, n, sizeof(*lines), cmp_u64);
+	cut = room < n ? lines[room] : UINT64_MAX;
+	snprintf(why, sizeof(why),
+		 "the table would pass max_rows (%u rows): not sent",
+		 eng->cfg.max_rows);
+	for (;;) {
+		rc = cache_spool_next(eng->cache, spool, after, 256, &b);
+		if (rc || b.n == 0)
+			break;
+		for (i = 0; i < b.n && !rc; i++) {
+			struct fs_spooled s;
+			char *key, *val;
+
+			if (fs_spooled_parse(b.rows[i], &s) || s.flag != 'n' ||
+			    s.line < cut)
+				continue;
+			quarantine(im, s.line, why, s.row, strlen(s.row));
+			over++;
+			key = strndup(s.key, s.klen);
+			val = key ? fs_spooled_format(s.line, 'x', key, s.row)
+				  : NULL;
+			rc = val ? cache_spool_put(eng->cache, spool, 1,
+						   (const char *const *)&key,
+						   (const char *const *)&val)
+				 : -ENOMEM;
+			free(key);
+			free(val);
+		}
+		free(after);
+		after = b.last_key;
+		b.last_key = NULL;
+		cache_spool_batch_release(&b);
+	}
+	cache_spool_batch_release(&b);
+	log_err("import into '%s': %" PRIu64 " new rows would take the table "
+		"past max_rows (%u): quarantined", im->t->name, over,
+		eng->cfg.max_rows);
+out:
+	free(after);
+	free(lines);
+	return rc ? rc : (int64_t)over;
+}
+
+/*
+ * Where sending rows one by one stops being cheaper than one CSV job.
+ * Rows: one request each, at the budget's rate (or upload_workers per
+ * round trip when unbounded). Job: POST, upload, about JOB_POLLS polls,
+ * then the table read back (to find rows the job did not land), plus the
+ * platform's processing time, JOB_SECONDS by our estimate. The job wins
+ * when the rows would take longer: n > rate * JOB_SECONDS + its requests.
+ * Under the default 300/60 budget that is about 25 rows plus the read-back
+ * pages (36 for a 3000-row table).
+ */
+#define JOB_SECONDS 5.0
+#define JOB_POLLS 3
+#define RTT_GUESS_S 0.05
+
+static uint64_t job_threshold(struct fs_import *im, const struct fs_diff *d)
+{
+	struct fs_engine *eng = im->eng;
+	double rate = api_budget_rate(eng->api);
+	double unbounded = eng->cfg.upload_workers / RTT_GUESS_S;
+	uint64_t pages, size = eng->caps.max_page_size ? eng->caps.max_page_size
+						       : 500;
+
+	if (eng->cfg.job_rows != FS_CONFIG_AUTO)
+		return eng->cfg.job_rows;
+	if (rate <= 0 || rate > unbounded)
+		rate = unbounded;
+	pages = (d->current + d->added + size - 1) / size + 1;
+	return (uint64_t)(rate * JOB_SECONDS) + 2 + JOB_POLLS + pages;
+}
+
+/* The spooled rows to send, in one CSV (header first); 'x' rows left out. */
+static int spool_csv(struct fs_import *im, const char *spool, char **csv,
+		     size_t *len)
+{
+	struct cache_spool_batch b = { 0 };
+	const char *rows[256];
+	size_t lens[256], i, n;
+	char *after = NULL;
+	int rc;
+
+	*csv = NULL;
+	*len = 0;
+	for (;;) {
+		rc = cache_spool_next(im->eng->cache, spool, after, 256, &b);
+		if (rc || b.n == 0)
+			break;
+		for (i = 0, n = 0; i < b.n; i++) {
+			struct fs_spooled s;
+
+			if (fs_spooled_parse(b.rows[i], &s) || s.flag == 'x')
+				continue;
+			rows[n] = s.row;
+			lens[n++] = strlen(s.row);
+		}
+		if (n)
+			rc = api_csv_encode(&im->schema, rows, lens, n, csv,
+					    len);
+		free(after);
+		after = b.last_key;
+		b.last_key = NULL;
+		cache_spool_batch_release(&b);
+		if (rc)
+			break;
+	}
+	cache_spool_batch_release(&b);
+	free(after);
+	if (rc) {
+		free(*csv);
+		*csv = NULL;
+	}
+	return rc;
+}
+
+/*
+ * One CSV import job (Append), then the table read back and compared with
+ * what was sent: rows not there, or there with other values, go to
+ * rejects.jsonl under their lines. A Failed job is -EIO with the
+ * platform's message in the log and status.json.
+ */
+static int send_job(struct fs_import *im, const char *spool)
+{
+	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
+	struct api_job job = { 0 };
+	struct cache_spool_batch b = { 0 };
+	struct fs_diff d;
+	char *csv = NULL, *after = NULL, *missing = NULL, why[256];
+	size_t len = 0, i;
+	int rc, crc;
+
+	rc = spool_csv(im, spool, &csv, &len);
+	if (rc) {
+		log_err("import into '%s': cannot write the CSV: %s", t->name,
+			strerror(-rc));
+		return rc == -EINVAL ? -EIO : rc;
+	}
+	atomic_fetch_add(&im->chunks_sent, 1);
+	rc = api_import_csv(eng->api, t->id, csv, len, false, &job);
+	free(csv);
+	if (rc == -EIO && job.status && !strcmp(job.status, "Failed")) {
+		snprintf(why, sizeof(why), "CSV import job failed: %s",
+			 job.error ? job.error : "no reason given");
+		log_err("import into '%s': %s", t->name, why);
+		set_state(im, IMPORT_UPLOADING, why);
+	}
+	if (rc)
+		goto out;
+	atomic_fetch_add(&im->chunks_acked, 1);
+
+	/* read back: what the job did not land is found by comparing */
+	crc = fs_table_invalidate(eng, t);
+	(void)crc;
+	missing = fs_spool_name(t, "missing");
+	if (!missing) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = fs_diff_spool(eng, t, &im->schema, spool, missing, NULL, &d);
+	if (rc) {
+		log_err("import into '%s': the CSV job succeeded but the table "
+			"cannot be read back to check it: %s", t->name,
+			strerror(-rc));
+		rc = -EIO;
+		goto out;
+	}
+	for (;;) {
+		rc = cache_spool_next(eng->cache, missing, after, 256, &b);
+		if (rc || b.n == 0)
+			break;
+		for (i = 0; i < b.n; i++) {
+			struct fs_spooled s;
+
+			if (fs_spooled_parse(b.rows[i], &s) || s.line == 0)
+				continue;
+			/* rows set aside were never sent */
+			if (strstr(b.rows[i], "	x	") == b.rows[i] +
+				    strcspn(b.rows[i], "	"))
+				continue;
+			snprintf(why, sizeof(why),
+				 s.flag == 'n' ? "not in the table after the CSV "
+						 "import job (the job counted %"
+						 PRIu64 " failed rows)"
+					       : "the table holds other values "
+						 "after the CSV import job (the "
+						 "job counted %" PRIu64
+						 " failed rows)",
+				 job.failed);
+			quarantine(im, s.line, why, s.row, strlen(s.row));
+		}
+		free(after);
+		after = b.last_key;
+		b.last_key = NULL;
+		cache_spool_batch_release(&b);
+	}
+	if (job.failed)
+		log_warn("import into '%s': the CSV job counted %" PRIu64
+			 " failed rows", t->name, job.failed);
+out:
+	cache_spool_batch_release(&b);
+	if (missing) {
+		crc = cache_spool_clear(eng->cache, missing);
+		(void)crc;
+	}
+	free(missing);
+	free(after);
+	api_job_release(&job);
+	return rc;
+}
+
+/*
+ * Send what differs from the table's current version (diff.c). When the
+ * version cannot be read for the comparison, every spooled row is sent:
+ * an upsert of an unchanged row changes nothing, and the upload meets
+ * whatever made the read fail.
+ */
+static int send_changed(struct fs_import *im)
+{
+	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
+	const char *spool = im->send;
+	struct fs_diff d;
+	size_t n = 0;
+	bool job = false;
+	int rc, crc;
+
+	rc = fs_diff_spool(eng, t, &im->schema, t->id, im->send, NULL, &d);
+	if (rc) {
+		log_warn("import into '%s': sending every row", t->name);
+		spool = t->id;
+		if (cache_spool_count(eng->cache, spool, &n))
+			n = (size_t)atomic_load(&im->valid);
+		atomic_store(&im->to_send, n);
+	} else {
+		int64_t over = 0;
+
+		if (eng->cfg.max_rows) {
+			over = set_aside_over_max(im, spool, &d);
+			if (over < 0)
+				return (int)over;
+		}
+		n = d.changed + d.added - (uint64_t)over;
+		atomic_store(&im->unchanged, d.same);
+		atomic_store(&im->to_send, n);
+		if (n == 0)
+			return 0;	/* nothing differs: the table and its
+					   cached version stay as they are */
+		if (eng->caps.csv_jobs && n >= job_threshold(im, &d))
+			job = true;
+	}
+	im->route = job ? "job" : eng->caps.row_ops ? "rows" : "upsert";
+	log_info("import into '%s': %zu rows to send by %s", t->name, n,
+		 job ? "one CSV import job" : eng->caps.row_ops
+						  ? "single-row requests"
+						  : "upsert chunks");
+	/* the table is about to change: forget the cached version first, so
+	 * a daemon killed mid-upload leaves no copy that a later mount would
+	 * serve as fresh within its revalidate window */
+	crc = fs_table_invalidate(eng, t);
+	(void)crc;
+	rc = job ? send_job(im, spool) : upload(im, spool);
+	/* what landed changed the table: the next read must refetch */
+	crc = fs_table_invalidate(eng, t);
+	(void)crc;
+	return rc;
+}
+
 int fs_import_finish(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
@@ -786,23 +1201,19 @@ int fs_import_finish(struct fs_import *im)
 	}
 
 	set_state(im, IMPORT_UPLOADING, NULL);
-	/* the table is about to change: forget the cached version first, so
-	 * a daemon killed mid-upload leaves no copy that a later mount would
-	 * serve as fresh within its revalidate window */
-	crc = fs_table_invalidate(eng, t);
-	(void)crc;
-	rc = upload(im);
-	/* what landed changed the table: the next read must refetch */
-	crc = fs_table_invalidate(eng, t);
-	(void)crc;
+	rc = send_changed(im);
 	crc = cache_spool_clear(eng->cache, t->id);
+	(void)crc;
+	crc = cache_spool_clear(eng->cache, im->send);
 	(void)crc;
 	if (rc == -EACCES) {
 		atomic_store(&t->write_refused_at, (int64_t)time(NULL));
 		set_state(im, IMPORT_FAILED, "write access refused by the API");
 	} else if (rc) {
 		rc = rc == -EINVAL || rc == -ENOENT ? -EIO : rc;
-		set_state(im, IMPORT_FAILED, strerror(-rc));
+		/* a failed job's message, when there is one, says more */
+		set_state(im, IMPORT_FAILED, im->error[0] ? NULL
+							   : strerror(-rc));
 		if (rc != -EIO && rc != -ETIMEDOUT && rc != -ENOTCONN)
 			rc = -EIO;
 	} else if (atomic_load(&im->quarantined)) {
@@ -816,9 +1227,10 @@ int fs_import_finish(struct fs_import *im)
 	}
 	log_notice("import into '%s': %" PRIuFAST64 " lines, %" PRIuFAST64
 		   " valid, %" PRIuFAST64 " quarantined, %" PRIuFAST64
-		   " of %" PRIuFAST64 " chunks acknowledged: %s",
+		   " unchanged, %" PRIuFAST64 " of %" PRIuFAST64
+		   " chunks acknowledged: %s",
 		   t->name, atomic_load(&im->lines), atomic_load(&im->valid),
-		   atomic_load(&im->quarantined),
+		   atomic_load(&im->quarantined), atomic_load(&im->unchanged),
 		   atomic_load(&im->chunks_acked),
 		   atomic_load(&im->chunks_sent), rc ? strerror(-rc) : "ok");
 latch:
@@ -893,6 +1305,9 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		     "    \"lines_read\": %" PRIuFAST64 ",\n"
 		     "    \"rows_valid\": %" PRIuFAST64 ",\n"
 		     "    \"quarantined\": %" PRIuFAST64 ",\n"
+		     "    \"rows_unchanged\": %" PRIuFAST64 ",\n"
+		     "    \"rows_to_send\": %" PRIuFAST64 ",\n"
+		     "    \"route\": %s%s%s,\n"
 		     "    \"chunks_sent\": %" PRIuFAST64 ",\n"
 		     "    \"chunks_acknowledged\": %" PRIuFAST64 ",\n"
 		     "    \"retries\": %" PRIuFAST64 ",\n"
@@ -901,6 +1316,9 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		     "    \"error\": ",
 		     state_names[im->state], atomic_load(&im->lines),
 		     atomic_load(&im->valid), atomic_load(&im->quarantined),
+		     atomic_load(&im->unchanged), atomic_load(&im->to_send),
+		     im->route ? "\"" : "", im->route ? im->route : "null",
+		     im->route ? "\"" : "",
 		     atomic_load(&im->chunks_sent),
 		     atomic_load(&im->chunks_acked), atomic_load(&im->retries),
 		     atomic_load(&im->throttled), started, finished);

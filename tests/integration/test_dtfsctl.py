@@ -122,6 +122,16 @@ def test_bad_options_refused(emu_factory, tmp_path):
     assert p.returncode != 0 and b"http" in p.stderr  # plain http: loopback only
 
 
+def test_no_region_is_an_error_that_says_how_to_give_one(tmp_path):
+    """Neither region, GENESYSCLOUD_REGION nor api_url: refused before any
+    request, never a silent us-east-1 (creds_env drops the variable)."""
+    p = subprocess.run([DTFSCTL, "-o", f"cache_dir={tmp_path}/c", "ls"],
+                       capture_output=True,
+                       env=creds_env(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET))
+    assert p.returncode != 0 and p.stdout == b""
+    assert b"region=" in p.stderr and b"GENESYSCLOUD_REGION" in p.stderr
+
+
 def test_unknown_table(emu_factory, tmp_path):
     emu = emu_factory("--data", DATA_DIR)
     code, out, err = dtfsctl(emu, tmp_path / "c", "export", "Nope")

@@ -28,12 +28,18 @@ DEMO_CLIENT_ID = "dtfs-demo"
 DEMO_CLIENT_SECRET = "dtfs-demo-secret"
 SCOPE_READ = "data-table:read"
 SCOPE_WRITE = "data-table:write"
+SCOPE_ARCHITECT = "architect"
+SCOPE_ARCHITECT_READONLY = "architect:readonly"
+FLOWS = "/api/v2/flows/datatables"
 
 SOURCE_DIR = os.environ.get(
     "DTFS_SOURCE_DIR",
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BUILD_DIR = os.environ.get("DTFS_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
 SAMPLE_DATA = os.path.join(SOURCE_DIR, "tools", "sample-data")
+# the production-shaped sample tables (PriceList), loaded with their own
+# --data: `--data SAMPLE_DATA` alone serves the three cursor tables
+SAMPLE_PRODUCTION = os.path.join(SAMPLE_DATA, "production")
 
 # Lines that mean a sanitizer found something.
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
@@ -322,6 +328,90 @@ class Emu:
             path += "?upsert=true"
         _, _, body = self.api("POST", path,
                               body=[{"columns": r} for r in rows])
+        return body
+
+    # ---- the production dialect (/api/v2/flows/datatables) ----
+
+    def route_count(self, name, stats=None):
+        """by_route[name] of /_emu/stats; production routes appear there
+        only once counted, so a missing one is 0."""
+        return (stats or self.stats())["by_route"].get(name, 0)
+
+    def flows_tables(self, expand=False):
+        """Every production table entity, paging by pageNumber."""
+        out, number = [], 1
+        while True:
+            q = {"pageSize": 100, "pageNumber": number}
+            if expand:
+                q["expand"] = "schema"
+            _, _, body = self.api("GET", FLOWS + "?" + urllib.parse.urlencode(q))
+            out.extend(body["entities"])
+            if number >= body["pageCount"]:
+                return out
+            number += 1
+
+    def flows_table_id(self, name):
+        for t in self.flows_tables():
+            if t["name"] == name:
+                return t["id"]
+        raise KeyError(name)
+
+    def flows_rows(self, table_id, page_size=500):
+        """Every row of a production table (showbrief=false), in order."""
+        out, number = [], 1
+        while True:
+            _, _, body = self.api(
+                "GET", "%s/%s/rows?pageNumber=%d&pageSize=%d&showbrief=false"
+                % (FLOWS, table_id, number, page_size))
+            out.extend(body["entities"])
+            if number >= body["pageCount"]:
+                return out
+            number += 1
+
+    def wait_job(self, path, timeout=60):
+        """Poll a job until it leaves WaitingForUpload/Processing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _, _, job = self.api("GET", path)
+            if job["status"] in ("Succeeded", "Failed"):
+                return job
+            if time.monotonic() > deadline:
+                raise EmuError("job %s still %s" % (path, job["status"]))
+            time.sleep(0.01)
+
+    def upload(self, job, data, headers=None):
+        """PUT data to a job's uploadURI with its uploadHeaders (or
+        `headers`); returns (status, headers, body)."""
+        path = urllib.parse.urlsplit(job["uploadURI"]).path
+        hdrs = job["uploadHeaders"] if headers is None else headers
+        return self.request("PUT", path, body=data, headers=hdrs)
+
+    def import_csv(self, table_id, data, mode="Append"):
+        """Run a CSV import job to its end; returns the final job."""
+        _, _, job = self.api("POST", "%s/%s/import/csv/jobs"
+                             % (FLOWS, table_id), body={"importMode": mode})
+        status, _, body = self.upload(job, data)
+        if status != 200:
+            raise EmuError("upload failed: %s %r" % (status, body))
+        return self.wait_job("%s/%s/import/jobs/%s"
+                             % (FLOWS, table_id, job["id"]))
+
+    def export_csv(self, table_id):
+        """Run an export job and download its CSV through the redirect
+        (the signed URL is fetched without the token); returns bytes."""
+        _, _, job = self.api("POST", "%s/%s/export/jobs" % (FLOWS, table_id))
+        job = self.wait_job("%s/%s/export/jobs/%s"
+                            % (FLOWS, table_id, job["id"]))
+        if job["status"] != "Succeeded":
+            raise EmuError("export failed: %r" % job)
+        uri = urllib.parse.urlsplit(job["downloadURI"])
+        status, hdrs, _ = self.api("GET", uri.path, expect=None)
+        if status not in (302, 303):
+            raise EmuError("download gave %s, not a redirect" % status)
+        loc = urllib.parse.urlsplit(hdrs["Location"])
+        status, _, body = self.request("GET", loc.path + "?" + loc.query)
+        if status != 200:
+            raise EmuError("signed download gave %s" % status)
         return body
 
 

@@ -273,7 +273,7 @@ static void test_urls(void **state)
 	assert_int_equal(new_with(NULL, "atlantis-1", NULL, NULL), -EINVAL);
 	assert_int_equal(new_with("cursor", "eu-west-1", NULL, NULL), 0);
 	assert_int_equal(new_with("bogus", "eu-west-1", NULL, NULL), -EINVAL);
-	assert_int_equal(new_with("flows", "eu-west-1", NULL, NULL), -EINVAL);
+	assert_int_equal(new_with("flows", "eu-west-1", NULL, NULL), 0);
 }
 
 static void test_escape(void **state)

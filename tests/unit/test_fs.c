@@ -104,8 +104,10 @@ static void test_config_defaults_and_words(void **state)
 	setenv("XDG_CACHE_HOME", "/tmp/xdg-test", 1);
 	assert_int_equal(fs_config_init(&cfg), 0);
 	assert_string_equal(cfg.cache_dir, "/tmp/xdg-test/dtfs");
-	assert_string_equal(cfg.api, "cursor");
-	assert_int_equal(cfg.page_size, 1000);
+	assert_null(cfg.api);	/* chosen by fs_config_resolve() */
+	assert_int_equal(cfg.page_size, 0);
+	assert_int_equal(cfg.page_workers, 4);
+	assert_int_equal(cfg.job_rows, FS_CONFIG_AUTO);
 	assert_int_equal(cfg.chunk_rows, 250);
 	assert_int_equal(cfg.upload_workers, 4);
 	assert_false(cfg.ro);
@@ -142,10 +144,81 @@ static void test_config_bad_values(void **state)
 	assert_int_equal(fs_config_set(&cfg, "chunk_rows=-1"), -EINVAL);
 	assert_int_equal(fs_config_set(&cfg, "cache_size=3T"), -EINVAL);
 	assert_int_equal(fs_config_set(&cfg, "api=soap"), -EINVAL);
-	assert_int_equal(cfg.page_size, 1000);
+	assert_int_equal(fs_config_set(&cfg, "rate=300"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "rate=0/60"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "rate=10/0"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "page_workers=0"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "page_workers=33"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "job_rows=0"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "max_rows=-5"), -EINVAL);
+	assert_int_equal(cfg.page_size, 0);
 	/* dtfsctl refuses words that are not dtfs options */
 	assert_int_equal(fs_config_set_list(&cfg, "page_size=10,allow_other"),
 			 -EINVAL);
+	fs_config_release(&cfg);
+}
+
+/* The dialect rule of fs_config_resolve(), its defaults and its error. */
+static void test_config_dialect_rule(void **state)
+{
+	struct fs_config cfg;
+
+	(void)state;
+	unsetenv("GENESYSCLOUD_REGION");
+	/* nothing says where the org is: an error, never us-east-1 */
+	assert_int_equal(fs_config_init(&cfg), 0);
+	assert_int_equal(fs_config_resolve(&cfg), -EINVAL);
+	fs_config_release(&cfg);
+
+	/* a region alone is the production API, with its defaults */
+	assert_int_equal(fs_config_init(&cfg), 0);
+	assert_int_equal(fs_config_set(&cfg, "region=eu-west-1"), 0);
+	assert_int_equal(fs_config_resolve(&cfg), 0);
+	assert_string_equal(cfg.api, "flows");
+	assert_int_equal(cfg.rate_requests, 300);
+	assert_int_equal(cfg.rate_window, 60);
+	assert_int_equal(cfg.max_rows, 5000);
+	fs_config_release(&cfg);
+
+	/* GENESYSCLOUD_REGION counts as region= */
+	setenv("GENESYSCLOUD_REGION", "ap-southeast-2", 1);
+	assert_int_equal(fs_config_init(&cfg), 0);
+	assert_int_equal(fs_config_resolve(&cfg), 0);
+	assert_string_equal(cfg.region, "ap-southeast-2");
+	assert_string_equal(cfg.api, "flows");
+	fs_config_release(&cfg);
+	unsetenv("GENESYSCLOUD_REGION");
+
+	/* a Genesys Cloud URL is the production API too */
+	assert_int_equal(fs_config_init(&cfg), 0);
+	assert_int_equal(fs_config_set(&cfg,
+				       "api_url=https://api.euw2.pure.cloud"), 0);
+	assert_int_equal(fs_config_resolve(&cfg), 0);
+	assert_string_equal(cfg.api, "flows");
+	fs_config_release(&cfg);
+
+	/* any other URL is the guide's API, without a budget of ours */
+	assert_int_equal(fs_config_init(&cfg), 0);
+	assert_int_equal(fs_config_set(&cfg, "api_url=http://127.0.0.1:9"), 0);
+	assert_int_equal(fs_config_resolve(&cfg), 0);
+	assert_string_equal(cfg.api, "cursor");
+	assert_int_equal(cfg.rate_requests, 0);
+	assert_int_equal(cfg.max_rows, 0);
+	fs_config_release(&cfg);
+
+	/* api= wins; rate= and max_rows= given win over the defaults */
+	assert_int_equal(fs_config_init(&cfg), 0);
+	assert_int_equal(fs_config_set_list(&cfg,
+		"api_url=http://127.0.0.1:9,api=flows,rate=20/2,max_rows=0"), 0);
+	assert_int_equal(fs_config_resolve(&cfg), 0);
+	assert_string_equal(cfg.api, "flows");
+	assert_int_equal(cfg.rate_requests, 20);
+	assert_int_equal(cfg.rate_window, 2);
+	assert_int_equal(cfg.max_rows, 0);
+	assert_int_equal(fs_config_set(&cfg, "rate=none"), 0);
+	assert_int_equal(cfg.rate_requests, 0);
+	assert_int_equal(fs_config_set(&cfg, "job_rows=auto"), 0);
+	assert_int_equal(cfg.job_rows, FS_CONFIG_AUTO);
 	fs_config_release(&cfg);
 }
 
@@ -159,6 +232,7 @@ int main(void)
 		cmocka_unit_test(test_json_string),
 		cmocka_unit_test(test_config_defaults_and_words),
 		cmocka_unit_test(test_config_bad_values),
+		cmocka_unit_test(test_config_dialect_rule),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

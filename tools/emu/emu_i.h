@@ -70,8 +70,18 @@ char *emu_percent_decode(const char *s, bool plus_is_space);
 
 /* Compact JSON text of a json-c value (values' text kept as parsed). */
 const char *emu_json_text(struct json_object *o);
-/* Parse a whole buffer as strict JSON; NULL if invalid or trailing junk. */
+/* Parse a whole buffer as strict JSON (json.c); NULL if invalid, trailing
+ * junk, or the JSON null. Numbers keep their text: emu_json_text writes
+ * them back exactly as received. */
 struct json_object *emu_json_parse(const char *s, size_t len);
+/* The same; *ok tells a JSON null (NULL, ok) from an error. */
+struct json_object *emu_json_parse_ex(const char *s, size_t len, bool *ok);
+/* A number object written back as `text` (len bytes); NULL if the text is
+ * not a JSON number. */
+struct json_object *emu_json_number(const char *text, size_t len);
+/* Length of the JSON number at the start of s (0 if none); *integer tells
+ * whether it has neither fraction nor exponent. */
+size_t emu_json_number_len(const char *s, size_t n, bool *integer);
 
 /* ---- open-addressing hash index of items by a string key ---- */
 
@@ -110,6 +120,11 @@ struct emu_column {
 	char *json_name; /* "name" as escaped JSON text, with the quotes */
 	enum emu_type type;
 	bool key;
+	/* production view: title (NULL: the name), default as JSON text
+	 * (NULL: none) and displayOrder */
+	char *title;
+	char *def;
+	long display;
 };
 
 struct emu_schema {
@@ -148,6 +163,8 @@ struct emu_table {
 	size_t cap;
 	struct emu_map by_key;
 	struct emu_map by_id;
+	char *division;	 /* production division id */
+	bool deleted;	 /* removed from the store, freed at exit */
 };
 
 struct emu_store {
@@ -156,6 +173,9 @@ struct emu_store {
 	size_t ntables;
 	uint64_t instance; /* random per process, part of every ETag */
 	uint64_t next_version;
+	/* deleted tables: handlers may still hold pointers to them */
+	struct emu_table **graveyard;
+	size_t ngraveyard;
 };
 
 /* One problem with one row of a batch. */
@@ -179,6 +199,10 @@ struct emu_pending {
 	size_t json_len;
 };
 
+/* The home division of every table created without one. */
+#define EMU_HOME_DIVISION "b3f1c5a2-7d4e-4c1b-9e0a-5f6d2c8a1e90"
+#define EMU_HOME_DIVISION_NAME "Home"
+
 const char *emu_type_name(enum emu_type t);
 int emu_type_parse(const char *s, enum emu_type *out);
 
@@ -188,7 +212,38 @@ void emu_store_release(struct emu_store *s);
 int emu_store_add(struct emu_store *s, struct emu_table *t);
 /* Sort tables by name; call once after loading. */
 void emu_store_sort(struct emu_store *s);
+/* The table with this id; callers hold the store lock (either kind). */
 struct emu_table *emu_store_find(struct emu_store *s, const char *id);
+/* Add a table at its place in name order (write lock held); -EEXIST. */
+int emu_store_insert(struct emu_store *s, struct emu_table *t);
+/* Take a table out of the store (write lock held). The table stays
+ * allocated, marked deleted, until emu_store_release. */
+void emu_store_remove(struct emu_store *s, struct emu_table *t);
+/* The column that is the production property `key`: the table's one
+ * primary key column when it is a string and no other column is named
+ * "key"; -1 when the table is not visible in the production dialect. */
+int emu_table_prod_key(const struct emu_table *t);
+/* Production name of column i: "key" for the key column. */
+const char *emu_prod_name(const struct emu_table *t, int keycol, size_t i);
+/* Columns in production display order (displayOrder, then position);
+ * returns a malloc'd array of ncols indexes. */
+size_t *emu_display_order(const struct emu_schema *s);
+/* Parse a production JSON Schema ({"properties": {...}}) into out; the key
+ * property `key` becomes a string primary-key column named "key". 0 or
+ * -EINVAL with msg filled. */
+int emu_schema_parse_prod(struct json_object *o, struct emu_schema *out,
+			  char *msg, size_t msgsz);
+/* Emit the production JSON Schema of a table (keycol from
+ * emu_table_prod_key). */
+void emu_schema_prod_json(const struct emu_table *t, int keycol,
+			  struct emu_buf *b);
+/* JSON text of the value a create gives an omitted column: its default,
+ * else false, "" or 0; NULL for a date column (left without a value). */
+const char *emu_column_fill(const struct emu_column *c);
+/* Delete every row (write lock held); returns how many. */
+size_t emu_table_clear(struct emu_table *t);
+/* Remove this row (write lock held). */
+void emu_table_remove_row(struct emu_table *t, struct emu_row *r);
 
 struct emu_table *emu_table_new(const char *name, const char *description);
 void emu_table_free(struct emu_table *t);
@@ -198,6 +253,9 @@ int emu_schema_parse(struct json_object *o, struct emu_schema *out, char *msg,
 void emu_schema_release(struct emu_schema *s);
 /* Emit the schema as {"columns": [...]} text. */
 void emu_schema_json(const struct emu_schema *s, struct emu_buf *b);
+/* Give the columns of next that cur has too cur's title, default and
+ * displayOrder; new columns get displayOrders after the largest. */
+void emu_schema_carry(const struct emu_schema *cur, struct emu_schema *next);
 /* 0 if `next` only adds non-key columns to `cur`, else -EINVAL. */
 int emu_schema_check_additive(const struct emu_schema *cur,
 			      const struct emu_schema *next, char *msg,
@@ -216,6 +274,8 @@ void emu_row_errors_add(struct emu_row_errors *e, size_t row, const char *field,
 /* Write a pending row (caller holds the write lock); consumes p.
  * *inserted tells whether it was new. */
 void emu_table_put(struct emu_table *t, struct emu_pending *p, bool *inserted);
+/* Is v valid for a column of type t (no coercion)? */
+bool emu_type_ok(enum emu_type t, struct json_object *v);
 /* Remove the row with this id; -ENOENT if absent. Write lock held. */
 int emu_table_delete(struct emu_table *t, const char *row_id);
 /* Give the table a new version (write lock held). */
@@ -234,6 +294,14 @@ int emu_generate(struct emu_store *s, const char *name, size_t nrows);
 
 #define EMU_SCOPE_READ 1u
 #define EMU_SCOPE_WRITE 2u
+#define EMU_SCOPE_ARCH_READ 4u	/* architect:readonly (and architect) */
+#define EMU_SCOPE_ARCH_WRITE 8u /* architect */
+#define EMU_SCOPE_ALL 15u
+
+/* Scope bits of one scope name (n bytes); 0 if unknown. */
+unsigned emu_scope_bits(const char *s, size_t n);
+/* The granted scope names, space separated. */
+void emu_scope_names(unsigned scopes, char *out, size_t outsz);
 
 struct emu_client {
 	char *id;
@@ -253,6 +321,14 @@ struct emu_config {
 	long rate_window_s;
 	long token_ttl_s;
 	long max_page_size;
+	/* production dialect */
+	long job_delay_ms;	  /* how long a job stays Processing */
+	long max_rows;		  /* rows per table (production inserts) */
+	long max_properties;	  /* properties per table */
+	long max_tables;	  /* tables in the store */
+	long max_name_length;	  /* table names and row keys, characters */
+	long max_flows_page_size; /* largest rows pageSize */
+	long download_status;	  /* 302 or 303: the download redirect */
 };
 
 struct emu_token {
@@ -270,7 +346,70 @@ enum emu_route {
 	EMU_R_ROWS_GET,
 	EMU_R_ROWS_UPSERT,
 	EMU_R_ROW_DELETE,
+	EMU_R_FLOWS_LIST,
+	EMU_R_FLOWS_TABLE,
+	EMU_R_FLOWS_ROWS_GET,
+	EMU_R_FLOWS_ROW_GET,
+	EMU_R_FLOWS_ROW_POST,
+	EMU_R_FLOWS_ROW_PUT,
+	EMU_R_FLOWS_ROW_DELETE,
+	EMU_R_IMPORT_JOB,
+	EMU_R_UPLOAD,
+	EMU_R_EXPORT_JOB,
+	EMU_R_DOWNLOAD,
+	EMU_R_DOWNLOAD_SIGNED,
 	EMU_R_COUNT
+};
+
+/* What a request addresses. */
+struct emu_target {
+	int route; /* enum emu_route, or -1 */
+	bool bad_method;
+	bool prod; /* a production route (/api/v2/flows/, /api/v2/downloads/) */
+	char table[64];
+	char row[128];
+	char job[64];
+	char *key; /* production row key, percent-decoded (malloc'd) */
+};
+
+enum emu_job_status {
+	EMU_JOB_WAITING,
+	EMU_JOB_PROCESSING,
+	EMU_JOB_FAILED,
+	EMU_JOB_SUCCEEDED,
+};
+
+/* An import or export job of the production dialect. */
+struct emu_job {
+	char id[37];
+	char table_id[37];
+	char owner[37];
+	bool is_export;
+	bool replace_all;
+	bool running; /* taken by the worker */
+	enum emu_job_status status;
+	char created[32];
+	char completed[32];
+	char session[33]; /* the per-upload header value */
+	char base[256];	  /* http://host:port of the request that made it */
+	uint64_t seq;
+	uint64_t start_ms; /* when it began Processing */
+	long updated, deleted, failed, processed;
+	char *error_json; /* errorInformation as JSON text, or NULL */
+	char *data;	  /* uploaded or exported CSV */
+	size_t len;
+};
+
+struct emu_jobs {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct emu_job **v;
+	size_t n;
+	uint64_t seq;
+	bool stop;
+	bool running;
+	pthread_t worker;
+	uint64_t secret; /* signs download URLs */
 };
 
 struct emu_stats {
@@ -294,7 +433,73 @@ struct emu {
 	struct emu_stats stats;
 	uint64_t in_flight; /* requests waiting out latency now */
 	uint64_t cursor_secret;
+	struct emu_jobs jobs;
 };
+
+/* One request being answered, as the handlers of flows.c see it. */
+struct emu_ctx {
+	struct emu *e;
+	struct MHD_Connection *conn;
+	const char *method;
+	struct emu_req *rq;
+	struct emu_reply *rp;
+	const char *client_id;
+};
+
+/* ---- the production dialect (flows.c) ---- */
+
+/* Classify a path under /api/v2/ (raw, not percent-decoded) as a
+ * production route; false if it is not one. */
+bool emu_flows_classify(const char *method, const char *path,
+			struct emu_target *r);
+/* Answer a production API request that passed auth, limits and faults. */
+void emu_flows_handle(struct emu_ctx *c, const struct emu_target *r);
+/* Classify /uploads/... and /signed/... (served without a token). */
+bool emu_transfer_classify(const char *method, const char *path,
+			   struct emu_target *r);
+void emu_transfer_handle(struct emu_ctx *c, const struct emu_target *r);
+/* The job worker: start after the store is loaded, stop before release. */
+int emu_jobs_start(struct emu *e);
+void emu_jobs_stop(struct emu *e);
+/* Wake the worker (the job delay changed). */
+void emu_jobs_kick(struct emu *e);
+
+/* ---- HTTP requests and replies (http.c) ---- */
+
+/* One request: its body, accumulated over MHD's calls. */
+struct emu_req {
+	struct emu_buf body;
+	bool too_large;
+	bool started;
+	char *raw_path; /* the request path before percent-decoding */
+};
+
+struct emu_reply {
+	unsigned status;
+	char *body; /* malloc'd, NULL for none */
+	size_t len;
+	const char *content_type;
+	char etag[64];
+	long retry_after; /* -1: none */
+	bool ratelimit;
+	long rl_remaining;
+	long rl_reset;
+	bool counted; /* an API or token request: goes into the stats */
+	bool prod;    /* a production route: the platform's error shape */
+	char *location; /* malloc'd Location header, NULL for none */
+	char corr[37];
+};
+
+/* Reply with a JSON value (consumed), a buffer (detached) or nothing. */
+void emu_reply_json(struct emu_reply *rp, unsigned status,
+		    struct json_object *o);
+void emu_reply_buf(struct emu_reply *rp, unsigned status, struct emu_buf *b);
+void emu_reply_empty(struct emu_reply *rp, unsigned status);
+/* The platform's error body; takes ownership of details (may be NULL). On
+ * a production route it has every field of the SDK's ErrorBody. */
+void emu_reply_error(struct emu_reply *rp, unsigned status, const char *code,
+		     struct json_object *details, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 
 /* Start the HTTP daemon on an already bound, listening socket. */
 struct MHD_Daemon;

@@ -5,7 +5,7 @@
  *
  * MHD calls the access handler several times per request: once with the
  * headers, once per upload chunk, and once more when the upload is complete.
- * The body is accumulated in struct req and the request is answered on that
+ * The body is accumulated in struct emu_req and the request is answered on that
  * last call.
  */
 #include <arpa/inet.h>
@@ -31,35 +31,28 @@
 #define LIST_PAGE_MAX 100
 #define ROWS_PAGE_DEFAULT 100
 
-struct req {
-	struct emu_buf body;
-	bool too_large;
-};
-
-struct reply {
-	unsigned status;
-	char *body; /* malloc'd, NULL for none */
-	size_t len;
-	const char *content_type;
-	char etag[64];
-	long retry_after; /* -1: none */
-	bool ratelimit;
-	long rl_remaining;
-	long rl_reset;
-	bool counted; /* an API or token request: goes into the stats */
-	char corr[37];
-};
-
 static const char *const route_names[EMU_R_COUNT] = {
     [EMU_R_TOKEN] = "token",	       [EMU_R_LIST] = "list",
     [EMU_R_SCHEMA] = "schema",	       [EMU_R_SCHEMA_PUT] = "schema_put",
     [EMU_R_ROWS_GET] = "rows_get",     [EMU_R_ROWS_UPSERT] = "rows_upsert",
     [EMU_R_ROW_DELETE] = "row_delete",
+    [EMU_R_FLOWS_LIST] = "flows_list",
+    [EMU_R_FLOWS_TABLE] = "flows_table",
+    [EMU_R_FLOWS_ROWS_GET] = "flows_rows_get",
+    [EMU_R_FLOWS_ROW_GET] = "flows_row_get",
+    [EMU_R_FLOWS_ROW_POST] = "flows_row_post",
+    [EMU_R_FLOWS_ROW_PUT] = "flows_row_put",
+    [EMU_R_FLOWS_ROW_DELETE] = "flows_row_delete",
+    [EMU_R_IMPORT_JOB] = "import_job",
+    [EMU_R_UPLOAD] = "upload",
+    [EMU_R_EXPORT_JOB] = "export_job",
+    [EMU_R_DOWNLOAD] = "download",
+    [EMU_R_DOWNLOAD_SIGNED] = "download_signed",
 };
 
 /* ---- replies ---- */
 
-static void reply_json(struct reply *rp, unsigned status, struct json_object *o)
+void emu_reply_json(struct emu_reply *rp, unsigned status, struct json_object *o)
 {
 	size_t len;
 	const char *s = json_object_to_json_string_length(
@@ -74,7 +67,7 @@ static void reply_json(struct reply *rp, unsigned status, struct json_object *o)
 	json_object_put(o);
 }
 
-static void reply_buf(struct reply *rp, unsigned status, struct emu_buf *b)
+void emu_reply_buf(struct emu_reply *rp, unsigned status, struct emu_buf *b)
 {
 	free(rp->body);
 	rp->body = emu_buf_detach(b, &rp->len);
@@ -82,7 +75,7 @@ static void reply_buf(struct reply *rp, unsigned status, struct emu_buf *b)
 	rp->content_type = "application/json";
 }
 
-static void reply_empty(struct reply *rp, unsigned status)
+void emu_reply_empty(struct emu_reply *rp, unsigned status)
 {
 	free(rp->body);
 	rp->body = NULL;
@@ -90,12 +83,7 @@ static void reply_empty(struct reply *rp, unsigned status)
 	rp->status = status;
 }
 
-/* Genesys-style error body; takes ownership of details (may be NULL). */
-static void reply_error(struct reply *rp, unsigned status, const char *code,
-			struct json_object *details, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static void reply_error(struct reply *rp, unsigned status, const char *code,
+void emu_reply_error(struct emu_reply *rp, unsigned status, const char *code,
 			struct json_object *details, const char *fmt, ...)
 {
 	char msg[512];
@@ -108,14 +96,22 @@ static void reply_error(struct reply *rp, unsigned status, const char *code,
 	json_object_object_add(o, "message", json_object_new_string(msg));
 	json_object_object_add(o, "code", json_object_new_string(code));
 	json_object_object_add(o, "status", json_object_new_int((int)status));
+	if (rp->prod) {
+		json_object_object_add(o, "messageWithParams",
+				       json_object_new_string(msg));
+		json_object_object_add(o, "messageParams",
+				       json_object_new_object());
+	}
 	json_object_object_add(o, "contextId",
 			       json_object_new_string(rp->corr));
 	json_object_object_add(o, "details",
 			       details ? details : json_object_new_array());
-	reply_json(rp, status, o);
+	if (rp->prod)
+		json_object_object_add(o, "errors", json_object_new_array());
+	emu_reply_json(rp, status, o);
 }
 
-static void reply_oauth_error(struct reply *rp, unsigned status,
+static void reply_oauth_error(struct emu_reply *rp, unsigned status,
 			      const char *error, const char *description)
 {
 	struct json_object *o = json_object_new_object();
@@ -123,11 +119,11 @@ static void reply_oauth_error(struct reply *rp, unsigned status,
 	json_object_object_add(o, "error", json_object_new_string(error));
 	json_object_object_add(o, "error_description",
 			       json_object_new_string(description));
-	reply_json(rp, status, o);
+	emu_reply_json(rp, status, o);
 }
 
 static enum MHD_Result send_reply(struct emu *e, struct MHD_Connection *conn,
-				  struct reply *rp)
+				  struct emu_reply *rp)
 {
 	struct MHD_Response *resp;
 	char num[32];
@@ -148,6 +144,8 @@ static enum MHD_Result send_reply(struct emu *e, struct MHD_Connection *conn,
 		MHD_add_response_header(resp, "Content-Type", rp->content_type);
 	if (rp->etag[0])
 		MHD_add_response_header(resp, "ETag", rp->etag);
+	if (rp->location)
+		MHD_add_response_header(resp, "Location", rp->location);
 	if (rp->ratelimit) {
 		snprintf(num, sizeof(num), "%ld", rp->rl_remaining);
 		MHD_add_response_header(resp, "X-RateLimit-Remaining", num);
@@ -333,7 +331,7 @@ static int cursor_parse(const struct emu *e, const char *s, char tag,
 	return 0;
 }
 
-static int page_size(struct reply *rp, struct MHD_Connection *conn, long def,
+static int page_size(struct emu_reply *rp, struct MHD_Connection *conn, long def,
 		     long max, long *out)
 {
 	const char *s = query(conn, "pageSize");
@@ -343,7 +341,7 @@ static int page_size(struct reply *rp, struct MHD_Connection *conn, long def,
 		return 0;
 	}
 	if (emu_parse_long(s, 1, max, out)) {
-		reply_error(rp, 400, "bad.request", NULL,
+		emu_reply_error(rp, 400, "bad.request", NULL,
 			    "pageSize must be an integer from 1 to %ld", max);
 		return -EINVAL;
 	}
@@ -379,11 +377,7 @@ static char *form_value(const char *body, const char *name)
 
 static unsigned scope_bit(const char *s, size_t n)
 {
-	if (n == 15 && strncmp(s, "data-table:read", n) == 0)
-		return EMU_SCOPE_READ;
-	if (n == 16 && strncmp(s, "data-table:write", n) == 0)
-		return EMU_SCOPE_WRITE;
-	return 0;
+	return emu_scope_bits(s, n);
 }
 
 static const char *token_key(const void *item)
@@ -392,7 +386,7 @@ static const char *token_key(const void *item)
 }
 
 static void handle_token(struct emu *e, struct MHD_Connection *conn,
-			 const char *method, struct req *rq, struct reply *rp)
+			 const char *method, struct emu_req *rq, struct emu_reply *rp)
 {
 	const char *auth = header(conn, MHD_HTTP_HEADER_AUTHORIZATION);
 	char *form_id = NULL, *form_secret = NULL, *grant = NULL, *scope = NULL;
@@ -480,19 +474,16 @@ static void handle_token(struct emu *e, struct MHD_Connection *conn,
 	pthread_mutex_unlock(&e->lock);
 
 	struct json_object *o = json_object_new_object();
-	char granted[64];
+	char granted[128];
 
-	snprintf(granted, sizeof(granted), "%s%s%s",
-		 scopes & EMU_SCOPE_READ ? "data-table:read" : "",
-		 scopes == (EMU_SCOPE_READ | EMU_SCOPE_WRITE) ? " " : "",
-		 scopes & EMU_SCOPE_WRITE ? "data-table:write" : "");
+	emu_scope_names(scopes, granted, sizeof(granted));
 	json_object_object_add(o, "access_token",
 			       json_object_new_string(t->token));
 	json_object_object_add(o, "token_type",
 			       json_object_new_string("bearer"));
 	json_object_object_add(o, "expires_in", json_object_new_int64(ttl));
 	json_object_object_add(o, "scope", json_object_new_string(granted));
-	reply_json(rp, 200, o);
+	emu_reply_json(rp, 200, o);
 	log_debug("token issued to client '%s'", client->id);
 out:
 	free(form_id);
@@ -511,7 +502,7 @@ void emu_free_tokens(struct emu *e)
 /* ---- API handlers ---- */
 
 static void handle_list(struct emu *e, struct MHD_Connection *conn,
-			struct reply *rp)
+			struct emu_reply *rp)
 {
 	long n;
 	uint64_t pos = 0;
@@ -522,12 +513,13 @@ static void handle_list(struct emu *e, struct MHD_Connection *conn,
 	if (page_size(rp, conn, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, &n))
 		return;
 	if (c && cursor_parse(e, c, 'L', 0, &pos)) {
-		reply_error(rp, 400, "invalid.cursor", NULL,
+		emu_reply_error(rp, 400, "invalid.cursor", NULL,
 			    "the cursor was not issued by this server");
 		return;
 	}
 	emu_buf_init(&b);
 	emu_buf_adds(&b, "{\"entities\":[");
+	pthread_rwlock_rdlock(&s->lock);
 	size_t end =
 	    pos + (uint64_t)n < s->ntables ? pos + (size_t)n : s->ntables;
 	for (size_t i = pos; i < end; i++) {
@@ -549,23 +541,29 @@ static void handle_list(struct emu *e, struct MHD_Connection *conn,
 		cursor_make(e, 'L', 0, end, cur);
 		emu_buf_addf(&b, ",\"nextPageCursor\":\"%s\"", cur);
 	}
+	pthread_rwlock_unlock(&s->lock);
 	emu_buf_adds(&b, "}");
-	reply_buf(rp, 200, &b);
+	emu_reply_buf(rp, 200, &b);
 }
 
-static struct emu_table *find_table(struct emu *e, struct reply *rp,
+static struct emu_table *find_table(struct emu *e, struct emu_reply *rp,
 				    const char *id)
 {
-	struct emu_table *t = emu_store_find(&e->store, id);
+	struct emu_table *t;
 
+	/* tables are never freed while the emulator runs (a deleted one
+	 * waits in the graveyard), so the pointer outlives the lock */
+	pthread_rwlock_rdlock(&e->store.lock);
+	t = emu_store_find(&e->store, id);
+	pthread_rwlock_unlock(&e->store.lock);
 	if (!t)
-		reply_error(rp, 404, "datatable.not.found", NULL,
+		emu_reply_error(rp, 404, "datatable.not.found", NULL,
 			    "no data table with id '%.64s'", id);
 	return t;
 }
 
 static void handle_schema_get(struct emu *e, struct MHD_Connection *conn,
-			      const char *id, struct reply *rp)
+			      const char *id, struct emu_reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *inm = header(conn, MHD_HTTP_HEADER_IF_NONE_MATCH);
@@ -580,13 +578,13 @@ static void handle_schema_get(struct emu *e, struct MHD_Connection *conn,
 		emu_schema_json(&t->schema, &b);
 	pthread_rwlock_unlock(&e->store.lock);
 	if (inm && etag_matches(inm, rp->etag))
-		reply_empty(rp, 304);
+		emu_reply_empty(rp, 304);
 	else
-		reply_buf(rp, 200, &b);
+		emu_reply_buf(rp, 200, &b);
 }
 
 static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
-			      const char *id, struct req *rq, struct reply *rp)
+			      const char *id, struct emu_req *rq, struct emu_reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *im = header(conn, MHD_HTTP_HEADER_IF_MATCH);
@@ -598,20 +596,20 @@ static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
 	if (!t)
 		return;
 	if (!im) {
-		reply_error(rp, 428, "precondition.required", NULL,
+		emu_reply_error(rp, 428, "precondition.required", NULL,
 			    "a schema PUT needs If-Match with the schema "
 			    "ETag");
 		return;
 	}
 	o = emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
 	if (!o) {
-		reply_error(rp, 400, "bad.request", NULL,
+		emu_reply_error(rp, 400, "bad.request", NULL,
 			    "the body is not JSON");
 		return;
 	}
 	if (emu_schema_parse(o, &next, msg, sizeof(msg))) {
 		json_object_put(o);
-		reply_error(rp, 400, "bad.request", NULL, "%s", msg);
+		emu_reply_error(rp, 400, "bad.request", NULL, "%s", msg);
 		return;
 	}
 	json_object_put(o);
@@ -621,17 +619,18 @@ static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
 	if (!etag_matches(im, cur)) {
 		pthread_rwlock_unlock(&e->store.lock);
 		emu_schema_release(&next);
-		reply_error(rp, 412, "version.mismatch", NULL,
+		emu_reply_error(rp, 412, "version.mismatch", NULL,
 			    "the schema changed: current version is %s", cur);
 		return;
 	}
 	if (emu_schema_check_additive(&t->schema, &next, msg, sizeof(msg))) {
 		pthread_rwlock_unlock(&e->store.lock);
 		emu_schema_release(&next);
-		reply_error(rp, 400, "schema.change.not.allowed", NULL,
+		emu_reply_error(rp, 400, "schema.change.not.allowed", NULL,
 			    "only new non-key columns can be added: %s", msg);
 		return;
 	}
+	emu_schema_carry(&t->schema, &next);
 	emu_schema_release(&t->schema);
 	t->schema = next;
 	emu_table_touch(&e->store, t);
@@ -639,11 +638,11 @@ static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
 	emu_schema_etag(&e->store, t, rp->etag, sizeof(rp->etag));
 	emu_schema_json(&t->schema, &b);
 	pthread_rwlock_unlock(&e->store.lock);
-	reply_buf(rp, 200, &b);
+	emu_reply_buf(rp, 200, &b);
 }
 
 static void handle_rows_get(struct emu *e, struct MHD_Connection *conn,
-			    const char *id, struct reply *rp)
+			    const char *id, struct emu_reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *c = query(conn, "cursor");
@@ -661,7 +660,7 @@ static void handle_rows_get(struct emu *e, struct MHD_Connection *conn,
 	if (page_size(rp, conn, ROWS_PAGE_DEFAULT, max, &n))
 		return;
 	if (c && cursor_parse(e, c, 'R', t->id_hash, &pos)) {
-		reply_error(rp, 400, "invalid.cursor", NULL,
+		emu_reply_error(rp, 400, "invalid.cursor", NULL,
 			    "the cursor was not issued by this server");
 		return;
 	}
@@ -670,7 +669,7 @@ static void handle_rows_get(struct emu *e, struct MHD_Connection *conn,
 	emu_table_etag(&e->store, t, rp->etag, sizeof(rp->etag));
 	if (inm && etag_matches(inm, rp->etag)) {
 		pthread_rwlock_unlock(&e->store.lock);
-		reply_empty(rp, 304);
+		emu_reply_empty(rp, 304);
 		return;
 	}
 	emu_buf_adds(&b, "{\"rows\":[");
@@ -700,7 +699,7 @@ static void handle_rows_get(struct emu *e, struct MHD_Connection *conn,
 	pthread_mutex_lock(&e->lock);
 	e->stats.rows_served += served;
 	pthread_mutex_unlock(&e->lock);
-	reply_buf(rp, 200, &b);
+	emu_reply_buf(rp, 200, &b);
 }
 
 static const char *pending_key(const void *item)
@@ -735,7 +734,7 @@ static const char *first_key(const struct emu_schema *s)
 }
 
 static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
-			     const char *id, struct req *rq, struct reply *rp)
+			     const char *id, struct emu_req *rq, struct emu_reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *up = query(conn, "upsert");
@@ -753,18 +752,18 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 		goto out;
 	o = emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
 	if (!o || !json_object_is_type(o, json_type_array)) {
-		reply_error(rp, 400, "bad.request", NULL,
+		emu_reply_error(rp, 400, "bad.request", NULL,
 			    "the body must be a JSON array of rows");
 		goto out;
 	}
 	n = json_object_array_length(o);
 	if (n == 0) {
-		reply_error(rp, 400, "bad.request", NULL,
+		emu_reply_error(rp, 400, "bad.request", NULL,
 			    "the body must hold 1 to %d rows", MAX_BATCH);
 		goto out;
 	}
 	if (n > MAX_BATCH) {
-		reply_error(rp, 413, "request.entity.too.large", NULL,
+		emu_reply_error(rp, 413, "request.entity.too.large", NULL,
 			    "%zu rows in one request; the limit is %d", n,
 			    MAX_BATCH);
 		goto out;
@@ -772,7 +771,7 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 	for (size_t i = 0; i < n; i++) {
 		if (!json_object_is_type(json_object_array_get_idx(o, i),
 					 json_type_object)) {
-			reply_error(rp, 400, "bad.request", NULL,
+			emu_reply_error(rp, 400, "bad.request", NULL,
 				    "element %zu of the body is not an object",
 				    i);
 			goto out;
@@ -794,7 +793,7 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 			emu_row_errors_add(&errs, i, keycol, "duplicate.key");
 	}
 	if (errs.n) {
-		reply_error(rp, 400, "invalid.row", details_json(&errs),
+		emu_reply_error(rp, 400, "invalid.row", details_json(&errs),
 			    "%zu problem(s) in the batch; nothing was written",
 			    errs.n);
 		goto out;
@@ -805,7 +804,7 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 				emu_row_errors_add(&errs, i, keycol,
 						   "duplicate.key");
 		if (errs.n) {
-			reply_error(rp, 409, "duplicate.key",
+			emu_reply_error(rp, 409, "duplicate.key",
 				    details_json(&errs),
 				    "%zu row(s) already exist; nothing was "
 				    "written",
@@ -836,7 +835,7 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 			       json_object_new_int64((int64_t)inserted));
 	json_object_object_add(res, "updated",
 			       json_object_new_int64((int64_t)updated));
-	reply_json(rp, 200, res);
+	emu_reply_json(rp, 200, res);
 out:
 	if (locked)
 		pthread_rwlock_unlock(&e->store.lock);
@@ -851,7 +850,7 @@ out:
 }
 
 static void handle_row_delete(struct emu *e, const char *id, const char *row_id,
-			      struct reply *rp)
+			      struct emu_reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	int rc;
@@ -866,33 +865,30 @@ static void handle_row_delete(struct emu *e, const char *id, const char *row_id,
 	}
 	pthread_rwlock_unlock(&e->store.lock);
 	if (rc) {
-		reply_error(rp, 404, "datatable.row.not.found", NULL,
+		emu_reply_error(rp, 404, "datatable.row.not.found", NULL,
 			    "no row with id '%.64s'", row_id);
 		return;
 	}
 	pthread_mutex_lock(&e->lock);
 	e->stats.rows_deleted++;
 	pthread_mutex_unlock(&e->lock);
-	reply_empty(rp, 204);
+	emu_reply_empty(rp, 204);
 }
 
 /* ---- API entry: route, latency, auth, rate limit, scope, faults ---- */
 
-struct route {
-	int route; /* enum emu_route, or -1 */
-	bool bad_method;
-	char table[64];
-	char row[128];
-};
-
-static void classify(const char *method, const char *path, struct route *r)
+/* path: percent-decoded by MHD; raw: as sent (production row keys may
+ * hold an encoded '/'). Both without the /api/v2/ prefix. */
+static void classify(const char *method, const char *path, const char *raw,
+		     struct emu_target *r)
 {
 	static const char prefix[] = "datatables";
 	size_t plen = sizeof(prefix) - 1;
 
+	memset(r, 0, sizeof(*r));
 	r->route = -1;
-	r->bad_method = false;
-	r->table[0] = r->row[0] = '\0';
+	if (emu_flows_classify(method, raw, r))
+		return;
 	if (strcmp(path, prefix) == 0) {
 		if (strcmp(method, "GET") == 0)
 			r->route = EMU_R_LIST;
@@ -947,10 +943,10 @@ static void window_roll(struct emu *e, struct emu_client *c, uint64_t now)
 }
 
 static void handle_api(struct emu *e, struct MHD_Connection *conn,
-		       const char *method, const char *path, struct req *rq,
-		       struct reply *rp)
+		       const char *method, const char *path, struct emu_req *rq,
+		       struct emu_reply *rp)
 {
-	struct route r;
+	struct emu_target r;
 	const char *auth = header(conn, MHD_HTTP_HEADER_AUTHORIZATION);
 	struct emu_token *tok = NULL;
 	struct emu_client *client;
@@ -959,8 +955,12 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 	bool limited;
 	uint64_t now;
 
-	classify(method, path, &r);
+	classify(method, path,
+		 strncmp(rq->raw_path, "/api/v2/", 8) == 0 ? rq->raw_path + 8
+							   : path,
+		 &r);
 	rp->counted = true;
+	rp->prod = r.prod;
 	pthread_mutex_lock(&e->lock);
 	if (r.route >= 0)
 		e->stats.by_route[r.route]++;
@@ -984,7 +984,8 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 	window_roll(e, client, now);
 	client->window_count++;
 	limited = client->window_count > e->config.rate_limit;
-	rp->ratelimit = true;
+	/* the platform removed its budget headers: none on production */
+	rp->ratelimit = !r.prod;
 	rp->rl_remaining =
 	    limited ? 0 : e->config.rate_limit - client->window_count;
 	uint64_t end =
@@ -1008,52 +1009,63 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 
 	if (limited) {
 		rp->retry_after = rp->rl_reset;
-		reply_error(rp, 429, "too.many.requests.retry.after", NULL,
+		emu_reply_error(rp, 429, "too.many.requests.retry.after", NULL,
 			    "Rate limit exceeded the maximum. Retry the "
 			    "request in [%ld] seconds",
 			    rp->rl_reset);
-		return;
+		goto out;
 	}
 	if (!tok) {
-		reply_error(rp, 401, "authentication.required", NULL,
+		emu_reply_error(rp, 401, "authentication.required", NULL,
 			    "a valid bearer token is required");
-		return;
+		goto out;
 	}
 	if (r.bad_method) {
-		reply_error(rp, 405, "method.not.allowed", NULL,
+		emu_reply_error(rp, 405, "method.not.allowed", NULL,
 			    "%s is not allowed on this resource", method);
-		return;
+		goto out;
 	}
 	if (r.route < 0) {
-		reply_error(rp, 404, "not.found", NULL, "no such resource");
-		return;
+		emu_reply_error(rp, 404, "not.found", NULL, "no such resource");
+		goto out;
 	}
-	unsigned need =
-	    strcmp(method, "GET") == 0 ? EMU_SCOPE_READ : EMU_SCOPE_WRITE;
+	bool get = strcmp(method, "GET") == 0;
+	unsigned need = r.prod ? (get ? EMU_SCOPE_ARCH_READ : EMU_SCOPE_ARCH_WRITE)
+			       : (get ? EMU_SCOPE_READ : EMU_SCOPE_WRITE);
 	if (!(scopes & need)) {
-		reply_error(rp, 403, "missing.permissions", NULL,
+		emu_reply_error(rp, 403, "missing.permissions", NULL,
 			    "the token lacks the scope %s",
-			    need == EMU_SCOPE_READ ? "data-table:read"
-						   : "data-table:write");
-		return;
+			    need == EMU_SCOPE_READ	 ? "data-table:read"
+			    : need == EMU_SCOPE_WRITE	 ? "data-table:write"
+			    : need == EMU_SCOPE_ARCH_READ ? "architect:readonly"
+							 : "architect");
+		goto out;
 	}
 	if (fail_status) {
 		if (fail_status == 503)
-			reply_error(rp, 503, "server.too.busy", NULL,
-				    "injected fault: server too busy");
+			emu_reply_error(rp, 503,
+				    r.prod ? "flows.datatables.server.too.busy"
+					   : "server.too.busy",
+				    NULL, "injected fault: server too busy");
 		else if (fail_status == 502)
-			reply_error(rp, 502, "bad.gateway", NULL,
+			emu_reply_error(rp, 502, "bad.gateway", NULL,
 				    "injected fault: bad gateway");
 		else
-			reply_error(rp, (unsigned)fail_status,
+			emu_reply_error(rp, (unsigned)fail_status,
 				    "internal.server.error", NULL,
 				    "injected fault");
-		return;
+		goto out;
 	}
 	if (rq->too_large) {
-		reply_error(rp, 413, "request.entity.too.large", NULL,
+		emu_reply_error(rp, 413, "request.entity.too.large", NULL,
 			    "the body is larger than %u bytes", MAX_BODY);
-		return;
+		goto out;
+	}
+	if (r.prod) {
+		struct emu_ctx ctx = {e, conn, method, rq, rp, tok->client->id};
+
+		emu_flows_handle(&ctx, &r);
+		goto out;
 	}
 	switch ((enum emu_route)r.route) {
 	case EMU_R_LIST:
@@ -1074,10 +1086,30 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 	case EMU_R_ROW_DELETE:
 		handle_row_delete(e, r.table, r.row, rp);
 		break;
-	case EMU_R_TOKEN:
-	case EMU_R_COUNT:
+	default:
 		break;
 	}
+out:
+	free(r.key);
+}
+
+/* The URLs a job hands out: no token, no rate limit, no injected faults
+ * (they stand for an object store's URLs), but counted and delayed. */
+static void handle_transfer(struct emu *e, struct MHD_Connection *conn,
+			    const char *method, struct emu_req *rq,
+			    struct emu_reply *rp, struct emu_target *r)
+{
+	struct emu_ctx ctx = {e, conn, method, rq, rp, ""};
+	long latency;
+
+	rp->counted = true;
+	pthread_mutex_lock(&e->lock);
+	if (r->route >= 0)
+		e->stats.by_route[r->route]++;
+	latency = e->config.latency_ms;
+	pthread_mutex_unlock(&e->lock);
+	wait_latency(e, latency);
+	emu_transfer_handle(&ctx, r);
 }
 
 /* ---- control endpoints ---- */
@@ -1102,10 +1134,24 @@ static struct json_object *config_json(const struct emu_config *c)
 			       json_object_new_int64(c->token_ttl_s));
 	json_object_object_add(o, "max_page_size",
 			       json_object_new_int64(c->max_page_size));
+	json_object_object_add(o, "job_delay_ms",
+			       json_object_new_int64(c->job_delay_ms));
+	json_object_object_add(o, "max_rows",
+			       json_object_new_int64(c->max_rows));
+	json_object_object_add(o, "max_properties",
+			       json_object_new_int64(c->max_properties));
+	json_object_object_add(o, "max_tables",
+			       json_object_new_int64(c->max_tables));
+	json_object_object_add(o, "max_name_length",
+			       json_object_new_int64(c->max_name_length));
+	json_object_object_add(o, "max_flows_page_size",
+			       json_object_new_int64(c->max_flows_page_size));
+	json_object_object_add(o, "download_status",
+			       json_object_new_int64(c->download_status));
 	return o;
 }
 
-static void control_stats(struct emu *e, struct reply *rp)
+static void control_stats(struct emu *e, struct emu_reply *rp)
 {
 	struct json_object *o = json_object_new_object();
 	struct json_object *routes = json_object_new_object();
@@ -1118,10 +1164,14 @@ static void control_stats(struct emu *e, struct reply *rp)
 	json_object_object_add(
 	    o, "max_in_flight",
 	    json_object_new_int64((int64_t)e->stats.max_in_flight));
+	/* the cursor routes always; the production ones once counted, so
+	 * that readers of the cursor routes see the same object as ever */
 	for (int i = 0; i < EMU_R_COUNT; i++)
-		json_object_object_add(
-		    routes, route_names[i],
-		    json_object_new_int64((int64_t)e->stats.by_route[i]));
+		if (i < EMU_R_FLOWS_LIST || e->stats.by_route[i])
+			json_object_object_add(
+			    routes, route_names[i],
+			    json_object_new_int64(
+				(int64_t)e->stats.by_route[i]));
 	for (int i = 0; i < 600; i++) {
 		char k[8];
 
@@ -1145,7 +1195,7 @@ static void control_stats(struct emu *e, struct reply *rp)
 	    json_object_new_int64((int64_t)e->stats.rows_deleted));
 	json_object_object_add(o, "config", config_json(&e->config));
 	pthread_mutex_unlock(&e->lock);
-	reply_json(rp, 200, o);
+	emu_reply_json(rp, 200, o);
 }
 
 static int config_long(struct json_object *v, long min, long max, long *out)
@@ -1160,7 +1210,7 @@ static int config_long(struct json_object *v, long min, long max, long *out)
 	return 0;
 }
 
-static void control_config(struct emu *e, struct req *rq, struct reply *rp)
+static void control_config(struct emu *e, struct emu_req *rq, struct emu_reply *rp)
 {
 	struct json_object *o =
 	    emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
@@ -1169,7 +1219,7 @@ static void control_config(struct emu *e, struct req *rq, struct reply *rp)
 
 	if (!o || !json_object_is_type(o, json_type_object)) {
 		json_object_put(o);
-		reply_error(rp, 400, "bad.request", NULL,
+		emu_reply_error(rp, 400, "bad.request", NULL,
 			    "the body must be a JSON object");
 		return;
 	}
@@ -1203,10 +1253,25 @@ static void control_config(struct emu *e, struct req *rq, struct reply *rp)
 			rc = config_long(v, 0, 10000000, &c.token_ttl_s);
 		} else if (strcmp(k, "max_page_size") == 0) {
 			rc = config_long(v, 1, 1000000, &c.max_page_size);
+		} else if (strcmp(k, "job_delay_ms") == 0) {
+			rc = config_long(v, 0, 600000, &c.job_delay_ms);
+		} else if (strcmp(k, "max_rows") == 0) {
+			rc = config_long(v, 0, 100000000, &c.max_rows);
+		} else if (strcmp(k, "max_properties") == 0) {
+			rc = config_long(v, 1, 100000, &c.max_properties);
+		} else if (strcmp(k, "max_tables") == 0) {
+			rc = config_long(v, 0, 1000000, &c.max_tables);
+		} else if (strcmp(k, "max_name_length") == 0) {
+			rc = config_long(v, 1, 100000, &c.max_name_length);
+		} else if (strcmp(k, "max_flows_page_size") == 0) {
+			rc = config_long(v, 1, 1000000,
+					 &c.max_flows_page_size);
+		} else if (strcmp(k, "download_status") == 0) {
+			rc = config_long(v, 302, 303, &c.download_status);
 		}
 		if (rc) {
 			pthread_mutex_unlock(&e->lock);
-			reply_error(rp, 400, "bad.request", NULL,
+			emu_reply_error(rp, 400, "bad.request", NULL,
 				    "bad or unknown config key '%.64s'", k);
 			json_object_put(o);
 			return;
@@ -1223,16 +1288,17 @@ static void control_config(struct emu *e, struct req *rq, struct reply *rp)
 
 	pthread_mutex_unlock(&e->lock);
 	json_object_put(o);
-	reply_json(rp, 200, res);
+	emu_jobs_kick(e); /* the job delay may have changed */
+	emu_reply_json(rp, 200, res);
 	log_info("config changed");
 }
 
 static void handle_control(struct emu *e, struct MHD_Connection *conn,
-			   const char *method, const char *url, struct req *rq,
-			   struct reply *rp)
+			   const char *method, const char *url, struct emu_req *rq,
+			   struct emu_reply *rp)
 {
 	if (!is_loopback(conn)) {
-		reply_error(rp, 403, "forbidden", NULL,
+		emu_reply_error(rp, 403, "forbidden", NULL,
 			    "control endpoints answer loopback clients only");
 		return;
 	}
@@ -1250,7 +1316,7 @@ static void handle_control(struct emu *e, struct MHD_Connection *conn,
 		struct json_object *o = config_json(&e->config);
 
 		pthread_mutex_unlock(&e->lock);
-		reply_json(rp, 200, o);
+		emu_reply_json(rp, 200, o);
 	} else if (strcmp(url, "/_emu/config") == 0 &&
 		   strcmp(method, "POST") == 0) {
 		control_config(e, rq, rp);
@@ -1272,9 +1338,9 @@ static void handle_control(struct emu *e, struct MHD_Connection *conn,
 
 		json_object_object_add(o, "expired",
 				       json_object_new_int64((int64_t)n));
-		reply_json(rp, 200, o);
+		emu_reply_json(rp, 200, o);
 	} else {
-		reply_error(rp, 404, "not.found", NULL,
+		emu_reply_error(rp, 404, "not.found", NULL,
 			    "unknown control endpoint");
 	}
 }
@@ -1287,15 +1353,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 				  size_t *upload_data_size, void **con_cls)
 {
 	struct emu *e = cls;
-	struct req *rq = *con_cls;
-	struct reply rp;
+	struct emu_req *rq = *con_cls;
+	struct emu_reply rp;
+	struct emu_target target;
 	enum MHD_Result ret;
 
 	(void)version;
+	memset(&target, 0, sizeof(target));
+	target.route = -1;
 	if (!rq) {
 		rq = emu_xcalloc(1, sizeof(*rq));
 		emu_buf_init(&rq->body);
 		*con_cls = rq;
+	}
+	if (!rq->started) {
+		rq->started = true;
 		return MHD_YES;
 	}
 	if (*upload_data_size) {
@@ -1329,19 +1401,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 			handle_token(e, conn, method, rq, &rp);
 	} else if (strncmp(url, "/api/v2/", 8) == 0) {
 		handle_api(e, conn, method, url + 8, rq, &rp);
+	} else if (emu_transfer_classify(method, rq->raw_path, &target)) {
+		handle_transfer(e, conn, method, rq, &rp, &target);
 	} else {
-		reply_error(&rp, 404, "not.found", NULL, "no such resource");
+		emu_reply_error(&rp, 404, "not.found", NULL, "no such resource");
 	}
 	log_debug("%s %s -> %u", method, url, rp.status);
 	ret = send_reply(e, conn, &rp);
 	free(rp.body);
+	free(rp.location);
 	return ret;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	struct req *rq = *con_cls;
+	struct emu_req *rq = *con_cls;
 
 	(void)cls;
 	(void)conn;
@@ -1349,6 +1424,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (!rq)
 		return;
 	emu_buf_release(&rq->body);
+	free(rq->raw_path);
 	free(rq);
 	*con_cls = NULL;
 }
@@ -1358,6 +1434,22 @@ on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
 	log_vmsg(LOG_WARNING, fmt, ap);
+}
+
+/* MHD percent-decodes the path before the access handler sees it; the
+ * production API's row keys may hold an encoded '/', so keep the raw path. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct emu_req *rq = emu_xcalloc(1, sizeof(*rq));
+	size_t n = strcspn(uri, "?");
+
+	(void)cls;
+	(void)conn;
+	emu_buf_init(&rq->body);
+	rq->raw_path = emu_xmalloc(n + 1);
+	memcpy(rq->raw_path, uri, n);
+	rq->raw_path[n] = '\0';
+	return rq;
 }
 
 void emu_tokens_init(struct emu *e)
@@ -1373,6 +1465,7 @@ struct MHD_Daemon *emu_http_start(struct emu *e, int listen_fd)
 	    0, NULL, NULL, on_request, e, MHD_OPTION_EXTERNAL_LOGGER,
 	    on_mhd_log, e, MHD_OPTION_LISTEN_SOCKET, listen_fd,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, e,
+	    MHD_OPTION_URI_LOG_CALLBACK, on_uri, e,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_END);
 }
 

@@ -35,7 +35,7 @@ static void usage(FILE *f)
 	      "  --client ID:SECRET[:SCOPES] an OAuth client (repeatable); "
 	      "SCOPES comma or space\n"
 	      "                              separated, default "
-	      "data-table:read,data-table:write\n"
+	      "data-table:read,data-table:write,architect\n"
 	      "  --rate-limit N[/SECONDS]    requests per window per client "
 	      "(default 300/60)\n"
 	      "  --latency MS                delay every API and token "
@@ -45,6 +45,20 @@ static void usage(FILE *f)
 	      "  --token-ttl SECONDS         token lifetime (default 3600)\n"
 	      "  --max-page-size N           largest rows pageSize (default "
 	      "1000)\n"
+	      "production dialect (/api/v2/flows/datatables):\n"
+	      "  --job-delay MS              how long an import or export job "
+	      "stays Processing\n"
+	      "                              (default 100)\n"
+	      "  --max-rows N                rows per table (default 5000)\n"
+	      "  --max-properties N          properties per table (default "
+	      "50)\n"
+	      "  --max-tables N              tables in all (default 200)\n"
+	      "  --max-name-length N         characters of a table name or "
+	      "row key (default 256)\n"
+	      "  --max-flows-page-size N     largest rows pageSize (default "
+	      "500; larger is 400)\n"
+	      "  --download-status 302|303   status of the download redirect "
+	      "(default 303)\n"
 	      "  -v, --verbose               log every request to stderr\n"
 	      "  -h, --help                  show this help\n"
 	      "With no --client, one demo client '" DEMO_ID
@@ -59,11 +73,10 @@ static int parse_scopes(const char *s, unsigned *out)
 
 	while (*s) {
 		size_t n = strcspn(s, " ,");
+		unsigned bits = emu_scope_bits(s, n);
 
-		if (n == 15 && strncmp(s, "data-table:read", n) == 0)
-			scopes |= EMU_SCOPE_READ;
-		else if (n == 16 && strncmp(s, "data-table:write", n) == 0)
-			scopes |= EMU_SCOPE_WRITE;
+		if (bits)
+			scopes |= bits;
 		else if (n)
 			return -EINVAL;
 		s += n;
@@ -78,7 +91,7 @@ static int add_client(struct emu *e, const char *arg)
 {
 	const char *c1 = strchr(arg, ':');
 	const char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-	unsigned scopes = EMU_SCOPE_READ | EMU_SCOPE_WRITE;
+	unsigned scopes = EMU_SCOPE_ALL;
 	struct emu_client *c;
 
 	if (!c1 || c1 == arg || c1[1] == '\0' || c2 == c1 + 1)
@@ -153,6 +166,40 @@ fail:
 	return rc;
 }
 
+/* The production dialect's flags: checked numbers into the config. */
+static int set_limit(struct emu_config *c, int opt, const char *arg)
+{
+	static const struct {
+		int opt;
+		const char *flag;
+		long min, max;
+	} lim[] = {
+	    {'J', "--job-delay", 0, 600000},
+	    {'R', "--max-rows", 0, 100000000},
+	    {'P', "--max-properties", 1, 100000},
+	    {'T', "--max-tables", 0, 1000000},
+	    {'N', "--max-name-length", 1, 100000},
+	    {'F', "--max-flows-page-size", 1, 1000000},
+	    {'D', "--download-status", 302, 303},
+	};
+	long *dst[] = {&c->job_delay_ms,    &c->max_rows,
+		       &c->max_properties,  &c->max_tables,
+		       &c->max_name_length, &c->max_flows_page_size,
+		       &c->download_status};
+
+	for (size_t i = 0; i < sizeof(lim) / sizeof(lim[0]); i++) {
+		if (lim[i].opt != opt)
+			continue;
+		if (emu_parse_long(arg, lim[i].min, lim[i].max, dst[i])) {
+			log_err("%s wants an integer from %ld to %ld",
+				lim[i].flag, lim[i].min, lim[i].max);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	return -EINVAL;
+}
+
 static void emu_release(struct emu *e)
 {
 	emu_free_tokens(e);
@@ -177,6 +224,13 @@ int main(int argc, char **argv)
 	    {"fail-rate", required_argument, NULL, 'f'},
 	    {"token-ttl", required_argument, NULL, 't'},
 	    {"max-page-size", required_argument, NULL, 'm'},
+	    {"job-delay", required_argument, NULL, 'J'},
+	    {"max-rows", required_argument, NULL, 'R'},
+	    {"max-properties", required_argument, NULL, 'P'},
+	    {"max-tables", required_argument, NULL, 'T'},
+	    {"max-name-length", required_argument, NULL, 'N'},
+	    {"max-flows-page-size", required_argument, NULL, 'F'},
+	    {"download-status", required_argument, NULL, 'D'},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -200,6 +254,13 @@ int main(int argc, char **argv)
 	e.config.token_ttl_s = 3600;
 	e.config.max_page_size = 1000;
 	e.config.fail_next_status = 503;
+	e.config.job_delay_ms = 100;
+	e.config.max_rows = 5000;
+	e.config.max_properties = 50;
+	e.config.max_tables = 200;
+	e.config.max_name_length = 256;
+	e.config.max_flows_page_size = 500;
+	e.config.download_status = 303;
 	e.anonymous.id = NULL;
 
 	while ((opt = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
@@ -278,6 +339,16 @@ int main(int argc, char **argv)
 				goto out;
 			}
 			break;
+		case 'J':
+		case 'R':
+		case 'P':
+		case 'T':
+		case 'N':
+		case 'F':
+		case 'D':
+			if (set_limit(&e.config, opt, optarg))
+				goto out;
+			break;
 		case 'v':
 			log_init("dtfs-emu", LOG_DEBUG);
 			break;
@@ -309,6 +380,11 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	if (emu_jobs_start(&e)) {
+		log_err("cannot start the job worker");
+		close(fd);
+		goto out;
+	}
 	d = emu_http_start(&e, fd);
 	if (!d) {
 		log_err("cannot start the HTTP server");
@@ -327,8 +403,10 @@ int main(int argc, char **argv)
 	}
 	log_notice("stopping on signal %d", sig);
 	emu_http_stop(d);
+	emu_jobs_stop(&e);
 	status = 0;
 out:
+	emu_jobs_stop(&e);
 	emu_release(&e);
 	return status;
 }

@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,11 @@ void emu_store_release(struct emu_store *s)
 	free(s->tables);
 	s->tables = NULL;
 	s->ntables = 0;
+	for (size_t i = 0; i < s->ngraveyard; i++)
+		emu_table_free(s->graveyard[i]);
+	free(s->graveyard);
+	s->graveyard = NULL;
+	s->ngraveyard = 0;
 	pthread_rwlock_destroy(&s->lock);
 }
 
@@ -101,6 +107,46 @@ struct emu_table *emu_store_find(struct emu_store *s, const char *id)
 	return NULL;
 }
 
+int emu_store_insert(struct emu_store *s, struct emu_table *t)
+{
+	size_t at = 0;
+
+	for (size_t i = 0; i < s->ntables; i++) {
+		int c = strcmp(s->tables[i]->name, t->name);
+
+		if (c == 0)
+			return -EEXIST;
+		if (c < 0)
+			at = i + 1;
+	}
+	s->tables =
+	    emu_xrealloc(s->tables, (s->ntables + 1) * sizeof(*s->tables));
+	memmove(&s->tables[at + 1], &s->tables[at],
+		(s->ntables - at) * sizeof(*s->tables));
+	s->tables[at] = t;
+	s->ntables++;
+	emu_table_touch(s, t);
+	t->schema_version = t->version;
+	return 0;
+}
+
+void emu_store_remove(struct emu_store *s, struct emu_table *t)
+{
+	for (size_t i = 0; i < s->ntables; i++) {
+		if (s->tables[i] != t)
+			continue;
+		memmove(&s->tables[i], &s->tables[i + 1],
+			(s->ntables - i - 1) * sizeof(*s->tables));
+		s->ntables--;
+		break;
+	}
+	t->deleted = true;
+	emu_table_touch(s, t);
+	s->graveyard = emu_xrealloc(
+	    s->graveyard, (s->ngraveyard + 1) * sizeof(*s->graveyard));
+	s->graveyard[s->ngraveyard++] = t;
+}
+
 struct emu_table *emu_table_new(const char *name, const char *description)
 {
 	struct emu_table *t = emu_xcalloc(1, sizeof(*t));
@@ -108,6 +154,7 @@ struct emu_table *emu_table_new(const char *name, const char *description)
 
 	t->name = emu_xstrdup(name);
 	t->description = emu_xstrdup(description ? description : "");
+	t->division = emu_xstrdup(EMU_HOME_DIVISION);
 	/* deterministic id: a hash of the name shaped like a UUID */
 	t->id_hash = emu_hash64(name, n, 0x7461626c65);
 	emu_uuid_format(t->id_hash, emu_hash64(name, n, 0x6964), t->id);
@@ -128,6 +175,7 @@ void emu_table_free(struct emu_table *t)
 	emu_schema_release(&t->schema);
 	free(t->name);
 	free(t->description);
+	free(t->division);
 	free(t);
 }
 
@@ -158,6 +206,8 @@ void emu_schema_release(struct emu_schema *s)
 	for (size_t i = 0; i < s->ncols; i++) {
 		free(s->cols[i].name);
 		free(s->cols[i].json_name);
+		free(s->cols[i].title);
+		free(s->cols[i].def);
 	}
 	free(s->cols);
 	s->cols = NULL;
@@ -225,6 +275,7 @@ int emu_schema_parse(struct json_object *o, struct emu_schema *out, char *msg,
 		}
 		col->name = emu_xstrdup(json_object_get_string(name));
 		col->json_name = emu_xstrdup(emu_json_text(name));
+		col->display = (long)i;
 		have_key |= col->key;
 		s.ncols++;
 	}
@@ -378,7 +429,7 @@ static bool is_rfc3339(const char *s, size_t n)
 	return false;
 }
 
-static bool type_ok(enum emu_type t, struct json_object *v)
+bool emu_type_ok(enum emu_type t, struct json_object *v)
 {
 	switch (t) {
 	case EMU_T_STRING:
@@ -437,7 +488,7 @@ int emu_row_build(const struct emu_schema *s, struct json_object *cols,
 			}
 			continue;
 		}
-		if (!type_ok(c->type, v)) {
+		if (!emu_type_ok(c->type, v)) {
 			emu_row_errors_add(errs, row, c->name, "type.mismatch");
 			bad = true;
 		}
@@ -643,7 +694,9 @@ static int load_table(struct emu_store *s, const char *dir, const char *ent)
 			  json_object_object_get_ex(o, "description", &desc)
 			      ? json_object_get_string(desc)
 			      : "");
-	if (emu_schema_parse(o, &t->schema, msg, sizeof(msg))) {
+	if ((json_object_object_get_ex(o, "properties", NULL)
+		 ? emu_schema_parse_prod(o, &t->schema, msg, sizeof(msg))
+		 : emu_schema_parse(o, &t->schema, msg, sizeof(msg)))) {
 		log_err("'%s': %s", path, msg);
 		goto out;
 	}
@@ -666,6 +719,33 @@ out:
 	return rc;
 }
 
+/* A folder with no schema.json that holds only folders is a collection
+ * of tables (tools/sample-data/production), not a table missing its
+ * schema: a folder with any file in it still fails to load. */
+static bool is_collection(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	bool dirs = false, files = false;
+
+	if (!d)
+		return false;
+	while ((de = readdir(d))) {
+		char sub[4096 + 256 + 2];
+		struct stat st;
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
+		if (stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
+			dirs = true;
+		else
+			files = true;
+	}
+	closedir(d);
+	return dirs && !files;
+}
+
 int emu_load_dir(struct emu_store *s, const char *dir)
 {
 	DIR *d = opendir(dir);
@@ -686,6 +766,12 @@ int emu_load_dir(struct emu_store *s, const char *dir)
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
 		if (stat(path, &st) || !S_ISDIR(st.st_mode))
 			continue;
+		if (is_collection(path)) {
+			log_info("skipping '%s': a folder of tables (load it "
+				 "with its own --data)",
+				 path);
+			continue;
+		}
 		rc = load_table(s, dir, de->d_name);
 		if (rc)
 			break;
@@ -763,4 +849,309 @@ int emu_generate(struct emu_store *s, const char *name, size_t nrows)
 	}
 	log_info("generated table '%s': %zu rows", name, nrows);
 	return 0;
+}
+
+/* ---- the production view of a table ---- */
+
+int emu_table_prod_key(const struct emu_table *t)
+{
+	const struct emu_schema *s = &t->schema;
+	int key = -1;
+
+	for (size_t i = 0; i < s->ncols; i++) {
+		if (!s->cols[i].key)
+			continue;
+		if (key >= 0 || s->cols[i].type != EMU_T_STRING)
+			return -1;
+		key = (int)i;
+	}
+	for (size_t i = 0; key >= 0 && i < s->ncols; i++)
+		if ((int)i != key && strcmp(s->cols[i].name, "key") == 0)
+			return -1;
+	return key;
+}
+
+const char *emu_prod_name(const struct emu_table *t, int keycol, size_t i)
+{
+	return (int)i == keycol ? "key" : t->schema.cols[i].name;
+}
+
+static const struct emu_schema *order_schema;
+
+static int display_cmp(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	long dx = order_schema->cols[x].display;
+	long dy = order_schema->cols[y].display;
+
+	if (dx != dy)
+		return dx < dy ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+size_t *emu_display_order(const struct emu_schema *s)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	size_t *v = emu_xcalloc(s->ncols, sizeof(*v));
+
+	for (size_t i = 0; i < s->ncols; i++)
+		v[i] = i;
+	/* qsort has no context argument: one sort at a time */
+	pthread_mutex_lock(&lock);
+	order_schema = s;
+	qsort(v, s->ncols, sizeof(*v), display_cmp);
+	pthread_mutex_unlock(&lock);
+	return v;
+}
+
+const char *emu_column_fill(const struct emu_column *c)
+{
+	if (c->def)
+		return c->def;
+	switch (c->type) {
+	case EMU_T_STRING:
+		return "\"\"";
+	case EMU_T_NUMBER:
+	case EMU_T_INTEGER:
+		return "0";
+	case EMU_T_BOOLEAN:
+		return "false";
+	case EMU_T_DATE:
+		break;
+	}
+	return NULL;
+}
+
+void emu_schema_carry(const struct emu_schema *cur, struct emu_schema *next)
+{
+	long top = -1;
+
+	for (size_t i = 0; i < cur->ncols; i++)
+		if (cur->cols[i].display > top)
+			top = cur->cols[i].display;
+	for (size_t j = 0; j < next->ncols; j++) {
+		struct emu_column *n = &next->cols[j];
+		const struct emu_column *c = schema_col(cur, n->name);
+
+		if (!c) {
+			n->display = ++top;
+			continue;
+		}
+		n->display = c->display;
+		free(n->title);
+		free(n->def);
+		n->title = c->title ? emu_xstrdup(c->title) : NULL;
+		n->def = c->def ? emu_xstrdup(c->def) : NULL;
+	}
+}
+
+static int prod_type(const char *s, enum emu_type *out)
+{
+	if (emu_type_parse(s, out) || *out == EMU_T_DATE)
+		return -EINVAL;
+	return 0;
+}
+
+struct prop {
+	const char *name;
+	struct json_object *o;
+	long display;
+	size_t at;
+};
+
+static int prop_cmp(const void *a, const void *b)
+{
+	const struct prop *x = a, *y = b;
+
+	if (x->display != y->display)
+		return x->display < y->display ? -1 : 1;
+	return x->at < y->at ? -1 : x->at > y->at;
+}
+
+int emu_schema_parse_prod(struct json_object *o, struct emu_schema *out,
+			  char *msg, size_t msgsz)
+{
+	struct json_object *props;
+	struct emu_schema s = {NULL, 0};
+	struct prop *v = NULL;
+	size_t n = 0;
+	bool have_key = false;
+
+	if (!json_object_is_type(o, json_type_object) ||
+	    !json_object_object_get_ex(o, "properties", &props) ||
+	    !json_object_is_type(props, json_type_object)) {
+		snprintf(msg, msgsz,
+			 "the schema must be a JSON Schema with \"properties\"");
+		return -EINVAL;
+	}
+	v = emu_xcalloc((size_t)json_object_object_length(props) + 1,
+			sizeof(*v));
+	json_object_object_foreach(props, pname, pval)
+	{
+		struct json_object *d;
+
+		v[n].name = pname;
+		v[n].o = pval;
+		v[n].at = n;
+		v[n].display = LONG_MAX;
+		if (!json_object_is_type(pval, json_type_object)) {
+			snprintf(msg, msgsz,
+				 "property '%.200s' is not an object", pname);
+			goto fail;
+		}
+		if (json_object_object_get_ex(pval, "displayOrder", &d)) {
+			if (!json_object_is_type(d, json_type_int)) {
+				snprintf(msg, msgsz,
+					 "displayOrder of '%.200s' is not an "
+					 "integer",
+					 pname);
+				goto fail;
+			}
+			v[n].display = (long)json_object_get_int64(d);
+		}
+		n++;
+	}
+	if (n == 0) {
+		snprintf(msg, msgsz, "the schema has no properties");
+		goto fail;
+	}
+	qsort(v, n, sizeof(*v), prop_cmp);
+	s.cols = emu_xcalloc(n, sizeof(*s.cols));
+	for (size_t i = 0; i < n; i++) {
+		struct emu_column *c = &s.cols[i];
+		struct json_object *type, *title, *def;
+		struct json_object *jn = json_object_new_string(v[i].name);
+
+		if (!*v[i].name) {
+			json_object_put(jn);
+			snprintf(msg, msgsz, "a property has an empty name");
+			goto fail;
+		}
+		if (!json_object_object_get_ex(v[i].o, "type", &type) ||
+		    !json_object_is_type(type, json_type_string) ||
+		    prod_type(json_object_get_string(type), &c->type)) {
+			json_object_put(jn);
+			snprintf(msg, msgsz,
+				 "property '%.200s' needs a type: string, "
+				 "integer, number or boolean",
+				 v[i].name);
+			goto fail;
+		}
+		c->name = emu_xstrdup(v[i].name);
+		c->json_name = emu_xstrdup(emu_json_text(jn));
+		json_object_put(jn);
+		c->display = v[i].display == LONG_MAX ? (long)i : v[i].display;
+		s.ncols++;
+		if (json_object_object_get_ex(v[i].o, "title", &title) &&
+		    title) {
+			if (!json_object_is_type(title, json_type_string)) {
+				snprintf(msg, msgsz,
+					 "title of '%.200s' is not a string",
+					 v[i].name);
+				goto fail;
+			}
+			c->title = emu_xstrdup(json_object_get_string(title));
+		}
+		if (json_object_object_get_ex(v[i].o, "default", &def) && def) {
+			if (!emu_type_ok(c->type, def)) {
+				snprintf(msg, msgsz,
+					 "default of '%.200s' is not a %s",
+					 v[i].name, emu_type_name(c->type));
+				goto fail;
+			}
+			c->def = emu_xstrdup(emu_json_text(def));
+		}
+		if (strcmp(c->name, "key") == 0) {
+			if (c->type != EMU_T_STRING) {
+				snprintf(msg, msgsz,
+					 "the property 'key' must be a string");
+				goto fail;
+			}
+			c->key = true;
+			have_key = true;
+		}
+	}
+	if (!have_key) {
+		snprintf(msg, msgsz, "the schema has no 'key' property");
+		goto fail;
+	}
+	free(v);
+	*out = s;
+	return 0;
+fail:
+	free(v);
+	emu_schema_release(&s);
+	return -EINVAL;
+}
+
+void emu_schema_prod_json(const struct emu_table *t, int keycol,
+			  struct emu_buf *b)
+{
+	const struct emu_schema *s = &t->schema;
+	size_t *order = emu_display_order(s);
+	struct json_object *title = json_object_new_string(t->name);
+
+	emu_buf_adds(b, "{\"$schema\":\"http://json-schema.org/draft-04/"
+			"schema#\",\"title\":");
+	emu_buf_adds(b, emu_json_text(title));
+	json_object_put(title);
+	emu_buf_adds(b, ",\"type\":\"object\",\"required\":[\"key\"],"
+			"\"additionalProperties\":false,\"properties\":{");
+	for (size_t k = 0; k < s->ncols; k++) {
+		size_t i = order[k];
+		const struct emu_column *c = &s->cols[i];
+		const char *pname = emu_prod_name(t, keycol, i);
+		struct json_object *jn = json_object_new_string(pname);
+		struct json_object *id = json_object_new_string("/properties/");
+		struct json_object *tt =
+		    json_object_new_string(c->title ? c->title : c->name);
+		char idtext[512];
+
+		snprintf(idtext, sizeof(idtext), "/properties/%s", pname);
+		json_object_set_string(id, idtext);
+		emu_buf_addf(b, "%s%s:{\"$id\":", k ? "," : "",
+			     emu_json_text(jn));
+		emu_buf_adds(b, emu_json_text(id));
+		emu_buf_addf(b, ",\"type\":\"%s\",\"title\":",
+			     c->type == EMU_T_DATE ? "string"
+						   : emu_type_name(c->type));
+		emu_buf_adds(b, emu_json_text(tt));
+		emu_buf_addf(b, ",\"displayOrder\":%ld", c->display);
+		if (c->def)
+			emu_buf_addf(b, ",\"default\":%s", c->def);
+		emu_buf_adds(b, "}");
+		json_object_put(jn);
+		json_object_put(id);
+		json_object_put(tt);
+	}
+	emu_buf_adds(b, "}}");
+	free(order);
+}
+
+void emu_table_remove_row(struct emu_table *t, struct emu_row *r)
+{
+	emu_map_del(&t->by_id, r->id);
+	emu_map_del(&t->by_key, emu_row_key(r));
+	size_t pos = r->pos;
+
+	memmove(&t->rows[pos], &t->rows[pos + 1],
+		(t->nrows - pos - 1) * sizeof(*t->rows));
+	t->nrows--;
+	for (size_t i = pos; i < t->nrows; i++)
+		t->rows[i]->pos = i;
+	free(r);
+}
+
+size_t emu_table_clear(struct emu_table *t)
+{
+	size_t n = t->nrows;
+
+	for (size_t i = 0; i < n; i++)
+		free(t->rows[i]);
+	t->nrows = 0;
+	emu_map_release(&t->by_key);
+	emu_map_release(&t->by_id);
+	emu_map_init(&t->by_key, row_key_of);
+	emu_map_init(&t->by_id, row_id_of);
+	return n;
 }

@@ -327,39 +327,6 @@ const char *emu_json_text(struct json_object *o)
 	    o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 }
 
-struct json_object *emu_json_parse(const char *s, size_t len)
-{
-	struct json_tokener *tok = json_tokener_new();
-	struct json_object *o;
-
-	if (!tok)
-		return NULL;
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT |
-					JSON_TOKENER_ALLOW_TRAILING_CHARS);
-	if (len > INT_MAX) {
-		json_tokener_free(tok);
-		return NULL;
-	}
-	o = json_tokener_parse_ex(tok, s, (int)len);
-	if (!o || json_tokener_get_error(tok) != json_tokener_success) {
-		json_object_put(o);
-		json_tokener_free(tok);
-		return NULL;
-	}
-	size_t end = json_tokener_get_parse_end(tok);
-
-	json_tokener_free(tok);
-	for (; end < len; end++) {
-		char c = s[end];
-
-		if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-			json_object_put(o);
-			return NULL;
-		}
-	}
-	return o;
-}
-
 /* ---- hash index ---- */
 
 void emu_map_init(struct emu_map *m, const char *(*key)(const void *item))
@@ -470,4 +437,49 @@ void *emu_map_del(struct emu_map *m, const char *key)
 	m->slots[i].hash = 0;
 	m->count--;
 	return old;
+}
+
+/* ---- OAuth scopes ---- */
+
+static const struct {
+	const char *name;
+	unsigned bits;
+} scope_table[] = {
+    {"data-table:read", EMU_SCOPE_READ},
+    {"data-table:write", EMU_SCOPE_WRITE},
+    {"architect", EMU_SCOPE_ARCH_READ | EMU_SCOPE_ARCH_WRITE},
+    {"architect:readonly", EMU_SCOPE_ARCH_READ},
+};
+
+unsigned emu_scope_bits(const char *s, size_t n)
+{
+	for (size_t i = 0; i < sizeof(scope_table) / sizeof(scope_table[0]);
+	     i++)
+		if (strlen(scope_table[i].name) == n &&
+		    strncmp(s, scope_table[i].name, n) == 0)
+			return scope_table[i].bits;
+	return 0;
+}
+
+void emu_scope_names(unsigned scopes, char *out, size_t outsz)
+{
+	size_t o = 0;
+
+	out[0] = '\0';
+	for (size_t i = 0; i < sizeof(scope_table) / sizeof(scope_table[0]);
+	     i++) {
+		unsigned b = scope_table[i].bits;
+
+		/* architect:readonly only when architect is not granted */
+		if ((scopes & b) != b ||
+		    (b == EMU_SCOPE_ARCH_READ &&
+		     (scopes & EMU_SCOPE_ARCH_WRITE)))
+			continue;
+		int n = snprintf(out + o, outsz - o, "%s%s", o ? " " : "",
+				 scope_table[i].name);
+
+		if (n < 0 || (size_t)n >= outsz - o)
+			break;
+		o += (size_t)n;
+	}
 }

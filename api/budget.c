@@ -1,0 +1,316 @@
+/*
+ * budget.c: our own request budget, optionally shared between processes.
+ *
+ * The production API sends no rate-limit headers: a client learns of its
+ * budget only through 429s. So we keep one ourselves: at most n requests in
+ * any window of w seconds. The state is a ring of the start times (the
+ * "slots") of the last n requests: a new request may start at the oldest
+ * slot + w, so slots n apart are always at least w apart and no window of
+ * w seconds ever holds more than n. Slots are also kept non-decreasing, so
+ * requests go out in the order they reserved. A small margin (1% of the
+ * window, 0.05 to 1 s) absorbs the time between a slot and the request
+ * actually leaving (a token fetch, the network).
+ *
+ * Sharing: with a budget file the ring lives in a small file mapped shared
+ * by every process that names it (one per client id under the cache
+ * directory), guarded by an open-file-description lock (F_OFD_SETLKW): it
+ * is released when the holder's descriptor closes, so a process killed at
+ * any point leaves no lock behind, and the ring holds nothing a dead
+ * process owned (its slots simply age out). Two struct api in one process
+ * exclude each other too (each opens the file). Times are CLOCK_MONOTONIC
+ * seconds, which every process on a host shares; the boot id in the file
+ * tells a ring from an earlier boot, which is then started afresh, as is a
+ * file with another budget (the last process to start sets it).
+ *
+ * A 429's Retry-After is stored the same way (pause_until): every thread of
+ * every process sharing the file waits it out.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api_i.h"
+#include "log.h"
+
+#define BUDGET_MAGIC 0x62667464u /* "dtfb" */
+#define BUDGET_VERSION 1u
+#define BUDGET_LONG_AGO (-1e12)
+
+struct budget_state {
+	uint32_t magic, version;
+	char boot_id[40];
+	uint32_t n, head; /* slot[head] is the oldest of the last n */
+	double window;
+	double pause_until;
+	double last;	  /* the latest slot handed out */
+	double slot[API_BUDGET_SLOTS];
+};
+
+struct api_budget {
+	pthread_mutex_t mu; /* the threads of this struct api */
+	struct budget_state *st;
+	int fd;		    /* -1: process-local */
+	char *path;
+	unsigned n;
+	double window, margin;
+	char boot_id[40];
+};
+
+static void read_boot_id(char out[40])
+{
+	int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+	ssize_t r = -1;
+
+	memset(out, 0, 40);
+	if (fd >= 0) {
+		r = read(fd, out, 39);
+		close(fd);
+	}
+	if (r <= 0)
+		snprintf(out, 40, "unknown");
+	out[39] = '\0';
+	out[strcspn(out, "\n")] = '\0';
+}
+
+static int file_lock(struct api_budget *b, short type)
+{
+	struct flock fl = {.l_type = type, .l_whence = SEEK_SET};
+
+	if (b->fd < 0)
+		return 0;
+	while (fcntl(b->fd, F_OFD_SETLKW, &fl) < 0) {
+		if (errno != EINTR) {
+			int rc = -errno;
+
+			log_err("lock budget file '%s' failed: %s", b->path,
+				strerror(-rc));
+			return rc;
+		}
+	}
+	return 0;
+}
+
+/* Start the ring afresh when it is not ours (new file, other boot, other
+ * budget). Under both locks. */
+static void state_check(struct api_budget *b)
+{
+	struct budget_state *st = b->st;
+
+	if (st->magic == BUDGET_MAGIC && st->version == BUDGET_VERSION &&
+	    !memcmp(st->boot_id, b->boot_id, sizeof(st->boot_id)) &&
+	    st->n == b->n && st->window == b->window && st->head < st->n)
+		return;
+	if (st->magic == BUDGET_MAGIC && b->fd >= 0)
+		log_info("budget file '%s': starting a new ring (%u per %.3g "
+			 "s)",
+			 b->path, b->n, b->window);
+	memset(st, 0, sizeof(*st));
+	st->magic = BUDGET_MAGIC;
+	st->version = BUDGET_VERSION;
+	memcpy(st->boot_id, b->boot_id, sizeof(st->boot_id));
+	st->n = b->n;
+	st->window = b->window;
+	st->head = 0;
+	st->last = BUDGET_LONG_AGO;
+	for (unsigned i = 0; i < API_BUDGET_SLOTS; i++)
+		st->slot[i] = BUDGET_LONG_AGO;
+}
+
+static int budget_map(struct api_budget *b, const char *file)
+{
+	struct stat st;
+	int rc;
+
+	b->path = strdup(file);
+	if (!b->path)
+		return -ENOMEM;
+	b->fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (b->fd < 0) {
+		rc = -errno;
+		log_err("open budget file '%s' failed: %s", file,
+			strerror(-rc));
+		return rc;
+	}
+	if (fstat(b->fd, &st) < 0) {
+		rc = -errno;
+		log_err("stat budget file '%s' failed: %s", file,
+			strerror(-rc));
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+		log_err("budget file '%s' refused: not a regular file of "
+			"this user",
+			file);
+		return -EACCES;
+	}
+	if ((st.st_mode & 077) && fchmod(b->fd, 0600) < 0) {
+		rc = -errno;
+		log_err("chmod budget file '%s' failed: %s", file,
+			strerror(-rc));
+		return rc;
+	}
+	/* grow it under the lock before anyone maps it: a mapping past the
+	 * end of a file faults */
+	rc = file_lock(b, F_WRLCK);
+	if (rc)
+		return rc;
+	if (fstat(b->fd, &st) == 0 &&
+	    (size_t)st.st_size < sizeof(struct budget_state) &&
+	    ftruncate(b->fd, (off_t)sizeof(struct budget_state)) < 0) {
+		rc = -errno;
+		log_err("size budget file '%s' failed: %s", file,
+			strerror(-rc));
+		file_lock(b, F_UNLCK);
+		return rc;
+	}
+	b->st = mmap(NULL, sizeof(struct budget_state), PROT_READ | PROT_WRITE,
+		     MAP_SHARED, b->fd, 0);
+	if (b->st == MAP_FAILED) {
+		rc = -errno;
+		b->st = NULL;
+		log_err("map budget file '%s' failed: %s", file,
+			strerror(-rc));
+		file_lock(b, F_UNLCK);
+		return rc;
+	}
+	state_check(b);
+	return file_lock(b, F_UNLCK);
+}
+
+int budget_new(unsigned n, double window_s, const char *file,
+	       struct api_budget **out)
+{
+	struct api_budget *b;
+	int rc;
+
+	*out = NULL;
+	if (!n || !(window_s > 0))
+		return 0; /* no budget */
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	pthread_mutex_init(&b->mu, NULL);
+	b->fd = -1;
+	if (n > API_BUDGET_SLOTS) {
+		/* fewer per window never exceeds the budget */
+		log_info("request budget %u per %.3g s: tracking at most %d "
+			 "per window",
+			 n, window_s, API_BUDGET_SLOTS);
+		n = API_BUDGET_SLOTS;
+	}
+	b->n = n;
+	b->window = window_s;
+	b->margin = window_s * 0.01;
+	if (b->margin < 0.05)
+		b->margin = 0.05;
+	if (b->margin > 1.0)
+		b->margin = 1.0;
+	read_boot_id(b->boot_id);
+	if (file && *file) {
+		rc = budget_map(b, file);
+	} else {
+		b->st = calloc(1, sizeof(*b->st));
+		rc = b->st ? 0 : -ENOMEM;
+		if (!rc)
+			state_check(b);
+	}
+	if (rc) {
+		budget_free(b);
+		return rc;
+	}
+	*out = b;
+	return 0;
+}
+
+void budget_free(struct api_budget *b)
+{
+	if (!b)
+		return;
+	if (b->fd >= 0) {
+		if (b->st)
+			munmap(b->st, sizeof(*b->st));
+		close(b->fd);
+	} else {
+		free(b->st);
+	}
+	free(b->path);
+	pthread_mutex_destroy(&b->mu);
+	free(b);
+}
+
+double budget_reserve(struct api_budget *b, double earliest)
+{
+	struct budget_state *st;
+	double start = earliest;
+
+	pthread_mutex_lock(&b->mu);
+	if (file_lock(b, F_WRLCK)) {
+		/* cannot coordinate: keep to our own share of the ring */
+		pthread_mutex_unlock(&b->mu);
+		return earliest + b->window / b->n;
+	}
+	st = b->st;
+	state_check(b);
+	if (st->pause_until > start)
+		start = st->pause_until + 0.25 * api_random();
+	if (st->slot[st->head] + b->window + b->margin > start)
+		start = st->slot[st->head] + b->window + b->margin;
+	if (st->last > start)
+		start = st->last;
+	st->slot[st->head] = start;
+	st->head = (st->head + 1) % st->n;
+	st->last = start;
+	file_lock(b, F_UNLCK);
+	pthread_mutex_unlock(&b->mu);
+	return start;
+}
+
+void budget_pause(struct api_budget *b, double until)
+{
+	pthread_mutex_lock(&b->mu);
+	if (!file_lock(b, F_WRLCK)) {
+		state_check(b);
+		if (until > b->st->pause_until)
+			b->st->pause_until = until;
+		file_lock(b, F_UNLCK);
+	}
+	pthread_mutex_unlock(&b->mu);
+}
+
+unsigned budget_left(struct api_budget *b, double now, bool *paused)
+{
+	struct budget_state *st;
+	unsigned used = 0;
+
+	*paused = false;
+	pthread_mutex_lock(&b->mu);
+	if (file_lock(b, F_RDLCK)) {
+		pthread_mutex_unlock(&b->mu);
+		return b->n;
+	}
+	st = b->st;
+	if (st->magic == BUDGET_MAGIC && st->n == b->n) {
+		for (unsigned i = 0; i < st->n; i++)
+			if (st->slot[i] + b->window + b->margin > now)
+				used++;
+		*paused = st->pause_until > now;
+	}
+	file_lock(b, F_UNLCK);
+	pthread_mutex_unlock(&b->mu);
+	return used < b->n ? b->n - used : 0;
+}
+
+double budget_rate(const struct api_budget *b)
+{
+	return (double)b->n / b->window;
+}
+
+unsigned budget_size(const struct api_budget *b)
+{
+	return b->n;
+}
