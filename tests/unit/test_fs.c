@@ -151,6 +151,16 @@ static void test_config_bad_values(void **state)
 	assert_int_equal(fs_config_set(&cfg, "page_workers=33"), -EINVAL);
 	assert_int_equal(fs_config_set(&cfg, "job_rows=0"), -EINVAL);
 	assert_int_equal(fs_config_set(&cfg, "max_rows=-5"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "max_line=65M"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "max_line=63"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "max_line=1X"), -EINVAL);
+	/* issue 11 item 7: the default as --help writes it is accepted */
+	assert_int_equal(fs_config_set(&cfg, "max_line=1M"), 0);
+	assert_int_equal(cfg.max_line, 1U << 20);
+	assert_int_equal(fs_config_set(&cfg, "max_line=64k"), 0);
+	assert_int_equal(cfg.max_line, 64U << 10);
+	assert_int_equal(fs_config_set(&cfg, "max_line=4096"), 0);
+	assert_int_equal(cfg.max_line, 4096);
 	assert_int_equal(cfg.page_size, 0);
 	/* dtfsctl refuses words that are not dtfs options */
 	assert_int_equal(fs_config_set_list(&cfg, "page_size=10,allow_other"),
