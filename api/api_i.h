@@ -222,7 +222,7 @@ void token_init(struct api_token *t);
 void token_destroy(struct api_token *t);
 /* A copy of a valid token (malloc'ed; caller frees, after wiping) and its
  * generation. Fetches one when needed; one thread fetches, others wait.
- * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO, -ENOMEM, -EPROTO. */
+ * Returns 0, -EACCES, -EHOSTUNREACH, -ETIMEDOUT, -EIO, -ENOMEM, -EPROTO. */
 int token_get(struct api *api, char **out, uint64_t *gen);
 /* The token of generation gen was refused: forget it (unless a newer one
  * replaced it already). */
@@ -267,7 +267,7 @@ struct api_resp {
 	char *etag;
 	char correlation[96];
 	char retry_after[64];
-	char code[96]; /* error code from the body, or "" */
+	char code[96];	   /* error code from the body, or "" */
 	char message[256]; /* "message" of an error body, or "" */
 	char *location;	   /* Location header, or NULL */
 	long rl_remaining, rl_reset, rl_limit, rl_count; /* -1 absent */
@@ -313,8 +313,8 @@ int api_errno_from_curl(int code, bool *retry);
 
 /* Add a table to a listing (cap: its allocated entries). Returns 0 or
  * -ENOMEM. */
-int api_table_list_add(struct api_table_list *out, size_t *cap,
-		       const char *id, const char *name);
+int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
+		       const char *name);
 
 struct json_object;
 /* resp's body parsed by json-c when it is a JSON object (json_object_put()
@@ -391,10 +391,16 @@ struct api {
 	struct api_http_pool *pool;
 	/* numbered pages: the largest page size not refused so far */
 	_Atomic unsigned max_page;
+	/* the token endpoint refused the dialect's scope: ask without */
+	_Atomic bool scope_refused;
 
 	_Atomic uint64_t n_requests, n_retries, n_throttled, n_server_errors,
 	    n_unauthorized, n_tokens;
 };
+
+/* Remember the names of the tables listed (api_list_tables), so that
+ * messages about a table name it rather than its id. */
+void api_http_learn_names(struct api *api, const struct api_table_list *list);
 
 /* Monotonic seconds. */
 double api_now(void);

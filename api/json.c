@@ -926,4 +926,3 @@ const char *jtype_name(enum jtype t)
 	}
 	return "?";
 }
-

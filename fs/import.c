@@ -66,6 +66,7 @@ struct fs_import {
 	bool dirty;			/* bytes since the last finish */
 	atomic_bool flushed;		/* finished, nothing written since */
 	bool drift;
+	atomic_bool drift_seen;		/* drift, readable without im->lock */
 	int latched;			/* error every later call returns */
 
 	char *partial;			/* an unterminated line */
@@ -85,6 +86,8 @@ struct fs_import {
 	atomic_uint_fast64_t lines, valid, quarantined, chunks_sent,
 		chunks_acked, retries, throttled, unchanged, to_send;
 	const char *route;		/* "upsert", "rows", "job" or NULL */
+	/* progress totals (status.json and dtfsctl's progress line) */
+	atomic_uint_fast64_t bytes, rows_landed, chunks_planned, chunks_resent;
 	enum import_state state;
 	char error[512];
 	int64_t started_at, finished_at;
@@ -441,6 +444,7 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 			"nothing was sent", im->t->name, line, why);
 		set_state(im, IMPORT_FAILED, why);
 		im->drift = true;
+		atomic_store(&im->drift_seen, true);
 		free(error);
 		return -EINVAL;
 	}
@@ -508,6 +512,7 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 		set_state(im, IMPORT_RECEIVING, NULL);
 	im->dirty = true;
 	atomic_store(&im->flushed, false);
+	atomic_fetch_add(&im->bytes, len);
 	while (s < end && !rc) {
 		nl = memchr(s, '\n', (size_t)(end - s));
 		if (!nl) {
@@ -610,6 +615,7 @@ static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
 		atomic_fetch_add(&im->throttled, res.throttled);
 		if (rc == 0) {
 			atomic_fetch_add(&im->chunks_acked, 1);
+			atomic_fetch_add(&im->rows_landed, n);
 			break;
 		}
 		if (rc != -EINVAL || !res.nerrors || round > 0)
@@ -646,6 +652,8 @@ static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
 			rc = 0;
 			break;
 		}
+		/* the resend is one more chunk than planned */
+		atomic_fetch_add(&im->chunks_resent, 1);
 	}
 	api_upsert_result_release(&res);
 	free(rows);
@@ -684,8 +692,9 @@ static void *upload_main(void *arg)
 
 		rc = send_chunk(up->im, &c->batch);
 		if (rc)
-			log_err("upsert chunk of %zu rows into '%s' failed: %s",
-				c->batch.n, up->im->t->name, strerror(-rc));
+			log_err("upsert chunk of %zu row%s into '%s' failed: "
+				"%s", c->batch.n, c->batch.n == 1 ? "" : "s",
+				up->im->t->name, strerror(-rc));
 		cache_spool_batch_release(&c->batch);
 		free(c);
 
@@ -715,6 +724,8 @@ static int upload(struct fs_import *im, const char *spool)
 	pthread_t tids[32];
 	struct upload up = { .im = im };
 	char *after = NULL;
+	size_t nrows = 0, ncut = 0, cr = eng->cfg.chunk_rows;
+	uint64_t cuts = 0;
 	int rc = 0;
 
 	pthread_mutex_init(&up.lock, NULL);
@@ -726,6 +737,10 @@ static int upload(struct fs_import *im, const char *spool)
 	}
 	if (!started)
 		rc = -EAGAIN;
+	if (eng->caps.row_ops)
+		cr = 1;		/* one request per row */
+	nrows = atomic_load(&im->to_send);
+	atomic_store(&im->chunks_planned, (nrows + cr - 1) / cr);
 	while (!rc) {
 		struct chunk *c;
 		size_t max;
@@ -753,6 +768,12 @@ static int upload(struct fs_import *im, const char *spool)
 			free(c);
 			break;
 		}
+		/* small chunks while the budget is low: more of them */
+		ncut += c->batch.n;
+		cuts++;
+		atomic_store(&im->chunks_planned,
+			     cuts + (nrows > ncut ? (nrows - ncut + cr - 1) / cr
+						  : 0));
 		free(after);
 		after = strdup(c->batch.last_key);
 		pthread_mutex_lock(&up.lock);
@@ -814,6 +835,8 @@ static int send_row(struct fs_import *im, const char *val)
 	len = strlen(s.row);
 	for (tries = 0; tries < 3; tries++) {
 		atomic_fetch_add(&im->chunks_sent, 1);
+		if (tries)	/* one request more than planned */
+			atomic_fetch_add(&im->chunks_resent, 1);
 		rc = update ? api_row_update(eng->api, im->t->id, key, s.row,
 					     len)
 			    : api_row_create(eng->api, im->t->id, s.row, len);
@@ -824,8 +847,10 @@ static int send_row(struct fs_import *im, const char *val)
 		else
 			break;
 	}
-	if (rc == 0)
+	if (rc == 0) {
 		atomic_fetch_add(&im->chunks_acked, 1);
+		atomic_fetch_add(&im->rows_landed, 1);
+	}
 	if (rc == -EINVAL) {
 		quarantine(im, s.line, "refused by the API (its message is in "
 			   "the log)", s.row, len);
@@ -1031,6 +1056,7 @@ static int send_job(struct fs_import *im, const char *spool)
 	struct fs_diff d;
 	char *csv = NULL, *after = NULL, *missing = NULL, why[256];
 	size_t len = 0, i;
+	uint64_t nmissing = 0;
 	int rc, crc;
 
 	rc = spool_csv(im, spool, &csv, &len);
@@ -1039,6 +1065,7 @@ static int send_job(struct fs_import *im, const char *spool)
 			strerror(-rc));
 		return rc == -EINVAL ? -EIO : rc;
 	}
+	atomic_store(&im->chunks_planned, 1);	/* the job is the one chunk */
 	atomic_fetch_add(&im->chunks_sent, 1);
 	rc = api_import_csv(eng->api, t->id, csv, len, false, &job);
 	free(csv);
@@ -1091,11 +1118,18 @@ static int send_job(struct fs_import *im, const char *spool)
 						 " failed rows)",
 				 job.failed);
 			quarantine(im, s.line, why, s.row, strlen(s.row));
+			nmissing++;
 		}
 		free(after);
 		after = b.last_key;
 		b.last_key = NULL;
 		cache_spool_batch_release(&b);
+	}
+	if (!rc) {
+		uint64_t sent = atomic_load(&im->to_send);
+
+		atomic_store(&im->rows_landed,
+			     sent > nmissing ? sent - nmissing : 0);
 	}
 	if (job.failed)
 		log_warn("import into '%s': the CSV job counted %" PRIu64
@@ -1214,25 +1248,30 @@ int fs_import_finish(struct fs_import *im)
 		/* a failed job's message, when there is one, says more */
 		set_state(im, IMPORT_FAILED, im->error[0] ? NULL
 							   : strerror(-rc));
-		if (rc != -EIO && rc != -ETIMEDOUT && rc != -ENOTCONN)
+		if (rc != -EIO && rc != -ETIMEDOUT && rc != -EHOSTUNREACH)
 			rc = -EIO;
 	} else if (atomic_load(&im->quarantined)) {
 		snprintf(why, sizeof(why),
-			 "%" PRIuFAST64 " lines quarantined in rejects.jsonl",
-			 atomic_load(&im->quarantined));
+			 "%" PRIuFAST64 " line%s quarantined in rejects.jsonl",
+			 atomic_load(&im->quarantined),
+			 atomic_load(&im->quarantined) == 1 ? "" : "s");
 		set_state(im, IMPORT_DONE, why);
 		rc = -EINVAL;
 	} else {
 		set_state(im, IMPORT_DONE, NULL);
 	}
-	log_notice("import into '%s': %" PRIuFAST64 " lines, %" PRIuFAST64
+	log_notice("import into '%s': %" PRIuFAST64 " line%s, %" PRIuFAST64
 		   " valid, %" PRIuFAST64 " quarantined, %" PRIuFAST64
 		   " unchanged, %" PRIuFAST64 " of %" PRIuFAST64
-		   " chunks acknowledged: %s",
-		   t->name, atomic_load(&im->lines), atomic_load(&im->valid),
-		   atomic_load(&im->quarantined), atomic_load(&im->unchanged),
+		   " chunk%s acknowledged: %s",
+		   t->name, atomic_load(&im->lines),
+		   atomic_load(&im->lines) == 1 ? "" : "s",
+		   atomic_load(&im->valid), atomic_load(&im->quarantined),
+		   atomic_load(&im->unchanged),
 		   atomic_load(&im->chunks_acked),
-		   atomic_load(&im->chunks_sent), rc ? strerror(-rc) : "ok");
+		   atomic_load(&im->chunks_sent),
+		   atomic_load(&im->chunks_sent) == 1 ? "" : "s",
+		   rc ? strerror(-rc) : "ok");
 latch:
 	if (rc)
 		im->latched = rc;
@@ -1241,6 +1280,8 @@ out:
 	pthread_mutex_unlock(&im->lock);
 	return rc;
 }
+
+static void import_persist(struct fs_import *im);
 
 void fs_import_end(struct fs_import *im)
 {
@@ -1268,6 +1309,7 @@ void fs_import_end(struct fs_import *im)
 		}
 		im->finished_at = (int64_t)time(NULL);
 	}
+	import_persist(im);
 	/* the import lock goes; the status stays on the table */
 	if (im->rejects) {
 		fclose(im->rejects);
@@ -1277,19 +1319,18 @@ void fs_import_end(struct fs_import *im)
 	pthread_mutex_unlock(&eng->import_lock);
 }
 
-int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
-			  char *buf, size_t size, size_t *pos)
+/* The "import" member of status.json (with its leading ",\n"); import_lock
+ * held. Returns 0 or -ENOSPC. */
+static int import_json(struct fs_import *im, char *buf, size_t size,
+		       size_t *pos)
 {
-	struct fs_import *im;
 	char started[32], finished[32];
+	struct fs_import_progress p;
 	struct tm tm;
 	time_t tt;
 	int n, rc = 0;
 
-	pthread_mutex_lock(&eng->import_lock);
-	im = t->import;
-	if (!im)
-		goto out;
+	fs_import_progress(im, &p);
 	snprintf(started, sizeof(started), "null");
 	snprintf(finished, sizeof(finished), "null");
 	tt = (time_t)im->started_at;
@@ -1302,30 +1343,30 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 			 "\"%Y-%m-%dT%H:%M:%SZ\"", &tm);
 	n = snprintf(buf + *pos, size - *pos,
 		     ",\n  \"import\": {\n    \"state\": \"%s\",\n"
-		     "    \"lines_read\": %" PRIuFAST64 ",\n"
-		     "    \"rows_valid\": %" PRIuFAST64 ",\n"
-		     "    \"quarantined\": %" PRIuFAST64 ",\n"
+		     "    \"bytes_read\": %" PRIu64 ",\n"
+		     "    \"lines_read\": %" PRIu64 ",\n"
+		     "    \"rows_valid\": %" PRIu64 ",\n"
+		     "    \"quarantined\": %" PRIu64 ",\n"
 		     "    \"rows_unchanged\": %" PRIuFAST64 ",\n"
-		     "    \"rows_to_send\": %" PRIuFAST64 ",\n"
+		     "    \"rows_to_send\": %" PRIu64 ",\n"
+		     "    \"rows_landed\": %" PRIu64 ",\n"
 		     "    \"route\": %s%s%s,\n"
-		     "    \"chunks_sent\": %" PRIuFAST64 ",\n"
-		     "    \"chunks_acknowledged\": %" PRIuFAST64 ",\n"
+		     "    \"chunks_planned\": %" PRIu64 ",\n"
+		     "    \"chunks_sent\": %" PRIu64 ",\n"
+		     "    \"chunks_acknowledged\": %" PRIu64 ",\n"
 		     "    \"retries\": %" PRIuFAST64 ",\n"
 		     "    \"throttled_429\": %" PRIuFAST64 ",\n"
 		     "    \"started\": %s,\n    \"finished\": %s,\n"
 		     "    \"error\": ",
-		     state_names[im->state], atomic_load(&im->lines),
-		     atomic_load(&im->valid), atomic_load(&im->quarantined),
-		     atomic_load(&im->unchanged), atomic_load(&im->to_send),
-		     im->route ? "\"" : "", im->route ? im->route : "null",
-		     im->route ? "\"" : "",
-		     atomic_load(&im->chunks_sent),
-		     atomic_load(&im->chunks_acked), atomic_load(&im->retries),
-		     atomic_load(&im->throttled), started, finished);
-	if (n < 0 || (size_t)n >= size - *pos) {
-		rc = -ENOSPC;
-		goto out;
-	}
+		     state_names[im->state], p.bytes, p.lines, p.valid,
+		     p.quarantined, atomic_load(&im->unchanged), p.rows_planned,
+		     p.rows_landed, im->route ? "\"" : "",
+		     im->route ? im->route : "null", im->route ? "\"" : "",
+		     p.chunks_planned, p.chunks_sent, p.chunks_acked,
+		     atomic_load(&im->retries), atomic_load(&im->throttled),
+		     started, finished);
+	if (n < 0 || (size_t)n >= size - *pos)
+		return -ENOSPC;
 	*pos += (size_t)n;
 	if (im->error[0])
 		rc = fs_json_string(buf, size, pos, im->error);
@@ -1333,7 +1374,93 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		*pos += (size_t)snprintf(buf + *pos, size - *pos, "null");
 	if (!rc && *pos + 5 < size)
 		*pos += (size_t)snprintf(buf + *pos, size - *pos, "\n  }");
+	return rc;
+}
+
+void fs_import_progress(struct fs_import *im, struct fs_import_progress *p)
+{
+	p->bytes = atomic_load(&im->bytes);
+	p->lines = atomic_load(&im->lines);
+	p->valid = atomic_load(&im->valid);
+	p->quarantined = atomic_load(&im->quarantined);
+	p->rows_planned = atomic_load(&im->to_send);
+	p->unchanged = atomic_load(&im->unchanged);
+	p->rows_landed = atomic_load(&im->rows_landed);
+	p->chunks_planned = atomic_load(&im->chunks_planned) +
+			    atomic_load(&im->chunks_resent);
+	p->chunks_sent = atomic_load(&im->chunks_sent);
+	p->chunks_acked = atomic_load(&im->chunks_acked);
+	p->drift = atomic_load(&im->drift_seen);
+}
+
+/* Where the last import's status is kept for later processes (dtfsctl
+ * status, another mount): next to its rejects file. malloc'ed. */
+static char *import_status_path(struct fs_engine *eng, struct fs_table *t)
+{
+	char *rej = fs_table_rejects_path(eng, t), *p = NULL;
+
+	if (rej && asprintf(&p, "%.*s.import", (int)(strlen(rej) - 6), rej) < 0)
+		p = NULL;
+	free(rej);
+	return p;
+}
+
+/* Keep the finished import's status; import_lock held. A failure only
+ * costs later processes the record: logged, not returned. */
+static void import_persist(struct fs_import *im)
+{
+	char buf[4096], *path = import_status_path(im->eng, im->t), *tmp = NULL;
+	size_t pos = 0;
+	int fd;
+
+	if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
+		tmp = NULL;
+		goto out;
+	}
+	if (import_json(im, buf, sizeof(buf), &pos))
+		goto out;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		goto fail;
+	if (write(fd, buf, pos) != (ssize_t)pos) {
+		close(fd);
+		goto fail;
+	}
+	if (close(fd) || rename(tmp, path))
+		goto fail;
+	goto out;
+fail:
+	log_warn("cannot keep the status of the import into '%s' in '%s': %s",
+		 im->t->name, path, strerror(errno));
+	unlink(tmp);
 out:
+	free(tmp);
+	free(path);
+}
+
+int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
+			  char *buf, size_t size, size_t *pos)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&eng->import_lock);
+	if (t->import) {
+		rc = import_json(t->import, buf, size, pos);
+	} else {
+		/* none in this process: the last one any process kept */
+		char *path = import_status_path(eng, t);
+		int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+		ssize_t n;
+
+		if (fd >= 0 && size - *pos > 64) {
+			n = read(fd, buf + *pos, size - *pos - 8);
+			if (n > 0 && (size_t)n < size - *pos - 8)
+				*pos += (size_t)n;
+		}
+		if (fd >= 0)
+			close(fd);
+		free(path);
+	}
 	pthread_mutex_unlock(&eng->import_lock);
 	return rc;
 }

@@ -55,7 +55,7 @@ def test_rows_cursor_loop_fails_clearly(fake, tmp_path, mode):
                              timeout=BOUND)
     assert code != 0
     assert "cursor loop" in err
-    assert api.count("rows") <= 6
+    assert api.count("rows") <= 16  # bounded (prefetch may run ahead)
 
 
 def test_endless_body_is_refused_with_a_clear_error(fake, tmp_path):

@@ -11,14 +11,15 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -59,8 +60,9 @@ struct srv {
 	int state; /* for routes that change their answer */
 	pthread_mutex_t mu;
 	struct rq log[MAX_LOG];
-	int n;	    /* API requests logged (tokens not) */
-	int tokens; /* token requests */
+	int n;		   /* API requests logged (tokens not) */
+	int tokens;	   /* token requests */
+	bool refuse_scope; /* token requests with a scope get invalid_scope */
 	char token_body[512];
 };
 
@@ -98,8 +100,8 @@ static void *srv_main(void *arg)
 				continue;
 			head_len = (size_t)(end + 4 - buf);
 			cl = strcasestr(buf, "\r\nContent-Length:");
-			body_len = cl && cl < end ? strtoul(cl + 17, NULL, 10)
-						  : 0;
+			body_len =
+			    cl && cl < end ? strtoul(cl + 17, NULL, 10) : 0;
 			if (got >= head_len + body_len)
 				break;
 		}
@@ -118,11 +120,18 @@ static void *srv_main(void *arg)
 			snprintf(s->token_body, sizeof(s->token_body), "%s",
 				 r.body);
 			pthread_mutex_unlock(&s->mu);
-			snprintf(out, REQ_MAX,
-				 "HTTP/1.1 200 OK\r\nContent-Type: "
-				 "application/json\r\n\r\n"
-				 "{\"access_token\":\"tok\",\"token_type\":"
-				 "\"bearer\",\"expires_in\":3600}");
+			if (s->refuse_scope && strstr(r.body, "scope="))
+				snprintf(out, REQ_MAX,
+					 "HTTP/1.1 400 Bad Request\r\n"
+					 "Content-Type: application/json\r\n"
+					 "\r\n{\"error\":\"invalid_scope\"}");
+			else
+				snprintf(
+				    out, REQ_MAX,
+				    "HTTP/1.1 200 OK\r\nContent-Type: "
+				    "application/json\r\n\r\n"
+				    "{\"access_token\":\"tok\",\"token_type\":"
+				    "\"bearer\",\"expires_in\":3600}");
 			free(r.head);
 			free(r.body);
 		} else {
@@ -178,24 +187,34 @@ static void srv_start(struct srv *s, route_fn route, void *user)
 	assert_int_equal(pthread_create(&s->t, NULL, srv_main, s), 0);
 }
 
+/* Forget the requests logged so far. */
+static void srv_reset(struct srv *s)
+{
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < s->n; i++) {
+		free(s->log[i].head);
+		free(s->log[i].body);
+	}
+	s->n = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void srv_stop(struct srv *s)
 {
 	shutdown(s->fd, SHUT_RDWR);
 	close(s->fd);
 	pthread_join(s->t, NULL);
-	for (int i = 0; i < s->n; i++) {
-		free(s->log[i].head);
-		free(s->log[i].body);
-	}
+	srv_reset(s);
 	pthread_mutex_destroy(&s->mu);
 }
 
 static void answer(char *out, size_t size, const char *status,
 		   const char *headers, const char *body)
 {
-	snprintf(out, size, "HTTP/1.1 %s\r\n%sContent-Type: "
-			    "application/json\r\nININ-Correlation-Id: "
-			    "corr-1\r\n\r\n%s",
+	snprintf(out, size,
+		 "HTTP/1.1 %s\r\n%sContent-Type: "
+		 "application/json\r\nININ-Correlation-Id: "
+		 "corr-1\r\n\r\n%s",
 		 status, headers ? headers : "", body ? body : "");
 }
 
@@ -250,8 +269,8 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 		       "{\"entities\":[{\"id\":\"t1\",\"name\":\"One\"},"
 		       "{\"id\":\"t2\",\"name\":\"Two/x\"}],\"pageSize\":2,"
 		       "\"pageNumber\":1,\"total\":3,\"pageCount\":2}");
-	} else if (!strncmp(r->path,
-			    "/api/v2/flows/datatables?pageNumber=2&", 38)) {
+	} else if (!strncmp(r->path, "/api/v2/flows/datatables?pageNumber=2&",
+			    38)) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"entities\":[{\"id\":\"t3\",\"name\":\"Three\"}],"
 		       "\"pageNumber\":2,\"total\":3,\"pageCount\":2}");
@@ -282,11 +301,49 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 		else
 			answer(out, size, "200 OK", NULL, r->body);
 	} else {
-		answer(out, size, "404 Not Found", NULL,
-		       "{\"message\":\"Not found\",\"code\":"
-		       "\"flows.datatables.table.not.found\",\"status\":404,"
-		       "\"contextId\":\"ctx-404\"}");
+		/* no correlation header: the body's contextId stands in */
+		snprintf(out, size,
+			 "HTTP/1.1 404 Not Found\r\nContent-Type: "
+			 "application/json\r\n\r\n"
+			 "{\"message\":\"Not found\",\"code\":"
+			 "\"flows.datatables.table.not.found\",\"status\":404,"
+			 "\"contextId\":\"ctx-404\"}");
 	}
+}
+
+/* What fn(api, arg) logs at error level. */
+static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
+			 const char *arg, int want)
+{
+	char path[] = "/tmp/test_flows_log_XXXXXX", *buf = calloc(1, 8192);
+	int fd = mkstemp(path), saved = dup(2);
+	ssize_t n;
+
+	assert_true(fd >= 0);
+	log_init("test_flows", LOG_ERR);
+	fflush(stderr);
+	dup2(fd, 2);
+	assert_int_equal(fn(api, arg), want);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	log_init("test_flows",
+		 getenv("TEST_API_VERBOSE") ? LOG_DEBUG : LOG_CRIT);
+	n = pread(fd, buf, 8191, 0);
+	assert_true(n >= 0);
+	close(fd);
+	unlink(path);
+	return buf;
+}
+
+static int get_schema_of(struct api *api, const char *id)
+{
+	struct api_schema s;
+	int rc = api_get_schema(api, id, &s);
+
+	if (!rc)
+		api_schema_release(&s);
+	return rc;
 }
 
 static void test_flows_tables_and_schema(void **state)
@@ -358,7 +415,7 @@ static void test_flows_tables_and_schema(void **state)
 		    "\"integer\",\"displayOrder\":2},\"tier\":{\"type\":"
 		    "\"string\",\"displayOrder\":3}}}";
 
-		srv.n = 0;
+		srv_reset(&srv);
 		assert_int_equal(
 		    api_put_schema(api, "t1", add, strlen(add), NULL, &put), 0);
 		assert_int_equal(put.ncolumns, 4);
@@ -389,15 +446,35 @@ static void test_flows_tables_and_schema(void **state)
 						strlen(change), NULL, &put),
 				 -EINVAL);
 		assert_null(put.json);
-		srv.n = 0;
-		assert_int_equal(api_put_schema(api, "t1", junk, strlen(junk),
-						NULL, &put),
-				 -EINVAL);
+		srv_reset(&srv);
+		assert_int_equal(
+		    api_put_schema(api, "t1", junk, strlen(junk), NULL, &put),
+		    -EINVAL);
 		assert_int_equal(srv.n, 0); /* refused before sending */
 	}
 	free(body);
 	api_schema_release(&s);
-	assert_int_equal(api_get_schema(api, "nope", &s), -ENOENT);
+	api_free(api);
+	/* an OAuth client without the architect scope: asked again
+	 * without one (the SDKs send none), and not asked again */
+	srv.refuse_scope = true;
+	srv.tokens = 0;
+	api = client(&srv, "flows");
+	assert_int_equal(api_list_tables(api, &list), 0);
+	api_table_list_release(&list);
+	assert_int_equal(srv.tokens, 2);
+	assert_string_equal(srv.token_body, "grant_type=client_credentials");
+	{
+		/* the platform's code, message and context id in the log */
+		char *log = capture_log(get_schema_of, api, "nope", -ENOENT);
+
+		assert_non_null(strstr(
+		    log, "get schema of 'nope' failed: HTTP 404 "
+			 "flows.datatables.table.not.found: \"Not found\" "
+			 "(correlation ctx-404)"));
+		assert_null(strstr(log, "tok"));
+		free(log);
+	}
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -464,18 +541,17 @@ static void test_flows_pages(void **state)
 	assert_null(page.version);
 	assert_null(page.next_cursor);
 	/* key first, then displayOrder; numbers' text kept */
-	assert_string_equal(
-	    page.data,
-	    "{\"key\":\"a\",\"score\":1.50,\"visits\":3}\n"
-	    "{\"key\":\"b\xc3\xa9/\",\"score\":-0,\"visits\":"
-	    "12345678901234567890}\n"
-	    "{\"key\":\"c\",\"score\":1e3,\"visits\":0}\n");
+	assert_string_equal(page.data,
+			    "{\"key\":\"a\",\"score\":1.50,\"visits\":3}\n"
+			    "{\"key\":\"b\xc3\xa9/\",\"score\":-0,\"visits\":"
+			    "12345678901234567890}\n"
+			    "{\"key\":\"c\",\"score\":1e3,\"visits\":0}\n");
 	assert_int_equal(page.len, strlen(page.data));
 	api_page_release(&page);
 	/* remembered: the next call starts at 62 */
 	api_get_caps(api, &caps);
 	assert_int_equal(caps.max_page_size, 62);
-	srv.n = 0;
+	srv_reset(&srv);
 	assert_int_equal(api_get_page(api, "t", &s, 9, 0, &page), 0);
 	assert_int_equal(srv.n, 1);
 	assert_int_equal(page.nrows, 0);
@@ -540,6 +616,11 @@ static void route_rows(struct srv *s, const struct rq *r, char *out,
 		answer(out, size, "200 OK", NULL, r->body);
 }
 
+static int create_row(struct api *api, const char *row)
+{
+	return api_row_create(api, "t1", row, strlen(row));
+}
+
 static void test_flows_rows(void **state)
 {
 	struct srv srv;
@@ -551,7 +632,8 @@ static void test_flows_rows(void **state)
 	api = client(&srv, "flows");
 	assert_int_equal(api_row_create(api, "t1", row, strlen(row)), 0);
 	assert_string_equal(srv.log[0].method, "POST");
-	assert_string_equal(srv.log[0].path, "/api/v2/flows/datatables/t1/rows");
+	assert_string_equal(srv.log[0].path,
+			    "/api/v2/flows/datatables/t1/rows");
 	assert_string_equal(srv.log[0].body, row);
 	assert_true(has_header(&srv.log[0], "Content-Type: application/json"));
 	assert_int_equal(
@@ -582,6 +664,27 @@ static void test_flows_rows(void **state)
 	assert_int_equal(api_row_delete_key(api, "t1", "missing"), -ENOENT);
 	/* none of these is retried: one request each */
 	assert_int_equal(srv.n, 4 + 7);
+	{
+		/* an expected refusal is the caller's to handle: no error in
+		 * the log; a refused row is, with the platform's message */
+		char *log = capture_log(create_row, api, "{\"key\":\"exists\"}",
+					-EEXIST);
+
+		assert_string_equal(log, "");
+		free(log);
+		log =
+		    capture_log(create_row, api, "{\"key\":\"bad\"}", -EINVAL);
+		assert_non_null(strstr(log,
+				       "create row of 't1' failed: HTTP 400 "
+				       "flows.datatables.syntax.error: "
+				       "\"visits is not an integer\" "
+				       "(correlation corr-1)"));
+		free(log);
+		log =
+		    capture_log(create_row, api, "{\"key\":\"full\"}", -ENOSPC);
+		assert_non_null(strstr(log, "the table is full"));
+		free(log);
+	}
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -623,7 +726,8 @@ static void route_jobs(struct srv *s, const struct rq *r, char *out,
 			       "\"countRecordsUpdated\":2,"
 			       "\"countRecordsDeleted\":5,"
 			       "\"countRecordsFailed\":1}");
-	} else if (!strcmp(r->path, "/api/v2/flows/datatables/t1/export/jobs")) {
+	} else if (!strcmp(r->path,
+			   "/api/v2/flows/datatables/t1/export/jobs")) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"id\":\"exp-1\",\"status\":\"Processing\"}");
 	} else if (!strcmp(r->path,
@@ -656,9 +760,8 @@ static void test_flows_import_job(void **state)
 	(void)state;
 	srv_start(&srv, route_jobs, NULL);
 	api = client(&srv, "flows");
-	assert_int_equal(api_import_csv(api, "t1", csv, strlen(csv), false,
-					&job),
-			 0);
+	assert_int_equal(
+	    api_import_csv(api, "t1", csv, strlen(csv), false, &job), 0);
 	assert_string_equal(job.id, "job-1");
 	assert_string_equal(job.status, "Succeeded");
 	assert_int_equal(job.updated, 2);
@@ -694,12 +797,94 @@ static void test_flows_import_job(void **state)
 	/* a Failed job: -EIO with the platform's message; ReplaceAll */
 	srv_start(&srv, route_jobs, (void *)1);
 	api = client(&srv, "flows");
-	assert_int_equal(api_import_csv(api, "t1", csv, strlen(csv), true,
-					&job),
-			 -EIO);
+	assert_int_equal(
+	    api_import_csv(api, "t1", csv, strlen(csv), true, &job), -EIO);
 	assert_string_equal(job.status, "Failed");
 	assert_string_equal(job.error, "The file has no key column");
 	assert_string_equal(srv.log[0].body, "{\"importMode\":\"ReplaceAll\"}");
+	api_job_release(&job);
+	api_free(api);
+	srv_stop(&srv);
+}
+
+/* Jobs that go wrong, by table: t2 downloads from another origin, t3
+ * redirects forever, t4 asks for an unusable upload header, t5 for an
+ * upload over plain http to another host. */
+static void route_odd_jobs(struct srv *s, const struct rq *r, char *out,
+			   size_t size)
+{
+	char body[1024];
+	const char *port = strrchr(s->url, ':') + 1;
+
+	if (strstr(r->path, "/t2/export/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"e\",\"status\":\"Succeeded\","
+			 "\"downloadURI\":\"http://localhost:%s/dl\"}",
+			 port);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (!strcmp(r->path, "/dl")) {
+		snprintf(out, size, "HTTP/1.1 200 OK\r\n\r\nkey\r\n");
+	} else if (strstr(r->path, "/t3/export/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"e\",\"status\":\"Succeeded\","
+			 "\"downloadURI\":\"%s/loop\"}",
+			 s->url);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (!strcmp(r->path, "/loop")) {
+		answer(out, size, "302 Found", "Location: /loop\r\n", NULL);
+	} else if (strstr(r->path, "/t4/import/csv/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+			 "\"uploadURI\":\"%s/up\",\"uploadHeaders\":"
+			 "{\"x-a\":\"1\\r\\nAuthorization: Bearer x\"}}",
+			 s->url);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (strstr(r->path, "/t5/import/csv/jobs")) {
+		answer(out, size, "200 OK", NULL,
+		       "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+		       "\"uploadURI\":\"http://example.com/up\","
+		       "\"uploadHeaders\":{}}");
+	} else {
+		answer(out, size, "404 Not Found", NULL, "{}");
+	}
+}
+
+static void test_flows_jobs_refused(void **state)
+{
+	struct api_job job;
+	struct srv srv;
+	struct api *api;
+	char *csv;
+	size_t len;
+
+	(void)state;
+	srv_start(&srv, route_odd_jobs, NULL);
+	api = client(&srv, "flows");
+	/* a downloadURI off the API's origin gets no token */
+	assert_int_equal(api_export_csv(api, "t2", &csv, &len), 0);
+	assert_string_equal(csv, "key\r\n");
+	free(csv);
+	assert_string_equal(srv.log[1].path, "/dl");
+	assert_null(strcasestr(srv.log[1].head, "Authorization"));
+	/* redirects end */
+	srv_reset(&srv);
+	assert_int_equal(api_export_csv(api, "t3", &csv, &len), -EPROTO);
+	assert_null(csv);
+	assert_int_equal(srv.n, 1 + 6); /* the job, downloadURI, 5 more */
+	/* upload headers that would smuggle a line, and a plain-http
+	 * upload to another host, are refused before any upload */
+	srv_reset(&srv);
+	assert_int_equal(api_import_csv(api, "t4", "key\r\n", 5, false, &job),
+			 -EPROTO);
+	api_job_release(&job);
+	assert_int_equal(api_import_csv(api, "t5", "key\r\n", 5, false, &job),
+			 -EINVAL);
+	api_job_release(&job);
+	assert_int_equal(srv.n, 2);
+	/* a job for a table that does not exist */
+	assert_int_equal(api_import_csv(api, "t9", "key\r\n", 5, false, &job),
+			 -ENOENT);
+	assert_null(job.id);
 	api_job_release(&job);
 	api_free(api);
 	srv_stop(&srv);
@@ -741,8 +926,7 @@ static void test_flows_export_job(void **state)
 /* ---- pacing ----------------------------------------------------------- */
 
 /* 429 with Retry-After and no budget header on every second request. */
-static void route_429(struct srv *s, const struct rq *r, char *out,
-		      size_t size)
+static void route_429(struct srv *s, const struct rq *r, char *out, size_t size)
 {
 	(void)r;
 	if (s->state++ == 0)
@@ -1002,7 +1186,8 @@ static void test_budget_config(void **state)
 	assert_int_equal(api_new(&cfg, &api), -EINVAL);
 	cfg.rate_window_s = 1;
 	assert_int_equal(api_new(&cfg, &api), 0);
-	assert_true(api_budget_rate(api) > 9.99 && api_budget_rate(api) < 10.01);
+	assert_true(api_budget_rate(api) > 9.99 &&
+		    api_budget_rate(api) < 10.01);
 	api_free(api);
 	/* a budget file that is not a regular file, or not writable */
 	cfg.budget_file = dir;
@@ -1041,10 +1226,11 @@ struct emu {
  * tables; extra flags after the defaults. */
 static void emu_start(struct emu *e, const char *const *extra)
 {
-	const char *bin = getenv("DTFS_EMU"), *data = getenv("DTFS_SAMPLE_DATA");
-	const char *argv[32] = {bin, "--listen", "127.0.0.1:0", "--data", data,
-				"--client", "id:sec:architect", "--job-delay",
-				"20"};
+	const char *bin = getenv("DTFS_EMU"),
+		   *data = getenv("DTFS_SAMPLE_DATA");
+	const char *argv[32] = {
+	    bin,	"--listen",	    "127.0.0.1:0", "--data", data,
+	    "--client", "id:sec:architect", "--job-delay", "20"};
 	int fds[2], n = 9;
 	char line[256];
 	FILE *f;
@@ -1058,6 +1244,8 @@ static void emu_start(struct emu *e, const char *const *extra)
 	e->pid = fork();
 	assert_true(e->pid >= 0);
 	if (e->pid == 0) {
+		/* never outlive a test that failed before emu_stop() */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		dup2(fds[1], 1);
 		close(fds[0]);
 		close(fds[1]);
@@ -1075,8 +1263,22 @@ static void emu_stop(struct emu *e)
 {
 	int status;
 
+	if (e->pid <= 0)
+		return;
 	kill(e->pid, SIGTERM);
 	assert_int_equal(waitpid(e->pid, &status, 0), e->pid);
+	e->pid = 0;
+}
+
+/* The emulator of the running test, stopped by the teardown when an
+ * assertion ends the test early. */
+static struct emu the_emu;
+
+static int emu_teardown(void **state)
+{
+	(void)state;
+	emu_stop(&the_emu);
+	return 0;
 }
 
 /* GET path from the emulator with a bare socket: the body, malloc'ed. */
@@ -1177,7 +1379,7 @@ static char *all_pages(struct api *api, const char *id,
 
 static void test_flows_against_emu(void **state)
 {
-	struct emu e;
+	struct emu *e = &the_emu;
 	struct api *api;
 	struct api_schema s;
 	struct api_page page;
@@ -1187,8 +1389,8 @@ static void test_flows_against_emu(void **state)
 	unsigned pages;
 
 	(void)state;
-	emu_start(&e, NULL);
-	api = emu_client(&e);
+	emu_start(e, NULL);
+	api = emu_client(e);
 	id = table_id(api, "PriceList");
 	assert_int_equal(api_get_schema(api, id, &s), 0);
 	assert_int_equal(s.ncolumns, 5);
@@ -1234,9 +1436,10 @@ static void test_flows_against_emu(void **state)
 		assert_int_equal(
 		    api_row_update(api, id, "NOPE", "{\"key\":\"NOPE\"}", 14),
 		    -ENOENT);
-		assert_int_equal(
-		    api_row_create(api, id, "{\"key\":\"x\",\"stock\":1.5}", 23),
-		    -EINVAL);
+		assert_int_equal(api_row_create(api, id,
+						"{\"key\":\"x\",\"stock\":1.5}",
+						23),
+				 -EINVAL);
 		all = all_pages(api, id, &s, 0, &pages);
 		assert_non_null(strstr(all, row2));
 		free(all);
@@ -1259,9 +1462,13 @@ static void test_flows_against_emu(void **state)
 		csv = NULL;
 		assert_int_equal(api_csv_encode(&s, rows, lens, 2, &csv, &len),
 				 0);
-		len += (size_t)snprintf(NULL, 0, "BAD-1,x,1,notanint,true\r\n");
-		csv = realloc(csv, len + 1);
-		strcat(csv, "BAD-1,x,1,notanint,true\r\n");
+		{
+			static const char bad[] = "BAD-1,x,1,notanint,true\r\n";
+
+			csv = realloc(csv, len + sizeof(bad));
+			memcpy(csv + len, bad, sizeof(bad));
+			len += sizeof(bad) - 1;
+		}
 		assert_int_equal(api_import_csv(api, id, csv, len, false, &job),
 				 0);
 		free(csv);
@@ -1279,17 +1486,17 @@ static void test_flows_against_emu(void **state)
 	api_schema_release(&s);
 	free(id);
 	api_free(api);
-	emu_stop(&e);
+	emu_stop(e);
 
 	/* a smaller page size limit, and a rate limit below our budget:
 	 * 429s honoured, every call succeeds */
 	{
-		static const char *const extra[] = {
-		    "--max-flows-page-size", "100", "--rate-limit", "4/1",
-		    NULL};
+		static const char *const extra[] = {"--max-flows-page-size",
+						    "100", "--rate-limit",
+						    "4/1", NULL};
 
-		emu_start(&e, extra);
-		api = emu_client(&e);
+		emu_start(e, extra);
+		api = emu_client(e);
 		id = table_id(api, "PriceList");
 		assert_int_equal(api_get_schema(api, id, &s), 0);
 		assert_int_equal(api_get_page(api, id, &s, 1, 0, &page), 0);
@@ -1302,7 +1509,7 @@ static void test_flows_against_emu(void **state)
 			assert_int_equal(page.page_size, 62);
 			api_page_release(&page);
 		}
-		stats = emu_get(&e, "/_emu/stats");
+		stats = emu_get(e, "/_emu/stats");
 		assert_true(stat_of(stats, "429") >= 1);
 		{
 			struct api_stats st;
@@ -1314,7 +1521,7 @@ static void test_flows_against_emu(void **state)
 		api_schema_release(&s);
 		free(id);
 		api_free(api);
-		emu_stop(&e);
+		emu_stop(e);
 	}
 }
 
@@ -1326,11 +1533,12 @@ int main(void)
 	    cmocka_unit_test(test_flows_rows),
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
+	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
 	    cmocka_unit_test(test_budget_shared_clients),
 	    cmocka_unit_test(test_budget_shared_processes),
 	    cmocka_unit_test(test_budget_config),
-	    cmocka_unit_test(test_flows_against_emu),
+	    cmocka_unit_test_teardown(test_flows_against_emu, emu_teardown),
 	};
 
 	log_init("test_flows",
