@@ -456,16 +456,38 @@ static int fs_write(const char *path, const char *buf, size_t size,
  * what close() returns; once an import failed, every later close of the
  * opener fails with it too (fs_import_finish latches it).
  */
+/*
+ * An import rewrote rejects.jsonl: tell the kernel, or a stat in the next
+ * attr_timeout still shows the previous import's size. rows is the path of
+ * the table's rows.jsonl. A different inode from the one whose request is
+ * being handled, so notifying from here cannot deadlock.
+ */
+static void rejects_changed(const char *rows)
+{
+	const char *slash = rows ? strrchr(rows, '/') : NULL;
+	char p[PATH_MAX];
+	int n;
+
+	if (!slash)
+		return;
+	n = snprintf(p, sizeof(p), "%.*s/%s", (int)(slash - rows), rows,
+		     file_names[FS_REJECTS]);
+	if (n > 0 && (size_t)n < sizeof(p))
+		fuse_invalidate_path(fuse_get_context()->fuse, p);
+}
+
 static int fs_flush(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
+	int rc;
 
-	(void)path;
 	if (!h->im)
 		return 0;
 	if (tgid_of(fuse_get_context()->pid) != h->opener)
 		return 0;
-	return fs_import_finish(h->im);
+	rc = fs_import_finish(h->im);
+	rejects_changed(path);
+	return rc;
 }
 
 /* Release's error is thrown away by the kernel: an import flush did not
@@ -474,13 +496,13 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
 
-	(void)path;
 	if (h->im && fs_import_dirty(h->im)) {
 		int rc = fs_import_finish(h->im);
 
 		if (rc)
 			log_err("import into '%s' finished at release: %s",
 				fs_table_name(h->t), strerror(-rc));
+		rejects_changed(path);
 	}
 	handle_free(h);
 	return 0;

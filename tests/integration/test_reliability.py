@@ -145,3 +145,24 @@ def test_damaged_cache_dtfsctl_exports_the_right_bytes(emu_factory,
     rc, out, err = dtfsctl(emu, cache, "export", "Big")
     assert rc == 0, err  # not 135 (SIGBUS)
     assert out == first
+
+
+def test_rejects_size_is_right_after_close(emu_factory, mount_factory,
+                                           tmp_path):
+    """Issue 11 item 7: rejects.jsonl showed the previous import's size
+    until the kernel's attributes timed out."""
+    from mount import DATA_DIR
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu).start()
+    rej = m.file("Customers", "rejects.jsonl")
+    assert os.stat(rej).st_size == 0  # the kernel caches this size
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"customer_id": 1}\n{"customer_id": "x", '
+                    b'"loyalty_tier": "gold"}\nnot json\n')
+    r = subprocess.run(["cp", str(bad), m.file("Customers", "rows.jsonl")],
+                       capture_output=True)
+    assert r.returncode != 0  # close() says lines were quarantined
+    size = os.stat(rej).st_size
+    data = open(rej, "rb").read()
+    assert data.count(b"\n") == 3
+    assert size == len(data)
