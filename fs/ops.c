@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "engine.h"
 #include "log.h"
 #include "names.h"
@@ -53,6 +54,7 @@ struct handle {
 	bool sdirty;		/* written since the last flush */
 	int sresult;		/* the last flush's result */
 	int fd;			/* rejects.jsonl */
+	bool page_cached;	/* counted in face->cached_handles */
 };
 
 struct fs_face_opts fs_face_opts = {
@@ -165,6 +167,9 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->use_ino = 0;
 	cfg->kernel_cache = 0;
 	cfg->direct_io = 0;
+	/* a reader killed or interrupted while its page is fetched gets
+	 * EINTR at once, not after the retry budget */
+	api_set_interrupt_check(fuse_interrupted);
 	mount_time = time(NULL);
 	return fuse_get_context()->private_data;
 }
@@ -215,13 +220,28 @@ static int fs_getattr(const char *path, struct stat *st,
 			st->st_mode |= 0200 & ~fs_face_opts.umask;
 		st->st_nlink = 2;
 		return 0;
-	case FS_ROWS:
+	case FS_ROWS: {
+		struct fs_face_gens *face = fs_table_face(t);
+		uint64_t size = fs_table_rows_size(eng, t, &gen);
+
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
-		st->st_size = (off_t)fs_table_rows_size(eng, t, &gen);
+		/*
+		 * The kernel ends page-cache reads at st_size, on every open
+		 * handle: while a handle reads a version through the page
+		 * cache, a new version's size (0 while incomplete) would cut
+		 * it short with success. Keep telling that version's size
+		 * until the last such handle closes.
+		 */
 		pthread_mutex_lock(&face_lock);
-		fs_table_face(t)->attr = gen;
+		if (face->cached_handles) {
+			size = face->kernel_size;
+		} else {
+			face->attr = gen;
+		}
 		pthread_mutex_unlock(&face_lock);
+		st->st_size = (off_t)size;
 		break;
+	}
 	case FS_CSV:
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
 		st->st_size = (off_t)fs_table_csv_size(eng, t);
@@ -325,6 +345,11 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 
 static void handle_free(struct handle *h)
 {
+	if (h->page_cached) {
+		pthread_mutex_lock(&face_lock);
+		fs_table_face(h->t)->cached_handles--;
+		pthread_mutex_unlock(&face_lock);
+	}
 	if (h->rd)
 		fs_reader_close(h->rd);
 	if (h->crd)
@@ -342,7 +367,7 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 			  struct fuse_file_info *fi)
 {
 	struct fs_face_gens *face = fs_table_face(h->t);
-	uint64_t size;
+	uint64_t size, gen;
 	int rc;
 
 	rc = fs_reader_open(eng, h->t, &h->rd);
@@ -352,15 +377,23 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 	 * Through the page cache only when the version is complete and the
 	 * kernel was told its exact size; otherwise direct I/O, so tools read
 	 * to the end whatever st_size said. The kernel keeps cached pages
-	 * only if they are of this very generation.
+	 * only if they are of this very generation. While handles read one
+	 * generation through the page cache, every other generation is
+	 * direct I/O and keeps the cache (theirs), and st_size stays theirs
+	 * (fs_getattr).
 	 */
 	pthread_mutex_lock(&face_lock);
+	gen = fs_reader_gen(h->rd);
 	if (fs_reader_complete(h->rd, &size) &&
-	    face->attr == fs_reader_gen(h->rd)) {
-		fi->keep_cache = face->kernel == face->attr;
-		face->kernel = face->attr;
+	    (face->cached_handles ? face->kernel == gen : face->attr == gen)) {
+		fi->keep_cache = face->kernel == gen;
+		face->kernel = gen;
+		face->kernel_size = size;
+		face->cached_handles++;
+		h->page_cached = true;
 	} else {
 		fi->direct_io = 1;
+		fi->keep_cache = face->cached_handles > 0;
 	}
 	pthread_mutex_unlock(&face_lock);
 	return 0;
@@ -446,8 +479,9 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 	case FS_SCHEMA:
 		fi->direct_io = 1;
 		if (acc != O_RDONLY) {
-			/* a whole new schema is written; O_TRUNC or not, it
-			 * starts from the current one */
+			/* a whole new schema is written: from nothing with
+			 * O_TRUNC, else over the current bytes (an in-place
+			 * edit); sent at the opener's close */
 			h->swrite = true;
 			h->opener = tgid_of(fuse_get_context()->pid);
 			if (fi->flags & O_TRUNC)
@@ -610,18 +644,40 @@ static int fs_write(const char *path, const char *buf, size_t size,
  * what close() returns; once an import failed, every later close of the
  * opener fails with it too (fs_import_finish latches it).
  */
+/*
+ * An import rewrote rejects.jsonl: tell the kernel, or a stat in the next
+ * attr_timeout still shows the previous import's size. rows is the path of
+ * the table's rows.jsonl. A different inode from the one whose request is
+ * being handled, so notifying from here cannot deadlock.
+ */
+static void rejects_changed(const char *rows)
+{
+	const char *slash = rows ? strrchr(rows, '/') : NULL;
+	char p[PATH_MAX];
+	int n;
+
+	if (!slash)
+		return;
+	n = snprintf(p, sizeof(p), "%.*s/%s", (int)(slash - rows), rows,
+		     file_names[FS_REJECTS]);
+	if (n > 0 && (size_t)n < sizeof(p))
+		fuse_invalidate_path(fuse_get_context()->fuse, p);
+}
+
 static int fs_flush(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
+	int rc;
 
-	(void)path;
 	if (!h->im && !h->swrite)
 		return 0;
 	if (tgid_of(fuse_get_context()->pid) != h->opener)
 		return 0;
 	if (h->swrite)
 		return schema_send(h);
-	return fs_import_finish(h->im);
+	rc = fs_import_finish(h->im);
+	rejects_changed(path);
+	return rc;
 }
 
 /* Release's error is thrown away by the kernel: an import flush did not
@@ -630,7 +686,6 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
 
-	(void)path;
 	if (h->swrite && h->sdirty) {
 		int rc = schema_send(h);
 
@@ -645,6 +700,7 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 		if (rc)
 			log_err("import into '%s' finished at release: %s",
 				fs_table_name(h->t), strerror(-rc));
+		rejects_changed(path);
 	}
 	handle_free(h);
 	return 0;
