@@ -933,7 +933,7 @@ struct fs_reader {
 
 /* The API could not be reached or kept failing: not an answer about the
  * table (as 404 or 403 would be). */
-static bool unreachable(int rc)
+bool fs_unreachable(int rc)
 {
 	return rc == -EHOSTUNREACH || rc == -ETIMEDOUT || rc == -EIO;
 }
@@ -1014,7 +1014,7 @@ again:
 		}
 		changed = true;
 	}
-	if (rc && !force && have && m->complete && unreachable(rc)) {
+	if (rc && !force && have && m->complete && fs_unreachable(rc)) {
 		atomic_store(&t->offline_at, now_s());
 		/* offline: the last version proved current, whole, beats no
 		 * file at all (the log says it was not revalidated) */
