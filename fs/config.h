@@ -28,6 +28,8 @@ struct fs_config {
 	unsigned retries;	/* attempts per request */
 	unsigned retry_budget;	/* seconds per request, retries included */
 	bool ro;
+	bool replace;		/* whole-file imports delete what they lack */
+	bool lazy_size;		/* no fetch for st_size of rows.jsonl */
 
 	/* ---- dialect, pacing and import routes (the production API) ---- */
 	unsigned page_workers;	/* numbered pages in flight, 1..32 */

@@ -66,7 +66,11 @@ struct fs_import {
 	bool dirty;			/* bytes since the last finish */
 	atomic_bool flushed;		/* finished, nothing written since */
 	bool drift;
+	bool published;			/* status.json shows it: it received
+					   bytes */
+	bool replace;			/* the stream is the whole table */
 	int latched;			/* error every later call returns */
+	uint64_t lines_sent;		/* lines when last finished */
 
 	char *partial;			/* an unterminated line */
 	size_t plen, pcap;
@@ -78,12 +82,18 @@ struct fs_import {
 
 	char *send;			/* spool of the rows to send */
 
-	int rejects_fd;			/* flock'ed: the import lock */
-	FILE *rejects;
+	int lock_fd;			/* flock'ed: the import lock */
+	char *rejects_path;		/* rejects.jsonl */
+	char *rejects_tmp;		/* this round's rejects, renamed over
+					   rejects.jsonl when it has any */
+	FILE *rejects;			/* rejects_tmp, open while receiving
+					   and sending */
+	uint64_t round_q0;		/* quarantined before this round */
 
 	/* status.json; counters are atomics, strings under import_lock */
 	atomic_uint_fast64_t lines, valid, quarantined, chunks_sent,
-		chunks_acked, retries, throttled, unchanged, to_send;
+		chunks_acked, retries, throttled, unchanged, to_send,
+		deleted;
 	const char *route;		/* "upsert", "rows", "job" or NULL */
 	enum import_state state;
 	char error[512];
@@ -118,10 +128,14 @@ static void import_free(struct fs_import *im)
 		free(im->keys[i]);
 		free(im->vals[i]);
 	}
-	if (im->rejects)
+	if (im->rejects) {
 		fclose(im->rejects);
-	else if (im->rejects_fd >= 0)
-		close(im->rejects_fd);
+		unlink(im->rejects_tmp);
+	}
+	if (im->lock_fd >= 0)
+		close(im->lock_fd);
+	free(im->rejects_path);
+	free(im->rejects_tmp);
 	api_schema_release(&im->schema);
 	free(im->send);
 	free(im->partial);
@@ -132,8 +146,21 @@ static void import_free(struct fs_import *im)
 
 void fs_import_table_release(struct fs_table *t)
 {
+	if (t->import_open != t->import)
+		import_free(t->import_open);
 	import_free(t->import);
-	t->import = NULL;
+	t->import = t->import_open = NULL;
+}
+
+/* path + suffix, malloc'ed */
+static char *path_with(const char *path, const char *suffix)
+{
+	size_t n = strlen(path) + strlen(suffix) + 1;
+	char *p = malloc(n);
+
+	if (p)
+		snprintf(p, n, "%s%s", path, suffix);
+	return p;
 }
 
 char *fs_table_rejects_path(struct fs_engine *eng, struct fs_table *t)
@@ -175,8 +202,8 @@ static bool holder_closing(struct fs_engine *eng, struct fs_table *t)
 	bool closing;
 
 	pthread_mutex_lock(&eng->import_lock);
-	closing = t->import && t->import->open &&
-		  atomic_load(&t->import->flushed);
+	closing = t->import_open && t->import_open->open &&
+		  atomic_load(&t->import_open->flushed);
 	pthread_mutex_unlock(&eng->import_lock);
 	return closing;
 }
@@ -242,7 +269,7 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	pthread_mutex_init(&im->rejects_lock, NULL);
 	im->eng = eng;
 	im->t = t;
-	im->rejects_fd = -1;
+	im->lock_fd = -1;
 	im->send = fs_spool_name(t, "send");
 	if (!im->send) {
 		rc = -ENOMEM;
@@ -256,18 +283,22 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 			strerror(errno));
 		goto fail;
 	}
-	path = fs_table_rejects_path(eng, t);
-	if (!path) {
+	im->rejects_path = fs_table_rejects_path(eng, t);
+	path = im->rejects_path ? path_with(im->rejects_path, ".lock") : NULL;
+	im->rejects_tmp = im->rejects_path
+				  ? path_with(im->rejects_path, ".new")
+				  : NULL;
+	if (!path || !im->rejects_tmp) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	im->rejects_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (im->rejects_fd < 0) {
+	im->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (im->lock_fd < 0) {
 		rc = -errno;
 		log_err("cannot open '%s': %s", path, strerror(errno));
 		goto fail;
 	}
-	rc = take_import_lock(eng, t, im->rejects_fd);
+	rc = take_import_lock(eng, t, im->lock_fd);
 	if (rc)
 		goto fail;
 
@@ -289,16 +320,8 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		goto fail;
 	}
 
-	/* rejects.jsonl is replaced by each new import */
-	if (ftruncate(im->rejects_fd, 0)) {
-		rc = -errno;
-		goto fail;
-	}
-	im->rejects = fdopen(im->rejects_fd, "w");
-	if (!im->rejects) {
-		rc = -errno;
-		goto fail;
-	}
+	/* nothing visible changes until bytes arrive (round_begin):
+	 * opening for writing and closing is not an import */
 	rc = cache_spool_clear(eng->cache, t->id);
 	if (!rc)
 		rc = cache_spool_clear(eng->cache, im->send);
@@ -309,8 +332,9 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	im->state = IMPORT_RECEIVING;
 	im->started_at = (int64_t)time(NULL);
 	pthread_mutex_lock(&eng->import_lock);
-	import_free(t->import);
-	t->import = im;
+	if (t->import_open != t->import)
+		import_free(t->import_open);
+	t->import_open = im;
 	pthread_mutex_unlock(&eng->import_lock);
 	free(path);
 	*out = im;
@@ -324,6 +348,70 @@ fail:
 bool fs_import_dirty(const struct fs_import *im)
 {
 	return im->dirty;
+}
+
+void fs_import_set_replace(struct fs_import *im, bool replace)
+{
+	pthread_mutex_lock(&im->lock);
+	im->replace = replace;
+	pthread_mutex_unlock(&im->lock);
+}
+
+/*
+ * The first bytes of a round (an import: the bytes between two finishes):
+ * the import becomes the one status.json shows, and its rejects go to a
+ * file of their own, renamed over rejects.jsonl at the end only when the
+ * round quarantined lines (round_end). im->lock held.
+ */
+static int round_begin(struct fs_import *im)
+{
+	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
+	int fd;
+
+	if (im->rejects)
+		return 0;
+	fd = open(im->rejects_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+		  0600);
+	if (fd < 0 || !(im->rejects = fdopen(fd, "w"))) {
+		int rc = -errno;
+
+		if (fd >= 0)
+			close(fd);
+		log_err("cannot open '%s': %s", im->rejects_tmp,
+			strerror(-rc));
+		return rc;
+	}
+	im->round_q0 = atomic_load(&im->quarantined);
+	if (!im->published) {
+		pthread_mutex_lock(&eng->import_lock);
+		if (t->import != im)
+			import_free(t->import);
+		t->import = im;
+		im->published = true;
+		pthread_mutex_unlock(&eng->import_lock);
+	}
+	return 0;
+}
+
+/* The end of a round: its rejects replace rejects.jsonl if it has any
+ * (rejects.jsonl keeps the lines of the last import that had some). */
+static void round_end(struct fs_import *im)
+{
+	bool any;
+
+	if (!im->rejects)
+		return;
+	pthread_mutex_lock(&im->rejects_lock);
+	any = atomic_load(&im->quarantined) > im->round_q0;
+	fclose(im->rejects);
+	im->rejects = NULL;
+	pthread_mutex_unlock(&im->rejects_lock);
+	if (any && rename(im->rejects_tmp, im->rejects_path))
+		log_err("cannot write '%s': %s", im->rejects_path,
+			strerror(errno));
+	else if (!any)
+		unlink(im->rejects_tmp);
 }
 
 /* Write s[0..n) as a JSON string: bytes that are not well-formed UTF-8
@@ -363,10 +451,15 @@ static void put_json_string(FILE *f, const char *s, size_t n)
 static void quarantine(struct fs_import *im, uint64_t line, const char *error,
 		       const char *text, size_t n)
 {
-	FILE *f = im->rejects;
+	FILE *f;
 
 	atomic_fetch_add(&im->quarantined, 1);
 	pthread_mutex_lock(&im->rejects_lock);
+	f = im->rejects;
+	if (!f) {	/* cannot happen: a round is open while lines come */
+		pthread_mutex_unlock(&im->rejects_lock);
+		return;
+	}
 	fprintf(f, "{\"line\": %" PRIu64 ", \"error\": ", line);
 	put_json_string(f, error, strlen(error));
 	fputs(", \"text\": ", f);
@@ -504,6 +597,11 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 		rc = im->latched;
 		goto out;
 	}
+	if (len == 0)
+		goto out;
+	rc = round_begin(im);
+	if (rc)
+		goto out;
 	if (!im->dirty)	/* the first bytes, or more after a flush */
 		set_state(im, IMPORT_RECEIVING, NULL);
 	im->dirty = true;
@@ -1022,14 +1120,15 @@ static int spool_csv(struct fs_import *im, const char *spool, char **csv,
  * rejects.jsonl under their lines. A Failed job is -EIO with the
  * platform's message in the log and status.json.
  */
-static int send_job(struct fs_import *im, const char *spool)
+static int send_job(struct fs_import *im, const char *spool, bool replace_all)
 {
 	struct fs_engine *eng = im->eng;
 	struct fs_table *t = im->t;
 	struct api_job job = { 0 };
 	struct cache_spool_batch b = { 0 };
 	struct fs_diff d;
-	char *csv = NULL, *after = NULL, *missing = NULL, why[256];
+	char *csv = NULL, *after = NULL, *missing = NULL, *absent = NULL;
+	char why[256];
 	size_t len = 0, i;
 	int rc, crc;
 
@@ -1040,7 +1139,7 @@ static int send_job(struct fs_import *im, const char *spool)
 		return rc == -EINVAL ? -EIO : rc;
 	}
 	atomic_fetch_add(&im->chunks_sent, 1);
-	rc = api_import_csv(eng->api, t->id, csv, len, false, &job);
+	rc = api_import_csv(eng->api, t->id, csv, len, replace_all, &job);
 	free(csv);
 	if (rc == -EIO && job.status && !strcmp(job.status, "Failed")) {
 		snprintf(why, sizeof(why), "CSV import job failed: %s",
@@ -1056,11 +1155,19 @@ static int send_job(struct fs_import *im, const char *spool)
 	crc = fs_table_invalidate(eng, t);
 	(void)crc;
 	missing = fs_spool_name(t, "missing");
-	if (!missing) {
+	absent = replace_all ? fs_spool_name(t, "absent") : NULL;
+	if (!missing || (replace_all && !absent)) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	rc = fs_diff_spool(eng, t, &im->schema, spool, missing, NULL, &d);
+	rc = fs_diff_spool(eng, t, &im->schema, spool, missing, absent, &d);
+	if (!rc && replace_all && d.absent) {
+		log_err("replace of '%s': %" PRIu64 " rows the file lacks are "
+			"still in the table after the ReplaceAll job", t->name,
+			d.absent);
+		rc = -EIO;
+		goto out;
+	}
 	if (rc) {
 		log_err("import into '%s': the CSV job succeeded but the table "
 			"cannot be read back to check it: %s", t->name,
@@ -1106,6 +1213,11 @@ out:
 		crc = cache_spool_clear(eng->cache, missing);
 		(void)crc;
 	}
+	if (absent) {
+		crc = cache_spool_clear(eng->cache, absent);
+		(void)crc;
+	}
+	free(absent);
 	free(missing);
 	free(after);
 	api_job_release(&job);
@@ -1116,20 +1228,33 @@ out:
  * Send what differs from the table's current version (diff.c). When the
  * version cannot be read for the comparison, every spooled row is sent:
  * an upsert of an unchanged row changes nothing, and the upload meets
- * whatever made the read fail.
+ * whatever made the read fail. A replace (the stream was the whole table)
+ * also deletes the rows the stream lacks, after every row landed and only
+ * when no line was quarantined; it cannot go on without the comparison.
  */
 static int send_changed(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
 	struct fs_table *t = im->t;
 	const char *spool = im->send;
+	bool del = im->replace && !atomic_load(&im->quarantined);
+	bool job = false, replace_all = false;
+	char *absent = NULL;
 	struct fs_diff d;
+	uint64_t ndel = 0, gone = 0;
 	size_t n = 0;
-	bool job = false;
 	int rc, crc;
 
-	rc = fs_diff_spool(eng, t, &im->schema, t->id, im->send, NULL, &d);
-	if (rc) {
+	if (!im->replace && !cache_spool_count(eng->cache, t->id, &n) && !n)
+		return 0;	/* no valid row: nothing to compare or send */
+	if (del && !(absent = fs_spool_name(t, "absent")))
+		return -ENOMEM;
+	rc = fs_diff_spool(eng, t, &im->schema, t->id, im->send, absent, &d);
+	if (rc && im->replace) {
+		log_err("replace of '%s' cannot compare the file with the "
+			"table: nothing was sent", t->name);
+		goto out;
+	} else if (rc) {
 		log_warn("import into '%s': sending every row", t->name);
 		spool = t->id;
 		if (cache_spool_count(eng->cache, spool, &n))
@@ -1140,36 +1265,71 @@ static int send_changed(struct fs_import *im)
 
 		if (eng->cfg.max_rows) {
 			over = set_aside_over_max(im, spool, &d);
-			if (over < 0)
-				return (int)over;
+			if (over < 0) {
+				rc = (int)over;
+				goto out;
+			}
 		}
 		n = d.changed + d.added - (uint64_t)over;
+		ndel = del && !over ? d.absent : 0;
 		atomic_store(&im->unchanged, d.same);
 		atomic_store(&im->to_send, n);
-		if (n == 0)
-			return 0;	/* nothing differs: the table and its
+		if (n == 0 && ndel == 0)
+			goto out;	/* nothing differs: the table and its
 					   cached version stay as they are */
-		if (eng->caps.csv_jobs && n >= job_threshold(im, &d))
+		if (eng->caps.csv_jobs && n + ndel >= job_threshold(im, &d)) {
 			job = true;
+			/* deletes too: one ReplaceAll of the whole file */
+			replace_all = ndel > 0;
+		}
 	}
-	im->route = job ? "job" : eng->caps.row_ops ? "rows" : "upsert";
-	log_info("import into '%s': %zu rows to send by %s", t->name, n,
-		 job ? "one CSV import job" : eng->caps.row_ops
-						  ? "single-row requests"
-						  : "upsert chunks");
+	im->route = replace_all ? "replace job"
+		    : job	? "job"
+		    : eng->caps.row_ops ? "rows"
+					: "upsert";
+	log_info("import into '%s': %zu rows to send, %" PRIu64 " to delete, "
+		 "by %s", t->name, n, ndel,
+		 replace_all ? "one ReplaceAll CSV job"
+		 : job	     ? "one CSV import job"
+		 : eng->caps.row_ops ? "single-row requests"
+				     : "upsert chunks");
 	/* the table is about to change: forget the cached version first, so
 	 * a daemon killed mid-upload leaves no copy that a later mount would
 	 * serve as fresh within its revalidate window */
 	crc = fs_table_invalidate(eng, t);
 	(void)crc;
-	rc = job ? send_job(im, spool) : upload(im, spool);
+	if (replace_all) {
+		rc = send_job(im, t->id, true);
+		if (!rc)
+			atomic_store(&im->deleted, ndel);
+	} else {
+		rc = n ? job ? send_job(im, spool, false) : upload(im, spool)
+		       : 0;
+		/* a line the API refused is quarantined: delete nothing */
+		if (!rc && ndel && !atomic_load(&im->quarantined)) {
+			rc = fs_replace_delete(eng, t, &im->schema, absent,
+					       &gone);
+			atomic_store(&im->deleted, gone);
+		}
+	}
 	/* what landed changed the table: the next read must refetch */
 	crc = fs_table_invalidate(eng, t);
 	(void)crc;
+out:
+	if (absent) {
+		crc = cache_spool_clear(eng->cache, absent);
+		(void)crc;
+	}
+	free(absent);
 	return rc;
 }
 
-int fs_import_finish(struct fs_import *im)
+/*
+ * Send what was written since the last finish. final: the stream ended,
+ * an unterminated last line is a line; otherwise (fs_import_commit) it
+ * waits for the rest of its bytes.
+ */
+static int finish(struct fs_import *im, bool final)
 {
 	struct fs_engine *eng = im->eng;
 	struct fs_table *t = im->t;
@@ -1183,12 +1343,22 @@ int fs_import_finish(struct fs_import *im)
 		rc = im->latched;
 		goto out;
 	}
-	im->dirty = false;
-	if (!im->drift && (im->plen || im->overlong)) {
-		rc = take_line(im, im->partial, im->plen, im->overlong);
+	/* a commit with no complete line since the last one: wait */
+	if (!final && !im->drift && atomic_load(&im->lines) == im->lines_sent &&
+	    !im->nbatch) {
+		rc = im->latched;
+		goto out;
+	}
+	im->dirty = !final && (im->plen || im->overlong);
+	if (final && !im->drift && (im->plen || im->overlong)) {
+		rc = round_begin(im);
+		if (!rc)
+			rc = take_line(im, im->partial, im->plen,
+				       im->overlong);
 		im->plen = 0;
 		im->overlong = false;
 	}
+	im->lines_sent = atomic_load(&im->lines);
 	if (!rc && !im->drift)
 		rc = spool_flush(im);
 	if (im->drift || rc) {
@@ -1234,17 +1404,29 @@ int fs_import_finish(struct fs_import *im)
 		   atomic_load(&im->chunks_acked),
 		   atomic_load(&im->chunks_sent), rc ? strerror(-rc) : "ok");
 latch:
+	round_end(im);
 	if (rc)
 		im->latched = rc;
 out:
-	atomic_store(&im->flushed, true);
+	atomic_store(&im->flushed, !im->dirty);
 	pthread_mutex_unlock(&im->lock);
 	return rc;
+}
+
+int fs_import_finish(struct fs_import *im)
+{
+	return finish(im, true);
+}
+
+int fs_import_commit(struct fs_import *im)
+{
+	return finish(im, false);
 }
 
 void fs_import_end(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
 	bool unsent;
 	int err;
 
@@ -1268,13 +1450,22 @@ void fs_import_end(struct fs_import *im)
 		}
 		im->finished_at = (int64_t)time(NULL);
 	}
-	/* the import lock goes; the status stays on the table */
+	/* the import lock goes; the status stays on the table, if the
+	 * import ever received a byte (else it goes too) */
+	if (t->import_open == im)
+		t->import_open = NULL;
 	if (im->rejects) {
 		fclose(im->rejects);
 		im->rejects = NULL;
-		im->rejects_fd = -1;
+		unlink(im->rejects_tmp);
+	}
+	if (im->lock_fd >= 0) {
+		close(im->lock_fd);
+		im->lock_fd = -1;
 	}
 	pthread_mutex_unlock(&eng->import_lock);
+	if (!im->published)
+		import_free(im);
 }
 
 int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
@@ -1307,6 +1498,8 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		     "    \"quarantined\": %" PRIuFAST64 ",\n"
 		     "    \"rows_unchanged\": %" PRIuFAST64 ",\n"
 		     "    \"rows_to_send\": %" PRIuFAST64 ",\n"
+		     "    \"rows_deleted\": %" PRIuFAST64 ",\n"
+		     "    \"replace\": %s,\n"
 		     "    \"route\": %s%s%s,\n"
 		     "    \"chunks_sent\": %" PRIuFAST64 ",\n"
 		     "    \"chunks_acknowledged\": %" PRIuFAST64 ",\n"
@@ -1317,6 +1510,7 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		     state_names[im->state], atomic_load(&im->lines),
 		     atomic_load(&im->valid), atomic_load(&im->quarantined),
 		     atomic_load(&im->unchanged), atomic_load(&im->to_send),
+		     atomic_load(&im->deleted), im->replace ? "true" : "false",
 		     im->route ? "\"" : "", im->route ? im->route : "null",
 		     im->route ? "\"" : "",
 		     atomic_load(&im->chunks_sent),
@@ -1335,5 +1529,49 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		*pos += (size_t)snprintf(buf + *pos, size - *pos, "\n  }");
 out:
 	pthread_mutex_unlock(&eng->import_lock);
+	return rc;
+}
+
+int fs_import_fd(struct fs_engine *eng, struct fs_table *t, int fd,
+		 bool replace)
+{
+	struct fs_import *im = NULL;
+	size_t size = 1 << 16;
+	off_t off = 0;
+	char *buf;
+	ssize_t n;
+	int rc, frc;
+
+	buf = malloc(size);
+	if (!buf)
+		return -ENOMEM;
+	rc = fs_import_begin(eng, t, &im);
+	if (rc)
+		goto out;
+	im->replace = replace;
+	while (!rc) {
+		n = pread(fd, buf, size, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			log_err("import into '%s': cannot read the file: %s",
+				t->name, strerror(errno));
+			break;
+		}
+		if (n == 0)
+			break;
+		off += n;
+		rc = fs_import_write(im, buf, (size_t)n);
+	}
+	/* a read error sends nothing; drift has already stopped the import */
+	if (!rc || rc == -EINVAL) {
+		frc = fs_import_finish(im);
+		if (!rc)
+			rc = frc;
+	}
+	fs_import_end(im);
+out:
+	free(buf);
 	return rc;
 }

@@ -1,0 +1,51 @@
+/*
+ * size: the exact st_size of rows.jsonl, for tools that copy by size.
+ *
+ * tar and rsync read st_size bytes of a regular file, whatever is there:
+ * a size of 0 for a table not yet cached made them store empty files with
+ * exit status 0. So when no complete version is cached, the table is read
+ * whole through an ordinary reader: its pages land in the cache (shared
+ * with readers of the same table, whose frontier fetch is one at a time,
+ * so a stat racing a cat fetches each page once), and the next open reads
+ * them from there. The lazy_size option skips it (size 0, the old way).
+ */
+#include "engine_i.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#define SIZE_READ (256 * 1024)
+
+int fs_table_rows_exact_size(struct fs_engine *eng, struct fs_table *t,
+			     uint64_t *size, uint64_t *gen)
+{
+	struct fs_reader *rd = NULL;
+	uint64_t off = 0;
+	size_t n = 0;
+	char *buf;
+	int rc;
+
+	*size = fs_table_rows_size(eng, t, gen);
+	if (*gen || eng->cfg.lazy_size)
+		return 0;
+	buf = malloc(SIZE_READ);
+	if (!buf)
+		return -ENOMEM;
+	rc = fs_reader_open(eng, t, &rd);
+	while (!rc) {
+		rc = fs_reader_read(rd, off, buf, SIZE_READ, &n);
+		if (rc || n < SIZE_READ)
+			break;
+		off += n;
+	}
+	if (!rc && fs_reader_complete(rd, size)) {
+		*gen = fs_reader_gen(rd);
+	} else if (!rc) {
+		*size = off + n;	/* read to its end: the same bytes */
+		*gen = 0;
+	}
+	if (rd)
+		fs_reader_close(rd);
+	free(buf);
+	return rc;
+}
