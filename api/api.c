@@ -649,8 +649,8 @@ int api_list_tables(struct api *api, struct api_table_list *out)
 	return api->dialect->list_tables(api, out);
 }
 
-int api_table_list_add(struct api_table_list *out, size_t *cap,
-		       const char *id, const char *name)
+int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
+		       const char *name)
 {
 	struct api_table *t;
 

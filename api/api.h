@@ -75,9 +75,12 @@ struct api_config {
 
 /*
  * Create a client. Resolves the region, reads the credentials (file or
- * environment) and checks the URLs; does no network I/O.
- * Returns 0, -EINVAL (unknown region/dialect, bad URL, missing credentials:
- * logged), -EACCES (credentials file readable by others), -ENOMEM.
+ * environment), checks the URLs and opens the budget file (creating it);
+ * does no network I/O.
+ * Returns 0, -EINVAL (unknown region/dialect, bad URL, missing credentials,
+ * a rate count without a window or the reverse: logged), -EACCES
+ * (credentials file readable by others, budget file not this user's),
+ * -ENOMEM, or the budget file's -errno (logged).
  */
 int api_new(const struct api_config *cfg, struct api **out) API_WARN_UNUSED;
 void api_free(struct api *api);

@@ -267,7 +267,7 @@ struct api_resp {
 	char *etag;
 	char correlation[96];
 	char retry_after[64];
-	char code[96]; /* error code from the body, or "" */
+	char code[96];	   /* error code from the body, or "" */
 	char message[256]; /* "message" of an error body, or "" */
 	char *location;	   /* Location header, or NULL */
 	long rl_remaining, rl_reset, rl_limit, rl_count; /* -1 absent */
@@ -304,8 +304,8 @@ int api_errno_from_curl(int code, bool *retry);
 
 /* Add a table to a listing (cap: its allocated entries). Returns 0 or
  * -ENOMEM. */
-int api_table_list_add(struct api_table_list *out, size_t *cap,
-		       const char *id, const char *name);
+int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
+		       const char *name);
 
 struct json_object;
 /* resp's body parsed by json-c when it is a JSON object (json_object_put()

@@ -47,14 +47,14 @@ struct budget_state {
 	uint32_t n, head; /* slot[head] is the oldest of the last n */
 	double window;
 	double pause_until;
-	double last;	  /* the latest slot handed out */
+	double last; /* the latest slot handed out */
 	double slot[API_BUDGET_SLOTS];
 };
 
 struct api_budget {
 	pthread_mutex_t mu; /* the threads of this struct api */
 	struct budget_state *st;
-	int fd;		    /* -1: process-local */
+	int fd; /* -1: process-local */
 	char *path;
 	unsigned n;
 	double window, margin;
@@ -121,6 +121,8 @@ static void state_check(struct api_budget *b)
 		st->slot[i] = BUDGET_LONG_AGO;
 }
 
+/* Map the shared ring. Returns 0, 1 (no locks there: use a private
+ * ring), or a negative errno (logged). */
 static int budget_map(struct api_budget *b, const char *file)
 {
 	struct stat st;
@@ -157,6 +159,16 @@ static int budget_map(struct api_budget *b, const char *file)
 	/* grow it under the lock before anyone maps it: a mapping past the
 	 * end of a file faults */
 	rc = file_lock(b, F_WRLCK);
+	if (rc == -ENOLCK || rc == -EINVAL || rc == -EOPNOTSUPP) {
+		/* a file system without such locks (some network ones):
+		 * better this process's own budget than no mount */
+		log_warn("budget file '%s': no locks here, so the budget is "
+			 "not shared with other processes",
+			 file);
+		close(b->fd);
+		b->fd = -1;
+		return 1;
+	}
 	if (rc)
 		return rc;
 	if (fstat(b->fd, &st) == 0 &&
@@ -173,8 +185,7 @@ static int budget_map(struct api_budget *b, const char *file)
 	if (b->st == MAP_FAILED) {
 		rc = -errno;
 		b->st = NULL;
-		log_err("map budget file '%s' failed: %s", file,
-			strerror(-rc));
+		log_err("map budget file '%s' failed: %s", file, strerror(-rc));
 		file_lock(b, F_UNLCK);
 		return rc;
 	}
@@ -211,9 +222,8 @@ int budget_new(unsigned n, double window_s, const char *file,
 	if (b->margin > 1.0)
 		b->margin = 1.0;
 	read_boot_id(b->boot_id);
-	if (file && *file) {
-		rc = budget_map(b, file);
-	} else {
+	rc = file && *file ? budget_map(b, file) : 1;
+	if (rc == 1) { /* process-local */
 		b->st = calloc(1, sizeof(*b->st));
 		rc = b->st ? 0 : -ENOMEM;
 		if (!rc)

@@ -107,8 +107,9 @@ int api_csv_encode(const struct api_schema *schema, const char *const *rows,
 			size_t c;
 
 			for (c = 0; c < schema->ncolumns; c++)
-				if (jdoc_str_eq(&d, k, schema->columns[c].name,
-						strlen(schema->columns[c].name)))
+				if (jdoc_str_eq(
+					&d, k, schema->columns[c].name,
+					strlen(schema->columns[c].name)))
 					break;
 			if (c == schema->ncolumns) {
 				log_err("encode CSV failed: row %zu has a "
@@ -370,7 +371,8 @@ int api_csv_to_jsonl(const struct api_schema *schema, const char *csv,
 	if (len >= 3 && !memcmp(csv, "\xef\xbb\xbf", 3))
 		r.pos = 3;
 	for (size_t i = r.pos, line = 1; i < len;) {
-		size_t k = utf8_seq_len((const unsigned char *)csv + i, len - i);
+		size_t k =
+		    utf8_seq_len((const unsigned char *)csv + i, len - i);
 
 		if (!k) {
 			log_err("read CSV failed: line %zu: not UTF-8", line);

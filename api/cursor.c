@@ -93,8 +93,9 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 				rc = -EPROTO;
 				goto out;
 			}
-			rc = api_table_list_add(out, &cap, json_object_get_string(id),
-				       json_object_get_string(name));
+			rc = api_table_list_add(out, &cap,
+						json_object_get_string(id),
+						json_object_get_string(name));
 			if (rc)
 				goto out;
 		}
@@ -152,7 +153,8 @@ static int cursor_get_schema(struct api *api, const char *table_id,
 	rc = api_schema_from_json(resp.body.p ? resp.body.p : "", resp.body.len,
 				  resp.etag, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("get schema of", table_id, &resp, "not a schema");
+		api_log_unexpected("get schema of", table_id, &resp,
+				   "not a schema");
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
@@ -189,7 +191,8 @@ static int cursor_put_schema(struct api *api, const char *table_id,
 	else /* no body: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, resp.etag, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("put schema of", table_id, &resp, "not a schema");
+		api_log_unexpected("put schema of", table_id, &resp,
+				   "not a schema");
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
@@ -240,6 +243,8 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 	abuf_init(&data);
 	if (page_size == 0 || page_size > CURSOR_MAX_PAGE)
 		page_size = CURSOR_MAX_PAGE;
+	out->page_size = page_size;
+	out->total = UINT64_MAX; /* cursor pages do not say */
 	if (cursor && !(esc = api_escape(cursor))) {
 		rc = -ENOMEM;
 		goto out;
@@ -271,14 +276,15 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		goto out;
 	rows = jdoc_member(d, 0, "rows");
 	if (rows == UINT32_MAX) {
-		api_log_unexpected("get rows page of", table_id, &resp, "no rows");
+		api_log_unexpected("get rows page of", table_id, &resp,
+				   "no rows");
 		rc = -EPROTO;
 		goto out;
 	}
 	rc = api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, 0);
 	if (rc == -EPROTO)
 		api_log_unexpected("get rows page of", table_id, &resp,
-			  "a row without columns");
+				   "a row without columns");
 	if (rc)
 		goto out;
 	rc = page_ids(d, rows, out);
@@ -295,7 +301,7 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 	} else if (next != UINT32_MAX && d->nodes[next].type != JT_NULL &&
 		   d->nodes[next].type != JT_STRING) {
 		api_log_unexpected("get rows page of", table_id, &resp,
-			  "nextPageCursor is not a string");
+				   "nextPageCursor is not a string");
 		rc = -EPROTO;
 		goto out;
 	}
@@ -417,7 +423,8 @@ static int cursor_upsert(struct api *api, const char *table_id,
 		goto out;
 	root = api_resp_json(&resp);
 	if (!root || !json_object_is_type(root, json_type_object)) {
-		api_log_unexpected("upsert chunk of", table_id, &resp, "not JSON");
+		api_log_unexpected("upsert chunk of", table_id, &resp,
+				   "not JSON");
 		rc = -EPROTO;
 		goto out;
 	}

@@ -121,7 +121,8 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 		if (!root ||
 		    !json_object_object_get_ex(root, "entities", &ents) ||
 		    !json_object_is_type(ents, json_type_array)) {
-			api_log_unexpected("list tables", NULL, &resp, "no entities");
+			api_log_unexpected("list tables", NULL, &resp,
+					   "no entities");
 			rc = -EPROTO;
 			goto out;
 		}
@@ -133,8 +134,9 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 			const char *name = get_str(e, "name");
 
 			if (!id || !name) {
-				api_log_unexpected("list tables", NULL, &resp,
-					  "an entity without id or name");
+				api_log_unexpected(
+				    "list tables", NULL, &resp,
+				    "an entity without id or name");
 				rc = -EPROTO;
 				goto out;
 			}
@@ -228,8 +230,8 @@ out:
 }
 
 /* Parse a schema the caller wants to PUT; -EINVAL when it is none. */
-static int parse_new_schema(const char *table_id, const char *json,
-			    size_t len, struct json_object **out)
+static int parse_new_schema(const char *table_id, const char *json, size_t len,
+			    struct json_object **out)
 {
 	struct json_tokener *tok;
 	struct json_object *o = NULL;
@@ -301,8 +303,7 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	if (json_object_object_get_ex(table, "name", &v))
 		json_object_object_add(body, "name", json_object_get(v));
 	if (json_object_object_get_ex(table, "description", &v))
-		json_object_object_add(body, "description",
-				       json_object_get(v));
+		json_object_object_add(body, "description", json_object_get(v));
 	if (json_object_object_get_ex(table, "division", &v) &&
 	    get_str(v, "id")) {
 		struct json_object *div = json_object_new_object();
@@ -336,7 +337,8 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	else /* no schema in the answer: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, NULL, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("put schema of", table_id, &resp, "not a schema");
+		api_log_unexpected("put schema of", table_id, &resp,
+				   "not a schema");
 out:
 	json_object_put(answer);
 	json_object_put(body);
@@ -382,9 +384,8 @@ static void max_page_lower(struct api *api, unsigned size)
 }
 
 static int flows_get_page(struct api *api, const char *table_id,
-			  const struct api_schema *schema,
-			  unsigned page_number, unsigned page_size,
-			  struct api_page *out)
+			  const struct api_schema *schema, unsigned page_number,
+			  unsigned page_size, struct api_page *out)
 {
 	struct api_req req = {.method = "GET",
 			      .what = "get rows page of",
@@ -436,8 +437,9 @@ static int flows_get_page(struct api *api, const char *table_id,
 		if (rc == -EINVAL && resp.status == 400)
 			log_err("get rows page of '%s' failed: HTTP 400 %s%s%s "
 				"(correlation %s)",
-				table_id, resp.code, resp.message[0] ? ": " : "",
-				resp.message, corr(&resp));
+				table_id, resp.code,
+				resp.message[0] ? ": " : "", resp.message,
+				corr(&resp));
 		if (rc)
 			goto out;
 		break;
@@ -453,7 +455,8 @@ static int flows_get_page(struct api *api, const char *table_id,
 	ents = d->nodes[0].type == JT_OBJECT ? jdoc_member(d, 0, "entities")
 					     : UINT32_MAX;
 	if (ents == UINT32_MAX) {
-		api_log_unexpected("get rows page of", table_id, &resp, "no entities");
+		api_log_unexpected("get rows page of", table_id, &resp,
+				   "no entities");
 		rc = -EPROTO;
 		goto out;
 	}
@@ -461,7 +464,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 			       API_JSONL_FLAT);
 	if (rc == -EPROTO)
 		api_log_unexpected("get rows page of", table_id, &resp,
-			  "a row that is not an object");
+				   "a row that is not an object");
 	if (rc)
 		goto out;
 	out->total = UINT64_MAX;
@@ -664,7 +667,8 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 		json_object_put(*last);
 		*last = api_resp_json(&resp);
 		if (!*last || !get_str(*last, "status")) {
-			api_log_unexpected(what, table_id, &resp, "a job without status");
+			api_log_unexpected(what, table_id, &resp,
+					   "a job without status");
 			rc = -EPROTO;
 			break;
 		}
@@ -740,8 +744,8 @@ static int upload_headers(struct json_object *answer, const char *table_id,
 			table_id);
 		return -EPROTO;
 	}
-	lines = calloc((size_t)json_object_object_length(h) + 1,
-		       sizeof(*lines));
+	lines =
+	    calloc((size_t)json_object_object_length(h) + 1, sizeof(*lines));
 	if (!lines)
 		return -ENOMEM;
 	json_object_object_foreach(h, name, val)
@@ -914,8 +918,8 @@ static int download(struct api *api, const char *table_id, const char *uri,
 		}
 		next = resolve_url(url, resp.location);
 		if (!next) {
-			api_log_unexpected("download export of", table_id, &resp,
-				  "a redirect to no URL");
+			api_log_unexpected("download export of", table_id,
+					   &resp, "a redirect to no URL");
 			rc = -EPROTO;
 			goto out;
 		}
@@ -932,8 +936,8 @@ out:
 	return rc;
 }
 
-static int flows_export_csv(struct api *api, const char *table_id,
-			    char **csv, size_t *len)
+static int flows_export_csv(struct api *api, const char *table_id, char **csv,
+			    size_t *len)
 {
 	const char *what = "export CSV of";
 	struct api_job job = {0};
@@ -941,8 +945,8 @@ static int flows_export_csv(struct api *api, const char *table_id,
 	const char *uri;
 	int rc;
 
-	rc = job_start(api, table_id, what, "/export/jobs", NULL, &job,
-		       &answer);
+	rc =
+	    job_start(api, table_id, what, "/export/jobs", NULL, &job, &answer);
 	if (rc)
 		goto out;
 	rc = job_wait(api, table_id, what, "export", &job, &last);

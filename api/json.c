@@ -891,4 +891,3 @@ const char *jtype_name(enum jtype t)
 	}
 	return "?";
 }
-

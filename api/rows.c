@@ -244,9 +244,8 @@ int api_rows_to_jsonl(const struct api_schema *schema, const struct jdoc *d,
 	abuf_reserve(out, d->nodes[rows].len);
 	r = jdoc_child(rows);
 	for (i = 0; i < d->nodes[rows].n; i++) {
-		uint32_t cols = (flags & API_JSONL_FLAT)
-				    ? r
-				    : jdoc_member(d, r, "columns");
+		uint32_t cols =
+		    (flags & API_JSONL_FLAT) ? r : jdoc_member(d, r, "columns");
 
 		if (cols == UINT32_MAX || d->nodes[cols].type != JT_OBJECT) {
 			rc = -EPROTO;
@@ -565,4 +564,3 @@ out:
 	jdoc_release(&d);
 	return rc;
 }
-

@@ -132,6 +132,7 @@ static int schema_flows_properties(struct json_object *props,
 			rc = -ENOMEM;
 			goto out;
 		}
+		out->ncolumns = i + 1;
 		out->columns[i].type = fp[i].type;
 		out->columns[i].key = fp[i].key;
 		if (fp[i].key) {
@@ -141,7 +142,6 @@ static int schema_flows_properties(struct json_object *props,
 			out->columns[i].min_chars = 1;
 			out->columns[i].max_chars = 256;
 		}
-		out->ncolumns = i + 1;
 	}
 	rc = 0;
 out:

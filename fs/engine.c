@@ -55,6 +55,29 @@ static char *client_id(const struct fs_config *cfg)
 	return id;
 }
 
+/* mkdir -p, each missing directory mode 0700 (as the cache creates its
+ * own). Returns 0 or -1 with errno set. */
+static int mkdir_p(const char *dir)
+{
+	char path[4096];
+	size_t i, n = strlen(dir);
+
+	if (n == 0 || n >= sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(path, dir, n + 1);
+	for (i = 1; i <= n; i++) {
+		if (path[i] != '/' && path[i] != '\0')
+			continue;
+		path[i] = '\0';
+		if (mkdir(path, 0700) && errno != EEXIST)
+			return -1;
+		path[i] = i < n ? '/' : '\0';
+	}
+	return 0;
+}
+
 /* <cache_dir>/budget-<digest of the API URL or region and client id>:
  * the processes of one client id on this host share one request budget
  * (api/ keeps it in that file). NULL when the id is unknown. */
@@ -68,9 +91,12 @@ static char *budget_path(const struct fs_config *cfg)
 	if (!id)
 		return NULL;
 	/* the file lives beside the cache, which may not exist yet */
-	if (mkdir(cfg->cache_dir, 0700) && errno != EEXIST)
-		log_warn("cannot create '%s': %s", cfg->cache_dir,
-			 strerror(errno));
+	if (mkdir_p(cfg->cache_dir)) {
+		log_warn("cannot create '%s' (%s): the request budget is this "
+			 "process's alone", cfg->cache_dir, strerror(errno));
+		free(id);
+		return NULL;
+	}
 	h = hash_add(h, where, strlen(where) + 1);
 	h = hash_add(h, id, strlen(id));
 	free(id);
@@ -184,8 +210,12 @@ void fs_engine_stop(struct fs_engine *eng)
 	eng->cache = NULL;
 }
 
+static void ahead_drop(struct fs_table *t);
+
 static void table_free(struct fs_table *t)
 {
+	ahead_drop(t);
+	api_schema_release(&t->ahead.schema);
 	fs_import_table_release(t);
 	api_schema_release(&t->schema);
 	free(t->keys);
@@ -402,6 +432,9 @@ struct fs_face_gens *fs_table_face(struct fs_table *t)
 
 /* Fetch the schema from the API and keep it (memory and cache); t->lock
  * held. *changed tells whether the columns differ from the previous one. */
+static int install_schema(struct fs_engine *eng, struct fs_table *t,
+			  struct api_schema s, bool *changed);
+
 static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 			bool *changed)
 {
@@ -411,6 +444,15 @@ static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 	rc = api_get_schema(eng->api, t->id, &s);
 	if (rc)
 		return rc;
+	return install_schema(eng, t, s, changed);
+}
+
+/* Keep a schema just fetched (memory and cache); t->lock held. */
+static int install_schema(struct fs_engine *eng, struct fs_table *t,
+			  struct api_schema s, bool *changed)
+{
+	int rc;
+
 	if (changed)
 		*changed = !t->have_schema ||
 			   t->schema.json_len != s.json_len ||
@@ -425,6 +467,91 @@ static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 	t->have_schema = true;
 	t->schema_at = now_s();
 	atomic_store(&t->schema_len, s.json_len);
+	return 0;
+}
+
+/* ---- a schema fetched beside the first page ---- */
+
+static void *schema_main(void *arg)
+{
+	struct fs_schema_fetch *f = arg;
+
+	f->rc = api_get_schema(f->eng->api, f->t->id, &f->s);
+	return NULL;
+}
+
+void fs_schema_fetch_start(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_schema_fetch *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->eng = eng;
+	f->t = t;
+	f->started = pthread_create(&f->tid, NULL, schema_main, f) == 0;
+	f->active = true;
+}
+
+int fs_schema_fetch_finish(struct fs_schema_fetch *f, bool *changed)
+{
+	if (!f->active)
+		return 0;
+	f->active = false;
+	if (f->started)
+		pthread_join(f->tid, NULL);
+	else
+		schema_main(f);	/* no thread: now, in this one */
+	if (f->rc)
+		return f->rc;
+	return install_schema(f->eng, f->t, f->s, changed);
+}
+
+int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
+{
+	const char *s = p->data, *end = p->data + p->len, *nl;
+	char *out = NULL, *row, *key, *error;
+	size_t len = 0, cap = p->len + 64, n;
+	int rc = 0;
+
+	out = malloc(cap);
+	if (!out)
+		return -ENOMEM;
+	for (; s < end && !rc; s = nl + 1) {
+		nl = memchr(s, '\n', (size_t)(end - s));
+		if (!nl)
+			nl = end;
+		if (nl == s)
+			continue;
+		rc = api_row_validate(schema, s, (size_t)(nl - s), &row, &key,
+				      &error);
+		free(error);
+		free(key);
+		if (rc)
+			break;
+		n = strlen(row);
+		if (len + n + 1 > cap) {
+			char *g;
+
+			while (len + n + 1 > cap)
+				cap *= 2;
+			g = realloc(out, cap);
+			if (!g) {
+				free(row);
+				rc = -ENOMEM;
+				break;
+			}
+			out = g;
+		}
+		memcpy(out + len, row, n);
+		out[len + n] = '\n';
+		len += n + 1;
+		free(row);
+	}
+	if (rc) {
+		free(out);
+		return rc == -ENOMEM ? rc : -EINVAL;
+	}
+	free(p->data);
+	p->data = out;
+	p->len = len;
 	return 0;
 }
 
@@ -565,6 +692,99 @@ static void page_error(struct fs_table *t, const char *what, int rc)
 	log_err("%s of '%s' failed: %s", what, t->name, strerror(-rc));
 }
 
+/* ---- the cursor dialect's pipeline: one page fetched ahead ----------- */
+
+static void *ahead_main(void *arg)
+{
+	struct fs_table *t = arg;
+
+	t->ahead.rc = api_get_rows(t->ahead.eng->api, t->id, &t->ahead.schema,
+				   t->ahead.cursor, t->ahead.eng->cfg.page_size,
+				   NULL, &t->ahead.page);
+	return NULL;
+}
+
+/* Wait for the page fetched ahead and forget it; t->lock held. */
+static void ahead_drop(struct fs_table *t)
+{
+	if (!t->ahead.active)
+		return;
+	pthread_join(t->ahead.tid, NULL);
+	t->ahead.active = false;
+	api_page_release(&t->ahead.page);
+	free(t->ahead.cursor);
+	t->ahead.cursor = NULL;
+}
+
+/*
+ * Start fetching the page at `cursor` of generation gen while the caller
+ * caches the one before it: as soon as a page's cursor is known, the next
+ * request is on the wire. t->lock held. Does nothing when a fetch ahead is
+ * still running or no thread can start (the page is then fetched when
+ * needed, as before).
+ */
+static void ahead_start(struct fs_engine *eng, struct fs_table *t,
+			uint64_t gen, const char *cursor)
+{
+	if (!cursor || !t->have_schema)
+		return;
+	if (t->ahead.active && t->ahead.gen == gen &&
+	    !strcmp(t->ahead.cursor, cursor))
+		return;
+	ahead_drop(t);	/* another version's, or another place's */
+	/* the thread reads its own copy: t->schema may be replaced by a
+	 * refresh while it runs */
+	if (!t->ahead.have_schema ||
+	    t->ahead.schema.json_len != t->schema.json_len ||
+	    memcmp(t->ahead.schema.json, t->schema.json, t->schema.json_len)) {
+		api_schema_release(&t->ahead.schema);
+		t->ahead.have_schema =
+			api_schema_parse(t->schema.json, t->schema.json_len,
+					 t->schema.version,
+					 &t->ahead.schema) == 0;
+		if (!t->ahead.have_schema)
+			return;
+	}
+	t->ahead.cursor = strdup(cursor);
+	if (!t->ahead.cursor)
+		return;
+	t->ahead.eng = eng;
+	t->ahead.gen = gen;
+	t->ahead.rc = 0;
+	memset(&t->ahead.page, 0, sizeof(t->ahead.page));
+	if (pthread_create(&t->ahead.tid, NULL, ahead_main, t)) {
+		free(t->ahead.cursor);
+		t->ahead.cursor = NULL;
+		return;
+	}
+	t->ahead.active = true;
+}
+
+/* The page at `cursor` of gen if it was fetched ahead (moved to *page,
+ * its error to *rc): true; else false. t->lock held. */
+static bool ahead_take(struct fs_table *t, uint64_t gen, const char *cursor,
+		       struct api_page *page, int *rc)
+{
+	bool match;
+
+	if (!t->ahead.active)
+		return false;
+	match = t->ahead.gen == gen && cursor &&
+		!strcmp(t->ahead.cursor, cursor);
+	if (!match) {
+		ahead_drop(t);
+		return false;
+	}
+	pthread_join(t->ahead.tid, NULL);
+	t->ahead.active = false;
+	*page = t->ahead.page;
+	*rc = t->ahead.rc;
+	memset(&t->ahead.page, 0, sizeof(t->ahead.page));
+	free(t->ahead.cursor);
+	t->ahead.cursor = NULL;
+	return true;
+}
+
 /*
  * Fetch the page after the cached frontier of generation gen and append
  * it, unless the frontier has already moved past `seen` (the frontier the
@@ -609,9 +829,10 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 			page_error(t, "fetching rows", rc);
 		goto out;
 	}
-	rc = api_get_rows(eng->api, t->id, &t->schema,
-			  m.pages ? m.cursor : NULL, eng->cfg.page_size, NULL,
-			  &page);
+	if (!m.pages || !ahead_take(t, gen, m.cursor, &page, &rc))
+		rc = api_get_rows(eng->api, t->id, &t->schema,
+				  m.pages ? m.cursor : NULL,
+				  eng->cfg.page_size, NULL, &page);
 	if (rc) {
 		page_error(t, "fetching rows", rc);
 		goto out;
@@ -627,6 +848,11 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 		rc = -ESTALE;
 		goto out;
 	}
+	/* the next request goes out now, while this page is cached: once
+	 * the reader is past page 2 (a head costs its page and the one
+	 * prefetch, no more) */
+	if (m.pages >= 2)
+		ahead_start(eng, t, gen, page.next_cursor);
 	rc = cache_append_page(eng->cache, t->id, gen, m.bytes, page.data,
 			       page.len, page.nrows, page.next_cursor, NULL);
 	if (rc == -EEXIST)
@@ -714,7 +940,9 @@ static bool unreachable(int rc)
 static int snapshot(struct fs_engine *eng, struct fs_table *t,
 		    struct cache_meta *m, bool force)
 {
+	static const struct api_schema no_schema;
 	struct api_page page = { 0 };
+	struct fs_schema_fetch sf = { 0 };
 	bool have, changed = false;
 	int rc;
 
@@ -733,19 +961,56 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	if (eng->caps.numbered_pages) {
 		/* no version to ask about: the schema is refreshed on the
 		 * same cadence as the rows it orders */
-		rc = have ? fs_table_fresh_schema(eng, t)
-			  : fs_table_load_schema(eng, t);
-		if (rc)
-			return rc;
+		if (have) {
+			rc = fs_table_fresh_schema(eng, t);
+			if (rc)
+				return rc;
+		} else if (!t->have_schema &&
+			   fs_table_load_schema_cached(eng, t)) {
+			log_debug("no cached schema of '%s': fetched beside "
+				  "the first pages", t->name);
+		}
 		return fs_numbered_snapshot(eng, t, m, have, force);
 	}
-	rc = fs_table_load_schema(eng, t);
-	if (rc)
-		return rc;
+	/*
+	 * A new version for sure (nothing to ask If-None-Match about) needs
+	 * a schema proved fresh: fetch it beside the first page, not before
+	 * it, and put the page's columns in its order once both are here
+	 * (the first page of a cold table costs one round trip, not two).
+	 */
+	if (!have && (!t->have_schema || now_s() - t->schema_at > 1)) {
+		if (!t->have_schema && fs_table_load_schema_cached(eng, t))
+			log_debug("no cached schema of '%s'", t->name);
+		fs_schema_fetch_start(eng, t, &sf);
+	} else {
+		rc = fs_table_load_schema(eng, t);
+		if (rc)
+			return rc;
+	}
 again:
-	rc = api_get_rows(eng->api, t->id, &t->schema, NULL,
+	rc = api_get_rows(eng->api, t->id,
+			  t->have_schema ? &t->schema : &no_schema, NULL,
 			  eng->cfg.page_size,
 			  have && m->version[0] ? m->version : NULL, &page);
+	if (sf.active) {
+		bool had = t->have_schema;
+		int src = fs_schema_fetch_finish(&sf, &changed);
+
+		if (src) {
+			api_page_release(&page);
+			page_error(t, "fetching the schema", src);
+			return src;
+		}
+		/* the schema is fresh now: the step below is done */
+		if (!rc && (changed || !had) &&
+		    fs_page_reorder(&t->schema, &page)) {
+			/* a line the schema cannot order: ask again with it */
+			api_page_release(&page);
+			changed = true;
+			goto again;
+		}
+		changed = true;
+	}
 	if (rc && !force && have && m->complete && unreachable(rc)) {
 		atomic_store(&t->offline_at, now_s());
 		/* offline: the last version proved current, whole, beats no

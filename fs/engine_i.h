@@ -33,6 +33,20 @@ struct fs_table {
 				       the API (the cache was served) */
 	_Atomic int64_t write_refused_at; /* the API refused a write (403) */
 
+	/* t->lock: the next cursor page, fetched ahead while the last one
+	 * is cached (engine.c) */
+	struct {
+		bool active;	/* a thread was started, not joined yet */
+		pthread_t tid;
+		uint64_t gen;
+		char *cursor;
+		struct api_page page;
+		int rc;
+		struct api_schema schema; /* the thread's own copy */
+		bool have_schema;
+		struct fs_engine *eng;
+	} ahead;
+
 	/* t->lock: keys seen by the pass over generation keys_gen
 	 * (numbered.c), an open-addressing set of key digests */
 	uint64_t keys_gen;
@@ -91,6 +105,29 @@ int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
 	FS_WARN_UNUSED;
 /* The same without network I/O (-ENOENT when not cached); t->lock held. */
 int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)
+	FS_WARN_UNUSED;
+
+/* A schema fetched on a thread of its own, beside a first page. */
+struct fs_schema_fetch {
+	struct fs_engine *eng;
+	struct fs_table *t;
+	pthread_t tid;
+	bool started, active;
+	struct api_schema s;
+	int rc;
+};
+/* Start fetching t's schema (runs at _finish when no thread starts). */
+void fs_schema_fetch_start(struct fs_engine *eng, struct fs_table *t,
+			   struct fs_schema_fetch *f);
+/* Wait for it and keep it as t's (t->lock held); 0 when none was
+ * started. *changed: whether it differs from the one t had. */
+int fs_schema_fetch_finish(struct fs_schema_fetch *f, bool *changed)
+	FS_WARN_UNUSED;
+/* Put each line of a page in schema order (api_row_validate's canonical
+ * row): for a page fetched before its schema was known. Returns 0,
+ * -EINVAL (a line the schema cannot read: fetch the page again with it),
+ * -ENOMEM. */
+int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
 	FS_WARN_UNUSED;
 
 /* Make the next open of t's rows revalidate (an import changed the table).

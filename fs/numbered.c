@@ -185,6 +185,7 @@ static int page_keys(struct fs_table *t, const struct api_page *p)
 struct fetch {
 	struct fs_engine *eng;
 	struct fs_table *t;
+	const struct api_schema *schema;
 	unsigned first, n, size;
 	struct api_page *pages;
 	int *rcs;
@@ -197,7 +198,7 @@ static void *fetch_main(void *arg)
 	unsigned i;
 
 	while ((i = atomic_fetch_add(&f->next, 1)) < f->n)
-		f->rcs[i] = api_get_page(f->eng->api, f->t->id, &f->t->schema,
+		f->rcs[i] = api_get_page(f->eng->api, f->t->id, f->schema,
 					 f->first + i, f->size, &f->pages[i]);
 	return NULL;
 }
@@ -208,12 +209,16 @@ static void fetch_pages(struct fs_engine *eng, struct fs_table *t,
 			unsigned first, unsigned n, unsigned size,
 			struct api_page *pages, int *rcs)
 {
-	struct fetch f = { .eng = eng, .t = t, .first = first, .n = n,
-			   .size = size, .pages = pages, .rcs = rcs };
+	static const struct api_schema none;
+	struct fetch f = { .eng = eng, .t = t, .schema = &t->schema,
+			   .first = first, .n = n, .size = size,
+			   .pages = pages, .rcs = rcs };
 	pthread_t tids[32];
 	unsigned w = eng->cfg.page_workers, started = 0, i;
 
 	atomic_init(&f.next, 0);
+	if (!t->have_schema)	/* it is being fetched beside these pages */
+		f.schema = &none;
 	if (w > n)
 		w = n;
 	if (w > 32)
@@ -324,9 +329,25 @@ static int cold_pass(struct fs_engine *eng, struct fs_table *t,
 	uint64_t gen;
 	int rc;
 
+	struct fs_schema_fetch sf = { 0 };
+	bool had = t->have_schema, changed = false;
+
 	memset(p, 0, sizeof(p));
+	/* a schema to prove fresh is fetched beside pages 1 and 2, and
+	 * their lines put in its order after (one round trip, not two) */
+	if (!t->have_schema || fs_engine_expired(eng, t->schema_at))
+		fs_schema_fetch_start(eng, t, &sf);
 	fetch_pages(eng, t, 1, n, eng->cfg.page_size, p, rcs);
-	rc = rcs[0];
+	rc = fs_schema_fetch_finish(&sf, &changed);
+	if (!rc && (changed || !had)) {
+		unsigned i;
+
+		for (i = 0; i < n && !rc; i++)
+			if (!rcs[i] && fs_page_reorder(&t->schema, &p[i]))
+				rc = 1;	/* not orderable: ask again */
+	}
+	if (!rc)
+		rc = rcs[0];
 	if (rc)
 		goto out;
 	shape_of(&p[0], &s);

@@ -1,10 +1,11 @@
 """The production dialect: tables (/api/v2/flows/datatables), its error
 bodies, scopes, and the one store it shares with the cursor API."""
+import subprocess
 import urllib.parse
 
 import pytest
 
-from emu import FLOWS, SAMPLE_DATA, SAMPLE_PRODUCTION
+from emu import FLOWS, SAMPLE_DATA, SAMPLE_PRODUCTION, emu_binary
 
 ERROR_FIELDS = {"message", "code", "status", "messageWithParams",
                 "messageParams", "contextId", "details", "errors"}
@@ -97,6 +98,13 @@ def test_listing_paging_sort_and_filters(emu):
     assert [t["name"] for t in f["entities"]] == ["PriceList"]
     _, _, f = emu.api("GET", FLOWS + "?name=*LIS*")
     assert [t["name"] for t in f["entities"]] == ["PriceList"]
+    for pat, want in (("p*t", ["PriceList"]), ("c*s*s", ["Customers"]),
+                      ("*", ["Customers", "PriceList", "T0", "T1", "T2",
+                             "T3", "T4"]),
+                      ("*x", []), ("price", []), ("**list", ["PriceList"])):
+        _, _, f = emu.api("GET", FLOWS + "?sortBy=name&name=" +
+                          urllib.parse.quote(pat))
+        assert [t["name"] for t in f["entities"]] == want, pat
     div = f["entities"][0]["division"]["id"]
     _, _, f = emu.api("GET", FLOWS + "?divisionId=" + div)
     assert f["total"] == 7
@@ -383,3 +391,59 @@ def test_data_folders(emu_factory, tmp_path):
         assert "type" in str(exc)
     else:
         raise AssertionError("a bad production schema loaded")
+
+
+def test_rename_keeps_the_cursor_listing_in_order(emu):
+    t = create(emu, "Zeta")
+    body = {"name": "Alpha", "schema": t["schema"]}
+    emu.api("PUT", "%s/%s" % (FLOWS, t["id"]), body=body)
+    names = [x["name"] for x in emu.tables()]
+    assert names == sorted(names) and "Alpha" in names and "Zeta" not in names
+    assert emu.table_id("Alpha") == t["id"]
+    _, _, got = emu.api("GET", FLOWS + "?sortBy=name")
+    assert [x["name"] for x in got["entities"]] == [
+        "Alpha", "Customers", "PriceList"]
+
+
+@pytest.mark.parametrize("args", [
+    ["--job-delay", "-1"], ["--job-delay", "x"], ["--max-rows", "-5"],
+    ["--max-properties", "0"], ["--max-tables", "many"],
+    ["--max-name-length", "0"], ["--max-flows-page-size", "0"],
+    ["--download-status", "301"], ["--client", "id:s:architect:admin"],
+])
+def test_bad_production_flags_are_refused(args):
+    proc = subprocess.run([emu_binary(), *args], capture_output=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0, args
+    assert b"listening" not in proc.stdout
+
+
+def test_help_lists_the_production_flags():
+    proc = subprocess.run([emu_binary(), "--help"], capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    for opt in (b"--job-delay", b"--max-rows", b"--max-properties",
+                b"--max-tables", b"--max-name-length",
+                b"--max-flows-page-size", b"--download-status",
+                b"architect"):
+        assert opt in proc.stdout
+
+
+def test_production_config_keys(emu):
+    cfg = emu.config(job_delay_ms=5, max_rows=7, max_properties=9,
+                     max_tables=11, max_name_length=13,
+                     max_flows_page_size=15, download_status=302)
+    assert (cfg["job_delay_ms"], cfg["max_rows"], cfg["max_properties"],
+            cfg["max_tables"], cfg["max_name_length"],
+            cfg["max_flows_page_size"], cfg["download_status"]) == (
+                5, 7, 9, 11, 13, 15, 302)
+    assert emu.stats()["config"]["job_delay_ms"] == 5
+    for body in ({"job_delay_ms": -1}, {"max_rows": "x"},
+                 {"download_status": 301}, {"max_flows_page_size": 0}):
+        status, _, _ = emu.request("POST", "/_emu/config", body=body)
+        assert status == 400, body
+    assert emu.config()["max_rows"] == 7
+    # the name limit applies at once
+    status, h, err = emu.api("POST", FLOWS, body={
+        "name": "x" * 14, "schema": schema(PROPS)}, expect=None)
+    assert_error(status, h, err, 400, "flows.datatables.syntax.error")

@@ -1811,6 +1811,9 @@ static void test_http_retries(void **state)
 	    api_get_rows(api, "t 1", &s, "c/+ =", 0, "\"v6\"", &page), 0);
 	assert_false(page.not_modified);
 	assert_int_equal(page.nrows, 0);
+	assert_int_equal(page.page_size, 1000);
+	assert_true(page.total == UINT64_MAX);
+	assert_int_equal(page.page_count, 0);
 	assert_null(page.next_cursor);
 	assert_string_equal(page.version, "\"v7\"");
 	assert_int_equal(page.len, 0);

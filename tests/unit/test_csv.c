@@ -90,7 +90,8 @@ static void test_flows_validate(void **state)
 	free(row);
 	/* the key: a string of 1 to 256 characters (not bytes) */
 	assert_int_equal(validate(&s, "{\"key\": \"\"}", &row, &err), -EINVAL);
-	assert_non_null(strstr(err, "key: expected 1 to 256 characters, got 0"));
+	assert_non_null(
+	    strstr(err, "key: expected 1 to 256 characters, got 0"));
 	free(err);
 	assert_int_equal(validate(&s, "{\"key\": 5}", &row, &err), -EINVAL);
 	assert_non_null(strstr(err, "key: expected string, got number"));
@@ -215,8 +216,9 @@ static void test_csv_read(void **state)
 	expect_csv_error(&s, "note\nx\n", "no key column 'key'");
 	expect_csv_error(&s, "key,segment\n", "unknown column 'segment'");
 	expect_csv_error(&s, "key,key\n", "repeated column 'key'");
-	expect_csv_error(&s, "key,note\na\n", "line 2: 1 field, the "
-						  "header has 2");
+	expect_csv_error(&s, "key,note\na\n",
+			 "line 2: 1 field, the "
+			 "header has 2");
 	expect_csv_error(&s, "key\na,b\n", "line 2: more fields");
 	expect_csv_error(&s, "key,note\na,\"open\n\nstill",
 			 "line 2: a quoted field is never closed");
@@ -240,8 +242,7 @@ static void test_csv_read(void **state)
 	expect_csv_error(&s, "key,deleted\na,yes\n",
 			 "deleted: not true or false");
 	/* a line number counts the newlines inside quoted fields */
-	expect_csv_error(&s, "key,note\n\"a\nb\",x\nc\n",
-			 "line 4: 1 field");
+	expect_csv_error(&s, "key,note\n\"a\nb\",x\nc\n", "line 4: 1 field");
 	/* a NUL byte is data, not the end */
 	expect_csv(&s, "key,note\nk,x", "{\"key\":\"k\",\"note\":\"x\"}\n");
 	{
@@ -251,7 +252,8 @@ static void test_csv_read(void **state)
 
 		assert_int_equal(
 		    api_csv_to_jsonl(&s, nul, sizeof(nul) - 1, &out, &len), 0);
-		assert_string_equal(out, "{\"key\":\"k\",\"note\":\"a\\u0000b\"}\n");
+		assert_string_equal(out,
+				    "{\"key\":\"k\",\"note\":\"a\\u0000b\"}\n");
 		free(out);
 	}
 	api_schema_release(&s);
@@ -271,12 +273,11 @@ static void test_csv_write(void **state)
 	size_t lens[4];
 	char *csv = NULL, *jsonl;
 	size_t len = 0, jlen;
-	const char *want =
-	    "key,note,score,visits,deleted\r\n"
-	    "plain,a b,1.50,-0,true\r\n"
-	    "\"a,b\",\"say \"\"hi\"\"\r\nbye\",,,\r\n"
-	    "\" lead\",\"\",,,false\r\n"
-	    "\"trail \",\"\xc3\xa9\t\",,,\r\n";
+	const char *want = "key,note,score,visits,deleted\r\n"
+			   "plain,a b,1.50,-0,true\r\n"
+			   "\"a,b\",\"say \"\"hi\"\"\r\nbye\",,,\r\n"
+			   "\" lead\",\"\",,,false\r\n"
+			   "\"trail \",\"\xc3\xa9\t\",,,\r\n";
 
 	(void)state;
 	load(&s);
@@ -297,7 +298,8 @@ static void test_csv_write(void **state)
 	free(jsonl);
 	/* appending a chunk adds records, no second header */
 	assert_int_equal(api_csv_encode(&s, rows, lens, 1, &csv, &len), 0);
-	assert_int_equal(len, strlen(want) + strlen("plain,a b,1.50,-0,true\r\n"));
+	assert_int_equal(len,
+			 strlen(want) + strlen("plain,a b,1.50,-0,true\r\n"));
 	assert_string_equal(csv + strlen(want), "plain,a b,1.50,-0,true\r\n");
 	/* refusals leave the buffer as it was */
 	{
@@ -323,8 +325,22 @@ static void test_csv_write(void **state)
 static void test_csv_round_trip_random(void **state)
 {
 	static const char *const atoms[] = {
-	    "a", ",", "\"", "\r\n", "\n", "\r", " ", "\t", "\xc3\xa9",
-	    "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\\", "/", "\x01", "key", "''",
+	    "a",
+	    ",",
+	    "\"",
+	    "\r\n",
+	    "\n",
+	    "\r",
+	    " ",
+	    "\t",
+	    "\xc3\xa9",
+	    "\xe2\x82\xac",
+	    "\xf0\x9f\x98\x80",
+	    "\\",
+	    "/",
+	    "\x01",
+	    "key",
+	    "''",
 	};
 	struct api_schema s;
 	uint64_t seed = 0x9e3779b97f4a7c15ULL;
@@ -363,8 +379,8 @@ static void test_csv_round_trip_random(void **state)
 				char line[2048];
 				size_t o = 0;
 
-				o += (size_t)snprintf(line + o, sizeof(line) - o,
-						      "{\"key\":\"");
+				o += (size_t)snprintf(
+				    line + o, sizeof(line) - o, "{\"key\":\"");
 				for (int f = 0; f < 2; f++) {
 					for (const char *c = text[f]; *c; c++) {
 						unsigned char u =
@@ -404,10 +420,9 @@ static void test_csv_round_trip_random(void **state)
 			}
 		}
 		fclose(wf);
-		assert_int_equal(
-		    api_csv_encode(&s, (const char *const *)rows, lens, nrows,
-				   &csv, &len),
-		    0);
+		assert_int_equal(api_csv_encode(&s, (const char *const *)rows,
+						lens, nrows, &csv, &len),
+				 0);
 		assert_int_equal(api_csv_to_jsonl(&s, csv, len, &jsonl, &jlen),
 				 0);
 		if (jlen != wlen || memcmp(jsonl, want, wlen))

@@ -11,8 +11,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,8 +98,8 @@ static void *srv_main(void *arg)
 				continue;
 			head_len = (size_t)(end + 4 - buf);
 			cl = strcasestr(buf, "\r\nContent-Length:");
-			body_len = cl && cl < end ? strtoul(cl + 17, NULL, 10)
-						  : 0;
+			body_len =
+			    cl && cl < end ? strtoul(cl + 17, NULL, 10) : 0;
 			if (got >= head_len + body_len)
 				break;
 		}
@@ -178,24 +178,34 @@ static void srv_start(struct srv *s, route_fn route, void *user)
 	assert_int_equal(pthread_create(&s->t, NULL, srv_main, s), 0);
 }
 
+/* Forget the requests logged so far. */
+static void srv_reset(struct srv *s)
+{
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < s->n; i++) {
+		free(s->log[i].head);
+		free(s->log[i].body);
+	}
+	s->n = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void srv_stop(struct srv *s)
 {
 	shutdown(s->fd, SHUT_RDWR);
 	close(s->fd);
 	pthread_join(s->t, NULL);
-	for (int i = 0; i < s->n; i++) {
-		free(s->log[i].head);
-		free(s->log[i].body);
-	}
+	srv_reset(s);
 	pthread_mutex_destroy(&s->mu);
 }
 
 static void answer(char *out, size_t size, const char *status,
 		   const char *headers, const char *body)
 {
-	snprintf(out, size, "HTTP/1.1 %s\r\n%sContent-Type: "
-			    "application/json\r\nININ-Correlation-Id: "
-			    "corr-1\r\n\r\n%s",
+	snprintf(out, size,
+		 "HTTP/1.1 %s\r\n%sContent-Type: "
+		 "application/json\r\nININ-Correlation-Id: "
+		 "corr-1\r\n\r\n%s",
 		 status, headers ? headers : "", body ? body : "");
 }
 
@@ -250,8 +260,8 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 		       "{\"entities\":[{\"id\":\"t1\",\"name\":\"One\"},"
 		       "{\"id\":\"t2\",\"name\":\"Two/x\"}],\"pageSize\":2,"
 		       "\"pageNumber\":1,\"total\":3,\"pageCount\":2}");
-	} else if (!strncmp(r->path,
-			    "/api/v2/flows/datatables?pageNumber=2&", 38)) {
+	} else if (!strncmp(r->path, "/api/v2/flows/datatables?pageNumber=2&",
+			    38)) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"entities\":[{\"id\":\"t3\",\"name\":\"Three\"}],"
 		       "\"pageNumber\":2,\"total\":3,\"pageCount\":2}");
@@ -282,11 +292,49 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 		else
 			answer(out, size, "200 OK", NULL, r->body);
 	} else {
-		answer(out, size, "404 Not Found", NULL,
-		       "{\"message\":\"Not found\",\"code\":"
-		       "\"flows.datatables.table.not.found\",\"status\":404,"
-		       "\"contextId\":\"ctx-404\"}");
+		/* no correlation header: the body's contextId stands in */
+		snprintf(out, size,
+			 "HTTP/1.1 404 Not Found\r\nContent-Type: "
+			 "application/json\r\n\r\n"
+			 "{\"message\":\"Not found\",\"code\":"
+			 "\"flows.datatables.table.not.found\",\"status\":404,"
+			 "\"contextId\":\"ctx-404\"}");
 	}
+}
+
+/* What fn(api, arg) logs at error level. */
+static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
+			 const char *arg, int want)
+{
+	char path[] = "/tmp/test_flows_log_XXXXXX", *buf = calloc(1, 8192);
+	int fd = mkstemp(path), saved = dup(2);
+	ssize_t n;
+
+	assert_true(fd >= 0);
+	log_init("test_flows", LOG_ERR);
+	fflush(stderr);
+	dup2(fd, 2);
+	assert_int_equal(fn(api, arg), want);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	log_init("test_flows",
+		 getenv("TEST_API_VERBOSE") ? LOG_DEBUG : LOG_CRIT);
+	n = pread(fd, buf, 8191, 0);
+	assert_true(n >= 0);
+	close(fd);
+	unlink(path);
+	return buf;
+}
+
+static int get_schema_of(struct api *api, const char *id)
+{
+	struct api_schema s;
+	int rc = api_get_schema(api, id, &s);
+
+	if (!rc)
+		api_schema_release(&s);
+	return rc;
 }
 
 static void test_flows_tables_and_schema(void **state)
@@ -358,7 +406,7 @@ static void test_flows_tables_and_schema(void **state)
 		    "\"integer\",\"displayOrder\":2},\"tier\":{\"type\":"
 		    "\"string\",\"displayOrder\":3}}}";
 
-		srv.n = 0;
+		srv_reset(&srv);
 		assert_int_equal(
 		    api_put_schema(api, "t1", add, strlen(add), NULL, &put), 0);
 		assert_int_equal(put.ncolumns, 4);
@@ -389,15 +437,25 @@ static void test_flows_tables_and_schema(void **state)
 						strlen(change), NULL, &put),
 				 -EINVAL);
 		assert_null(put.json);
-		srv.n = 0;
-		assert_int_equal(api_put_schema(api, "t1", junk, strlen(junk),
-						NULL, &put),
-				 -EINVAL);
+		srv_reset(&srv);
+		assert_int_equal(
+		    api_put_schema(api, "t1", junk, strlen(junk), NULL, &put),
+		    -EINVAL);
 		assert_int_equal(srv.n, 0); /* refused before sending */
 	}
 	free(body);
 	api_schema_release(&s);
-	assert_int_equal(api_get_schema(api, "nope", &s), -ENOENT);
+	{
+		/* the platform's code, message and context id in the log */
+		char *log = capture_log(get_schema_of, api, "nope", -ENOENT);
+
+		assert_non_null(strstr(
+		    log, "get schema of 'nope' failed: HTTP 404 "
+			 "flows.datatables.table.not.found: \"Not found\" "
+			 "(correlation ctx-404)"));
+		assert_null(strstr(log, "tok"));
+		free(log);
+	}
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -464,18 +522,17 @@ static void test_flows_pages(void **state)
 	assert_null(page.version);
 	assert_null(page.next_cursor);
 	/* key first, then displayOrder; numbers' text kept */
-	assert_string_equal(
-	    page.data,
-	    "{\"key\":\"a\",\"score\":1.50,\"visits\":3}\n"
-	    "{\"key\":\"b\xc3\xa9/\",\"score\":-0,\"visits\":"
-	    "12345678901234567890}\n"
-	    "{\"key\":\"c\",\"score\":1e3,\"visits\":0}\n");
+	assert_string_equal(page.data,
+			    "{\"key\":\"a\",\"score\":1.50,\"visits\":3}\n"
+			    "{\"key\":\"b\xc3\xa9/\",\"score\":-0,\"visits\":"
+			    "12345678901234567890}\n"
+			    "{\"key\":\"c\",\"score\":1e3,\"visits\":0}\n");
 	assert_int_equal(page.len, strlen(page.data));
 	api_page_release(&page);
 	/* remembered: the next call starts at 62 */
 	api_get_caps(api, &caps);
 	assert_int_equal(caps.max_page_size, 62);
-	srv.n = 0;
+	srv_reset(&srv);
 	assert_int_equal(api_get_page(api, "t", &s, 9, 0, &page), 0);
 	assert_int_equal(srv.n, 1);
 	assert_int_equal(page.nrows, 0);
@@ -540,6 +597,11 @@ static void route_rows(struct srv *s, const struct rq *r, char *out,
 		answer(out, size, "200 OK", NULL, r->body);
 }
 
+static int create_row(struct api *api, const char *row)
+{
+	return api_row_create(api, "t1", row, strlen(row));
+}
+
 static void test_flows_rows(void **state)
 {
 	struct srv srv;
@@ -551,7 +613,8 @@ static void test_flows_rows(void **state)
 	api = client(&srv, "flows");
 	assert_int_equal(api_row_create(api, "t1", row, strlen(row)), 0);
 	assert_string_equal(srv.log[0].method, "POST");
-	assert_string_equal(srv.log[0].path, "/api/v2/flows/datatables/t1/rows");
+	assert_string_equal(srv.log[0].path,
+			    "/api/v2/flows/datatables/t1/rows");
 	assert_string_equal(srv.log[0].body, row);
 	assert_true(has_header(&srv.log[0], "Content-Type: application/json"));
 	assert_int_equal(
@@ -582,6 +645,27 @@ static void test_flows_rows(void **state)
 	assert_int_equal(api_row_delete_key(api, "t1", "missing"), -ENOENT);
 	/* none of these is retried: one request each */
 	assert_int_equal(srv.n, 4 + 7);
+	{
+		/* an expected refusal is the caller's to handle: no error in
+		 * the log; a refused row is, with the platform's message */
+		char *log = capture_log(create_row, api, "{\"key\":\"exists\"}",
+					-EEXIST);
+
+		assert_string_equal(log, "");
+		free(log);
+		log =
+		    capture_log(create_row, api, "{\"key\":\"bad\"}", -EINVAL);
+		assert_non_null(strstr(log,
+				       "create row of 't1' failed: HTTP 400 "
+				       "flows.datatables.syntax.error: "
+				       "\"visits is not an integer\" "
+				       "(correlation corr-1)"));
+		free(log);
+		log =
+		    capture_log(create_row, api, "{\"key\":\"full\"}", -ENOSPC);
+		assert_non_null(strstr(log, "the table is full"));
+		free(log);
+	}
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -623,7 +707,8 @@ static void route_jobs(struct srv *s, const struct rq *r, char *out,
 			       "\"countRecordsUpdated\":2,"
 			       "\"countRecordsDeleted\":5,"
 			       "\"countRecordsFailed\":1}");
-	} else if (!strcmp(r->path, "/api/v2/flows/datatables/t1/export/jobs")) {
+	} else if (!strcmp(r->path,
+			   "/api/v2/flows/datatables/t1/export/jobs")) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"id\":\"exp-1\",\"status\":\"Processing\"}");
 	} else if (!strcmp(r->path,
@@ -656,9 +741,8 @@ static void test_flows_import_job(void **state)
 	(void)state;
 	srv_start(&srv, route_jobs, NULL);
 	api = client(&srv, "flows");
-	assert_int_equal(api_import_csv(api, "t1", csv, strlen(csv), false,
-					&job),
-			 0);
+	assert_int_equal(
+	    api_import_csv(api, "t1", csv, strlen(csv), false, &job), 0);
 	assert_string_equal(job.id, "job-1");
 	assert_string_equal(job.status, "Succeeded");
 	assert_int_equal(job.updated, 2);
@@ -694,12 +778,94 @@ static void test_flows_import_job(void **state)
 	/* a Failed job: -EIO with the platform's message; ReplaceAll */
 	srv_start(&srv, route_jobs, (void *)1);
 	api = client(&srv, "flows");
-	assert_int_equal(api_import_csv(api, "t1", csv, strlen(csv), true,
-					&job),
-			 -EIO);
+	assert_int_equal(
+	    api_import_csv(api, "t1", csv, strlen(csv), true, &job), -EIO);
 	assert_string_equal(job.status, "Failed");
 	assert_string_equal(job.error, "The file has no key column");
 	assert_string_equal(srv.log[0].body, "{\"importMode\":\"ReplaceAll\"}");
+	api_job_release(&job);
+	api_free(api);
+	srv_stop(&srv);
+}
+
+/* Jobs that go wrong, by table: t2 downloads from another origin, t3
+ * redirects forever, t4 asks for an unusable upload header, t5 for an
+ * upload over plain http to another host. */
+static void route_odd_jobs(struct srv *s, const struct rq *r, char *out,
+			   size_t size)
+{
+	char body[1024];
+	const char *port = strrchr(s->url, ':') + 1;
+
+	if (strstr(r->path, "/t2/export/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"e\",\"status\":\"Succeeded\","
+			 "\"downloadURI\":\"http://localhost:%s/dl\"}",
+			 port);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (!strcmp(r->path, "/dl")) {
+		snprintf(out, size, "HTTP/1.1 200 OK\r\n\r\nkey\r\n");
+	} else if (strstr(r->path, "/t3/export/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"e\",\"status\":\"Succeeded\","
+			 "\"downloadURI\":\"%s/loop\"}",
+			 s->url);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (!strcmp(r->path, "/loop")) {
+		answer(out, size, "302 Found", "Location: /loop\r\n", NULL);
+	} else if (strstr(r->path, "/t4/import/csv/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+			 "\"uploadURI\":\"%s/up\",\"uploadHeaders\":"
+			 "{\"x-a\":\"1\\r\\nAuthorization: Bearer x\"}}",
+			 s->url);
+		answer(out, size, "200 OK", NULL, body);
+	} else if (strstr(r->path, "/t5/import/csv/jobs")) {
+		answer(out, size, "200 OK", NULL,
+		       "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+		       "\"uploadURI\":\"http://example.com/up\","
+		       "\"uploadHeaders\":{}}");
+	} else {
+		answer(out, size, "404 Not Found", NULL, "{}");
+	}
+}
+
+static void test_flows_jobs_refused(void **state)
+{
+	struct api_job job;
+	struct srv srv;
+	struct api *api;
+	char *csv;
+	size_t len;
+
+	(void)state;
+	srv_start(&srv, route_odd_jobs, NULL);
+	api = client(&srv, "flows");
+	/* a downloadURI off the API's origin gets no token */
+	assert_int_equal(api_export_csv(api, "t2", &csv, &len), 0);
+	assert_string_equal(csv, "key\r\n");
+	free(csv);
+	assert_string_equal(srv.log[1].path, "/dl");
+	assert_null(strcasestr(srv.log[1].head, "Authorization"));
+	/* redirects end */
+	srv_reset(&srv);
+	assert_int_equal(api_export_csv(api, "t3", &csv, &len), -EPROTO);
+	assert_null(csv);
+	assert_int_equal(srv.n, 1 + 6); /* the job, downloadURI, 5 more */
+	/* upload headers that would smuggle a line, and a plain-http
+	 * upload to another host, are refused before any upload */
+	srv_reset(&srv);
+	assert_int_equal(api_import_csv(api, "t4", "key\r\n", 5, false, &job),
+			 -EPROTO);
+	api_job_release(&job);
+	assert_int_equal(api_import_csv(api, "t5", "key\r\n", 5, false, &job),
+			 -EINVAL);
+	api_job_release(&job);
+	assert_int_equal(srv.n, 2);
+	/* a job for a table that does not exist */
+	assert_int_equal(api_import_csv(api, "t9", "key\r\n", 5, false, &job),
+			 -ENOENT);
+	assert_null(job.id);
 	api_job_release(&job);
 	api_free(api);
 	srv_stop(&srv);
@@ -741,8 +907,7 @@ static void test_flows_export_job(void **state)
 /* ---- pacing ----------------------------------------------------------- */
 
 /* 429 with Retry-After and no budget header on every second request. */
-static void route_429(struct srv *s, const struct rq *r, char *out,
-		      size_t size)
+static void route_429(struct srv *s, const struct rq *r, char *out, size_t size)
 {
 	(void)r;
 	if (s->state++ == 0)
@@ -1002,7 +1167,8 @@ static void test_budget_config(void **state)
 	assert_int_equal(api_new(&cfg, &api), -EINVAL);
 	cfg.rate_window_s = 1;
 	assert_int_equal(api_new(&cfg, &api), 0);
-	assert_true(api_budget_rate(api) > 9.99 && api_budget_rate(api) < 10.01);
+	assert_true(api_budget_rate(api) > 9.99 &&
+		    api_budget_rate(api) < 10.01);
 	api_free(api);
 	/* a budget file that is not a regular file, or not writable */
 	cfg.budget_file = dir;
@@ -1041,10 +1207,11 @@ struct emu {
  * tables; extra flags after the defaults. */
 static void emu_start(struct emu *e, const char *const *extra)
 {
-	const char *bin = getenv("DTFS_EMU"), *data = getenv("DTFS_SAMPLE_DATA");
-	const char *argv[32] = {bin, "--listen", "127.0.0.1:0", "--data", data,
-				"--client", "id:sec:architect", "--job-delay",
-				"20"};
+	const char *bin = getenv("DTFS_EMU"),
+		   *data = getenv("DTFS_SAMPLE_DATA");
+	const char *argv[32] = {
+	    bin,	"--listen",	    "127.0.0.1:0", "--data", data,
+	    "--client", "id:sec:architect", "--job-delay", "20"};
 	int fds[2], n = 9;
 	char line[256];
 	FILE *f;
@@ -1234,9 +1401,10 @@ static void test_flows_against_emu(void **state)
 		assert_int_equal(
 		    api_row_update(api, id, "NOPE", "{\"key\":\"NOPE\"}", 14),
 		    -ENOENT);
-		assert_int_equal(
-		    api_row_create(api, id, "{\"key\":\"x\",\"stock\":1.5}", 23),
-		    -EINVAL);
+		assert_int_equal(api_row_create(api, id,
+						"{\"key\":\"x\",\"stock\":1.5}",
+						23),
+				 -EINVAL);
 		all = all_pages(api, id, &s, 0, &pages);
 		assert_non_null(strstr(all, row2));
 		free(all);
@@ -1259,9 +1427,13 @@ static void test_flows_against_emu(void **state)
 		csv = NULL;
 		assert_int_equal(api_csv_encode(&s, rows, lens, 2, &csv, &len),
 				 0);
-		len += (size_t)snprintf(NULL, 0, "BAD-1,x,1,notanint,true\r\n");
-		csv = realloc(csv, len + 1);
-		strcat(csv, "BAD-1,x,1,notanint,true\r\n");
+		{
+			static const char bad[] = "BAD-1,x,1,notanint,true\r\n";
+
+			csv = realloc(csv, len + sizeof(bad));
+			memcpy(csv + len, bad, sizeof(bad));
+			len += sizeof(bad) - 1;
+		}
 		assert_int_equal(api_import_csv(api, id, csv, len, false, &job),
 				 0);
 		free(csv);
@@ -1284,9 +1456,9 @@ static void test_flows_against_emu(void **state)
 	/* a smaller page size limit, and a rate limit below our budget:
 	 * 429s honoured, every call succeeds */
 	{
-		static const char *const extra[] = {
-		    "--max-flows-page-size", "100", "--rate-limit", "4/1",
-		    NULL};
+		static const char *const extra[] = {"--max-flows-page-size",
+						    "100", "--rate-limit",
+						    "4/1", NULL};
 
 		emu_start(&e, extra);
 		api = emu_client(&e);
@@ -1326,6 +1498,7 @@ int main(void)
 	    cmocka_unit_test(test_flows_rows),
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
+	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
 	    cmocka_unit_test(test_budget_shared_clients),
 	    cmocka_unit_test(test_budget_shared_processes),

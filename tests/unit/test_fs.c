@@ -1,6 +1,8 @@
 /*
  * Unit tests of the engine's pure parts: file names of tables, the option
- * parser shared by dtfs and dtfsctl, JSON string escaping.
+ * parser shared by dtfs and dtfsctl, JSON string escaping, the spool
+ * values and keys of the import diff, the digest, the reordering of a
+ * page fetched before its schema.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -13,6 +15,8 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "engine_i.h"
+#include "hash.h"
 #include "names.h"
 
 static void roundtrip(const char *name, const char *want)
@@ -203,6 +207,100 @@ static void test_config_dialect_rule(void **state)
 	fs_config_release(&cfg);
 }
 
+static void test_spooled_values(void **state)
+{
+	struct fs_spooled sp;
+	char *v;
+
+	(void)state;
+	v = fs_spooled_format(42, 'u', "[\"a\\tb\"]", "{\"key\":\"a\\tb\"}");
+	assert_non_null(v);
+	assert_int_equal(fs_spooled_parse(v, &sp), 0);
+	assert_int_equal(sp.line, 42);
+	assert_int_equal(sp.flag, 'u');
+	assert_int_equal(sp.klen, strlen("[\"a\\tb\"]"));
+	assert_memory_equal(sp.key, "[\"a\\tb\"]", sp.klen);
+	assert_string_equal(sp.row, "{\"key\":\"a\\tb\"}");
+	free(v);
+	assert_int_equal(fs_spooled_parse("x\tu\tk\tr", &sp), -EPROTO);
+	assert_int_equal(fs_spooled_parse("1\tuu\tk\tr", &sp), -EPROTO);
+	assert_int_equal(fs_spooled_parse("1\tu\tnorow", &sp), -EPROTO);
+}
+
+static void key_is(const char *enc, const char *want)
+{
+	char *k = NULL;
+
+	assert_int_equal(fs_key_string(enc, strlen(enc), &k), 0);
+	assert_string_equal(k, want);
+	free(k);
+}
+
+static void test_key_string(void **state)
+{
+	char *k = NULL;
+
+	(void)state;
+	key_is("[\"SKU-1\"]", "SKU-1");
+	key_is("[\"a\\\"b\\\\c\\/d\"]", "a\"b\\c/d");
+	key_is("[\"caf\\u00e9\"]", "caf\xc3\xa9");
+	key_is("[\"\\ud83d\\ude00\"]", "\xf0\x9f\x98\x80");
+	key_is("[\"caf\xc3\xa9\"]", "caf\xc3\xa9");
+	/* not one string: composite keys, numbers, broken escapes, NUL */
+	assert_int_equal(fs_key_string("[\"a\",\"b\"]", 9, &k), -EINVAL);
+	assert_int_equal(fs_key_string("[1]", 3, &k), -EINVAL);
+	assert_int_equal(fs_key_string("[\"a\\x\"]", 7, &k), -EINVAL);
+	assert_int_equal(fs_key_string("[\"\\u0000\"]", 11, &k), -EINVAL);
+	assert_null(k);
+}
+
+static void test_hash(void **state)
+{
+	char hex[17];
+	uint64_t h;
+
+	(void)state;
+	/* FNV-1a 64 test vectors */
+	assert_true(hash_add(HASH_INIT, "", 0) == UINT64_C(0xcbf29ce484222325));
+	assert_true(hash_add(HASH_INIT, "a", 1) == UINT64_C(0xaf63dc4c8601ec8c));
+	/* fed in pieces, the same digest */
+	h = hash_add(hash_add(HASH_INIT, "foo", 3), "bar", 3);
+	assert_true(h == hash_add(HASH_INIT, "foobar", 6));
+	hash_hex(UINT64_C(0x85944171f73967e8), hex);
+	assert_string_equal(hex, "85944171f73967e8");
+}
+
+static void test_page_reorder(void **state)
+{
+	static const char schema_json[] =
+		"{\"columns\":["
+		"{\"name\":\"id\",\"type\":\"string\","
+		"\"isPrimaryKey\":true},"
+		"{\"name\":\"n\",\"type\":\"number\"},"
+		"{\"name\":\"b\",\"type\":\"boolean\"}]}\n";
+	struct api_schema schema = { 0 };
+	struct api_page p = { 0 };
+
+	(void)state;
+	assert_int_equal(api_schema_parse(schema_json, strlen(schema_json),
+					  NULL, &schema), 0);
+	p.data = strdup("{\"b\":true,\"n\":1.50,\"id\":\"x\"}\n"
+			"{\"id\":\"y\",\"n\":2}\n");
+	p.len = strlen(p.data);
+	assert_int_equal(fs_page_reorder(&schema, &p), 0);
+	assert_string_equal(p.data, "{\"id\":\"x\",\"n\":1.50,\"b\":true}\n"
+				    "{\"id\":\"y\",\"n\":2}\n");
+	assert_int_equal(p.len, strlen(p.data));
+	free(p.data);
+	/* a line the schema cannot read: the caller fetches again */
+	p.data = strdup("{\"id\":\"x\",\"extra\":1}\n");
+	p.len = strlen(p.data);
+	assert_int_equal(fs_page_reorder(&schema, &p), -EINVAL);
+	assert_string_equal(p.data, "{\"id\":\"x\",\"extra\":1}\n");
+	free(p.data);
+	api_schema_release(&schema);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -213,6 +311,10 @@ int main(void)
 		cmocka_unit_test(test_config_defaults_and_words),
 		cmocka_unit_test(test_config_bad_values),
 		cmocka_unit_test(test_config_dialect_rule),
+		cmocka_unit_test(test_spooled_values),
+		cmocka_unit_test(test_key_string),
+		cmocka_unit_test(test_hash),
+		cmocka_unit_test(test_page_reorder),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

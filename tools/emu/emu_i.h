@@ -163,8 +163,8 @@ struct emu_table {
 	size_t cap;
 	struct emu_map by_key;
 	struct emu_map by_id;
-	char *division;	 /* production division id */
-	bool deleted;	 /* removed from the store, freed at exit */
+	char *division; /* production division id */
+	bool deleted;	/* removed from the store, freed at exit */
 };
 
 struct emu_store {
@@ -216,6 +216,10 @@ void emu_store_sort(struct emu_store *s);
 struct emu_table *emu_store_find(struct emu_store *s, const char *id);
 /* Add a table at its place in name order (write lock held); -EEXIST. */
 int emu_store_insert(struct emu_store *s, struct emu_table *t);
+/* Give a table a new name, keeping the store in name order (write lock
+ * held; the caller checked the name is free). */
+void emu_store_rename(struct emu_store *s, struct emu_table *t,
+		      const char *name);
 /* Take a table out of the store (write lock held). The table stays
  * allocated, marked deleted, until emu_store_release. */
 void emu_store_remove(struct emu_store *s, struct emu_table *t);
@@ -484,8 +488,8 @@ struct emu_reply {
 	bool ratelimit;
 	long rl_remaining;
 	long rl_reset;
-	bool counted; /* an API or token request: goes into the stats */
-	bool prod;    /* a production route: the platform's error shape */
+	bool counted;	/* an API or token request: goes into the stats */
+	bool prod;	/* a production route: the platform's error shape */
 	char *location; /* malloc'd Location header, NULL for none */
 	char corr[37];
 };

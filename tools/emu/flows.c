@@ -45,8 +45,7 @@ static const char *query(struct emu_ctx *c, const char *name)
 					   name);
 }
 
-static bool query_bool(struct emu_ctx *c, const char *name, bool def,
-		       bool *out)
+static bool query_bool(struct emu_ctx *c, const char *name, bool def, bool *out)
 {
 	const char *v = query(c, name);
 
@@ -302,8 +301,7 @@ static struct emu_table *find_table(struct emu_ctx *c, const char *id,
 				details1(detail("flows.datatables.table.not."
 						"found",
 						NULL, id, NULL)),
-				"Not found: no data table with id '%.64s'",
-				id);
+				"Not found: no data table with id '%.64s'", id);
 		return NULL;
 	}
 	*keycol = k;
@@ -344,8 +342,7 @@ static void table_json(const struct emu_table *t, int keycol, bool schema,
 		emu_buf_adds(b, ",\"schema\":");
 		emu_schema_prod_json(t, keycol, b);
 	}
-	emu_buf_addf(b, ",\"selfUri\":\"/api/v2/flows/datatables/%s\"}",
-		     t->id);
+	emu_buf_addf(b, ",\"selfUri\":\"/api/v2/flows/datatables/%s\"}", t->id);
 }
 
 /* pageNumber and pageSize of a listing: 400 and false when out of range. */
@@ -403,23 +400,30 @@ static void listing_tail(struct emu_buf *b, const char *base, long number,
 	emu_buf_addf(b, ",\"pageCount\":%ld}", count);
 }
 
-/* Case-insensitive match with '*' for any run of characters. */
-static bool name_match(const char *pat, const char *s)
+/* Case-insensitive match with '*' for any run of characters (greedy, with
+ * one backtrack point: linear in practice, never exponential). */
+static bool name_match(const char *p, const char *s)
 {
-	if (*pat == '\0')
-		return *s == '\0';
-	if (*pat == '*') {
-		for (;;) {
-			if (name_match(pat + 1, s))
-				return true;
-			if (!*s)
-				return false;
+	const char *star = NULL, *resume = s;
+
+	while (*s) {
+		if (*p == '*') {
+			star = p++;
+			resume = s;
+		} else if (*p && tolower((unsigned char)*p) ==
+				     tolower((unsigned char)*s)) {
+			p++;
 			s++;
+		} else if (star) {
+			p = star + 1;
+			s = ++resume;
+		} else {
+			return false;
 		}
 	}
-	if (!*s || tolower((unsigned char)*pat) != tolower((unsigned char)*s))
-		return false;
-	return name_match(pat + 1, s + 1);
+	while (*p == '*')
+		p++;
+	return *p == '\0';
 }
 
 struct div_filter {
@@ -514,8 +518,9 @@ static void tables_list(struct emu_ctx *c)
 	}
 	pthread_rwlock_unlock(&s->lock);
 	emu_buf_adds(&b, "]");
-	listing_tail(&b, schema ? "/api/v2/flows/datatables?expand=schema&"
-				: "/api/v2/flows/datatables?",
+	listing_tail(&b,
+		     schema ? "/api/v2/flows/datatables?expand=schema&"
+			    : "/api/v2/flows/datatables?",
 		     number, size, n, true);
 	free(v);
 	emu_reply_buf(c->rp, 200, &b);
@@ -583,9 +588,10 @@ static int table_body_parse(struct emu_ctx *c, struct table_body *tb,
 	}
 	if (!json_object_object_get_ex(tb->o, "name", &v) ||
 	    !json_object_is_type(v, json_type_string)) {
-		emu_reply_error(c->rp, 400, "flows.datatables.syntax.error",
-				details1(detail("required", "name", NULL, NULL)),
-				"the table needs a name");
+		emu_reply_error(
+		    c->rp, 400, "flows.datatables.syntax.error",
+		    details1(detail("required", "name", NULL, NULL)),
+		    "the table needs a name");
 		return -EINVAL;
 	}
 	tb->name = json_object_get_string(v);
@@ -615,15 +621,15 @@ static int table_body_parse(struct emu_ctx *c, struct table_body *tb,
 	}
 	if (!json_object_object_get_ex(tb->o, "schema", &sch) ||
 	    emu_schema_parse_prod(sch, &tb->schema, msg, sizeof(msg))) {
-		emu_reply_error(c->rp, 400, "flows.datatables.syntax.error",
-				details1(detail("invalid.schema", "schema",
-						NULL, NULL)),
-				"the schema is not valid: %s",
-				sch ? msg : "it is missing");
+		emu_reply_error(
+		    c->rp, 400, "flows.datatables.syntax.error",
+		    details1(detail("invalid.schema", "schema", NULL, NULL)),
+		    "the schema is not valid: %s", sch ? msg : "it is missing");
 		return -EINVAL;
 	}
 	if ((long)tb->schema.ncols > cfg->max_properties) {
-		reply_limit(c->rp, "properties.per.table", cfg->max_properties, "too many properties");
+		reply_limit(c->rp, "properties.per.table", cfg->max_properties,
+			    "too many properties");
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < tb->schema.ncols; i++) {
@@ -654,7 +660,8 @@ static bool name_taken(struct emu_store *s, const char *name,
 		       const struct emu_table *self)
 {
 	for (size_t i = 0; i < s->ntables; i++)
-		if (s->tables[i] != self && strcmp(s->tables[i]->name, name) == 0)
+		if (s->tables[i] != self &&
+		    strcmp(s->tables[i]->name, name) == 0)
 			return true;
 	return false;
 }
@@ -689,7 +696,8 @@ static void table_create(struct emu_ctx *c)
 	pthread_rwlock_wrlock(&s->lock);
 	if ((long)s->ntables >= cfg.max_tables) {
 		pthread_rwlock_unlock(&s->lock);
-		reply_limit(c->rp, "tables.per.organization", cfg.max_tables, "too many tables");
+		reply_limit(c->rp, "tables.per.organization", cfg.max_tables,
+			    "too many tables");
 		goto out;
 	}
 	if (name_taken(s, t->name, NULL) || emu_store_insert(s, t)) {
@@ -716,7 +724,6 @@ static int schema_merge(struct emu_ctx *c, const struct emu_table *t,
 {
 	const struct emu_schema *cur = &t->schema;
 	struct emu_schema m = {NULL, 0};
-	size_t found = 0;
 
 	m.cols = emu_xcalloc(cur->ncols + in->ncols, sizeof(*m.cols));
 	for (size_t i = 0; i < cur->ncols; i++) {
@@ -743,17 +750,15 @@ static int schema_merge(struct emu_ctx *c, const struct emu_table *t,
 			    pname);
 			return -EINVAL;
 		}
-		found++;
-		if (nc->type != (oc->type == EMU_T_DATE ? EMU_T_STRING
-							: oc->type) &&
-		    !(oc->type == EMU_T_DATE && nc->type == EMU_T_STRING)) {
+		/* a date column shows as a string property */
+		if (nc->type !=
+		    (oc->type == EMU_T_DATE ? EMU_T_STRING : oc->type)) {
 			emu_schema_release(&m);
 			emu_reply_error(
 			    c->rp, 400, "flows.datatables.schema.exception",
 			    details1(detail("property.type.changed", pname,
 					    t->id, t->name)),
-			    "property '%.200s' cannot change its type",
-			    pname);
+			    "property '%.200s' cannot change its type", pname);
 			return -EINVAL;
 		}
 		mc->display = nc->display;
@@ -765,8 +770,8 @@ static int schema_merge(struct emu_ctx *c, const struct emu_table *t,
 		bool old = false;
 
 		for (size_t i = 0; i < cur->ncols; i++)
-			old |= strcmp(emu_prod_name(t, keycol, i), nc->name) ==
-			       0;
+			old |=
+			    strcmp(emu_prod_name(t, keycol, i), nc->name) == 0;
 		if (old)
 			continue;
 		for (size_t i = 0; i < cur->ncols; i++) {
@@ -790,7 +795,6 @@ static int schema_merge(struct emu_ctx *c, const struct emu_table *t,
 		mc->title = nc->title ? emu_xstrdup(nc->title) : NULL;
 		mc->def = nc->def ? emu_xstrdup(nc->def) : NULL;
 	}
-	(void)found;
 	*out = m;
 	return 0;
 }
@@ -835,21 +839,13 @@ static void table_put(struct emu_ctx *c, const struct emu_target *r)
 	if ((long)merged.ncols > cfg.max_properties) {
 		pthread_rwlock_unlock(&s->lock);
 		emu_schema_release(&merged);
-		reply_limit(c->rp, "properties.per.table", cfg.max_properties, "too many properties");
+		reply_limit(c->rp, "properties.per.table", cfg.max_properties,
+			    "too many properties");
 		goto out;
 	}
 	emu_schema_release(&t->schema);
 	t->schema = merged;
-	t->schema_version = 0;
-	if (strcmp(t->name, tb.name) != 0) {
-		/* keep the store sorted by name: take it out, put it back */
-		emu_store_remove(s, t);
-		s->ngraveyard--;
-		t->deleted = false;
-		free(t->name);
-		t->name = emu_xstrdup(tb.name);
-		emu_store_insert(s, t);
-	}
+	emu_store_rename(s, t, tb.name);
 	free(t->description);
 	t->description = emu_xstrdup(tb.description ? tb.description : "");
 	if (tb.division) {
@@ -1241,7 +1237,8 @@ static void row_write(struct emu_ctx *c, const struct emu_target *r,
 	}
 	if (create && (long)t->nrows >= cfg.max_rows) {
 		pthread_rwlock_unlock(&s->lock);
-		reply_limit(c->rp, "rows.per.table", cfg.max_rows, "too many rows");
+		reply_limit(c->rp, "rows.per.table", cfg.max_rows,
+			    "too many rows");
 		goto out;
 	}
 	char *kt = emu_xstrdup(p.key);
@@ -1303,8 +1300,8 @@ static void csv_field(struct emu_buf *b, const char *s, size_t n)
 	bool quote = false;
 
 	for (size_t i = 0; i < n && !quote; i++)
-		quote = s[i] == ',' || s[i] == '"' || s[i] == '\r' ||
-			s[i] == '\n';
+		quote =
+		    s[i] == ',' || s[i] == '"' || s[i] == '\r' || s[i] == '\n';
 	if (!quote) {
 		emu_buf_add(b, s, n);
 		return;
@@ -1337,8 +1334,7 @@ static void csv_value(struct emu_buf *b, const char *v, size_t n)
 
 /* The whole table as CSV: a header of property names (key first, then
  * displayOrder), one record per row, CRLF line ends. Store lock held. */
-static void csv_write(const struct emu_table *t, int keycol,
-		      struct emu_buf *b)
+static void csv_write(const struct emu_table *t, int keycol, struct emu_buf *b)
 {
 	struct row_scratch sc;
 	const struct emu_schema *s = &t->schema;
@@ -1514,7 +1510,8 @@ static const char *const job_status_names[] = {
 
 /* An ErrorBody as JSON text (errorInformation of a job). */
 static char *error_info(const char *code, struct json_object *details,
-			const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+			const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static char *error_info(const char *code, struct json_object *details,
 			const char *fmt, ...)
@@ -1547,8 +1544,8 @@ struct import_result {
 	bool failed_job;
 };
 
-static void row_failure(struct json_object *details, long *failed,
-			size_t rowno, const char *field, const char *code)
+static void row_failure(struct json_object *details, long *failed, size_t rowno,
+			const char *field, const char *code)
 {
 	char name[48];
 
@@ -1596,16 +1593,17 @@ static void import_run(struct emu *e, const char *tid, bool replace_all,
 		goto fail;
 	}
 	if (utf8_chars(c.s + c.i, c.n - c.i) < 0) {
-		res->error_json = error_info("flows.datatables.import.invalid.file",
-					     NULL, "the file is not UTF-8");
+		res->error_json =
+		    error_info("flows.datatables.import.invalid.file", NULL,
+			       "the file is not UTF-8");
 		goto fail;
 	}
 	rc = csv_record(&c);
 	if (rc <= 0) {
-		res->error_json = error_info(
-		    "flows.datatables.import.invalid.file", NULL,
-		    rc ? "the header row is not valid CSV"
-		       : "the file is empty: it needs a header row");
+		res->error_json =
+		    error_info("flows.datatables.import.invalid.file", NULL,
+			       rc ? "the header row is not valid CSV"
+				  : "the file is empty: it needs a header row");
 		goto fail;
 	}
 	map = emu_xcalloc(c.nf + 1, sizeof(*map));
@@ -1627,8 +1625,8 @@ static void import_run(struct emu *e, const char *tid, bool replace_all,
 			if (map[g] == col) {
 				res->error_json = error_info(
 				    "flows.datatables.import.invalid.file",
-				    details1(detail("duplicate.column", h,
-						    NULL, NULL)),
+				    details1(detail("duplicate.column", h, NULL,
+						    NULL)),
 				    "column '%.200s' appears twice in the "
 				    "header",
 				    h);
@@ -1692,8 +1690,8 @@ static void import_run(struct emu *e, const char *tid, bool replace_all,
 			if (v)
 				json_object_object_add(cols, col->name, v);
 			else if (!fill) {
-				bad_field = emu_prod_name(t, keycol,
-							  (size_t)map[f]);
+				bad_field =
+				    emu_prod_name(t, keycol, (size_t)map[f]);
 				bad_code = "type.mismatch";
 			}
 		}
@@ -1717,19 +1715,18 @@ static void import_run(struct emu *e, const char *tid, bool replace_all,
 				bad_code = "missing.key";
 			} else if (utf8_chars(
 				       json_object_get_string(kv),
-				       (size_t)json_object_get_string_len(
-					   kv)) > cfg.max_name_length) {
+				       (size_t)json_object_get_string_len(kv)) >
+				   cfg.max_name_length) {
 				bad_field = "key";
 				bad_code = "key.too.long";
 			}
 		}
-		if (!bad_code && emu_row_build(&t->schema, cols, rowno, &p,
-					       &errs)) {
+		if (!bad_code &&
+		    emu_row_build(&t->schema, cols, rowno, &p, &errs)) {
 			bad_field = errs.n ? errs.v[0].field : NULL;
 			bad_code = errs.n ? errs.v[0].code : "invalid.row";
-			if (bad_field && strcmp(bad_field,
-						t->schema.cols[keycol].name) ==
-					     0)
+			if (bad_field &&
+			    strcmp(bad_field, t->schema.cols[keycol].name) == 0)
 				bad_field = "key";
 		}
 		if (!bad_code && emu_map_get(&seen, p.key)) {
@@ -1831,8 +1828,7 @@ static void job_run(struct emu *e, struct emu_job *j)
 		j->deleted = res.deleted;
 		j->failed = res.failed;
 		j->error_json = res.error_json;
-		j->status =
-		    res.failed_job ? EMU_JOB_FAILED : EMU_JOB_SUCCEEDED;
+		j->status = res.failed_job ? EMU_JOB_FAILED : EMU_JOB_SUCCEEDED;
 		free(j->data);
 		j->data = NULL;
 		j->len = 0;
@@ -1959,8 +1955,7 @@ static struct emu_job *job_find(struct emu *e, const char *id, bool by_session)
 	return NULL;
 }
 
-static void signature(const struct emu *e, const char *session,
-		      char out[17])
+static void signature(const struct emu *e, const char *session, char out[17])
 {
 	snprintf(out, 17, "%016" PRIx64,
 		 emu_hash64(session, strlen(session), e->jobs.secret));
@@ -1974,12 +1969,13 @@ static void signature(const struct emu *e, const char *session,
 static void job_json(const struct emu *e, const struct emu_job *j,
 		     struct emu_buf *b)
 {
-	emu_buf_addf(b,
-		     "{\"id\":\"%s\",\"name\":\"%s-%s\",\"owner\":{\"id\":\"%s\","
-		     "\"selfUri\":\"/api/v2/users/%s\"},\"status\":\"%s\","
-		     "\"dateCreated\":\"%s\"",
-		     j->id, j->is_export ? "export" : "import", j->id, j->owner,
-		     j->owner, job_status_names[j->status], j->created);
+	emu_buf_addf(
+	    b,
+	    "{\"id\":\"%s\",\"name\":\"%s-%s\",\"owner\":{\"id\":\"%s\","
+	    "\"selfUri\":\"/api/v2/users/%s\"},\"status\":\"%s\","
+	    "\"dateCreated\":\"%s\"",
+	    j->id, j->is_export ? "export" : "import", j->id, j->owner,
+	    j->owner, job_status_names[j->status], j->created);
 	if (j->completed[0])
 		emu_buf_addf(b, ",\"dateCompleted\":\"%s\"", j->completed);
 	if (j->error_json)
@@ -2016,8 +2012,8 @@ static void job_json(const struct emu *e, const struct emu_job *j,
 static struct emu_job *job_new(struct emu_ctx *c, const char *tid)
 {
 	struct emu_job *j = emu_xcalloc(1, sizeof(*j));
-	const char *host = MHD_lookup_connection_value(
-	    c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	const char *host = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND,
+						       MHD_HTTP_HEADER_HOST);
 
 	emu_uuid_format(emu_random64(), emu_random64(), j->id);
 	snprintf(j->table_id, sizeof(j->table_id), "%s", tid);
@@ -2282,11 +2278,12 @@ static void s3_error(struct emu_reply *rp, unsigned status, const char *code,
 	struct emu_buf b;
 
 	emu_buf_init(&b);
-	emu_buf_addf(&b,
-		     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s"
-		     "</Code><Message>%s</Message><RequestId>%s</RequestId>"
-		     "</Error>\n",
-		     code, msg, rp->corr);
+	emu_buf_addf(
+	    &b,
+	    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s"
+	    "</Code><Message>%s</Message><RequestId>%s</RequestId>"
+	    "</Error>\n",
+	    code, msg, rp->corr);
 	emu_reply_buf(rp, status, &b);
 	rp->content_type = "application/xml";
 }
@@ -2296,8 +2293,8 @@ static void upload(struct emu_ctx *c, const struct emu_target *r)
 	struct emu *e = c->e;
 	const char *sse = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND,
 						      UPLOAD_SSE_HEADER);
-	const char *sess = MHD_lookup_connection_value(
-	    c->conn, MHD_HEADER_KIND, UPLOAD_SESSION_HEADER);
+	const char *sess = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND,
+						       UPLOAD_SESSION_HEADER);
 	struct emu_job *j;
 	int rc = 0;
 

@@ -32,9 +32,12 @@
 #define ROWS_PAGE_DEFAULT 100
 
 static const char *const route_names[EMU_R_COUNT] = {
-    [EMU_R_TOKEN] = "token",	       [EMU_R_LIST] = "list",
-    [EMU_R_SCHEMA] = "schema",	       [EMU_R_SCHEMA_PUT] = "schema_put",
-    [EMU_R_ROWS_GET] = "rows_get",     [EMU_R_ROWS_UPSERT] = "rows_upsert",
+    [EMU_R_TOKEN] = "token",
+    [EMU_R_LIST] = "list",
+    [EMU_R_SCHEMA] = "schema",
+    [EMU_R_SCHEMA_PUT] = "schema_put",
+    [EMU_R_ROWS_GET] = "rows_get",
+    [EMU_R_ROWS_UPSERT] = "rows_upsert",
     [EMU_R_ROW_DELETE] = "row_delete",
     [EMU_R_FLOWS_LIST] = "flows_list",
     [EMU_R_FLOWS_TABLE] = "flows_table",
@@ -52,7 +55,8 @@ static const char *const route_names[EMU_R_COUNT] = {
 
 /* ---- replies ---- */
 
-void emu_reply_json(struct emu_reply *rp, unsigned status, struct json_object *o)
+void emu_reply_json(struct emu_reply *rp, unsigned status,
+		    struct json_object *o)
 {
 	size_t len;
 	const char *s = json_object_to_json_string_length(
@@ -84,7 +88,7 @@ void emu_reply_empty(struct emu_reply *rp, unsigned status)
 }
 
 void emu_reply_error(struct emu_reply *rp, unsigned status, const char *code,
-			struct json_object *details, const char *fmt, ...)
+		     struct json_object *details, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -331,8 +335,8 @@ static int cursor_parse(const struct emu *e, const char *s, char tag,
 	return 0;
 }
 
-static int page_size(struct emu_reply *rp, struct MHD_Connection *conn, long def,
-		     long max, long *out)
+static int page_size(struct emu_reply *rp, struct MHD_Connection *conn,
+		     long def, long max, long *out)
 {
 	const char *s = query(conn, "pageSize");
 
@@ -342,7 +346,8 @@ static int page_size(struct emu_reply *rp, struct MHD_Connection *conn, long def
 	}
 	if (emu_parse_long(s, 1, max, out)) {
 		emu_reply_error(rp, 400, "bad.request", NULL,
-			    "pageSize must be an integer from 1 to %ld", max);
+				"pageSize must be an integer from 1 to %ld",
+				max);
 		return -EINVAL;
 	}
 	return 0;
@@ -386,7 +391,8 @@ static const char *token_key(const void *item)
 }
 
 static void handle_token(struct emu *e, struct MHD_Connection *conn,
-			 const char *method, struct emu_req *rq, struct emu_reply *rp)
+			 const char *method, struct emu_req *rq,
+			 struct emu_reply *rp)
 {
 	const char *auth = header(conn, MHD_HTTP_HEADER_AUTHORIZATION);
 	char *form_id = NULL, *form_secret = NULL, *grant = NULL, *scope = NULL;
@@ -514,7 +520,7 @@ static void handle_list(struct emu *e, struct MHD_Connection *conn,
 		return;
 	if (c && cursor_parse(e, c, 'L', 0, &pos)) {
 		emu_reply_error(rp, 400, "invalid.cursor", NULL,
-			    "the cursor was not issued by this server");
+				"the cursor was not issued by this server");
 		return;
 	}
 	emu_buf_init(&b);
@@ -558,7 +564,7 @@ static struct emu_table *find_table(struct emu *e, struct emu_reply *rp,
 	pthread_rwlock_unlock(&e->store.lock);
 	if (!t)
 		emu_reply_error(rp, 404, "datatable.not.found", NULL,
-			    "no data table with id '%.64s'", id);
+				"no data table with id '%.64s'", id);
 	return t;
 }
 
@@ -584,7 +590,8 @@ static void handle_schema_get(struct emu *e, struct MHD_Connection *conn,
 }
 
 static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
-			      const char *id, struct emu_req *rq, struct emu_reply *rp)
+			      const char *id, struct emu_req *rq,
+			      struct emu_reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *im = header(conn, MHD_HTTP_HEADER_IF_MATCH);
@@ -597,14 +604,14 @@ static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
 		return;
 	if (!im) {
 		emu_reply_error(rp, 428, "precondition.required", NULL,
-			    "a schema PUT needs If-Match with the schema "
-			    "ETag");
+				"a schema PUT needs If-Match with the schema "
+				"ETag");
 		return;
 	}
 	o = emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
 	if (!o) {
 		emu_reply_error(rp, 400, "bad.request", NULL,
-			    "the body is not JSON");
+				"the body is not JSON");
 		return;
 	}
 	if (emu_schema_parse(o, &next, msg, sizeof(msg))) {
@@ -620,14 +627,16 @@ static void handle_schema_put(struct emu *e, struct MHD_Connection *conn,
 		pthread_rwlock_unlock(&e->store.lock);
 		emu_schema_release(&next);
 		emu_reply_error(rp, 412, "version.mismatch", NULL,
-			    "the schema changed: current version is %s", cur);
+				"the schema changed: current version is %s",
+				cur);
 		return;
 	}
 	if (emu_schema_check_additive(&t->schema, &next, msg, sizeof(msg))) {
 		pthread_rwlock_unlock(&e->store.lock);
 		emu_schema_release(&next);
 		emu_reply_error(rp, 400, "schema.change.not.allowed", NULL,
-			    "only new non-key columns can be added: %s", msg);
+				"only new non-key columns can be added: %s",
+				msg);
 		return;
 	}
 	emu_schema_carry(&t->schema, &next);
@@ -661,7 +670,7 @@ static void handle_rows_get(struct emu *e, struct MHD_Connection *conn,
 		return;
 	if (c && cursor_parse(e, c, 'R', t->id_hash, &pos)) {
 		emu_reply_error(rp, 400, "invalid.cursor", NULL,
-			    "the cursor was not issued by this server");
+				"the cursor was not issued by this server");
 		return;
 	}
 	emu_buf_init(&b);
@@ -734,7 +743,8 @@ static const char *first_key(const struct emu_schema *s)
 }
 
 static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
-			     const char *id, struct emu_req *rq, struct emu_reply *rp)
+			     const char *id, struct emu_req *rq,
+			     struct emu_reply *rp)
 {
 	struct emu_table *t = find_table(e, rp, id);
 	const char *up = query(conn, "upsert");
@@ -753,27 +763,27 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 	o = emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
 	if (!o || !json_object_is_type(o, json_type_array)) {
 		emu_reply_error(rp, 400, "bad.request", NULL,
-			    "the body must be a JSON array of rows");
+				"the body must be a JSON array of rows");
 		goto out;
 	}
 	n = json_object_array_length(o);
 	if (n == 0) {
 		emu_reply_error(rp, 400, "bad.request", NULL,
-			    "the body must hold 1 to %d rows", MAX_BATCH);
+				"the body must hold 1 to %d rows", MAX_BATCH);
 		goto out;
 	}
 	if (n > MAX_BATCH) {
 		emu_reply_error(rp, 413, "request.entity.too.large", NULL,
-			    "%zu rows in one request; the limit is %d", n,
-			    MAX_BATCH);
+				"%zu rows in one request; the limit is %d", n,
+				MAX_BATCH);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (!json_object_is_type(json_object_array_get_idx(o, i),
 					 json_type_object)) {
-			emu_reply_error(rp, 400, "bad.request", NULL,
-				    "element %zu of the body is not an object",
-				    i);
+			emu_reply_error(
+			    rp, 400, "bad.request", NULL,
+			    "element %zu of the body is not an object", i);
 			goto out;
 		}
 	}
@@ -793,9 +803,9 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 			emu_row_errors_add(&errs, i, keycol, "duplicate.key");
 	}
 	if (errs.n) {
-		emu_reply_error(rp, 400, "invalid.row", details_json(&errs),
-			    "%zu problem(s) in the batch; nothing was written",
-			    errs.n);
+		emu_reply_error(
+		    rp, 400, "invalid.row", details_json(&errs),
+		    "%zu problem(s) in the batch; nothing was written", errs.n);
 		goto out;
 	}
 	if (!upsert) {
@@ -805,10 +815,10 @@ static void handle_rows_post(struct emu *e, struct MHD_Connection *conn,
 						   "duplicate.key");
 		if (errs.n) {
 			emu_reply_error(rp, 409, "duplicate.key",
-				    details_json(&errs),
-				    "%zu row(s) already exist; nothing was "
-				    "written",
-				    errs.n);
+					details_json(&errs),
+					"%zu row(s) already exist; nothing was "
+					"written",
+					errs.n);
 			goto out;
 		}
 	}
@@ -866,7 +876,7 @@ static void handle_row_delete(struct emu *e, const char *id, const char *row_id,
 	pthread_rwlock_unlock(&e->store.lock);
 	if (rc) {
 		emu_reply_error(rp, 404, "datatable.row.not.found", NULL,
-			    "no row with id '%.64s'", row_id);
+				"no row with id '%.64s'", row_id);
 		return;
 	}
 	pthread_mutex_lock(&e->lock);
@@ -1010,19 +1020,19 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 	if (limited) {
 		rp->retry_after = rp->rl_reset;
 		emu_reply_error(rp, 429, "too.many.requests.retry.after", NULL,
-			    "Rate limit exceeded the maximum. Retry the "
-			    "request in [%ld] seconds",
-			    rp->rl_reset);
+				"Rate limit exceeded the maximum. Retry the "
+				"request in [%ld] seconds",
+				rp->rl_reset);
 		goto out;
 	}
 	if (!tok) {
 		emu_reply_error(rp, 401, "authentication.required", NULL,
-			    "a valid bearer token is required");
+				"a valid bearer token is required");
 		goto out;
 	}
 	if (r.bad_method) {
 		emu_reply_error(rp, 405, "method.not.allowed", NULL,
-			    "%s is not allowed on this resource", method);
+				"%s is not allowed on this resource", method);
 		goto out;
 	}
 	if (r.route < 0) {
@@ -1030,35 +1040,38 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 		goto out;
 	}
 	bool get = strcmp(method, "GET") == 0;
-	unsigned need = r.prod ? (get ? EMU_SCOPE_ARCH_READ : EMU_SCOPE_ARCH_WRITE)
-			       : (get ? EMU_SCOPE_READ : EMU_SCOPE_WRITE);
+	unsigned need = r.prod
+			    ? (get ? EMU_SCOPE_ARCH_READ : EMU_SCOPE_ARCH_WRITE)
+			    : (get ? EMU_SCOPE_READ : EMU_SCOPE_WRITE);
 	if (!(scopes & need)) {
 		emu_reply_error(rp, 403, "missing.permissions", NULL,
-			    "the token lacks the scope %s",
-			    need == EMU_SCOPE_READ	 ? "data-table:read"
-			    : need == EMU_SCOPE_WRITE	 ? "data-table:write"
-			    : need == EMU_SCOPE_ARCH_READ ? "architect:readonly"
-							 : "architect");
+				"the token lacks the scope %s",
+				need == EMU_SCOPE_READ	  ? "data-table:read"
+				: need == EMU_SCOPE_WRITE ? "data-table:write"
+				: need == EMU_SCOPE_ARCH_READ
+				    ? "architect:readonly"
+				    : "architect");
 		goto out;
 	}
 	if (fail_status) {
 		if (fail_status == 503)
-			emu_reply_error(rp, 503,
-				    r.prod ? "flows.datatables.server.too.busy"
-					   : "server.too.busy",
-				    NULL, "injected fault: server too busy");
+			emu_reply_error(
+			    rp, 503,
+			    r.prod ? "flows.datatables.server.too.busy"
+				   : "server.too.busy",
+			    NULL, "injected fault: server too busy");
 		else if (fail_status == 502)
 			emu_reply_error(rp, 502, "bad.gateway", NULL,
-				    "injected fault: bad gateway");
+					"injected fault: bad gateway");
 		else
 			emu_reply_error(rp, (unsigned)fail_status,
-				    "internal.server.error", NULL,
-				    "injected fault");
+					"internal.server.error", NULL,
+					"injected fault");
 		goto out;
 	}
 	if (rq->too_large) {
 		emu_reply_error(rp, 413, "request.entity.too.large", NULL,
-			    "the body is larger than %u bytes", MAX_BODY);
+				"the body is larger than %u bytes", MAX_BODY);
 		goto out;
 	}
 	if (r.prod) {
@@ -1210,7 +1223,8 @@ static int config_long(struct json_object *v, long min, long max, long *out)
 	return 0;
 }
 
-static void control_config(struct emu *e, struct emu_req *rq, struct emu_reply *rp)
+static void control_config(struct emu *e, struct emu_req *rq,
+			   struct emu_reply *rp)
 {
 	struct json_object *o =
 	    emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
@@ -1220,7 +1234,7 @@ static void control_config(struct emu *e, struct emu_req *rq, struct emu_reply *
 	if (!o || !json_object_is_type(o, json_type_object)) {
 		json_object_put(o);
 		emu_reply_error(rp, 400, "bad.request", NULL,
-			    "the body must be a JSON object");
+				"the body must be a JSON object");
 		return;
 	}
 	pthread_mutex_lock(&e->lock);
@@ -1264,15 +1278,14 @@ static void control_config(struct emu *e, struct emu_req *rq, struct emu_reply *
 		} else if (strcmp(k, "max_name_length") == 0) {
 			rc = config_long(v, 1, 100000, &c.max_name_length);
 		} else if (strcmp(k, "max_flows_page_size") == 0) {
-			rc = config_long(v, 1, 1000000,
-					 &c.max_flows_page_size);
+			rc = config_long(v, 1, 1000000, &c.max_flows_page_size);
 		} else if (strcmp(k, "download_status") == 0) {
 			rc = config_long(v, 302, 303, &c.download_status);
 		}
 		if (rc) {
 			pthread_mutex_unlock(&e->lock);
 			emu_reply_error(rp, 400, "bad.request", NULL,
-				    "bad or unknown config key '%.64s'", k);
+					"bad or unknown config key '%.64s'", k);
 			json_object_put(o);
 			return;
 		}
@@ -1294,12 +1307,13 @@ static void control_config(struct emu *e, struct emu_req *rq, struct emu_reply *
 }
 
 static void handle_control(struct emu *e, struct MHD_Connection *conn,
-			   const char *method, const char *url, struct emu_req *rq,
-			   struct emu_reply *rp)
+			   const char *method, const char *url,
+			   struct emu_req *rq, struct emu_reply *rp)
 {
 	if (!is_loopback(conn)) {
-		emu_reply_error(rp, 403, "forbidden", NULL,
-			    "control endpoints answer loopback clients only");
+		emu_reply_error(
+		    rp, 403, "forbidden", NULL,
+		    "control endpoints answer loopback clients only");
 		return;
 	}
 	if (strcmp(url, "/_emu/stats") == 0 && strcmp(method, "GET") == 0) {
@@ -1341,7 +1355,7 @@ static void handle_control(struct emu *e, struct MHD_Connection *conn,
 		emu_reply_json(rp, 200, o);
 	} else {
 		emu_reply_error(rp, 404, "not.found", NULL,
-			    "unknown control endpoint");
+				"unknown control endpoint");
 	}
 }
 
@@ -1404,7 +1418,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 	} else if (emu_transfer_classify(method, rq->raw_path, &target)) {
 		handle_transfer(e, conn, method, rq, &rp, &target);
 	} else {
-		emu_reply_error(&rp, 404, "not.found", NULL, "no such resource");
+		emu_reply_error(&rp, 404, "not.found", NULL,
+				"no such resource");
 	}
 	log_debug("%s %s -> %u", method, url, rp.status);
 	ret = send_reply(e, conn, &rp);

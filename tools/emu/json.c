@@ -325,8 +325,7 @@ static struct json_object *parse_value(struct jp *p, int depth)
 	case '"':
 		if (parse_string(p))
 			goto fail;
-		return json_object_new_string_len(p->tmp.data,
-						  (int)p->tmp.len);
+		return json_object_new_string_len(p->tmp.data, (int)p->tmp.len);
 	case 't':
 		if (parse_literal(p, "true"))
 			goto fail;
@@ -341,8 +340,8 @@ static struct json_object *parse_value(struct jp *p, int depth)
 		return NULL;
 	default: {
 		bool integer;
-		size_t len = emu_json_number_len(p->s + p->i, p->n - p->i,
-						 &integer);
+		size_t len =
+		    emu_json_number_len(p->s + p->i, p->n - p->i, &integer);
 
 		if (!len)
 			goto fail;

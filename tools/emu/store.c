@@ -130,6 +130,29 @@ int emu_store_insert(struct emu_store *s, struct emu_table *t)
 	return 0;
 }
 
+void emu_store_rename(struct emu_store *s, struct emu_table *t,
+		      const char *name)
+{
+	size_t at = 0, to = 0;
+
+	if (strcmp(t->name, name) == 0)
+		return;
+	free(t->name);
+	t->name = emu_xstrdup(name);
+	/* move it to its place in name order */
+	for (size_t i = 0; i < s->ntables; i++)
+		if (s->tables[i] == t)
+			at = i;
+	memmove(&s->tables[at], &s->tables[at + 1],
+		(s->ntables - at - 1) * sizeof(*s->tables));
+	for (size_t i = 0; i + 1 < s->ntables; i++)
+		if (strcmp(s->tables[i]->name, name) < 0)
+			to = i + 1;
+	memmove(&s->tables[to + 1], &s->tables[to],
+		(s->ntables - 1 - to) * sizeof(*s->tables));
+	s->tables[to] = t;
+}
+
 void emu_store_remove(struct emu_store *s, struct emu_table *t)
 {
 	for (size_t i = 0; i < s->ntables; i++) {
@@ -142,8 +165,8 @@ void emu_store_remove(struct emu_store *s, struct emu_table *t)
 	}
 	t->deleted = true;
 	emu_table_touch(s, t);
-	s->graveyard = emu_xrealloc(
-	    s->graveyard, (s->ngraveyard + 1) * sizeof(*s->graveyard));
+	s->graveyard = emu_xrealloc(s->graveyard, (s->ngraveyard + 1) *
+						      sizeof(*s->graveyard));
 	s->graveyard[s->ngraveyard++] = t;
 }
 
@@ -570,19 +593,11 @@ void emu_table_put(struct emu_table *t, struct emu_pending *p, bool *inserted)
 
 int emu_table_delete(struct emu_table *t, const char *row_id)
 {
-	struct emu_row *r = emu_map_del(&t->by_id, row_id);
+	struct emu_row *r = emu_map_get(&t->by_id, row_id);
 
 	if (!r)
 		return -ENOENT;
-	emu_map_del(&t->by_key, emu_row_key(r));
-	size_t pos = r->pos;
-
-	memmove(&t->rows[pos], &t->rows[pos + 1],
-		(t->nrows - pos - 1) * sizeof(*t->rows));
-	t->nrows--;
-	for (size_t i = pos; i < t->nrows; i++)
-		t->rows[i]->pos = i;
-	free(r);
+	emu_table_remove_row(t, r);
 	return 0;
 }
 
@@ -734,7 +749,8 @@ static bool is_collection(const char *path)
 		char sub[4096 + 256 + 2];
 		struct stat st;
 
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
 			continue;
 		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
 		if (stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
@@ -980,8 +996,9 @@ int emu_schema_parse_prod(struct json_object *o, struct emu_schema *out,
 	if (!json_object_is_type(o, json_type_object) ||
 	    !json_object_object_get_ex(o, "properties", &props) ||
 	    !json_object_is_type(props, json_type_object)) {
-		snprintf(msg, msgsz,
-			 "the schema must be a JSON Schema with \"properties\"");
+		snprintf(
+		    msg, msgsz,
+		    "the schema must be a JSON Schema with \"properties\"");
 		return -EINVAL;
 	}
 	v = emu_xcalloc((size_t)json_object_object_length(props) + 1,
@@ -1102,13 +1119,13 @@ void emu_schema_prod_json(const struct emu_table *t, int keycol,
 		const struct emu_column *c = &s->cols[i];
 		const char *pname = emu_prod_name(t, keycol, i);
 		struct json_object *jn = json_object_new_string(pname);
-		struct json_object *id = json_object_new_string("/properties/");
 		struct json_object *tt =
 		    json_object_new_string(c->title ? c->title : c->name);
 		char idtext[512];
+		struct json_object *id;
 
 		snprintf(idtext, sizeof(idtext), "/properties/%s", pname);
-		json_object_set_string(id, idtext);
+		id = json_object_new_string(idtext);
 		emu_buf_addf(b, "%s%s:{\"$id\":", k ? "," : "",
 			     emu_json_text(jn));
 		emu_buf_adds(b, emu_json_text(id));

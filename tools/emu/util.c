@@ -471,9 +471,8 @@ void emu_scope_names(unsigned scopes, char *out, size_t outsz)
 		unsigned b = scope_table[i].bits;
 
 		/* architect:readonly only when architect is not granted */
-		if ((scopes & b) != b ||
-		    (b == EMU_SCOPE_ARCH_READ &&
-		     (scopes & EMU_SCOPE_ARCH_WRITE)))
+		if ((scopes & b) != b || (b == EMU_SCOPE_ARCH_READ &&
+					  (scopes & EMU_SCOPE_ARCH_WRITE)))
 			continue;
 		int n = snprintf(out + o, outsz - o, "%s%s", o ? " " : "",
 				 scope_table[i].name);
