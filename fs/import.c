@@ -1120,15 +1120,14 @@ static int spool_csv(struct fs_import *im, const char *spool, char **csv,
  * rejects.jsonl under their lines. A Failed job is -EIO with the
  * platform's message in the log and status.json.
  */
-static int send_job(struct fs_import *im, const char *spool, bool replace_all)
+static int send_job(struct fs_import *im, const char *spool)
 {
 	struct fs_engine *eng = im->eng;
 	struct fs_table *t = im->t;
 	struct api_job job = { 0 };
 	struct cache_spool_batch b = { 0 };
 	struct fs_diff d;
-	char *csv = NULL, *after = NULL, *missing = NULL, *absent = NULL;
-	char why[256];
+	char *csv = NULL, *after = NULL, *missing = NULL, why[256];
 	size_t len = 0, i;
 	int rc, crc;
 
@@ -1139,7 +1138,7 @@ static int send_job(struct fs_import *im, const char *spool, bool replace_all)
 		return rc == -EINVAL ? -EIO : rc;
 	}
 	atomic_fetch_add(&im->chunks_sent, 1);
-	rc = api_import_csv(eng->api, t->id, csv, len, replace_all, &job);
+	rc = api_import_csv(eng->api, t->id, csv, len, false, &job);
 	free(csv);
 	if (rc == -EIO && job.status && !strcmp(job.status, "Failed")) {
 		snprintf(why, sizeof(why), "CSV import job failed: %s",
@@ -1155,19 +1154,11 @@ static int send_job(struct fs_import *im, const char *spool, bool replace_all)
 	crc = fs_table_invalidate(eng, t);
 	(void)crc;
 	missing = fs_spool_name(t, "missing");
-	absent = replace_all ? fs_spool_name(t, "absent") : NULL;
-	if (!missing || (replace_all && !absent)) {
+	if (!missing) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	rc = fs_diff_spool(eng, t, &im->schema, spool, missing, absent, &d);
-	if (!rc && replace_all && d.absent) {
-		log_err("replace of '%s': %" PRIu64 " rows the file lacks are "
-			"still in the table after the ReplaceAll job", t->name,
-			d.absent);
-		rc = -EIO;
-		goto out;
-	}
+	rc = fs_diff_spool(eng, t, &im->schema, spool, missing, NULL, &d);
 	if (rc) {
 		log_err("import into '%s': the CSV job succeeded but the table "
 			"cannot be read back to check it: %s", t->name,
@@ -1213,11 +1204,6 @@ out:
 		crc = cache_spool_clear(eng->cache, missing);
 		(void)crc;
 	}
-	if (absent) {
-		crc = cache_spool_clear(eng->cache, absent);
-		(void)crc;
-	}
-	free(absent);
 	free(missing);
 	free(after);
 	api_job_release(&job);
@@ -1231,6 +1217,10 @@ out:
  * whatever made the read fail. A replace (the stream was the whole table)
  * also deletes the rows the stream lacks, after every row landed and only
  * when no line was quarantined; it cannot go on without the comparison.
+ * Deletes go one row at a time in both dialects: a ReplaceAll CSV job would
+ * re-send every row through CSV, which cannot tell an absent value from an
+ * empty one (the emulator, like the platform, reads an empty cell as a
+ * value), so unchanged rows would change.
  */
 static int send_changed(struct fs_import *im)
 {
@@ -1238,7 +1228,7 @@ static int send_changed(struct fs_import *im)
 	struct fs_table *t = im->t;
 	const char *spool = im->send;
 	bool del = im->replace && !atomic_load(&im->quarantined);
-	bool job = false, replace_all = false;
+	bool job = false;
 	char *absent = NULL;
 	struct fs_diff d;
 	uint64_t ndel = 0, gone = 0;
@@ -1277,40 +1267,25 @@ static int send_changed(struct fs_import *im)
 		if (n == 0 && ndel == 0)
 			goto out;	/* nothing differs: the table and its
 					   cached version stay as they are */
-		if (eng->caps.csv_jobs && n + ndel >= job_threshold(im, &d)) {
+		if (eng->caps.csv_jobs && n >= job_threshold(im, &d))
 			job = true;
-			/* deletes too: one ReplaceAll of the whole file */
-			replace_all = ndel > 0;
-		}
 	}
-	im->route = replace_all ? "replace job"
-		    : job	? "job"
-		    : eng->caps.row_ops ? "rows"
-					: "upsert";
-	log_info("import into '%s': %zu rows to send, %" PRIu64 " to delete, "
-		 "by %s", t->name, n, ndel,
-		 replace_all ? "one ReplaceAll CSV job"
-		 : job	     ? "one CSV import job"
-		 : eng->caps.row_ops ? "single-row requests"
-				     : "upsert chunks");
+	im->route = job ? "job" : eng->caps.row_ops ? "rows" : "upsert";
+	log_info("import into '%s': %zu rows to send by %s, %" PRIu64
+		 " to delete", t->name, n,
+		 job ? "one CSV import job" : eng->caps.row_ops
+						  ? "single-row requests"
+						  : "upsert chunks", ndel);
 	/* the table is about to change: forget the cached version first, so
 	 * a daemon killed mid-upload leaves no copy that a later mount would
 	 * serve as fresh within its revalidate window */
 	crc = fs_table_invalidate(eng, t);
 	(void)crc;
-	if (replace_all) {
-		rc = send_job(im, t->id, true);
-		if (!rc)
-			atomic_store(&im->deleted, ndel);
-	} else {
-		rc = n ? job ? send_job(im, spool, false) : upload(im, spool)
-		       : 0;
-		/* a line the API refused is quarantined: delete nothing */
-		if (!rc && ndel && !atomic_load(&im->quarantined)) {
-			rc = fs_replace_delete(eng, t, &im->schema, absent,
-					       &gone);
-			atomic_store(&im->deleted, gone);
-		}
+	rc = n ? job ? send_job(im, spool) : upload(im, spool) : 0;
+	/* a line the API refused is quarantined: delete nothing */
+	if (!rc && ndel && !atomic_load(&im->quarantined)) {
+		rc = fs_replace_delete(eng, t, &im->schema, absent, &gone);
+		atomic_store(&im->deleted, gone);
 	}
 	/* what landed changed the table: the next read must refetch */
 	crc = fs_table_invalidate(eng, t);

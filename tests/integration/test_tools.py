@@ -406,3 +406,67 @@ def test_unsupported_operations_fail_with_conventional_errnos(sample):
     assert e.value.errno == errno.EXDEV
     os.unlink(tmp)
     assert table_entries(m) == OWN
+
+
+# ---- replace in the production dialect -----------------------------------------
+
+@pytest.mark.parametrize("job_rows", ["1000", "5"])
+def test_replace_in_the_flows_dialect(emu_factory, mount_factory, tmp_path,
+                                      job_rows):
+    """Deletes go by key, one request each, whether the changed rows go
+    one by one or as one CSV job (job_rows=5): a ReplaceAll job would
+    re-send every row through CSV and change rows with absent values."""
+    emu = emu_factory("--generate", "Big:600")
+    m = mount_factory(emu, opts=f"api=flows,replace,job_rows={job_rows}")
+    m.start()
+    rows = m.file("Big", "rows.jsonl")
+    lines = slurp(rows).decode().splitlines()
+    before = {r["customer_id"]: r for r in emu.rows("Big")}
+    gone = {json.loads(line)["key"] for line in lines[10:18]}
+    new = [json.loads(line) for line in lines[:10]]
+    for r in new:
+        r["visits"] = 424242
+    keep = [json.dumps(r, separators=(",", ":")) for r in new] + lines[18:]
+    src = tmp_path / "keep.jsonl"
+    src.write_text("".join(line + "\n" for line in keep))
+    s0 = emu.stats()
+    ok(f"cp '{src}' '{rows}'")
+    s1 = emu.stats()
+    after = {r["customer_id"]: r for r in emu.rows("Big")}
+    assert len(after) == 592 and not (set(after) & gone)
+    assert route(emu, "flows_row_delete", s1) - \
+        route(emu, "flows_row_delete", s0) == 8
+    for r in new:
+        assert after[r["key"]]["visits"] == 424242
+    # the rows the file did not change are as they were
+    for k, r in after.items():
+        if r.get("visits") != 424242:
+            assert r == before[k]
+    st = status(m, "Big")["import"]
+    assert st["rows_deleted"] == 8
+    assert st["route"] == ("job" if job_rows == "5" else "rows")
+
+
+# ---- more tools ------------------------------------------------------------------
+
+def test_pv_and_tee_a(sample, tmp_path):
+    emu, m = sample
+    rows = m.file("Customers", "rows.jsonl")
+    ok(f"pv -q '{rows}' > '{tmp_path}/pv.jsonl'")
+    assert slurp(tmp_path / "pv.jsonl") == \
+        expected_jsonl(emu, "Customers", CUSTOMERS)
+    ok(f"echo '{cust(70)}' | tee -a '{rows}' >/dev/null")
+    assert "NEW-00070" in keys(emu)
+    p = run(f"echo '{{\"customer_id\":\"T\",\"loyalty_tier\":\"x\"}}' | "
+            f"tee -a '{rows}' >/dev/null")
+    assert p.returncode != 0
+
+
+def test_chown_to_the_owner_only(sample):
+    emu, m = sample
+    rows = m.file("Customers", "rows.jsonl")
+    os.chown(rows, os.getuid(), os.getgid())
+    if os.getuid() == 0:
+        with pytest.raises(OSError) as e:
+            os.chown(rows, 12345, -1)
+        assert e.value.errno == errno.EPERM
