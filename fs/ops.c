@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -888,6 +889,20 @@ static int fs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 	return 0;
 }
 
+/* select() and poll() of a file: ready, as a regular file always is. Here
+ * and not left to libfuse, whose default for a missing poll leaks the
+ * poll handle (pv polls its input). */
+static int fs_poll(const char *path, struct fuse_file_info *fi,
+		   struct fuse_pollhandle *ph, unsigned *reventsp)
+{
+	(void)path;
+	(void)fi;
+	if (ph)
+		fuse_pollhandle_destroy(ph);
+	*reventsp |= POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM;
+	return 0;
+}
+
 const struct fuse_operations fs_ops = {
 	.init = fs_init,
 	.destroy = fs_destroy,
@@ -906,4 +921,5 @@ const struct fuse_operations fs_ops = {
 	.unlink = fs_unlink,
 	.rename = fs_rename,
 	.fsync = fs_fsync,
+	.poll = fs_poll,
 };
