@@ -351,6 +351,23 @@ def test_replace_by_rename_and_nothing_on_quarantine(replacing, tmp_path):
     assert len(emu.rows("Customers")) == 2991
 
 
+@pytest.mark.parametrize("opts,deleted", [("", 0), ("replace", 1)])
+def test_vim_deleting_a_line(emu_factory, mount_factory, opts, deleted):
+    """vim's :2d then :wq deletes that row with -o replace, and nothing
+    without it."""
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu, opts=opts).start()
+    rows = m.file("Customers", "rows.jsonl")
+    k = json.loads(slurp(rows).decode().splitlines()[1])["customer_id"]
+    w0 = writes(emu)
+    ok(f"vim -u NONE -i NONE -n -e -s -c '2d' -c 'wq' '{rows}' < /dev/null",
+       timeout=120)
+    w1 = writes(emu)
+    assert (k in keys(emu)) == (deleted == 0)
+    assert w1[1] - w0[1] == deleted and w1[0] == w0[0]
+    assert table_entries(m) == OWN
+
+
 # ---- no side effects without writes -------------------------------------------
 
 def test_open_without_writing_changes_nothing(sample):
