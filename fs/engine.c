@@ -527,10 +527,10 @@ int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
 		if (rc)
 			break;
 		n = strlen(row);
-		if (len + n + 1 > cap) {
+		if (len + n + 2 > cap) {	/* the line, '\n' and the NUL */
 			char *g;
 
-			while (len + n + 1 > cap)
+			while (len + n + 2 > cap)
 				cap *= 2;
 			g = realloc(out, cap);
 			if (!g) {
@@ -549,6 +549,7 @@ int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
 		free(out);
 		return rc == -ENOMEM ? rc : -EINVAL;
 	}
+	out[len] = '\0';	/* api_page data is NUL-terminated */
 	free(p->data);
 	p->data = out;
 	p->len = len;

@@ -19,7 +19,7 @@ def test_ls_schema_export(emu_factory, tmp_path):
     code, out, err = dtfsctl(emu, tmp_path / "c", "ls")
     assert code == 0, err
     assert out.decode().splitlines() == sorted(
-        ["Customers", "Holidays/2025", "PriceList", "RoutingRules"])
+        ["Customers", "Holidays/2025", "RoutingRules"])
     code, out, err = dtfsctl(emu, tmp_path / "c", "schema", "Customers")
     assert code == 0, err
     assert [c["name"] for c in json.loads(out)["columns"]] == CUSTOMERS
