@@ -764,7 +764,6 @@ static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 	enum fs_file file;
 	int rc;
 
-	(void)fi;
 	rc = scratch_of(path, &t, &file, &sc);
 	if (rc < 0)
 		return rc;
@@ -773,7 +772,7 @@ static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 		fs_scratch_put(sc);
 		return 0;
 	}
-	rc = fs_getattr(path, &st, NULL);
+	rc = fs_getattr(path, &st, fi);
 	if (rc)
 		return rc;
 	return (mode & 07777) == (st.st_mode & 07777) ? 0 : -EPERM;
