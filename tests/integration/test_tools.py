@@ -487,3 +487,27 @@ def test_chown_to_the_owner_only(sample):
         with pytest.raises(OSError) as e:
             os.chown(rows, 12345, -1)
         assert e.value.errno == errno.EPERM
+
+
+def test_tools_in_the_flows_dialect(emu_factory, mount_factory):
+    """The same routes in the production dialect: `>>` commits at write(),
+    sed -i imports through a scratch file, one changed row is one PUT."""
+    emu = emu_factory("--generate", "Big:300")
+    m = mount_factory(emu, opts="api=flows").start()
+    rows = m.file("Big", "rows.jsonl")
+    p = run(f"echo '{{\"key\":\"X\",\"loyalty_tier\":\"four\"}}' >> '{rows}'")
+    assert p.returncode != 0 and b"write error" in p.stderr
+    ok(f"echo '{{\"key\":\"APP-1\",\"loyalty_tier\":3}}' >> '{rows}'")
+    assert "APP-1" in {r["customer_id"] for r in emu.rows("Big")}
+    k = json.loads(slurp(rows).decode().splitlines()[5])["key"]
+    s0 = emu.stats()
+    ok(f"sed -i '6s/\"loyalty_tier\":[^,}}]*/\"loyalty_tier\":9999/' "
+       f"'{rows}'")
+    s1 = emu.stats()
+    got = {r["customer_id"]: r for r in emu.rows("Big")}
+    assert got[k]["loyalty_tier"] == 9999
+    assert route(emu, "flows_row_put", s1) - \
+        route(emu, "flows_row_put", s0) == 1
+    assert route(emu, "flows_row_post", s1) == route(emu, "flows_row_post",
+                                                     s0)
+    assert table_entries(m, "Big") == OWN
