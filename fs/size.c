@@ -3,7 +3,9 @@
  *
  * tar and rsync read st_size bytes of a regular file, whatever is there:
  * a size of 0 for a table not yet cached made them store empty files with
- * exit status 0. So when no complete version is cached, the table is read
+ * exit status 0, and the size of a version older than the one an open
+ * would read cut them short. So the version is revalidated as an open
+ * would do it, and when it is not completely cached the table is read
  * whole through an ordinary reader: its pages land in the cache (shared
  * with readers of the same table, whose frontier fetch is one at a time,
  * so a stat racing a cat fetches each page once), and the next open reads
@@ -26,12 +28,23 @@ int fs_table_rows_exact_size(struct fs_engine *eng, struct fs_table *t,
 	int rc;
 
 	*size = fs_table_rows_size(eng, t, gen);
-	if (*gen || eng->cfg.lazy_size)
+	if (eng->cfg.lazy_size)
 		return 0;
-	buf = malloc(SIZE_READ);
-	if (!buf)
-		return -ENOMEM;
+	/* the open revalidates as every open does (at most once per
+	 * `revalidate` seconds): a size cached before an import or a change
+	 * on the server would cut tar's copy short */
 	rc = fs_reader_open(eng, t, &rd);
+	if (!rc && fs_reader_complete(rd, size)) {
+		*gen = fs_reader_gen(rd);
+		fs_reader_close(rd);
+		return 0;
+	}
+	buf = malloc(SIZE_READ);
+	if (!buf) {
+		if (rd)
+			fs_reader_close(rd);
+		return -ENOMEM;
+	}
 	while (!rc) {
 		rc = fs_reader_read(rd, off, buf, SIZE_READ, &n);
 		if (rc || n < SIZE_READ)

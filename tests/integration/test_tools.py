@@ -253,6 +253,31 @@ def test_mv_onto_rows_from_outside_and_inside(sample, tmp_path):
     ok(f"mv '{inside}' '{rows}'")
     assert "NEW-00011" in keys(emu)
     assert table_entries(m) == OWN
+    # the size right after an import is the new version's
+    assert os.stat(rows).st_size == len(slurp(rows)) == \
+        len(expected_jsonl(emu, "Customers", CUSTOMERS))
+
+
+def test_size_follows_a_change_on_the_server(emu_factory, mount_factory,
+                                             tmp_path):
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu, opts="revalidate=0").start()
+    rows = m.file("Customers", "rows.jsonl")
+    first = slurp(rows)
+    assert os.stat(rows).st_size == len(first)
+    emu.upsert("Customers", [{"customer_id": "SRV-1", "loyalty_tier": 1}])
+    want = expected_jsonl(emu, "Customers", CUSTOMERS)
+    assert len(want) > len(first)
+    # tar, which copies st_size bytes, gets the new version whole, or (the
+    # kernel keeps attributes up to a second) says the file changed: never
+    # a short copy with exit status 0
+    p = run(f"tar cf '{tmp_path}/t.tar' -C '{m.table('Customers')}' "
+            "rows.jsonl")
+    if p.returncode == 0:
+        with tarfile.open(tmp_path / "t.tar") as tar:
+            assert tar.extractfile("rows.jsonl").read() == want
+    else:
+        assert b"changed as we read it" in p.stderr
 
 
 def test_mv_of_a_refused_file_fails_and_keeps_it(sample):
