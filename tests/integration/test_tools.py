@@ -15,7 +15,7 @@ import tarfile
 
 import pytest
 
-from mount import DATA_DIR, expected_jsonl
+from mount import DATA_DIR, dtfsctl, expected_jsonl
 
 CUSTOMERS = ["customer_id", "last_interaction", "loyalty_tier"]
 
@@ -391,6 +391,24 @@ def test_vim_deleting_a_line(emu_factory, mount_factory, opts, deleted):
     assert (k in keys(emu)) == (deleted == 0)
     assert w1[1] - w0[1] == deleted and w1[0] == w0[0]
     assert table_entries(m) == OWN
+
+
+def test_dtfsctl_import_replaces_with_the_same_option(emu_factory,
+                                                     tmp_path):
+    emu = emu_factory("--data", DATA_DIR)
+    cache = tmp_path / "c"
+    code, out, err = dtfsctl(emu, cache, "export", "Customers")
+    assert code == 0, err
+    src = tmp_path / "few.jsonl"
+    src.write_bytes(b"".join(out.splitlines(keepends=True)[:2990]))
+    code, _, err = dtfsctl(emu, cache, "import", "Customers", str(src))
+    assert code == 0, err
+    assert len(emu.rows("Customers")) == 3000	# upserts only
+    code, _, err = dtfsctl(emu, cache, "import", "Customers", str(src),
+                           opts="replace")
+    assert code == 0, err
+    assert len(emu.rows("Customers")) == 2990
+    assert emu.stats()["rows_deleted"] == 10
 
 
 # ---- no side effects without writes -------------------------------------------
