@@ -646,7 +646,11 @@ int api_check(struct api *api)
 
 int api_list_tables(struct api *api, struct api_table_list *out)
 {
-	return api->dialect->list_tables(api, out);
+	int rc = api->dialect->list_tables(api, out);
+
+	if (!rc)
+		api_http_learn_names(api, out);
+	return rc;
 }
 
 int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,

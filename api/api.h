@@ -25,7 +25,8 @@
  *   -EPROTO     the server sent something that is not the JSON we expect
  *   -EIO        5xx or 429 after the retry budget is spent, other statuses
  *   -ETIMEDOUT  the server did not answer in time after the retry budget
- *   -ENOTCONN   the server cannot be reached (connect refused, DNS)
+ *   -EHOSTUNREACH the server cannot be reached (connect refused, DNS),
+ *               or the circuit breaker holds while it is known down
  *   -ENOMEM     out of memory
  *   -EEXIST     409 (insert-only upsert hit an existing key)
  *   -ESTALE     412 (If-Match version mismatch)
@@ -100,7 +101,7 @@ struct api_caps {
 void api_get_caps(struct api *api, struct api_caps *out);
 
 /* Fetch a token now: proves the credentials and that the API is reachable.
- * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO (also -EPROTO when the
+ * Returns 0, -EACCES, -EHOSTUNREACH, -ETIMEDOUT, -EIO (also -EPROTO when the
  * answer holds no token, -ENOMEM). */
 int api_check(struct api *api) API_WARN_UNUSED;
 

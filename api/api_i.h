@@ -222,7 +222,7 @@ void token_init(struct api_token *t);
 void token_destroy(struct api_token *t);
 /* A copy of a valid token (malloc'ed; caller frees, after wiping) and its
  * generation. Fetches one when needed; one thread fetches, others wait.
- * Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO, -ENOMEM, -EPROTO. */
+ * Returns 0, -EACCES, -EHOSTUNREACH, -ETIMEDOUT, -EIO, -ENOMEM, -EPROTO. */
 int token_get(struct api *api, char **out, uint64_t *gen);
 /* The token of generation gen was refused: forget it (unless a newer one
  * replaced it already). */
@@ -382,10 +382,16 @@ struct api {
 	struct api_http_pool *pool;
 	/* numbered pages: the largest page size not refused so far */
 	_Atomic unsigned max_page;
+	/* the token endpoint refused the dialect's scope: ask without */
+	_Atomic bool scope_refused;
 
 	_Atomic uint64_t n_requests, n_retries, n_throttled, n_server_errors,
 	    n_unauthorized, n_tokens;
 };
+
+/* Remember the names of the tables listed (api_list_tables), so that
+ * messages about a table name it rather than its id. */
+void api_http_learn_names(struct api *api, const struct api_table_list *list);
 
 /* Monotonic seconds. */
 double api_now(void);

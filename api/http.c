@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -52,6 +53,14 @@ struct api_http_pool {
 	size_t spare_bytes; /* their capacity in all, <= API_SPARE_TOTAL */
 	CURLSH *share;
 	pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+
+	/* table names by id, from the last listing: messages name tables */
+	pthread_mutex_t names_mu;
+	struct api_table_list names;
+
+	/* the circuit breaker (breaker_enter) */
+	atomic_llong cb_open_ms; /* last refused connection, 0: closed */
+	atomic_bool cb_probing;	 /* a probe is in flight */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -107,6 +116,7 @@ int api_http_init(struct api *api)
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&pool->mu, NULL);
+	pthread_mutex_init(&pool->names_mu, NULL);
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_init(&pool->locks[i], NULL);
 	curl_share_setopt(pool->share, CURLSHOPT_LOCKFUNC, share_lock);
@@ -132,6 +142,8 @@ void api_http_release(struct api *api)
 		free(pool->spare[i].nodes);
 	}
 	free(pool->spare);
+	api_table_list_release(&pool->names);
+	pthread_mutex_destroy(&pool->names_mu);
 	curl_share_cleanup(pool->share);
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_destroy(&pool->locks[i]);
@@ -408,8 +420,9 @@ int api_errno_from_curl(int code, bool *retry)
 	case CURLE_COULDNT_RESOLVE_HOST:
 	case CURLE_COULDNT_RESOLVE_PROXY:
 	case CURLE_COULDNT_CONNECT:
-		e = -ENOTCONN;
-		r = true;
+		/* not ENOTCONN: to users that reads "the mount is dead".
+		 * Not retried: the circuit breaker probes instead. */
+		e = -EHOSTUNREACH;
 		break;
 	case CURLE_OPERATION_TIMEDOUT:
 		e = -ETIMEDOUT;
@@ -644,27 +657,183 @@ static int perform(struct api *api, const struct api_req *req,
 	return (int)cc;
 }
 
+/* ---- table names in messages ------------------------------------------- */
+
+void api_http_learn_names(struct api *api, const struct api_table_list *list)
+{
+	struct api_http_pool *pool = api->pool;
+	struct api_table_list copy = { 0 };
+	size_t i;
+
+	copy.tables = calloc(list->count + 1, sizeof(*copy.tables));
+	if (!copy.tables)
+		return; /* messages show ids */
+	for (i = 0; i < list->count; i++) {
+		copy.tables[i].id = strdup(list->tables[i].id);
+		copy.tables[i].name = strdup(list->tables[i].name);
+		copy.count = i + 1;
+		if (!copy.tables[i].id || !copy.tables[i].name) {
+			api_table_list_release(&copy);
+			return;
+		}
+	}
+	pthread_mutex_lock(&pool->names_mu);
+	api_table_list_release(&pool->names);
+	pool->names = copy;
+	pthread_mutex_unlock(&pool->names_mu);
+}
+
+/* The subject as messages show it: a table's name rather than its id. */
+static const char *subject_name(struct api *api, const char *subject,
+				char *buf, size_t size)
+{
+	struct api_http_pool *pool = api->pool;
+	const char *out = subject;
+	size_t i;
+
+	if (!subject)
+		return NULL;
+	pthread_mutex_lock(&pool->names_mu);
+	for (i = 0; i < pool->names.count; i++) {
+		if (!strcmp(pool->names.tables[i].id, subject)) {
+			snprintf(buf, size, "%s", pool->names.tables[i].name);
+			out = buf;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&pool->names_mu);
+	return out;
+}
+
+/* ---- the request log --------------------------------------------------- */
+
+/* At debug level, one line per request sent: method, path, status, time,
+ * correlation id. Never headers or bodies (they hold the secret, tokens
+ * and rows). */
+static void log_request(const struct api_req *req,
+			const struct api_resp *resp, int cc, double secs)
+{
+	const char *path = strstr(req->url, "://");
+
+	if (log_get_level() < LOG_DEBUG)
+		return;
+	path = path ? strchr(path + 3, '/') : NULL;
+	if (cc == CURLE_OK)
+		log_debug("http %s %s -> %ld in %.1f ms (correlation %s)",
+			  req->method, path ? path : "/", resp->status,
+			  secs * 1000,
+			  resp->correlation[0] ? resp->correlation : "none");
+	else
+		log_debug("http %s %s -> no answer in %.1f ms: %s",
+			  req->method, path ? path : "/", secs * 1000,
+			  curl_easy_strerror((CURLcode)cc));
+}
+
+/* ---- the circuit breaker ---------------------------------------------- */
+
+/*
+ * Once a connection is refused or the host is not found, the API is known
+ * down: every request fails at once with -EHOSTUNREACH instead of each
+ * paying its retries, except one probe at a time, at most every
+ * CB_PROBE_INTERVAL_MS. Any answer from the server (even an error status)
+ * closes the breaker. Callers that hold a whole cached version serve it
+ * (fs/engine.c), so a cached table stays readable at once.
+ */
+#define CB_PROBE_INTERVAL_MS 1000
+
+static long long now_ms(void)
+{
+	return (long long)(api_now() * 1000) + 1; /* never 0: 0 is closed */
+}
+
+/* "scheme://host:port" of a URL, for messages. */
+static void url_host(const char *url, char *buf, size_t size)
+{
+	const char *p = strstr(url, "://"), *end;
+
+	p = p ? p + 3 : url;
+	end = strchr(p, '/');
+	snprintf(buf, size, "%.*s", (int)(end ? (size_t)(end - url)
+					      : strlen(url)), url);
+}
+
+/* May this request be sent? Returns 0 (*probe: it is the probe) or
+ * -EHOSTUNREACH, logged. */
+static int breaker_enter(struct api_http_pool *pool,
+			 const struct api_req *req, bool *probe)
+{
+	long long open = atomic_load(&pool->cb_open_ms), now;
+	bool idle = false;
+	char host[256];
+
+	*probe = false;
+	if (!open)
+		return 0;
+	now = now_ms();
+	if (now - open >= CB_PROBE_INTERVAL_MS &&
+	    atomic_compare_exchange_strong(&pool->cb_probing, &idle, true)) {
+		*probe = true;
+		log_debug("%s: probing whether the API is back", req->what);
+		return 0;
+	}
+	url_host(req->url, host, sizeof(host));
+	log_err("%s%s%s%s failed: %s cannot be reached (it refused a "
+		"connection %.1f s ago; dtfs tries again every %d s): check "
+		"the network, region= or api_url=",
+		req->what, req->subject ? " '" : "",
+		req->subject ? req->subject : "", req->subject ? "'" : "", host,
+		(double)(now - open) / 1000, CB_PROBE_INTERVAL_MS / 1000);
+	return -EHOSTUNREACH;
+}
+
+/* After an attempt: down (no connection) opens the breaker, anything
+ * else closes it. */
+static void breaker_leave(struct api_http_pool *pool,
+			  const struct api_req *req, bool probe, bool down)
+{
+	char host[256];
+
+	if (down) {
+		if (!atomic_exchange(&pool->cb_open_ms, now_ms())) {
+			url_host(req->url, host, sizeof(host));
+			log_warn("%s cannot be reached: requests fail at once "
+				 "until it answers again", host);
+		}
+	} else if (atomic_load(&pool->cb_open_ms) &&
+		   atomic_exchange(&pool->cb_open_ms, 0)) {
+		url_host(req->url, host, sizeof(host));
+		log_notice("%s answers again", host);
+	}
+	if (probe)
+		atomic_store(&pool->cb_probing, false);
+}
+
 /* ---- the retry loop --------------------------------------------------- */
 
 static void log_http_failure(int level, const struct api_req *req,
 			     const struct api_resp *resp, const char *tail)
 {
+	char host[256] = " from ";
 	const char *hint = "";
 
 	if (req->token_request &&
 	    (resp->status == 401 || resp->status == 400) &&
 	    (!strcmp(resp->code, "invalid_client") || !resp->code[0]))
-		hint = ": wrong client id or secret?";
+		hint = ": the client id or secret is wrong";
 	else if (resp->status == 403)
 		hint = ": permission or scope missing?";
-	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s%s%s%s",
+	/* errors name the host: which region or login host answered */
+	if (level <= LOG_ERR)
+		url_host(req->url, host + 6, sizeof(host) - 6);
+	log_msg(level, "%s%s%s%s failed: HTTP %ld%s%s%s%s%s%s%s%s%s%s%s",
 		req->what, req->subject ? " '" : "",
 		req->subject ? req->subject : "", req->subject ? "'" : "",
 		resp->status, resp->code[0] ? " " : "", resp->code,
 		resp->message[0] ? ": \"" : "", resp->message,
 		resp->message[0] ? "\"" : "",
 		resp->correlation[0] ? " (correlation " : "", resp->correlation,
-		resp->correlation[0] ? ")" : "", hint, tail);
+		resp->correlation[0] ? ")" : "", level <= LOG_ERR ? host : "",
+		hint, tail);
 }
 
 static bool status_retryable(long status)
@@ -675,6 +844,8 @@ static bool status_retryable(long status)
 
 int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 {
+	struct api_req named = *req;
+	char name[512];
 	double start = api_now(), deadline = start + api->retry_budget_s;
 	char errbuf[CURL_ERROR_SIZE];
 	unsigned nback = 0;
@@ -683,6 +854,9 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	char *token = NULL;
 	int rc = -EIO;
 
+	/* every message below names the table by name */
+	named.subject = subject_name(api, req->subject, name, sizeof(name));
+	req = &named;
 	resp->attempts = 0;
 	resp->throttled = 0;
 	/* token bodies hold secrets: they get fresh memory, wiped and freed */
@@ -690,9 +864,9 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	    !resp->doc.nodes)
 		spare_take(api->pool, resp);
 	for (;;) {
-		double now = api_now(), delay, wait;
-		bool retry = false, net = false;
-		char tail[96];
+		double now = api_now(), delay, wait, t0;
+		bool retry = false, net = false, probe;
+		char tail[128];
 		int cc;
 
 		if (!req->token_request && !req->external) {
@@ -726,7 +900,17 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 			}
 		}
 
+		rc = breaker_enter(api->pool, req, &probe);
+		if (rc) {
+			if (!req->token_request)
+				pacer_update(&api->pacer, api_now(), -1, -1);
+			goto out;
+		}
+		t0 = api_now();
 		cc = perform(api, req, token, resp, errbuf);
+		breaker_leave(api->pool, req, probe,
+			      api_errno_from_curl(cc, NULL) == -EHOSTUNREACH);
+		log_request(req, resp, cc, api_now() - t0);
 		if (token) {
 			explicit_bzero(token, strlen(token));
 			free(token);
@@ -742,7 +926,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				pacer_update(&api->pacer, now, -1, -1);
 			rc = api_errno_from_curl(cc, &retry);
 			net = true;
-			if (rc != -ENOTCONN)
+			if (rc != -EHOSTUNREACH)
 				ambiguous = true; /* it may have arrived */
 			if (rc == -ENOMEM && resp->body.len + 1 > BODY_MAX)
 				rc = -EPROTO;
@@ -827,7 +1011,8 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		    now + delay > deadline) {
 			snprintf(tail, sizeof(tail),
 				 " (gave up after %u "
-				 "attempt%s in %.1f s)",
+				 "attempt%s in %.1f s; retries= and "
+				 "retry_budget= allow more)",
 				 resp->attempts, resp->attempts == 1 ? "" : "s",
 				 now - start);
 			if (net)
@@ -859,9 +1044,11 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	/* a final answer that is not a retryable one */
 	if (resp->status == 0)
 		log_err(
-		    "%s%s%s%s failed: %s", req->what, req->subject ? " '" : "",
+		    "%s%s%s%s failed: %s%s", req->what, req->subject ? " '" : "",
 		    req->subject ? req->subject : "", req->subject ? "'" : "",
-		    errbuf[0] ? errbuf : strerror(-rc));
+		    errbuf[0] ? errbuf : strerror(-rc),
+		    rc == -EHOSTUNREACH ? ": check the network, region= or "
+					  "api_url=" : "");
 	else
 		log_http_failure(resp->status == req->quiet_status ? LOG_DEBUG
 								   : LOG_ERR,

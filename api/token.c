@@ -60,6 +60,7 @@ static int token_fetch(struct api *api, char **value, double *lifetime,
 	struct api_req req = {0};
 	struct json_object *root = NULL, *tok, *exp;
 	char *url = NULL, *body = NULL;
+	bool scoped;
 	int rc;
 
 	api_resp_init(&resp);
@@ -68,7 +69,9 @@ static int token_fetch(struct api *api, char **value, double *lifetime,
 		rc = -ENOMEM;
 		goto out;
 	}
-	if (api->dialect->scope) {
+again:
+	scoped = api->dialect->scope && !atomic_load(&api->scope_refused);
+	if (scoped) {
 		/* "data-table:read data-table:write" form-encoded */
 		char *scope = api_escape(api->dialect->scope);
 
@@ -92,7 +95,29 @@ static int token_fetch(struct api *api, char **value, double *lifetime,
 	req.what = "get token for client";
 	req.subject = api->client_id;
 	req.token_request = true;
+	/* a refused scope is handled below */
+	req.quiet_status = scoped ? 400 : 0;
 	rc = api_http(api, &req, &resp);
+	if (rc && scoped && resp.status == 400 &&
+	    !strcmp(resp.code, "invalid_scope")) {
+		/* the OAuth client has roles but not this scope (the SDKs
+		 * send none for client credentials): ask without one */
+		log_info("get token for client '%s': scope '%s' refused "
+			 "(invalid_scope), asking without a scope",
+			 api->client_id, api->dialect->scope);
+		atomic_store(&api->scope_refused, true);
+		free(body);
+		body = NULL;
+		goto again;
+	}
+	if (rc && scoped && resp.status == 400)
+		log_err("get token for client '%s' failed: HTTP 400%s%s "
+			"(correlation %s)%s",
+			api->client_id, resp.code[0] ? " " : "", resp.code,
+			resp.correlation[0] ? resp.correlation : "none",
+			!resp.code[0] || !strcmp(resp.code, "invalid_client")
+			    ? ": wrong client id or secret?"
+			    : "");
 	if (rc && resp.status >= 400 && resp.status <= 499 &&
 	    resp.status != 408 && resp.status != 429)
 		/* refused credentials or grant; other 4xx: a wrong

@@ -1,14 +1,18 @@
 #include "log.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char *log_ident = "dtfs";
 static atomic_int log_level = LOG_NOTICE;
 static atomic_int log_syslog;
+static atomic_int log_fd = -1;	/* log_file=: lines with a time stamp */
 
 void log_init(const char *ident, int level)
 {
@@ -18,8 +22,46 @@ void log_init(const char *ident, int level)
 
 void log_use_syslog(void)
 {
+	if (atomic_load(&log_fd) >= 0)
+		return; /* a log file stays the destination */
 	openlog(log_ident, LOG_PID, LOG_DAEMON);
 	atomic_store(&log_syslog, 1);
+}
+
+int log_use_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return -errno;
+	fd = atomic_exchange(&log_fd, fd);
+	if (fd >= 0)
+		close(fd);
+	return 0;
+}
+
+int log_level_parse(const char *name)
+{
+	static const struct {
+		const char *name;
+		int level;
+	} names[] = {
+		{ "error", LOG_ERR }, { "err", LOG_ERR },
+		{ "warning", LOG_WARNING }, { "warn", LOG_WARNING },
+		{ "notice", LOG_NOTICE }, { "info", LOG_INFO },
+		{ "debug", LOG_DEBUG },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcasecmp(name, names[i].name))
+			return names[i].level;
+	return -1;
+}
+
+void log_set_level(int level)
+{
+	atomic_store(&log_level, level);
 }
 
 int log_get_level(void)
@@ -49,7 +91,7 @@ static const char *level_name(int level)
 void log_vmsg(int level, const char *fmt, va_list ap)
 {
 	char line[2048];
-	int n, m;
+	int n, m, fd;
 
 	if (level > atomic_load(&log_level))
 		return;
@@ -57,8 +99,23 @@ void log_vmsg(int level, const char *fmt, va_list ap)
 		vsyslog(level, fmt, ap);
 		return;
 	}
-	n = snprintf(line, sizeof(line), "%s: %s: ", log_ident,
-		     level_name(level));
+	fd = atomic_load(&log_fd);
+	if (fd >= 0) {
+		struct timespec ts;
+		struct tm tm;
+		char when[32] = "";
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		if (gmtime_r(&ts.tv_sec, &tm))
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+		n = snprintf(line, sizeof(line), "%s.%03ldZ %s[%d]: %s: ",
+			     when, ts.tv_nsec / 1000000L, log_ident,
+			     (int)getpid(), level_name(level));
+	} else {
+		fd = STDERR_FILENO;
+		n = snprintf(line, sizeof(line), "%s: %s: ", log_ident,
+			     level_name(level));
+	}
 	if (n < 0)
 		return;
 	m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
@@ -69,7 +126,7 @@ void log_vmsg(int level, const char *fmt, va_list ap)
 		n = (int)sizeof(line) - 2;
 	line[n++] = '\n';
 	/* one write so that concurrent lines do not interleave */
-	if (write(STDERR_FILENO, line, (size_t)n) < 0)
+	if (write(fd, line, (size_t)n) < 0)
 		return;
 }
 

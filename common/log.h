@@ -1,8 +1,9 @@
 /*
  * log: the one logger of dtfs, dtfsctl and dtfs-emu.
  *
- * Levels are syslog's (LOG_ERR .. LOG_DEBUG). Messages go to stderr, or to
- * syslog once log_use_syslog() is called (a daemonized mount). Every
+ * Levels are syslog's (LOG_ERR .. LOG_DEBUG). Messages go to stderr, to a
+ * file (log_use_file(), the log_file= option), or to syslog once
+ * log_use_syslog() is called (a daemonized mount without log_file=). Every
  * function is safe from any thread; a message is written with one write(2)
  * so lines of different threads never interleave.
  *
@@ -20,8 +21,19 @@
  * that is printed (LOG_NOTICE by default). */
 void log_init(const char *ident, int level);
 
-/* Send later messages to syslog (LOG_DAEMON) instead of stderr. */
+/* Send later messages to syslog (LOG_DAEMON) instead of stderr; does
+ * nothing once log_use_file() succeeded. */
 void log_use_syslog(void);
+
+/* Append later messages to the file at path (created mode 0600), each line
+ * with a UTC time stamp and the process id. The descriptor is opened now,
+ * so it survives a daemon's fork and chdir. Returns 0 or -errno. */
+int log_use_file(const char *path) __attribute__((warn_unused_result));
+
+/* "error", "warning", "notice", "info" or "debug" to its level; -1 when
+ * none of them. */
+int log_level_parse(const char *name);
+void log_set_level(int level);
 
 int log_get_level(void);
 

@@ -47,6 +47,10 @@ const char fs_config_help[] =
 	"                             it: rows it lacks are deleted (default: upsert)\n"
 	"    -o lazy_size             st_size of an uncached rows.jsonl is 0, not\n"
 	"                             fetched (cheap stat; tar then copies 0 bytes)\n"
+	"    -o log_file=FILE         append the log to FILE (default: stderr,\n"
+	"                             syslog when daemonized)\n"
+	"    -o log_level=LEVEL       error, warning, notice, info or debug (debug\n"
+	"                             logs every HTTP request)\n"
 	"credentials come from -o credentials=FILE or GENESYSCLOUD_OAUTHCLIENT_ID and\n"
 	"GENESYSCLOUD_OAUTHCLIENT_SECRET; the region also from GENESYSCLOUD_REGION.\n";
 
@@ -136,6 +140,7 @@ int fs_config_init(struct fs_config *cfg)
 	cfg->max_line = 1U << 20;
 	cfg->retries = 8;
 	cfg->retry_budget = 120;
+	cfg->log_level = -1;
 	if (xdg && xdg[0] == '/')
 		n = snprintf(buf, sizeof(buf), "%s/dtfs", xdg);
 	else if (home && home[0] == '/')
@@ -160,6 +165,7 @@ void fs_config_release(struct fs_config *cfg)
 	free(cfg->login_url);
 	free(cfg->credentials);
 	free(cfg->cache_dir);
+	free(cfg->log_file);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -352,7 +358,44 @@ int fs_config_set(struct fs_config *cfg, const char *word)
 		return parse_uint(key, v, 1, 100, &cfg->retries);
 	if (!strcmp(key, "retry_budget"))
 		return parse_uint(key, v, 1, 86400, &cfg->retry_budget);
+
+	/* ---- logging ---- */
+	if (!strcmp(key, "log_file")) {
+		if (!*v) {
+			log_err("option 'log_file': empty file name");
+			return -EINVAL;
+		}
+		return set_str(&cfg->log_file, v);
+	}
+	if (!strcmp(key, "log_level")) {
+		int level = log_level_parse(v);
+
+		if (level < 0) {
+			log_err("option 'log_level': '%s' is not error, "
+				"warning, notice, info or debug", v);
+			return -EINVAL;
+		}
+		cfg->log_level = level;
+		return 0;
+	}
 	return set_dialect_word(cfg, key, v);
+}
+
+int fs_config_apply_log(const struct fs_config *cfg, const char *ident)
+{
+	int rc;
+
+	if (cfg->log_level >= 0)
+		log_init(ident, cfg->log_level);
+	if (cfg->log_file) {
+		rc = log_use_file(cfg->log_file);
+		if (rc) {
+			log_err("cannot open the log file '%s': %s",
+				cfg->log_file, strerror(-rc));
+			return -EINVAL;
+		}
+	}
+	return 0;
 }
 
 int fs_config_set_list(struct fs_config *cfg, const char *list)
@@ -376,4 +419,25 @@ int fs_config_set_list(struct fs_config *cfg, const char *list)
 	}
 	free(copy);
 	return rc;
+}
+
+const char *fs_config_advice(int rc)
+{
+	switch (rc) {
+	case -EHOSTUNREACH:
+		return "the API cannot be reached: check the network and "
+		       "region= or api_url=";
+	case -ETIMEDOUT:
+	case -EIO:
+		return "the API kept failing: try again later (retries= and "
+		       "retry_budget= give it longer)";
+	case -EACCES:
+		return "access refused: check the client id and secret "
+		       "(credentials= or GENESYSCLOUD_OAUTHCLIENT_ID and "
+		       "_SECRET) and the client's roles";
+	case -ESTALE:
+		return "the table changed during the export: run it again";
+	default:
+		return NULL;
+	}
 }

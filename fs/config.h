@@ -31,6 +31,10 @@ struct fs_config {
 	bool replace;		/* whole-file imports delete what they lack */
 	bool lazy_size;		/* no fetch for st_size of rows.jsonl */
 
+	/* logging (log_file=, log_level=): applied by fs_config_apply_log */
+	char *log_file;		/* NULL: stderr, or syslog when daemonized */
+	int log_level;		/* LOG_ERR..LOG_DEBUG, -1: the face's default */
+
 	/* ---- dialect, pacing and import routes (the production API) ---- */
 	unsigned page_workers;	/* numbered pages in flight, 1..32 */
 	unsigned rate_requests;	/* our budget: requests per rate_window */
@@ -73,6 +77,15 @@ int fs_config_set(struct fs_config *cfg, const char *word)
  * refused with -EINVAL. */
 int fs_config_set_list(struct fs_config *cfg, const char *list)
 	__attribute__((warn_unused_result));
+
+/* Apply log_file= and log_level= to the logger (ident names the program).
+ * Returns 0, or -EINVAL when the log file cannot be opened (logged). */
+int fs_config_apply_log(const struct fs_config *cfg, const char *ident)
+	__attribute__((warn_unused_result));
+
+/* What a user can do about an error that ends a command or a mount (both
+ * faces say the same), or NULL. Static string. */
+const char *fs_config_advice(int rc);
 
 /* The help text of the dtfs options, for --help of both faces. */
 extern const char fs_config_help[];

@@ -131,6 +131,7 @@ int fs_engine_new(const struct fs_config *cfg, struct fs_engine **out)
 	eng->cfg.login_url = dup_or_null(cfg->login_url);
 	eng->cfg.credentials = dup_or_null(cfg->credentials);
 	eng->cfg.cache_dir = dup_or_null(cfg->cache_dir);
+	eng->cfg.log_file = dup_or_null(cfg->log_file);
 	if ((cfg->api && !eng->cfg.api) ||
 	    (cfg->cache_dir && !eng->cfg.cache_dir)) {
 		rc = -ENOMEM;
@@ -527,7 +528,7 @@ int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
 		if (rc)
 			break;
 		n = strlen(row);
-		if (len + n + 2 > cap) {	/* the line, '\n' and the NUL */
+		if (len + n + 2 > cap) {
 			char *g;
 
 			while (len + n + 2 > cap)
@@ -549,7 +550,7 @@ int fs_page_reorder(const struct api_schema *schema, struct api_page *p)
 		free(out);
 		return rc == -ENOMEM ? rc : -EINVAL;
 	}
-	out[len] = '\0';	/* api_page data is NUL-terminated */
+	out[len] = '\0';	/* as api/ leaves its pages */
 	free(p->data);
 	p->data = out;
 	p->len = len;
@@ -933,7 +934,7 @@ struct fs_reader {
  * table (as 404 or 403 would be). */
 static bool unreachable(int rc)
 {
-	return rc == -ENOTCONN || rc == -ETIMEDOUT || rc == -EIO;
+	return rc == -EHOSTUNREACH || rc == -ETIMEDOUT || rc == -EIO;
 }
 
 /* Revalidate or start the cached version (now when `force`, else at most

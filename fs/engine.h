@@ -70,7 +70,7 @@ void fs_engine_expire(struct fs_engine *eng);
 const struct fs_config *fs_engine_config(struct fs_engine *eng);
 
 /* Prove the credentials and that the API answers: a token and a table
- * listing. Returns 0, -EACCES, -ENOTCONN, -ETIMEDOUT, -EIO. */
+ * listing. Returns 0, -EACCES, -EHOSTUNREACH, -ETIMEDOUT, -EIO. */
 int fs_engine_check(struct fs_engine *eng) FS_WARN_UNUSED;
 
 /*
@@ -218,6 +218,23 @@ int fs_import_fd(struct fs_engine *eng, struct fs_table *t, int fd,
 
 /* Release the import (call fs_import_finish first when dirty). */
 void fs_import_end(struct fs_import *im);
+
+/* What an import has done so far, for a progress display; the same counts
+ * as status.json's "import". Safe while the import runs (atomics). */
+struct fs_import_progress {
+	uint64_t bytes;		/* bytes written into the import */
+	uint64_t lines;		/* lines taken (blank ones included) */
+	uint64_t valid;		/* rows that passed validation */
+	uint64_t quarantined;	/* lines in rejects.jsonl */
+	uint64_t unchanged;	/* rows the table already holds as given:
+				   not sent */
+	uint64_t rows_planned;	/* distinct rows to send (0 until the
+				   upload starts); repeated keys merge */
+	uint64_t rows_landed;	/* rows the API acknowledged */
+	uint64_t chunks_planned, chunks_sent, chunks_acked;
+	bool drift;		/* schema drift stopped it: nothing sent */
+};
+void fs_import_progress(struct fs_import *im, struct fs_import_progress *p);
 
 /* Path of the table's rejects.jsonl in the cache directory (malloc'ed). */
 char *fs_table_rejects_path(struct fs_engine *eng, struct fs_table *t);

@@ -15,7 +15,8 @@
  * (diff.c) and only the rows that differ are sent.
  *
  * One import per table at a time, across processes too: the import holds an
- * exclusive flock on its rejects file.
+ * exclusive flock on a lock file beside its rejects file (rejects.jsonl
+ * itself is replaced by rename).
  */
 #include "engine_i.h"
 
@@ -69,6 +70,7 @@ struct fs_import {
 	bool published;			/* status.json shows it: it received
 					   bytes */
 	bool replace;			/* the stream is the whole table */
+	atomic_bool drift_seen;		/* drift, readable without im->lock */
 	int latched;			/* error every later call returns */
 	uint64_t lines_sent;		/* lines when last finished */
 
@@ -95,6 +97,8 @@ struct fs_import {
 		chunks_acked, retries, throttled, unchanged, to_send,
 		deleted;
 	const char *route;		/* "upsert", "rows", "job" or NULL */
+	/* progress totals (status.json and dtfsctl's progress line) */
+	atomic_uint_fast64_t bytes, rows_landed, chunks_planned, chunks_resent;
 	enum import_state state;
 	char error[512];
 	int64_t started_at, finished_at;
@@ -209,7 +213,7 @@ static bool holder_closing(struct fs_engine *eng, struct fs_table *t)
 }
 
 /*
- * Take the table's import lock (flock of its rejects file). close()
+ * Take the table's import lock (flock of REJECTS.lock). close()
  * returns after flush, but the release that ends the import reaches us
  * later, asynchronously: a writer that opens right after a close must not
  * get EBUSY for an import that is over. So wait for the holder a little:
@@ -276,7 +280,7 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		goto fail;
 	}
 
-	/* the import lock, across processes: flock the rejects file */
+	/* the import lock, across processes: flock REJECTS.lock */
 	if (mkdir(eng->rejects_dir, 0700) && errno != EEXIST) {
 		rc = -errno;
 		log_err("cannot create '%s': %s", eng->rejects_dir,
@@ -534,6 +538,7 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 			"nothing was sent", im->t->name, line, why);
 		set_state(im, IMPORT_FAILED, why);
 		im->drift = true;
+		atomic_store(&im->drift_seen, true);
 		free(error);
 		return -EINVAL;
 	}
@@ -606,6 +611,7 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 		set_state(im, IMPORT_RECEIVING, NULL);
 	im->dirty = true;
 	atomic_store(&im->flushed, false);
+	atomic_fetch_add(&im->bytes, len);
 	while (s < end && !rc) {
 		nl = memchr(s, '\n', (size_t)(end - s));
 		if (!nl) {
@@ -708,6 +714,7 @@ static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
 		atomic_fetch_add(&im->throttled, res.throttled);
 		if (rc == 0) {
 			atomic_fetch_add(&im->chunks_acked, 1);
+			atomic_fetch_add(&im->rows_landed, n);
 			break;
 		}
 		if (rc != -EINVAL || !res.nerrors || round > 0)
@@ -744,6 +751,8 @@ static int send_chunk(struct fs_import *im, struct cache_spool_batch *b)
 			rc = 0;
 			break;
 		}
+		/* the resend is one more chunk than planned */
+		atomic_fetch_add(&im->chunks_resent, 1);
 	}
 	api_upsert_result_release(&res);
 	free(rows);
@@ -782,8 +791,9 @@ static void *upload_main(void *arg)
 
 		rc = send_chunk(up->im, &c->batch);
 		if (rc)
-			log_err("upsert chunk of %zu rows into '%s' failed: %s",
-				c->batch.n, up->im->t->name, strerror(-rc));
+			log_err("upsert chunk of %zu row%s into '%s' failed: "
+				"%s", c->batch.n, c->batch.n == 1 ? "" : "s",
+				up->im->t->name, strerror(-rc));
 		cache_spool_batch_release(&c->batch);
 		free(c);
 
@@ -813,6 +823,8 @@ static int upload(struct fs_import *im, const char *spool)
 	pthread_t tids[32];
 	struct upload up = { .im = im };
 	char *after = NULL;
+	size_t nrows = 0, ncut = 0, cr = eng->cfg.chunk_rows;
+	uint64_t cuts = 0;
 	int rc = 0;
 
 	pthread_mutex_init(&up.lock, NULL);
@@ -824,6 +836,10 @@ static int upload(struct fs_import *im, const char *spool)
 	}
 	if (!started)
 		rc = -EAGAIN;
+	if (eng->caps.row_ops)
+		cr = 1;		/* one request per row */
+	nrows = atomic_load(&im->to_send);
+	atomic_store(&im->chunks_planned, (nrows + cr - 1) / cr);
 	while (!rc) {
 		struct chunk *c;
 		size_t max;
@@ -851,6 +867,12 @@ static int upload(struct fs_import *im, const char *spool)
 			free(c);
 			break;
 		}
+		/* small chunks while the budget is low: more of them */
+		ncut += c->batch.n;
+		cuts++;
+		atomic_store(&im->chunks_planned,
+			     cuts + (nrows > ncut ? (nrows - ncut + cr - 1) / cr
+						  : 0));
 		free(after);
 		after = strdup(c->batch.last_key);
 		pthread_mutex_lock(&up.lock);
@@ -912,6 +934,8 @@ static int send_row(struct fs_import *im, const char *val)
 	len = strlen(s.row);
 	for (tries = 0; tries < 3; tries++) {
 		atomic_fetch_add(&im->chunks_sent, 1);
+		if (tries)	/* one request more than planned */
+			atomic_fetch_add(&im->chunks_resent, 1);
 		rc = update ? api_row_update(eng->api, im->t->id, key, s.row,
 					     len)
 			    : api_row_create(eng->api, im->t->id, s.row, len);
@@ -922,8 +946,10 @@ static int send_row(struct fs_import *im, const char *val)
 		else
 			break;
 	}
-	if (rc == 0)
+	if (rc == 0) {
 		atomic_fetch_add(&im->chunks_acked, 1);
+		atomic_fetch_add(&im->rows_landed, 1);
+	}
 	if (rc == -EINVAL) {
 		quarantine(im, s.line, "refused by the API (its message is in "
 			   "the log)", s.row, len);
@@ -1129,6 +1155,7 @@ static int send_job(struct fs_import *im, const char *spool)
 	struct fs_diff d;
 	char *csv = NULL, *after = NULL, *missing = NULL, why[256];
 	size_t len = 0, i;
+	uint64_t nmissing = 0;
 	int rc, crc;
 
 	rc = spool_csv(im, spool, &csv, &len);
@@ -1137,6 +1164,7 @@ static int send_job(struct fs_import *im, const char *spool)
 			strerror(-rc));
 		return rc == -EINVAL ? -EIO : rc;
 	}
+	atomic_store(&im->chunks_planned, 1);	/* the job is the one chunk */
 	atomic_fetch_add(&im->chunks_sent, 1);
 	rc = api_import_csv(eng->api, t->id, csv, len, false, &job);
 	free(csv);
@@ -1189,11 +1217,18 @@ static int send_job(struct fs_import *im, const char *spool)
 						 " failed rows)",
 				 job.failed);
 			quarantine(im, s.line, why, s.row, strlen(s.row));
+			nmissing++;
 		}
 		free(after);
 		after = b.last_key;
 		b.last_key = NULL;
 		cache_spool_batch_release(&b);
+	}
+	if (!rc) {
+		uint64_t sent = atomic_load(&im->to_send);
+
+		atomic_store(&im->rows_landed,
+			     sent > nmissing ? sent - nmissing : 0);
 	}
 	if (job.failed)
 		log_warn("import into '%s': the CSV job counted %" PRIu64
@@ -1359,25 +1394,30 @@ static int finish(struct fs_import *im, bool final)
 		/* a failed job's message, when there is one, says more */
 		set_state(im, IMPORT_FAILED, im->error[0] ? NULL
 							   : strerror(-rc));
-		if (rc != -EIO && rc != -ETIMEDOUT && rc != -ENOTCONN)
+		if (rc != -EIO && rc != -ETIMEDOUT && rc != -EHOSTUNREACH)
 			rc = -EIO;
 	} else if (atomic_load(&im->quarantined)) {
 		snprintf(why, sizeof(why),
-			 "%" PRIuFAST64 " lines quarantined in rejects.jsonl",
-			 atomic_load(&im->quarantined));
+			 "%" PRIuFAST64 " line%s quarantined in rejects.jsonl",
+			 atomic_load(&im->quarantined),
+			 atomic_load(&im->quarantined) == 1 ? "" : "s");
 		set_state(im, IMPORT_DONE, why);
 		rc = -EINVAL;
 	} else {
 		set_state(im, IMPORT_DONE, NULL);
 	}
-	log_notice("import into '%s': %" PRIuFAST64 " lines, %" PRIuFAST64
+	log_notice("import into '%s': %" PRIuFAST64 " line%s, %" PRIuFAST64
 		   " valid, %" PRIuFAST64 " quarantined, %" PRIuFAST64
 		   " unchanged, %" PRIuFAST64 " of %" PRIuFAST64
-		   " chunks acknowledged: %s",
-		   t->name, atomic_load(&im->lines), atomic_load(&im->valid),
-		   atomic_load(&im->quarantined), atomic_load(&im->unchanged),
+		   " chunk%s acknowledged: %s",
+		   t->name, atomic_load(&im->lines),
+		   atomic_load(&im->lines) == 1 ? "" : "s",
+		   atomic_load(&im->valid), atomic_load(&im->quarantined),
+		   atomic_load(&im->unchanged),
 		   atomic_load(&im->chunks_acked),
-		   atomic_load(&im->chunks_sent), rc ? strerror(-rc) : "ok");
+		   atomic_load(&im->chunks_sent),
+		   atomic_load(&im->chunks_sent) == 1 ? "" : "s",
+		   rc ? strerror(-rc) : "ok");
 latch:
 	round_end(im);
 	if (rc)
@@ -1397,6 +1437,8 @@ int fs_import_commit(struct fs_import *im)
 {
 	return finish(im, false);
 }
+
+static void import_persist(struct fs_import *im);
 
 void fs_import_end(struct fs_import *im)
 {
@@ -1425,10 +1467,13 @@ void fs_import_end(struct fs_import *im)
 		}
 		im->finished_at = (int64_t)time(NULL);
 	}
-	/* the import lock goes; the status stays on the table, if the
-	 * import ever received a byte (else it goes too) */
+	/* the import lock goes; the status stays on the table (and is kept
+	 * for later processes), if the import ever received a byte (else it
+	 * goes too) */
 	if (t->import_open == im)
 		t->import_open = NULL;
+	if (im->published)
+		import_persist(im);
 	if (im->rejects) {
 		fclose(im->rejects);
 		im->rejects = NULL;
@@ -1443,19 +1488,18 @@ void fs_import_end(struct fs_import *im)
 		import_free(im);
 }
 
-int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
-			  char *buf, size_t size, size_t *pos)
+/* The "import" member of status.json (with its leading ",\n"); import_lock
+ * held. Returns 0 or -ENOSPC. */
+static int import_json(struct fs_import *im, char *buf, size_t size,
+		       size_t *pos)
 {
-	struct fs_import *im;
 	char started[32], finished[32];
+	struct fs_import_progress p;
 	struct tm tm;
 	time_t tt;
 	int n, rc = 0;
 
-	pthread_mutex_lock(&eng->import_lock);
-	im = t->import;
-	if (!im)
-		goto out;
+	fs_import_progress(im, &p);
 	snprintf(started, sizeof(started), "null");
 	snprintf(finished, sizeof(finished), "null");
 	tt = (time_t)im->started_at;
@@ -1468,33 +1512,33 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 			 "\"%Y-%m-%dT%H:%M:%SZ\"", &tm);
 	n = snprintf(buf + *pos, size - *pos,
 		     ",\n  \"import\": {\n    \"state\": \"%s\",\n"
-		     "    \"lines_read\": %" PRIuFAST64 ",\n"
-		     "    \"rows_valid\": %" PRIuFAST64 ",\n"
-		     "    \"quarantined\": %" PRIuFAST64 ",\n"
+		     "    \"bytes_read\": %" PRIu64 ",\n"
+		     "    \"lines_read\": %" PRIu64 ",\n"
+		     "    \"rows_valid\": %" PRIu64 ",\n"
+		     "    \"quarantined\": %" PRIu64 ",\n"
 		     "    \"rows_unchanged\": %" PRIuFAST64 ",\n"
-		     "    \"rows_to_send\": %" PRIuFAST64 ",\n"
+		     "    \"rows_to_send\": %" PRIu64 ",\n"
+		     "    \"rows_landed\": %" PRIu64 ",\n"
 		     "    \"rows_deleted\": %" PRIuFAST64 ",\n"
 		     "    \"replace\": %s,\n"
 		     "    \"route\": %s%s%s,\n"
-		     "    \"chunks_sent\": %" PRIuFAST64 ",\n"
-		     "    \"chunks_acknowledged\": %" PRIuFAST64 ",\n"
+		     "    \"chunks_planned\": %" PRIu64 ",\n"
+		     "    \"chunks_sent\": %" PRIu64 ",\n"
+		     "    \"chunks_acknowledged\": %" PRIu64 ",\n"
 		     "    \"retries\": %" PRIuFAST64 ",\n"
 		     "    \"throttled_429\": %" PRIuFAST64 ",\n"
 		     "    \"started\": %s,\n    \"finished\": %s,\n"
 		     "    \"error\": ",
-		     state_names[im->state], atomic_load(&im->lines),
-		     atomic_load(&im->valid), atomic_load(&im->quarantined),
-		     atomic_load(&im->unchanged), atomic_load(&im->to_send),
-		     atomic_load(&im->deleted), im->replace ? "true" : "false",
-		     im->route ? "\"" : "", im->route ? im->route : "null",
-		     im->route ? "\"" : "",
-		     atomic_load(&im->chunks_sent),
-		     atomic_load(&im->chunks_acked), atomic_load(&im->retries),
-		     atomic_load(&im->throttled), started, finished);
-	if (n < 0 || (size_t)n >= size - *pos) {
-		rc = -ENOSPC;
-		goto out;
-	}
+		     state_names[im->state], p.bytes, p.lines, p.valid,
+		     p.quarantined, atomic_load(&im->unchanged), p.rows_planned,
+		     p.rows_landed, atomic_load(&im->deleted),
+		     im->replace ? "true" : "false", im->route ? "\"" : "",
+		     im->route ? im->route : "null", im->route ? "\"" : "",
+		     p.chunks_planned, p.chunks_sent, p.chunks_acked,
+		     atomic_load(&im->retries), atomic_load(&im->throttled),
+		     started, finished);
+	if (n < 0 || (size_t)n >= size - *pos)
+		return -ENOSPC;
 	*pos += (size_t)n;
 	if (im->error[0])
 		rc = fs_json_string(buf, size, pos, im->error);
@@ -1502,7 +1546,93 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		*pos += (size_t)snprintf(buf + *pos, size - *pos, "null");
 	if (!rc && *pos + 5 < size)
 		*pos += (size_t)snprintf(buf + *pos, size - *pos, "\n  }");
+	return rc;
+}
+
+void fs_import_progress(struct fs_import *im, struct fs_import_progress *p)
+{
+	p->bytes = atomic_load(&im->bytes);
+	p->lines = atomic_load(&im->lines);
+	p->valid = atomic_load(&im->valid);
+	p->quarantined = atomic_load(&im->quarantined);
+	p->rows_planned = atomic_load(&im->to_send);
+	p->unchanged = atomic_load(&im->unchanged);
+	p->rows_landed = atomic_load(&im->rows_landed);
+	p->chunks_planned = atomic_load(&im->chunks_planned) +
+			    atomic_load(&im->chunks_resent);
+	p->chunks_sent = atomic_load(&im->chunks_sent);
+	p->chunks_acked = atomic_load(&im->chunks_acked);
+	p->drift = atomic_load(&im->drift_seen);
+}
+
+/* Where the last import's status is kept for later processes (dtfsctl
+ * status, another mount): next to its rejects file. malloc'ed. */
+static char *import_status_path(struct fs_engine *eng, struct fs_table *t)
+{
+	char *rej = fs_table_rejects_path(eng, t), *p = NULL;
+
+	if (rej && asprintf(&p, "%.*s.import", (int)(strlen(rej) - 6), rej) < 0)
+		p = NULL;
+	free(rej);
+	return p;
+}
+
+/* Keep the finished import's status; import_lock held. A failure only
+ * costs later processes the record: logged, not returned. */
+static void import_persist(struct fs_import *im)
+{
+	char buf[4096], *path = import_status_path(im->eng, im->t), *tmp = NULL;
+	size_t pos = 0;
+	int fd;
+
+	if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
+		tmp = NULL;
+		goto out;
+	}
+	if (import_json(im, buf, sizeof(buf), &pos))
+		goto out;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		goto fail;
+	if (write(fd, buf, pos) != (ssize_t)pos) {
+		close(fd);
+		goto fail;
+	}
+	if (close(fd) || rename(tmp, path))
+		goto fail;
+	goto out;
+fail:
+	log_warn("cannot keep the status of the import into '%s' in '%s': %s",
+		 im->t->name, path, strerror(errno));
+	unlink(tmp);
 out:
+	free(tmp);
+	free(path);
+}
+
+int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
+			  char *buf, size_t size, size_t *pos)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&eng->import_lock);
+	if (t->import) {
+		rc = import_json(t->import, buf, size, pos);
+	} else {
+		/* none in this process: the last one any process kept */
+		char *path = import_status_path(eng, t);
+		int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+		ssize_t n;
+
+		if (fd >= 0 && size - *pos > 64) {
+			n = read(fd, buf + *pos, size - *pos - 8);
+			if (n > 0 && (size_t)n < size - *pos - 8)
+				*pos += (size_t)n;
+		}
+		if (fd >= 0)
+			close(fd);
+		free(path);
+	}
 	pthread_mutex_unlock(&eng->import_lock);
 	return rc;
 }

@@ -31,6 +31,8 @@ struct ctx {
 	int bad;
 	int help;
 	int version;
+	int allow_other;
+	int default_permissions;
 };
 
 static const struct fuse_opt dtfs_opts[] = {
@@ -57,6 +59,81 @@ static int is_fstab_word(const char *arg)
 	return 0;
 }
 
+/* A timeout option ("attr_timeout=T"): note the user's value for fs_init
+ * (which would otherwise set dtfs's) and let libfuse parse it too.
+ * Returns 1 (keep it), 0 (not one) or -1 (a bad value, logged). */
+static int timeout_opt(const char *arg)
+{
+	static const struct {
+		const char *key;
+		double *dst;
+	} keys[] = {
+		{ "attr_timeout=", &fs_face_opts.attr_timeout },
+		{ "entry_timeout=", &fs_face_opts.entry_timeout },
+		{ "negative_timeout=", &fs_face_opts.negative_timeout },
+	};
+	size_t i, n;
+	char *end;
+	double v;
+
+	for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		n = strlen(keys[i].key);
+		if (strncmp(arg, keys[i].key, n))
+			continue;
+		errno = 0;
+		v = strtod(arg + n, &end);
+		if (errno || end == arg + n || *end || !(v >= 0) || v > 86400) {
+			log_err("option '%.*s': '%s' is not a number of "
+				"seconds in 0..86400", (int)n - 1, arg,
+				arg + n);
+			return -1;
+		}
+		*keys[i].dst = v;
+		return 1;
+	}
+	return 0;
+}
+
+/* The FUSE options dtfs handles itself. Returns 1 (pass it to libfuse),
+ * 0 (consumed), -1 (refused, logged), 2 (not one of them). */
+static int fuse_word(struct ctx *ctx, const char *arg)
+{
+	char *end;
+	long m;
+	int rc;
+
+	if (!strcmp(arg, "allow_other")) {
+		ctx->allow_other = 1;
+		return 1;
+	}
+	if (!strcmp(arg, "default_permissions")) {
+		ctx->default_permissions = 1;
+		return 1;
+	}
+	if (!strcmp(arg, "kernel_cache") || !strcmp(arg, "auto_cache")) {
+		log_err("option '%s' is refused: dtfs lets the kernel keep a "
+			"file's pages only while the table's version is "
+			"unchanged, and that would serve stale rows after a "
+			"change", arg);
+		return -1;
+	}
+	if (!strncmp(arg, "umask=", 6)) {
+		errno = 0;
+		m = strtol(arg + 6, &end, 8);
+		if (errno || end == arg + 6 || *end || m < 0 || m > 0777) {
+			log_err("option 'umask': '%s' is not an octal mode",
+				arg + 6);
+			return -1;
+		}
+		/* applied by fs_getattr to dtfs's modes; libfuse's would
+		 * replace them (and make data files look executable) */
+		fs_face_opts.umask = (mode_t)m;
+		return 0;
+	}
+	rc = timeout_opt(arg);
+	return rc == 0 ? 2 : rc;
+}
+
 static int opt_proc(void *data, const char *arg, int key,
 		    struct fuse_args *out)
 {
@@ -74,6 +151,11 @@ static int opt_proc(void *data, const char *arg, int key,
 	case FUSE_OPT_KEY_OPT:
 		if (is_fstab_word(arg))
 			return 0;
+		rc = fuse_word(ctx, arg);
+		if (rc < 0)
+			ctx->bad = 1;
+		if (rc != 2)
+			return rc < 0 ? 0 : rc;
 		rc = fs_config_set(&ctx->cfg, arg);
 		if (rc < 0) {
 			ctx->bad = 1;
@@ -116,6 +198,27 @@ static void usage(const char *prog)
 	       "SIGHUP makes the next ls walk the table listing again and the\n"
 	       "next open of every file revalidate.\n\n%s\n",
 	       prog, fs_config_help);
+	printf("FUSE options (with the values dtfs uses):\n"
+	       "    -o allow_other         let every user in (default_permissions is\n"
+	       "                           then added: the kernel checks the modes)\n"
+	       "    -o allow_root          let root in\n"
+	       "    -o default_permissions the kernel checks the modes\n"
+	       "    -o auto_unmount        unmount when dtfs ends\n"
+	       "    -o uid=N, gid=N        owner shown (default: the mounting user)\n"
+	       "    -o umask=M             taken from dtfs's modes (default 000:\n"
+	       "                           the root 0555, table directories 0755,\n"
+	       "                           rows.jsonl 0644 (0555 and 0444 with ro),\n"
+	       "                           other files 0444)\n"
+	       "    -o entry_timeout=T     cache names T seconds (%.1f)\n"
+	       "    -o negative_timeout=T  cache missing names T seconds (%.1f)\n"
+	       "    -o attr_timeout=T      cache attributes T seconds (%.1f)\n"
+	       "    -o kernel_cache, auto_cache  refused: the kernel keeps a file's\n"
+	       "                           pages only while its table is unchanged\n"
+	       "    -o max_threads=N       most FUSE worker threads (64)\n"
+	       "    -o max_idle_threads=N  idle worker threads kept\n"
+	       "    -o clone_fd            one /dev/fuse descriptor per thread\n",
+	       fs_face_opts.entry_timeout, fs_face_opts.negative_timeout,
+	       fs_face_opts.attr_timeout);
 }
 
 static struct fs_engine *hup_engine;
@@ -166,8 +269,6 @@ int main(int argc, char *argv[])
 		goto out;
 	if (ctx.help || opts.show_help) {
 		usage(argv[0]);
-		printf("FUSE options:\n");
-		fuse_lib_help(&args);
 		ret = 0;
 		goto out;
 	}
@@ -175,9 +276,18 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "dtfs: no mount point given (see dtfs --help)\n");
 		goto out;
 	}
+	if (fs_config_apply_log(&ctx.cfg, "dtfs"))
+		goto out;
 	if (opts.debug)
 		log_init("dtfs", LOG_DEBUG);
 	fuse_set_log_func(fuse_log_to_ours);
+	/* with allow_other and no permission checks, any local user could
+	 * import rows with the mount owner's credentials */
+	if (ctx.allow_other && !ctx.default_permissions) {
+		if (fuse_opt_add_arg(&args, "-odefault_permissions"))
+			goto out;
+		log_info("allow_other: default_permissions added");
+	}
 
 	/* everything that can fail is checked before the mount appears */
 	rc = fs_engine_new(&ctx.cfg, &eng);
@@ -185,7 +295,11 @@ int main(int argc, char *argv[])
 		goto out;
 	rc = fs_engine_check(eng);
 	if (rc) {
-		log_err("cannot reach the Data Tables API: %s", strerror(-rc));
+		/* what failed is logged above (with the host); say what to do,
+		 * not a guess ("cannot reach" after a refused secret) */
+		const char *a = fs_config_advice(rc);
+
+		log_err("not mounted: %s", a ? a : strerror(-rc));
 		goto out;
 	}
 	rc = fs_engine_start(eng);

@@ -54,6 +54,13 @@ struct handle {
 	bool append;		/* O_APPEND: each write() is imported */
 };
 
+struct fs_face_opts fs_face_opts = {
+	.entry_timeout = FS_DEFAULT_TIMEOUT,
+	.attr_timeout = FS_DEFAULT_TIMEOUT,
+	.negative_timeout = FS_DEFAULT_TIMEOUT,
+	.umask = 0,
+};
+
 /* Guards every table's fs_face_gens. */
 static pthread_mutex_t face_lock = PTHREAD_MUTEX_INITIALIZER;
 static time_t mount_time;
@@ -215,9 +222,10 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	/* the kernel must not handle O_APPEND or read on write-only handles */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	conn->max_background = 64;
-	cfg->entry_timeout = 1.0;
-	cfg->attr_timeout = 1.0;
-	cfg->negative_timeout = 1.0;
+	/* the user's values or dtfs's (main.c); kernel_cache is refused there */
+	cfg->entry_timeout = fs_face_opts.entry_timeout;
+	cfg->attr_timeout = fs_face_opts.attr_timeout;
+	cfg->negative_timeout = fs_face_opts.negative_timeout;
 	cfg->use_ino = 0;
 	cfg->kernel_cache = 0;
 	cfg->direct_io = 0;
@@ -265,9 +273,14 @@ static int fs_getattr(const char *path, struct stat *st,
 	rc = resolve(path, &t, &file);
 	if (rc)
 		return rc;
+	/* modes tell the truth: no directory takes new entries, no file is
+	 * executable, only rows.jsonl is writable (unless ro) */
 	switch (file) {
 	case FS_NONE:
-		st->st_mode = S_IFDIR | 0755;
+		/* a table directory takes scratch files (not when ro); the
+		 * root takes nothing */
+		st->st_mode = S_IFDIR |
+			      ((t && !ro ? 0755 : 0555) & ~fs_face_opts.umask);
 		st->st_nlink = 2;
 		return 0;
 	case FS_ROWS: {
@@ -346,6 +359,7 @@ static int fs_getattr(const char *path, struct stat *st,
 		return 0;
 	}
 	}
+	st->st_mode &= ~fs_face_opts.umask;
 	st->st_nlink = 1;
 	(void)fi;
 	return 0;

@@ -72,7 +72,7 @@ def test_export_failure_midway_exits_nonzero(emu_factory, tmp_path):
     assert p.returncode == 74, err
     assert 0 < len(out) < len(want) and want.startswith(out)
     lines = err.decode().strip().splitlines()
-    assert any("export failed" in l for l in lines), err
+    assert any("export 'Big' failed" in l for l in lines), err
 
 
 def test_wrong_secret_clear_error_no_secret(emu_factory, tmp_path):

@@ -228,7 +228,7 @@ def test_unreachable_api_refuses_to_mount(emu_factory, mount_factory):
     m = mount_factory(emu)
     emu.stop()
     code, err = m.start(expect_fail=True)
-    assert code != 0 and "cannot reach" in err
+    assert code != 0 and "cannot be reached" in err
 
 
 def test_cache_survives_kill_9(emu_factory, mount_factory, tmp_path):
@@ -301,7 +301,7 @@ def test_api_down_serves_whole_cached_versions_and_fails_the_rest(
     # what was never cached fails with an errno, within the retry budget
     with pytest.raises(OSError) as e:
         open(m.file("Cold", "rows.jsonl"), "rb").read()
-    assert e.value.errno in (errno.ENOTCONN, errno.ETIMEDOUT, errno.EIO)
+    assert e.value.errno in (errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EIO)
     # the mount stays up: the listing and status.json still answer
     assert sorted(os.listdir(m.path)) == ["Cached", "Cold"]
     json.load(open(m.file("Cached", "status.json")))

@@ -949,7 +949,7 @@ def test_release_uploads_what_no_opener_flush_sent(sample):
              what="the row uploaded at release")
     wait_for(lambda: status(m, "Customers")["import"]["state"] == "done",
              what="the import to end")
-    assert "import into 'Customers': 1 lines" in m.stderr()
+    assert "import into 'Customers': 1 line," in m.stderr()
 
 
 def test_rows_the_api_refuses_are_quarantined(sample, tmp_path):

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -59,8 +60,9 @@ struct srv {
 	int state; /* for routes that change their answer */
 	pthread_mutex_t mu;
 	struct rq log[MAX_LOG];
-	int n;	    /* API requests logged (tokens not) */
-	int tokens; /* token requests */
+	int n;		   /* API requests logged (tokens not) */
+	int tokens;	   /* token requests */
+	bool refuse_scope; /* token requests with a scope get invalid_scope */
 	char token_body[512];
 };
 
@@ -118,11 +120,18 @@ static void *srv_main(void *arg)
 			snprintf(s->token_body, sizeof(s->token_body), "%s",
 				 r.body);
 			pthread_mutex_unlock(&s->mu);
-			snprintf(out, REQ_MAX,
-				 "HTTP/1.1 200 OK\r\nContent-Type: "
-				 "application/json\r\n\r\n"
-				 "{\"access_token\":\"tok\",\"token_type\":"
-				 "\"bearer\",\"expires_in\":3600}");
+			if (s->refuse_scope && strstr(r.body, "scope="))
+				snprintf(out, REQ_MAX,
+					 "HTTP/1.1 400 Bad Request\r\n"
+					 "Content-Type: application/json\r\n"
+					 "\r\n{\"error\":\"invalid_scope\"}");
+			else
+				snprintf(
+				    out, REQ_MAX,
+				    "HTTP/1.1 200 OK\r\nContent-Type: "
+				    "application/json\r\n\r\n"
+				    "{\"access_token\":\"tok\",\"token_type\":"
+				    "\"bearer\",\"expires_in\":3600}");
 			free(r.head);
 			free(r.body);
 		} else {
@@ -445,6 +454,16 @@ static void test_flows_tables_and_schema(void **state)
 	}
 	free(body);
 	api_schema_release(&s);
+	api_free(api);
+	/* an OAuth client without the architect scope: asked again
+	 * without one (the SDKs send none), and not asked again */
+	srv.refuse_scope = true;
+	srv.tokens = 0;
+	api = client(&srv, "flows");
+	assert_int_equal(api_list_tables(api, &list), 0);
+	api_table_list_release(&list);
+	assert_int_equal(srv.tokens, 2);
+	assert_string_equal(srv.token_body, "grant_type=client_credentials");
 	{
 		/* the platform's code, message and context id in the log */
 		char *log = capture_log(get_schema_of, api, "nope", -ENOENT);
@@ -1225,6 +1244,8 @@ static void emu_start(struct emu *e, const char *const *extra)
 	e->pid = fork();
 	assert_true(e->pid >= 0);
 	if (e->pid == 0) {
+		/* never outlive a test that failed before emu_stop() */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		dup2(fds[1], 1);
 		close(fds[0]);
 		close(fds[1]);
@@ -1242,8 +1263,22 @@ static void emu_stop(struct emu *e)
 {
 	int status;
 
+	if (e->pid <= 0)
+		return;
 	kill(e->pid, SIGTERM);
 	assert_int_equal(waitpid(e->pid, &status, 0), e->pid);
+	e->pid = 0;
+}
+
+/* The emulator of the running test, stopped by the teardown when an
+ * assertion ends the test early. */
+static struct emu the_emu;
+
+static int emu_teardown(void **state)
+{
+	(void)state;
+	emu_stop(&the_emu);
+	return 0;
 }
 
 /* GET path from the emulator with a bare socket: the body, malloc'ed. */
@@ -1344,7 +1379,7 @@ static char *all_pages(struct api *api, const char *id,
 
 static void test_flows_against_emu(void **state)
 {
-	struct emu e;
+	struct emu *e = &the_emu;
 	struct api *api;
 	struct api_schema s;
 	struct api_page page;
@@ -1354,8 +1389,8 @@ static void test_flows_against_emu(void **state)
 	unsigned pages;
 
 	(void)state;
-	emu_start(&e, NULL);
-	api = emu_client(&e);
+	emu_start(e, NULL);
+	api = emu_client(e);
 	id = table_id(api, "PriceList");
 	assert_int_equal(api_get_schema(api, id, &s), 0);
 	assert_int_equal(s.ncolumns, 5);
@@ -1451,7 +1486,7 @@ static void test_flows_against_emu(void **state)
 	api_schema_release(&s);
 	free(id);
 	api_free(api);
-	emu_stop(&e);
+	emu_stop(e);
 
 	/* a smaller page size limit, and a rate limit below our budget:
 	 * 429s honoured, every call succeeds */
@@ -1460,8 +1495,8 @@ static void test_flows_against_emu(void **state)
 						    "100", "--rate-limit",
 						    "4/1", NULL};
 
-		emu_start(&e, extra);
-		api = emu_client(&e);
+		emu_start(e, extra);
+		api = emu_client(e);
 		id = table_id(api, "PriceList");
 		assert_int_equal(api_get_schema(api, id, &s), 0);
 		assert_int_equal(api_get_page(api, id, &s, 1, 0, &page), 0);
@@ -1474,7 +1509,7 @@ static void test_flows_against_emu(void **state)
 			assert_int_equal(page.page_size, 62);
 			api_page_release(&page);
 		}
-		stats = emu_get(&e, "/_emu/stats");
+		stats = emu_get(e, "/_emu/stats");
 		assert_true(stat_of(stats, "429") >= 1);
 		{
 			struct api_stats st;
@@ -1486,7 +1521,7 @@ static void test_flows_against_emu(void **state)
 		api_schema_release(&s);
 		free(id);
 		api_free(api);
-		emu_stop(&e);
+		emu_stop(e);
 	}
 }
 
@@ -1503,7 +1538,7 @@ int main(void)
 	    cmocka_unit_test(test_budget_shared_clients),
 	    cmocka_unit_test(test_budget_shared_processes),
 	    cmocka_unit_test(test_budget_config),
-	    cmocka_unit_test(test_flows_against_emu),
+	    cmocka_unit_test_teardown(test_flows_against_emu, emu_teardown),
 	};
 
 	log_init("test_flows",
