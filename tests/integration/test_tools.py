@@ -185,6 +185,18 @@ def test_append_with_the_api_down_fails_the_write(emu_factory,
     assert "NEW-00002" not in keys(emu)
 
 
+def test_append_with_the_api_unreachable_fails_the_write(emu_factory,
+                                                         mount_factory):
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu).start()
+    rows = m.file("Customers", "rows.jsonl")
+    slurp(rows)
+    emu.stop()		# connections refused from now on
+    p = run(f"set -e; echo '{cust(4)}' >> '{rows}'; echo after")
+    assert p.returncode != 0 and b"after" not in p.stdout
+    assert b"write error" in p.stderr
+
+
 def test_append_into_a_table_deleted_server_side_fails(sample):
     emu, m = sample
     rows = m.file("Customers", "rows.jsonl")
@@ -411,6 +423,21 @@ def test_dtfsctl_import_replaces_with_the_same_option(emu_factory,
     assert emu.stats()["rows_deleted"] == 10
 
 
+def test_replace_by_rsync_inplace_and_by_a_blank_line(replacing, tmp_path):
+    emu, m = replacing
+    rows = m.file("Holidays/2025", "rows.jsonl")
+    lines = slurp(rows).decode().splitlines()
+    assert len(lines) == 12
+    src = tmp_path / "h.jsonl"
+    src.write_text("".join(line + "\n" for line in lines[:9]))
+    ok(f"rsync --inplace '{src}' '{rows}'")
+    assert len(emu.rows("Holidays/2025")) == 9
+    # a whole file of one blank line: no row, so the table is emptied
+    ok(f"echo > '{rows}'")
+    assert emu.rows("Holidays/2025") == []
+    assert slurp(rows) == b""
+
+
 # ---- no side effects without writes -------------------------------------------
 
 def test_open_without_writing_changes_nothing(sample):
@@ -456,6 +483,10 @@ def test_unsupported_operations_fail_with_conventional_errnos(sample):
     with pytest.raises(OSError) as e:
         open(os.path.join(m.path, "new-table.jsonl"), "w")
     assert e.value.errno == errno.EPERM
+    for f in ("schema.json", "status.json", "rejects.jsonl"):
+        with pytest.raises(OSError) as e:
+            open(m.file("Customers", f), "a")
+        assert e.value.errno == errno.EROFS
     tmp = m.file("Customers", "x.json")
     open(tmp, "w").close()
     with pytest.raises(OSError) as e:
