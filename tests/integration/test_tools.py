@@ -585,3 +585,21 @@ def test_tools_in_the_flows_dialect(emu_factory, mount_factory):
     assert route(emu, "flows_row_post", s1) == route(emu, "flows_row_post",
                                                      s0)
     assert table_entries(m, "Big") == OWN
+
+
+def test_flows_stat_costs_nothing_until_an_import(emu_factory,
+                                                  mount_factory):
+    """In the production dialect a revalidation re-reads the table: a stat
+    trusts the cached copy, until an import voids it."""
+    emu = emu_factory("--generate", "Big:1200")
+    # every stat reaches dtfs: no attributes kept by the kernel
+    m = mount_factory(emu, opts="api=flows,revalidate=0,attr_timeout=0,"
+                      "entry_timeout=0").start()
+    rows = m.file("Big", "rows.jsonl")
+    data = slurp(rows)
+    s0 = emu.stats()
+    for _ in range(3):
+        assert os.stat(rows).st_size == len(data)
+    assert route(emu, "flows_rows_get") == route(emu, "flows_rows_get", s0)
+    ok(f"echo '{{\"key\":\"ADD-1\",\"loyalty_tier\":3}}' >> '{rows}'")
+    assert os.stat(rows).st_size == len(slurp(rows)) > len(data)
