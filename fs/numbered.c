@@ -251,6 +251,11 @@ static int append(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 	char cur[96];
 	int rc;
 
+	/* Another process on this cache may have appended page k already
+	 * (the meta was refreshed after an -EEXIST on an earlier page):
+	 * appending it at the frontier would store its rows twice. */
+	if (m->pages >= k)
+		return 0;
 	if (k < s->count)
 		cursor_format(cur, sizeof(cur), k + 1, s);
 	rc = cache_append_page(eng->cache, t->id, gen, m->bytes, p->data,

@@ -19,9 +19,10 @@ SOURCE = os.environ.get("DTFS_SOURCE_DIR", os.path.join(
     os.path.dirname(__file__), "..", ".."))
 
 EXPECTED = {
-    "bin/dtfs", "bin/dtfsctl", "sbin/mount.fuse.dtfs",
+    "bin/dtfs", "bin/dtfsctl", "bin/dtfs-emu", "sbin/mount.fuse.dtfs",
     "lib/systemd/system/dtfs@.service",
     "share/man/man1/dtfs.1", "share/man/man1/dtfsctl.1",
+    "share/man/man1/dtfs-emu.1",
     "share/doc/dtfs/LICENSE", "share/doc/dtfs/README.md",
     "share/doc/dtfs/credentials.example",
     "share/bash-completion/completions/dtfsctl",
@@ -52,7 +53,8 @@ def test_installed_files(installed):
             found.add(os.path.relpath(os.path.join(d, f), root))
     assert found == EXPECTED, found ^ EXPECTED
     mode = lambda p: stat.S_IMODE(os.lstat(os.path.join(root, p)).st_mode)  # noqa: E731,E501
-    for exe in ("bin/dtfs", "bin/dtfsctl", "sbin/mount.fuse.dtfs"):
+    for exe in ("bin/dtfs", "bin/dtfsctl", "bin/dtfs-emu",
+                "sbin/mount.fuse.dtfs"):
         assert mode(exe) == 0o755, exe
     # the example is installed with the mode dtfs requires of the real one
     assert mode("share/doc/dtfs/credentials.example") == 0o600
@@ -64,7 +66,7 @@ def test_installed_files(installed):
         assert p.returncode == 0 and p.stdout.startswith(prog + " ")
 
 
-@pytest.mark.parametrize("page", ["dtfs.1", "dtfsctl.1"])
+@pytest.mark.parametrize("page", ["dtfs.1", "dtfsctl.1", "dtfs-emu.1"])
 def test_manual_pages_render(installed, page):
     dest, root = installed
     path = os.path.join(root, "share/man/man1", page)

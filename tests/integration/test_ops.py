@@ -336,3 +336,24 @@ def test_one_line_is_not_lines(emu, tmp_path):
     code, out, err = dtfsctl(emu, c, "status", "Customers")
     im = json.loads(out)["import"]
     assert im["error"] == "1 line quarantined in rejects.jsonl"
+
+
+def test_dtfsctl_debug_logs_requests_not_secrets(emu, tmp_path):
+    c = tmp_path / "c"
+    code, out, err = dtfsctl(emu, c, "-d", "ls")
+    assert code == 0, err
+    assert re.search(r"http POST /oauth/token -> 200 in [\d.]+ ms "
+                     r"\(correlation [0-9a-f-]+\)", err), err
+    assert re.search(r"http GET /api/v2/datatables\S* -> 200 ", err), err
+    for secret in (DEMO_CLIENT_SECRET, "Bearer", "Authorization"):
+        assert secret not in err
+    # log_file= and log_level= do the same into a file
+    log = tmp_path / "ctl.log"
+    code, out, err = dtfsctl(emu, c, "ls",
+                             opts=f"log_level=debug,log_file={log}")
+    assert code == 0 and err == "", err
+    text = log.read_text()
+    assert "http GET /api/v2/datatables" in text
+    assert DEMO_CLIENT_SECRET not in text
+    code, out, err = dtfsctl(emu, c, "ls", opts="log_level=loud")
+    assert code == 64 and "log_level" in err
