@@ -603,3 +603,26 @@ def test_flows_stat_costs_nothing_until_an_import(emu_factory,
     assert route(emu, "flows_rows_get") == route(emu, "flows_rows_get", s0)
     ok(f"echo '{{\"key\":\"ADD-1\",\"loyalty_tier\":3}}' >> '{rows}'")
     assert os.stat(rows).st_size == len(slurp(rows)) > len(data)
+
+
+def test_rsync_of_a_whole_directory_back(sample, tmp_path):
+    """A copy of the table's directory goes back whole: rows.jsonl lands,
+    the unchanged read-only files are skipped; a changed one is refused
+    (exit 23, said so)."""
+    emu, m = sample
+    d = tmp_path / "t"
+    ok(f"rsync -a '{m.table('Holidays/2025')}/' '{d}/'")
+    lines = slurp(d / "rows.jsonl").decode().splitlines()
+    r = json.loads(lines[0])
+    key = list(r)[0]
+    r[list(r)[1]] = "edited by rsync"
+    lines[0] = json.dumps(r, separators=(",", ":"))
+    (d / "rows.jsonl").write_text("".join(x + "\n" for x in lines))
+    ok(f"rsync -a '{d}/' '{m.table('Holidays/2025')}/'")
+    got = {x[key]: x for x in emu.rows("Holidays/2025")}
+    assert got[r[key]][list(r)[1]] == "edited by rsync"
+    with open(d / "schema.json", "a") as f:
+        f.write(" ")
+    p = run(f"rsync -a '{d}/' '{m.table('Holidays/2025')}/'")
+    assert p.returncode == 23 and b"schema.json" in p.stderr, p
+    assert table_entries(m, "Holidays/2025") == OWN
