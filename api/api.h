@@ -280,6 +280,15 @@ int api_delete_row(struct api *api, const char *table_id,
 		   const char *row_id) API_WARN_UNUSED;
 
 /*
+ * A hook asked (from the thread of a request, about once a second and
+ * between retries) whether the caller gave up on the request: non-zero
+ * makes the request fail at once with -EINTR. The mount sets
+ * fuse_interrupted; NULL (the default) never interrupts. Set it before any
+ * request runs.
+ */
+void api_set_interrupt_check(int (*check)(void));
+
+/*
  * Single-row writes (row_ops dialects: flows; -ENOSYS for cursor). row is a
  * canonical compact JSON object from api_row_validate() (len bytes); key is
  * the row's key (URL-encoded here). Errors besides the common ones:

@@ -273,6 +273,8 @@ struct api_resp {
 	long rl_remaining, rl_reset, rl_limit, rl_count; /* -1 absent */
 	unsigned attempts;
 	unsigned throttled;
+	bool too_big;	 /* the body passed body_max: refused */
+	size_t body_max; /* set per attempt */
 	double sent_at; /* monotonic start of the last attempt */
 	/* where body's and doc's arrays go back, NULL: freed */
 	struct api_http_pool *pool;
@@ -291,6 +293,13 @@ void api_resp_release(struct api_resp *r);
  * pool keeps arrays of up to API_SPARE_MAX bytes each, API_SPARE_TOTAL in
  * all. */
 int api_http(struct api *api, const struct api_req *req, struct api_resp *resp);
+
+/* The largest response body accepted (a 1000-row page is a few MB; a
+ * token answer far less): a body that never ends fails with -EPROTO. */
+#define API_BODY_MAX ((size_t)64 << 20)
+#define API_TOKEN_BODY_MAX ((size_t)64 << 10)
+/* a whole table as CSV, from a signed URL */
+#define API_EXTERNAL_BODY_MAX ((size_t)1 << 30)
 
 #define API_SPARE_MAX ((size_t)8 << 20)
 #define API_SPARE_TOTAL ((size_t)32 << 20)

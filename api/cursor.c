@@ -35,13 +35,16 @@ static char *table_url(struct api *api, const char *table_id,
 
 /* ---- tables ----------------------------------------------------------- */
 
+/* 100 tables a page: four million tables */
+#define CURSOR_LIST_PAGES_MAX 40000
+
 static int cursor_list_tables(struct api *api, struct api_table_list *out)
 {
 	struct api_req req = {.method = "GET", .what = "list tables"};
 	struct api_resp resp;
 	struct json_object *root = NULL, *ents, *next;
-	char *cursor = NULL, *url = NULL;
-	size_t cap = 0;
+	char *cursor = NULL, *url = NULL, **seen = NULL;
+	size_t cap = 0, nseen = 0, seen_cap = 0;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -93,6 +96,17 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 				rc = -EPROTO;
 				goto out;
 			}
+			/* a NUL would cut the name short: two names that
+			 * differ after it would become one */
+			if (strlen(json_object_get_string(name)) !=
+				(size_t)json_object_get_string_len(name) ||
+			    strlen(json_object_get_string(id)) !=
+				(size_t)json_object_get_string_len(id)) {
+				log_warn("list tables: skipping table '%s' "
+					 "whose name or id holds a NUL",
+					 json_object_get_string(id));
+				continue;
+			}
 			rc = api_table_list_add(out, &cap,
 						json_object_get_string(id),
 						json_object_get_string(name));
@@ -103,21 +117,45 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 		    !json_object_is_type(next, json_type_string) ||
 		    !json_object_get_string_len(next))
 			break;
-		if (cursor &&
-		    strcmp(cursor, json_object_get_string(next)) == 0) {
-			log_err("list tables failed: the server repeated "
-				"cursor (correlation %s)",
+		/* a cursor seen before is a loop (A → B → A): it would
+		 * walk forever */
+		for (size_t i = 0; i < nseen; i++) {
+			if (strcmp(seen[i], json_object_get_string(next)))
+				continue;
+			log_err("list tables failed: the server sent a cursor "
+				"it had sent before, after %zu pages "
+				"(correlation %s)",
+				nseen + 1,
 				resp.correlation[0] ? resp.correlation
 						    : "none");
 			rc = -EPROTO;
 			goto out;
 		}
-		free(cursor);
+		if (nseen == CURSOR_LIST_PAGES_MAX) {
+			log_err("list tables failed: more than %d pages",
+				CURSOR_LIST_PAGES_MAX);
+			rc = -EPROTO;
+			goto out;
+		}
 		cursor = strdup(json_object_get_string(next));
 		if (!cursor) {
 			rc = -ENOMEM;
 			goto out;
 		}
+		if (nseen == seen_cap) {
+			size_t ncap = seen_cap ? 2 * seen_cap : 16;
+			char **n = realloc(seen, ncap * sizeof(*seen));
+
+			if (!n) {
+				free(cursor);
+				cursor = NULL;
+				rc = -ENOMEM;
+				goto out;
+			}
+			seen = n;
+			seen_cap = ncap;
+		}
+		seen[nseen++] = cursor;
 	}
 	rc = 0;
 out:
@@ -125,7 +163,9 @@ out:
 		api_table_list_release(out);
 	json_object_put(root);
 	api_resp_release(&resp);
-	free(cursor);
+	for (size_t i = 0; i < nseen; i++)
+		free(seen[i]);
+	free(seen);
 	free(url);
 	return rc;
 }
@@ -267,7 +307,22 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		out->not_modified = true;
 		goto out;
 	}
-	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
+	/* strict as an import line is: what dtfs would refuse to import is
+	 * never exported without a word */
+	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len,
+			JDOC_VALIDATE_UTF8);
+	if (rc == -EINVAL) {
+		char why[sizeof(d->err)];
+
+		snprintf(why, sizeof(why), "%s", d->err);
+		rc = jdoc_parse(d, resp.body.p ? resp.body.p : "",
+				resp.body.len, 0);
+		if (rc == 0)
+			log_warn("rows of '%s' hold text an import would "
+				 "refuse (%s): exported as sent, with "
+				 "invalid UTF-8 bytes kept and lone "
+				 "surrogates as U+FFFD", table_id, why);
+	}
 	if (rc == -EINVAL) {
 		api_log_unexpected("get rows page of", table_id, &resp, d->err);
 		rc = -EPROTO;

@@ -34,7 +34,47 @@
 #include "log.h"
 
 #define POOL_MAX_IDLE 64
-#define BODY_MAX ((size_t)1 << 30)
+
+/* api_set_interrupt_check(): set once, before requests run */
+static int (*interrupt_check)(void);
+
+void api_set_interrupt_check(int (*check)(void))
+{
+	interrupt_check = check;
+}
+
+static bool interrupted(void)
+{
+	return interrupt_check && interrupt_check();
+}
+
+/* curl asks about once a second, also while nothing arrives. Not for
+ * token requests: other threads wait for that token. */
+static int on_progress(void *user, curl_off_t dltotal, curl_off_t dlnow,
+		       curl_off_t ultotal, curl_off_t ulnow)
+{
+	if (user)
+		return 0;
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	return interrupted() ? 1 : 0;
+}
+
+/* Sleep up to `seconds`, in slices, unless interrupted: true then. */
+static bool sleep_unless_interrupted(double seconds)
+{
+	while (seconds > 0) {
+		double slice = seconds < 0.1 ? seconds : 0.1;
+
+		if (interrupted())
+			return true;
+		api_sleep(slice);
+		seconds -= slice;
+	}
+	return interrupted();
+}
 
 /* The arrays of a released response, kept for the next one. */
 struct spare {
@@ -280,9 +320,10 @@ static size_t on_body(char *p, size_t size, size_t n, void *user)
 {
 	struct api_resp *r = user;
 	size_t len = size * n;
-
-	if (r->body.len + len > BODY_MAX)
+	if (r->body.len + len > r->body_max) {
+		r->too_big = true;
 		return 0;
+	}
 	abuf_add(&r->body, p, len);
 	return r->body.oom ? 0 : len;
 }
@@ -538,10 +579,13 @@ static bool has_header(const struct api_req *req, const char *name)
 	return false;
 }
 
-/* Send once. Returns the curl code; resp has status, headers and body. */
+/* Send once, within deadline (monotonic). Returns the curl code; resp has
+ * status, headers and body. */
 static int perform(struct api *api, const struct api_req *req,
-		   const char *token, struct api_resp *resp, char *errbuf)
+		   const char *token, struct api_resp *resp, char *errbuf,
+		   double deadline)
 {
+	double left = deadline - api_now();
 	struct curl_slist *hdrs = NULL;
 	bool oom = false;
 	long stall;
@@ -554,6 +598,10 @@ static int perform(struct api *api, const struct api_req *req,
 	resp_clear_headers(resp);
 	resp->body.len = 0;
 	resp->body.oom = false;
+	resp->too_big = false;
+	resp->body_max = req->token_request ? API_TOKEN_BODY_MAX
+			 : req->external    ? API_EXTERNAL_BODY_MAX
+					    : API_BODY_MAX;
 	if (resp->body.p)
 		resp->body.p[0] = '\0';
 	resp->status = 0;
@@ -617,6 +665,14 @@ static int perform(struct api *api, const struct api_req *req,
 			 (long)(api->connect_timeout_s * 1000));
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall);
+	/* a trickle beats any low-speed limit: the attempt as a whole must
+	 * end within the retry budget */
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
+			 (long)(left > 1 ? left * 1000 : 1000));
+	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(h, CURLOPT_XFERINFODATA,
+			 req->token_request ? (void *)h : NULL);
 	if (!req->external)
 		curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "dtfs/" DTFS_VERSION);
@@ -907,7 +963,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 			goto out;
 		}
 		t0 = api_now();
-		cc = perform(api, req, token, resp, errbuf);
+		cc = perform(api, req, token, resp, errbuf, deadline);
 		breaker_leave(api->pool, req, probe,
 			      api_errno_from_curl(cc, NULL) == -EHOSTUNREACH);
 		log_request(req, resp, cc, api_now() - t0);
@@ -928,8 +984,24 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 			net = true;
 			if (rc != -EHOSTUNREACH)
 				ambiguous = true; /* it may have arrived */
-			if (rc == -ENOMEM && resp->body.len + 1 > BODY_MAX)
+			if (cc == CURLE_ABORTED_BY_CALLBACK) {
+				log_info("%s%s%s%s: interrupted",
+					 req->what, req->subject ? " '" : "",
+					 req->subject ? req->subject : "",
+					 req->subject ? "'" : "");
+				rc = -EINTR;
+				goto out;
+			}
+			if (resp->too_big) {
+				log_err("%s%s%s%s failed: the response body is "
+					"larger than %zu bytes",
+					req->what, req->subject ? " '" : "",
+					req->subject ? req->subject : "",
+					req->subject ? "'" : "",
+					resp->body_max);
 				rc = -EPROTO;
+				goto out;
+			}
 			delay = api_backoff_delay(nback++, API_BACKOFF_BASE_S,
 						  API_BACKOFF_CAP_S);
 		} else {
@@ -1038,7 +1110,12 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 				 tail);
 		else if (log_get_level() >= LOG_INFO)
 			log_http_failure(LOG_INFO, req, resp, tail);
-		api_sleep(delay);
+		if (req->token_request) {
+			api_sleep(delay);
+		} else if (sleep_unless_interrupted(delay)) {
+			rc = -EINTR;
+			goto out;
+		}
 	}
 
 	/* a final answer that is not a retryable one */

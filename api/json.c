@@ -298,6 +298,31 @@ static bool u_escape_canonical(const unsigned char *h)
 	return v != '\b' && v != '\t' && v != '\n' && v != '\f' && v != '\r';
 }
 
+/* The code unit of the checked \uXXXX escape at s[i]. */
+static unsigned u_escape_value(const unsigned char *s, size_t i)
+{
+	return (unsigned)(hexval(s[i + 2]) << 12 | hexval(s[i + 3]) << 8 |
+			  hexval(s[i + 4]) << 4 | hexval(s[i + 5]));
+}
+
+/* Is the checked \uXXXX escape at s[i] half of a surrogate pair without
+ * its other half (a high one not followed by a low one, or a low one)? */
+static bool jp_lone_surrogate(const unsigned char *s, size_t i, size_t n)
+{
+	unsigned cp = u_escape_value(s, i), lo;
+
+	if (cp >= 0xdc00 && cp <= 0xdfff)
+		return true;
+	if (cp < 0xd800 || cp > 0xdbff)
+		return false;
+	if (i + 12 > n || s[i + 6] != '\\' || s[i + 7] != 'u' ||
+	    hexval(s[i + 8]) < 0 || hexval(s[i + 9]) < 0 ||
+	    hexval(s[i + 10]) < 0 || hexval(s[i + 11]) < 0)
+		return true;
+	lo = u_escape_value(s, i + 6);
+	return lo < 0xdc00 || lo > 0xdfff;
+}
+
 /* The rest of a string from s[*pos], the first byte str_skip() stopped
  * at: escapes, UTF-8, errors. On success *pos is the closing quote. */
 static int jp_string_rest(struct jparser *p, size_t *pos, uint8_t *flags)
@@ -334,6 +359,16 @@ static int jp_string_rest(struct jparser *p, size_t *pos, uint8_t *flags)
 				}
 				if (!u_escape_canonical(s + i + 2))
 					*flags &= (uint8_t)~JF_VERBATIM;
+				/* strict: a surrogate must be a pair, or
+				 * two keys would both decode to U+FFFD */
+				if (utf8 && jp_lone_surrogate(s, i, n)) {
+					p->pos = i;
+					return jp_fail(p, "lone surrogate "
+						       "\\u escape");
+				}
+				if (utf8 && u_escape_value(s, i) >= 0xd800 &&
+				    u_escape_value(s, i) <= 0xdbff)
+					i += 6; /* the high half of a pair */
 				i += 6;
 				continue;
 			}

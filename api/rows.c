@@ -469,6 +469,14 @@ int api_row_validate(const struct api_schema *schema, const char *line,
 	abuf_init(&row);
 	abuf_init(&key);
 
+	/* without a key column every row would upsert onto one */
+	for (c = 0; c < schema->ncolumns && !schema->columns[c].key; c++)
+		;
+	if (c == schema->ncolumns) {
+		err = msgf("the table's schema has no primary-key column: "
+			   "rows cannot be upserted");
+		goto invalid;
+	}
 	rc = jdoc_parse(&d, line, len, JDOC_VALIDATE_UTF8);
 	if (rc == -ENOMEM)
 		goto out;

@@ -137,6 +137,20 @@ again:
 		rc = -EPROTO;
 		goto out;
 	}
+	/* it goes into an HTTP header: CR/LF or other bytes there would
+	 * inject headers into every request */
+	for (const char *c = json_object_get_string(tok); *c; c++) {
+		if (*c < 0x21 || *c > 0x7e) {
+			log_err("get token for client '%s' failed: the token "
+				"holds characters that are not printable ASCII "
+				"(correlation %s)",
+				api->client_id,
+				resp.correlation[0] ? resp.correlation
+						    : "none");
+			rc = -EPROTO;
+			goto out;
+		}
+	}
 	*lifetime = 3600;
 	if (json_object_object_get_ex(root, "expires_in", &exp) &&
 	    (json_object_is_type(exp, json_type_int) ||

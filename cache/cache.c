@@ -6,6 +6,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -17,8 +18,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CACHE_FORMAT 1u
+/* 2: page values carry a checksum (PAGE_SUM_SIZE bytes, then the data) */
+#define CACHE_FORMAT 2u
+#define PAGE_SUM_SIZE 8
 #define CACHE_MAX_DBS 8
+/* More pages than a version can have (ten million rows of 1-row pages):
+ * a server that keeps sending new cursors. */
+#define CACHE_PAGES_MAX (UINT64_C(10) << 20)
 #define CACHE_MAX_READERS 1022	/* FUSE workers × mounts, NOTLS */
 #define TOUCH_SLOTS 64
 #define SPOOL_CLEAR_CHUNK 10000
@@ -55,9 +61,10 @@ struct cache {
 	MDB_env *env;
 	MDB_dbi info;		/* "format", "next_gen", "bytes", spool counts */
 	MDB_dbi meta;		/* table → meta record */
-	MDB_dbi pages;		/* (table, gen, end offset) → JSONL bytes */
+	MDB_dbi pages;		/* (table, gen, end offset) → checksum, bytes */
 	MDB_dbi schema;		/* table → version length, version, json */
 	MDB_dbi spool;		/* (table, primary key) → row */
+	MDB_dbi cursors;	/* (table, gen, cursor checksum) → "" */
 	uint64_t max_bytes;
 	size_t max_key;
 	uint64_t evictions;	/* __atomic */
@@ -215,6 +222,76 @@ static MDB_val val(const void *data, size_t size)
 	MDB_val v = { .mv_size = size, .mv_data = (void *)data };
 
 	return v;
+}
+
+/* ---- page checksums --------------------------------------------------- */
+
+#define SUM_P1 UINT64_C(0x9E3779B185EBCA87)
+#define SUM_P2 UINT64_C(0xC2B2AE3D27D4EB4F)
+#define SUM_P3 UINT64_C(0x165667B19E3779F9)
+#define SUM_P4 UINT64_C(0x85EBCA77C2B2AE63)
+#define SUM_P5 UINT64_C(0x27D4EB2F165667C5)
+
+static uint64_t rotl64(uint64_t x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+static uint64_t load64(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static uint64_t sum_round(uint64_t acc, uint64_t in)
+{
+	return rotl64(acc + in * SUM_P2, 31) * SUM_P1;
+}
+
+/*
+ * The checksum of a page record (XXH64's structure: four lanes of 8-byte
+ * words, a few GB/s, so verifying every page a read touches costs little
+ * next to the copy). Seeded with the page's generation and end offset, so
+ * a value moved under another key does not verify either.
+ */
+static uint64_t page_sum(uint64_t gen, uint64_t end, const uint8_t *p,
+			 size_t len)
+{
+	uint64_t seed = gen * SUM_P3 ^ end, h;
+	const uint8_t *e = p + len;
+
+	if (len >= 32) {
+		uint64_t v1 = seed + SUM_P1 + SUM_P2, v2 = seed + SUM_P2;
+		uint64_t v3 = seed, v4 = seed - SUM_P1;
+
+		for (; e - p >= 32; p += 32) {
+			v1 = sum_round(v1, load64(p));
+			v2 = sum_round(v2, load64(p + 8));
+			v3 = sum_round(v3, load64(p + 16));
+			v4 = sum_round(v4, load64(p + 24));
+		}
+		h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) +
+		    rotl64(v4, 18);
+		h = (h ^ sum_round(0, v1)) * SUM_P1 + SUM_P4;
+		h = (h ^ sum_round(0, v2)) * SUM_P1 + SUM_P4;
+		h = (h ^ sum_round(0, v3)) * SUM_P1 + SUM_P4;
+		h = (h ^ sum_round(0, v4)) * SUM_P1 + SUM_P4;
+	} else {
+		h = seed + SUM_P5;
+	}
+	h += (uint64_t)len;
+	for (; e - p >= 8; p += 8)
+		h = rotl64(h ^ sum_round(0, load64(p)), 27) * SUM_P1 + SUM_P4;
+	for (; p < e; p++)
+		h = rotl64(h ^ (*p * SUM_P5), 11) * SUM_P1;
+	h ^= h >> 33;
+	h *= SUM_P2;
+	h ^= h >> 29;
+	h *= SUM_P3;
+	h ^= h >> 32;
+	return h;
 }
 
 /* ---- forgetting the map ----------------------------------------------- */
@@ -624,6 +701,9 @@ static int drop_pages(MDB_txn *txn, const struct op *op, uint64_t bytes)
 	int rc;
 
 	rc = delete_prefix(txn, op->c, op->c->pages, prefix, n, 0, &deleted);
+	if (rc == 0)
+		rc = delete_prefix(txn, op->c, op->c->cursors, prefix, n, 0,
+				   &deleted);
 	if (rc)
 		return rc;
 	rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1, &total);
@@ -651,6 +731,14 @@ static int drop_table(MDB_txn *txn, const struct op *op)
 	if (rc)
 		return rc;
 	return mdb_del(txn, op->c->meta, &k, NULL);
+}
+
+static int invalidate_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	int rc = drop_table(txn, op);
+
+	(void)arg;
+	return rc ? op_fail(op, rc) : 0;
 }
 
 /* Find the least recently used table with pages, other than op's. */
@@ -925,12 +1013,89 @@ static void wipe_env(const char *dir)
 	}
 }
 
+/*
+ * A data.mdb shorter than the pages LMDB's meta says were written: a
+ * truncated file (an OS crash without ordered writes, a full disk, a
+ * damaged copy) or, harmlessly, free pages at the end that were never
+ * written. LMDB maps it anyway and the first access past the end kills the
+ * process with SIGBUS. Only looks at the file size and the meta (no access
+ * to the map). Returns true and the sizes when it is short.
+ */
+static bool env_short(struct cache *c, const char *path, uint64_t *size,
+		      uint64_t *want)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	struct stat fs;
+
+	if (mdb_env_info(c->env, &info) || mdb_env_stat(c->env, &st) ||
+	    stat(path, &fs))
+		return false;
+	*size = (uint64_t)fs.st_size;
+	*want = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+	return *size < *want;
+}
+
+/* Grow data.mdb to `want` bytes of zeros (posix_fallocate never shrinks,
+ * so a writer in another process growing it meanwhile loses nothing):
+ * nothing in the map is past the end any more, and a lost page reads as
+ * zeros, which LMDB reports as MDB_CORRUPTED or the page checksums catch. */
+static int env_extend(const char *path, uint64_t want)
+{
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0)
+		return -errno;
+	rc = posix_fallocate(fd, 0, (off_t)want);
+	close(fd);
+	return -rc;
+}
+
+/* Walk every record of every database, touching each value's first and
+ * last byte: MDB_CORRUPTED (a page lost to truncation) shows up here, not
+ * in the middle of a read. Returns 0 or the LMDB error. */
+static int env_walk(struct cache *c)
+{
+	MDB_dbi dbis[] = { 0, 1, c->info, c->meta, c->pages, c->schema,
+			   c->spool, c->cursors };
+	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = txn_begin(c, MDB_RDONLY, &txn);
+	if (rc)
+		return rc;
+	for (size_t i = 0; rc == 0 && i < sizeof(dbis) / sizeof(dbis[0]);
+	     i++) {
+		MDB_cursor *cur = NULL;
+		MDB_val k, v;
+		volatile uint8_t sink = 0;
+
+		rc = mdb_cursor_open(txn, dbis[i], &cur);
+		if (rc)
+			break;
+		while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+			if (v.mv_size) {
+				sink ^= ((const uint8_t *)v.mv_data)[0];
+				sink ^= ((const uint8_t *)
+					 v.mv_data)[v.mv_size - 1];
+			}
+		}
+		(void)sink;
+		mdb_cursor_close(cur);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	txn_abort(c, txn);
+	return rc;
+}
+
 static int open_dbis(struct cache *c)
 {
 	static const char *const names[] = { "info", "meta", "pages",
-					     "schema", "spool" };
+					     "schema", "spool", "cursors" };
 	MDB_dbi *dbis[] = { &c->info, &c->meta, &c->pages, &c->schema,
-			    &c->spool };
+			    &c->spool, &c->cursors };
 	MDB_txn *txn = NULL;
 	uint64_t format;
 	int rc;
@@ -974,7 +1139,10 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 	pthread_rwlockattr_t attr;
 	struct cache *c = NULL;
 	bool lock_init = false, mutex_init = false;
-	int dead = 0, rc;
+	bool shortened = false, damaged = false;
+	uint64_t size = 0, want = 0;
+	char path[4096];
+	int dead = 0, n, rc;
 
 	if (!out || !dir || !*dir)
 		return -EINVAL;
@@ -1014,6 +1182,25 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 		wipe_env(dir);
 		rc = env_open(c, dir, map_size(max_bytes));
 	}
+	if (rc == 0) {
+		n = snprintf(path, sizeof(path), "%s/data.mdb", dir);
+		if (n > 0 && (size_t)n < sizeof(path) &&
+		    env_short(c, path, &size, &want)) {
+			log_warn("cache: '%s' is truncated (%llu bytes, %llu "
+				 "expected): checking it", path,
+				 (unsigned long long)size,
+				 (unsigned long long)want);
+			shortened = true;
+			if (env_extend(path, want))
+				damaged = true;
+		}
+		if (damaged) {
+			mdb_env_close(c->env);
+			c->env = NULL;
+			wipe_env(dir);
+			rc = env_open(c, dir, map_size(max_bytes));
+		}
+	}
 	if (rc) {
 		log_err("cache: open '%s' failed: %s", dir, mdb_strerror(rc));
 		rc = rc == EACCES || rc == EPERM ? -EACCES : cache_errno(rc);
@@ -1031,6 +1218,17 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 		log_info("cache: cleared %d stale readers in '%s'", dead, dir);
 	c->max_key = (size_t)mdb_env_get_maxkeysize(c->env);
 	rc = open_dbis(c);
+	if (shortened && (rc == MDB_CORRUPTED || (rc == 0 && env_walk(c)))) {
+		/* pages the B-tree reaches were lost: start afresh */
+		log_warn("cache: '%s' lost pages in use, starting afresh",
+			 path);
+		mdb_env_close(c->env);
+		c->env = NULL;
+		wipe_env(dir);
+		rc = env_open(c, dir, map_size(max_bytes));
+		if (rc == 0)
+			rc = open_dbis(c);
+	}
 	if (rc) {
 		log_err("cache: open databases of '%s' failed: %s", dir,
 			mdb_strerror(rc));
@@ -1087,6 +1285,13 @@ int cache_get_meta(struct cache *cache, const char *table,
 		return op_fail(&op, rc);
 	rc = meta_load(txn, &op, out);
 	txn_abort(cache, txn);
+	if (rc == MDB_CORRUPTED) {
+		log_warn("cache: the meta record of '%s' is damaged: "
+			 "dropping the cached rows", table);
+		op.what = "drop damaged meta";
+		rc = run_write(&op, invalidate_fn, NULL);
+		return rc ? rc : -ENOENT;
+	}
 	if (rc == MDB_NOTFOUND)
 		return -ENOENT;
 	return rc ? op_fail(&op, rc) : 0;
@@ -1184,6 +1389,25 @@ static int append_fn(MDB_txn *txn, struct op *op, void *arg)
 		return -EINVAL;
 	if (a->offset < m->bytes || m->complete)
 		return -EEXIST;
+	if (m->pages >= CACHE_PAGES_MAX)
+		return op_fail_msg(op, -EPROTO, "more pages than any table "
+				   "has: the API keeps sending cursors");
+	if (a->next_cursor) {
+		/* a cursor sent before for this version is a loop (A → B →
+		 * A): following it would fetch and cache forever */
+		uint64_t sum = page_sum(a->gen, 0, (const uint8_t *)
+					a->next_cursor, a->clen);
+
+		k = val(key, key_page(key, op, a->gen, sum));
+		v = val("", 0);
+		rc = mdb_put(txn, op->c->cursors, &k, &v, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST)
+			return op_fail_msg(op, -EPROTO, "the API sent a "
+					   "cursor it had sent before for "
+					   "this version (a cursor loop)");
+		if (rc)
+			return op_fail(op, rc);
+	}
 	if (op->c->max_bytes) {
 		rc = evict_lru(txn, op, op->c->max_bytes, a->len);
 		if (rc)
@@ -1192,14 +1416,20 @@ static int append_fn(MDB_txn *txn, struct op *op, void *arg)
 	if (a->len > 0) {
 		/* An empty page (an empty table) adds no record: its end
 		 * offset would be the previous page's. */
+		uint64_t sum = page_sum(a->gen, a->offset + a->len,
+					a->data, a->len);
+
 		k = val(key, key_page(key, op, a->gen, a->offset + a->len));
-		v = val(a->data, a->len);
-		rc = mdb_put(txn, op->c->pages, &k, &v, MDB_NOOVERWRITE);
+		v = val(NULL, PAGE_SUM_SIZE + a->len);
+		rc = mdb_put(txn, op->c->pages, &k, &v,
+			     MDB_NOOVERWRITE | MDB_RESERVE);
 		if (rc == MDB_KEYEXIST)
 			return op_fail_msg(op, -EIO, "page record exists "
 					   "beyond the frontier");
 		if (rc)
 			return op_fail(op, rc);
+		memcpy(v.mv_data, &sum, PAGE_SUM_SIZE);
+		memcpy((uint8_t *)v.mv_data + PAGE_SUM_SIZE, a->data, a->len);
 		rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1,
 			      &total);
 		if (rc == 0)
@@ -1320,21 +1550,34 @@ static int read_pages(MDB_txn *txn, const struct op *op, uint64_t gen,
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
 	     rc == 0 && *copied < want;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		const uint8_t *src;
-		uint64_t end, start;
-		size_t n;
+		const uint8_t *src, *data;
+		uint64_t end, start, sum;
+		size_t n, len;
 
 		if (k.mv_size != plen + 8 || !has_prefix(&k, key, plen))
 			break;
 		end = get_be64((const uint8_t *)k.mv_data + plen);
-		if (v.mv_size > end)
+		if (v.mv_size < PAGE_SUM_SIZE) {
+			rc = MDB_CORRUPTED;
 			break;
-		start = end - v.mv_size;
+		}
+		len = v.mv_size - PAGE_SUM_SIZE;
+		data = (const uint8_t *)v.mv_data + PAGE_SUM_SIZE;
+		if (len > end)
+			break;
+		start = end - len;
 		if (start > pos || end <= pos)
 			break;
+		/* every page a read touches is verified whole: damaged
+		 * bytes are never served */
+		memcpy(&sum, v.mv_data, PAGE_SUM_SIZE);
+		if (sum != page_sum(gen, end, data, len)) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
 		n = end - pos < want - *copied ? (size_t)(end - pos) :
 						 want - *copied;
-		src = (const uint8_t *)v.mv_data + (pos - start);
+		src = data + (pos - start);
 		memcpy(buf + *copied, src, n);
 		/* copied out: this process need not keep it mapped */
 		map_run_add(op->c, &run, src, n, false);
@@ -1373,6 +1616,10 @@ int cache_read(struct cache *cache, const char *table, uint64_t gen,
 		rc = -ESTALE;
 		goto out;
 	}
+	if (rc == MDB_CORRUPTED) {
+		rc = -EBADMSG;
+		goto out;
+	}
 	if (rc) {
 		rc = op_fail(&op, rc);
 		goto out;
@@ -1382,18 +1629,33 @@ int cache_read(struct cache *cache, const char *table, uint64_t gen,
 						 size;
 	if (want > 0) {
 		rc = read_pages(txn, &op, gen, offset, buf, want, &copied);
-		if (rc) {
-			rc = op_fail(&op, rc);
+		if (rc == 0 && copied < want)
+			rc = MDB_CORRUPTED;	/* a page is missing */
+		if (rc == MDB_CORRUPTED) {
+			rc = -EBADMSG;
 			goto out;
 		}
-		if (copied < want) {
-			rc = op_fail_msg(&op, -EIO, "a page is missing");
+		if (rc) {
+			rc = op_fail(&op, rc);
 			goto out;
 		}
 	}
 	*nread = copied;
 out:
 	txn_abort(cache, txn);
+	if (rc == -EBADMSG) {
+		/* a damaged cache is a cache miss: forget the version */
+		log_warn("cache: the cached rows of '%s' are damaged "
+			 "(checksum, missing page or bad record): dropping "
+			 "them", table);
+		op.what = "drop damaged rows";
+		if (run_write(&op, invalidate_fn, NULL))
+			log_err("cache: cannot drop the damaged rows of '%s'",
+				table);
+		if (nread)
+			*nread = 0;
+		return -EBADMSG;
+	}
 	if (rc)
 		return rc;
 	now = now_s();
@@ -1443,14 +1705,6 @@ int cache_set_validated(struct cache *cache, const char *table, uint64_t gen,
 	if (rc)
 		return rc;
 	return run_write(&op, validated_fn, &a);
-}
-
-static int invalidate_fn(MDB_txn *txn, struct op *op, void *arg)
-{
-	int rc = drop_table(txn, op);
-
-	(void)arg;
-	return rc ? op_fail(op, rc) : 0;
 }
 
 int cache_invalidate(struct cache *cache, const char *table)

@@ -38,7 +38,7 @@ const char fs_config_help[] =
 	"    -o upload_workers=N      upsert chunks or rows in flight (default 4)\n"
 	"    -o revalidate=SECONDS    revalidate a table at most this often (default 5)\n"
 	"    -o list_ttl=SECONDS      keep a table listing this long (default 30)\n"
-	"    -o max_line=BYTES        longest import line accepted (default 1M)\n"
+	"    -o max_line=N[KMG]       longest import line accepted (default 1M)\n"
 	"    -o retries=N             attempts per request (default 8)\n"
 	"    -o retry_budget=SECONDS  time per request, retries included (default 120)\n"
 	"    -o ro                    read-only: refuse every write with EROFS\n"
@@ -352,8 +352,20 @@ int fs_config_set(struct fs_config *cfg, const char *word)
 		return parse_uint(key, v, 0, 86400 * 365, &cfg->revalidate);
 	if (!strcmp(key, "list_ttl"))
 		return parse_uint(key, v, 0, 86400 * 365, &cfg->list_ttl);
-	if (!strcmp(key, "max_line"))
-		return parse_uint(key, v, 64, 64U << 20, &cfg->max_line);
+	if (!strcmp(key, "max_line")) {
+		/* a size, as cache_size: --help writes the default as 1M */
+		uint64_t n;
+		int rc = parse_size(key, v, &n);
+
+		if (rc)
+			return rc;
+		if (n < 64 || n > 64U << 20) {
+			log_err("option 'max_line': '%s' is not in 64..64M", v);
+			return -EINVAL;
+		}
+		cfg->max_line = (unsigned)n;
+		return 0;
+	}
 	if (!strcmp(key, "retries"))
 		return parse_uint(key, v, 1, 100, &cfg->retries);
 	if (!strcmp(key, "retry_budget"))

@@ -927,12 +927,13 @@ struct fs_reader {
 	struct fs_engine *eng;
 	struct fs_table *t;
 	uint64_t gen;
+	char version[CACHE_VERSION_MAX];
 	bool consumed;		/* bytes of gen were returned */
 };
 
 /* The API could not be reached or kept failing: not an answer about the
  * table (as 404 or 403 would be). */
-static bool unreachable(int rc)
+bool fs_unreachable(int rc)
 {
 	return rc == -EHOSTUNREACH || rc == -ETIMEDOUT || rc == -EIO;
 }
@@ -1013,7 +1014,7 @@ again:
 		}
 		changed = true;
 	}
-	if (rc && !force && have && m->complete && unreachable(rc)) {
+	if (rc && !force && have && m->complete && fs_unreachable(rc)) {
 		atomic_store(&t->offline_at, now_s());
 		/* offline: the last version proved current, whole, beats no
 		 * file at all (the log says it was not revalidated) */
@@ -1085,6 +1086,7 @@ static int reader_open(struct fs_engine *eng, struct fs_table *t,
 	rd->eng = eng;
 	rd->t = t;
 	rd->gen = m.gen;
+	memcpy(rd->version, m.version, sizeof(rd->version));
 	*out = rd;
 	return 0;
 }
@@ -1118,6 +1120,30 @@ static int rebind(struct fs_reader *rd)
 	return rc;
 }
 
+/*
+ * The cache dropped the reader's version as damaged: take a new snapshot
+ * and, when the API still has the same version (whose bytes and offsets
+ * are the same), go on reading it from the API. Returns 0 or -ESTALE.
+ */
+static int reader_refetch(struct fs_reader *rd)
+{
+	struct cache_meta m;
+	int rc;
+
+	if (!rd->version[0])
+		return -ESTALE;	/* no version to prove it the same */
+	pthread_mutex_lock(&rd->t->lock);
+	rc = snapshot(rd->eng, rd->t, &m, false);
+	pthread_mutex_unlock(&rd->t->lock);
+	if (rc == 0 && strcmp(m.version, rd->version) == 0) {
+		log_warn("cached rows of '%s' were damaged: fetching them "
+			 "again", rd->t->name);
+		rd->gen = m.gen;
+		return 0;
+	}
+	return -ESTALE;
+}
+
 int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 		   size_t *nread)
 {
@@ -1125,12 +1151,19 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 	struct fs_table *t = rd->t;
 	struct cache_meta m;
 	size_t total = 0, n;
+	bool refetched = false;
 	unsigned rebinds = 0;
 	int rc = 0;
 
 	while (total < size) {
 		rc = cache_read(eng->cache, t->id, rd->gen, off + total,
 				(char *)buf + total, size - total, &n);
+		if (rc == -EBADMSG && !refetched) {
+			refetched = true;
+			rc = reader_refetch(rd);
+			if (rc == 0)
+				continue;
+		}
 		if (rc == -ESTALE && !rd->consumed && off + total == 0 &&
 		    rebinds++ < 3) {
 			/* the version changed before this reader saw a byte

@@ -91,10 +91,14 @@ const char *fs_table_id(const struct fs_table *t);
 
 /* What the face remembers about rows.jsonl in the kernel: the generation
  * whose exact size getattr reported last, and the one whose bytes the page
- * cache may hold. Guarded by the face. */
+ * cache may hold; how many handles read `kernel` through the page cache and
+ * its size (while any is open, getattr keeps reporting that size: the
+ * kernel ends page-cache reads at st_size). Guarded by the face. */
 struct fs_face_gens {
 	uint64_t attr;
 	uint64_t kernel;
+	unsigned cached_handles;
+	uint64_t kernel_size;
 };
 struct fs_face_gens *fs_table_face(struct fs_table *t);
 

@@ -140,6 +140,10 @@ int fs_table_invalidate(struct fs_engine *eng, struct fs_table *t)
  * `revalidate` seconds, or made before the last fs_engine_expire(). */
 bool fs_engine_expired(struct fs_engine *eng, int64_t at);
 
+/* The API could not be reached or kept failing: not an answer about the
+ * table (as 404 or 403 would be). */
+bool fs_unreachable(int rc);
+
 /* Open a reader on the current version of t: revalidated now, whatever
  * `revalidate` allows (an import compares with it). */
 int fs_reader_open_current(struct fs_engine *eng, struct fs_table *t,

@@ -37,10 +37,15 @@ int fs_name_encode(const char *name, char *buf, size_t size)
 	if (size == 0)
 		return -ENAMETOOLONG;
 	buf[0] = '\0';
+	/* "" is no file name (a readdir entry without one fails the whole
+	 * listing with EIO): spell it as an escaped NUL */
+	if (!*name)
+		return put_escape(buf, size, &pos, 0);
 	for (p = (const unsigned char *)name; *p; p++) {
 		int rc;
 
-		if (all || *p == '%' || *p == '/')
+		/* control characters (newline, tab, …) never appear raw */
+		if (all || *p == '%' || *p == '/' || *p < 0x20 || *p == 0x7f)
 			rc = put_escape(buf, size, &pos, *p);
 		else
 			rc = put(buf, size, &pos, (char)*p);
@@ -82,6 +87,12 @@ int fs_name_decode(const char *file, char *buf, size_t size)
 				return -EINVAL;
 			c = (char)(hi << 4 | lo);
 			p += 2;
+			if (c == '\0') {
+				/* only "%00" alone, the empty name */
+				if (p[1] || p != file + 2)
+					return -EINVAL;
+				return 0;
+			}
 		}
 		rc = put(buf, size, &pos, c);
 		if (rc)

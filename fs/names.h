@@ -1,7 +1,9 @@
 /*
  * names: table names ↔ file names. A table name is used as it is, except
- * '%' → %25 and '/' → %2F, and a name of "." or ".." (or "") is fully
- * percent-encoded, so every name is a valid, reversible file name.
+ * '%' → %25, '/' → %2F and control characters (newline → %0A, tab → %09,
+ * …), a name of "." or ".." is fully percent-encoded and "" is "%00", so
+ * every name is a valid, reversible file name. (Names holding a NUL never
+ * get here: the listing skips them.)
  */
 #ifndef DTFS_FS_NAMES_H
 #define DTFS_FS_NAMES_H

@@ -28,6 +28,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -243,13 +244,34 @@ static void pages_release(struct api_page *pages, unsigned n)
 
 /* ---- appending --------------------------------------------------------- */
 
-/* Append page k of shape s to generation gen; m is updated. */
+/* The page the cached frontier of m expects next: 1 for none cached,
+ * UINT_MAX when the version is complete, 0 when the cursor is bad. */
+static unsigned frontier_page(const struct cache_meta *m)
+{
+	struct shape s;
+	unsigned next;
+
+	if (m->complete)
+		return UINT_MAX;
+	if (m->pages == 0)
+		return 1;
+	return cursor_parse(m->cursor, &next, &s) ? 0 : next;
+}
+
+/*
+ * Append page k of shape s to generation gen; m is updated. Another
+ * process (or a reader of this one) sharing the cache may have appended
+ * it, or pages after it, meanwhile: the page goes in only where the
+ * frontier expects page k, else it is already there and is skipped (never
+ * appended after pages that follow it).
+ */
 static int append(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 		  unsigned k, const struct shape *s, const struct api_page *p,
 		  struct cache_meta *m)
 {
 	char cur[96];
-	int rc;
+	unsigned want;
+	int rc, tries;
 
 	/* Another process on this cache may have appended page k already
 	 * (the meta was refreshed after an -EEXIST on an earlier page):
@@ -258,12 +280,27 @@ static int append(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 		return 0;
 	if (k < s->count)
 		cursor_format(cur, sizeof(cur), k + 1, s);
-	rc = cache_append_page(eng->cache, t->id, gen, m->bytes, p->data,
-			       p->len, p->nrows, k < s->count ? cur : NULL,
-			       m);
-	if (rc == -EEXIST)
+	for (tries = 0; tries < 2; tries++) {
+		want = frontier_page(m);
+		if (want == 0)
+			return -EPROTO;
+		if (want > k)
+			return 0;	/* appended by someone else */
+		if (want < k)
+			return -EPROTO;	/* a gap: pages are fetched in order */
+		rc = cache_append_page(eng->cache, t->id, gen, m->bytes,
+				       p->data, p->len, p->nrows,
+				       k < s->count ? cur : NULL, m);
+		if (rc != -EEXIST)
+			return rc;
+		/* m was behind the frontier: look again */
 		rc = cache_get_meta(eng->cache, t->id, m);
-	return rc;
+		if (rc)
+			return rc;
+		if (m->gen != gen)
+			return -ESTALE;
+	}
+	return frontier_page(m) > k ? 0 : -EPROTO;
 }
 
 static void changed_log(struct fs_table *t, const char *why, unsigned k)
@@ -330,12 +367,11 @@ static int cold_pass(struct fs_engine *eng, struct fs_table *t,
 	int rcs[2] = { 0, 0 };
 	unsigned n = eng->cfg.page_workers > 1 && prev_pages != 1 ? 2 : 1;
 	char version[CACHE_VERSION_MAX];
+	struct fs_schema_fetch sf = { 0 };
+	bool had = t->have_schema, changed = false;
 	struct shape s;
 	uint64_t gen;
 	int rc;
-
-	struct fs_schema_fetch sf = { 0 };
-	bool had = t->have_schema, changed = false;
 
 	memset(p, 0, sizeof(p));
 	/* a schema to prove fresh is fetched beside pages 1 and 2, and
@@ -611,11 +647,6 @@ out:
 
 /* ---- opening ------------------------------------------------------------ */
 
-static bool unreachable(int rc)
-{
-	return rc == -ENOTCONN || rc == -ETIMEDOUT || rc == -EIO;
-}
-
 int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
 			 struct cache_meta *m, bool have, bool force)
 {
@@ -638,7 +669,7 @@ int fs_numbered_snapshot(struct fs_engine *eng, struct fs_table *t,
 			"tries)", t->name, PASS_TRIES);
 		return -EAGAIN;
 	}
-	if (rc && !force && have && m->complete && unreachable(rc)) {
+	if (rc && !force && have && m->complete && fs_unreachable(rc)) {
 		atomic_store(&t->offline_at, (int64_t)time(NULL));
 		log_warn("cannot revalidate '%s' (%s): serving the cached "
 			 "version", t->name, strerror(-rc));

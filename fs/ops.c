@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "engine.h"
 #include "log.h"
 #include "names.h"
@@ -52,6 +53,7 @@ struct handle {
 	int fd;			/* rejects.jsonl */
 	struct fs_scratch *sc;	/* a scratch file */
 	bool append;		/* O_APPEND: each write() is imported */
+	bool page_cached;	/* counted in face->cached_handles */
 };
 
 struct fs_face_opts fs_face_opts = {
@@ -232,6 +234,9 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	/* renaming onto an open rows.jsonl must reach fs_rename, not become
 	 * a rename of rows.jsonl to .fuse_hidden… (perl -i reads it open) */
 	cfg->hard_remove = 1;
+	/* a reader killed or interrupted while its page is fetched gets
+	 * EINTR at once, not after the retry budget */
+	api_set_interrupt_check(fuse_interrupted);
 	mount_time = time(NULL);
 	{
 		const char *cache = fs_engine_config(engine())->cache_dir;
@@ -284,9 +289,10 @@ static int fs_getattr(const char *path, struct stat *st,
 		st->st_nlink = 2;
 		return 0;
 	case FS_ROWS: {
-		uint64_t size;
+		struct fs_face_gens *face = fs_table_face(t);
 		struct handle *wh = fi ? (struct handle *)(uintptr_t)fi->fh
 				       : NULL;
+		uint64_t size;
 
 		if (!fi && moved_away(t, false))
 			return -ENOENT;
@@ -301,10 +307,21 @@ static int fs_getattr(const char *path, struct stat *st,
 			size = 0;
 			gen = 0;
 		}
-		st->st_size = (off_t)size;
+		/*
+		 * The kernel ends page-cache reads at st_size, on every open
+		 * handle: while a handle reads a version through the page
+		 * cache, a new version's size (0 while incomplete) would cut
+		 * it short with success. Keep telling that version's size
+		 * until the last such handle closes.
+		 */
 		pthread_mutex_lock(&face_lock);
-		fs_table_face(t)->attr = gen;
+		if (face->cached_handles) {
+			size = face->kernel_size;
+		} else {
+			face->attr = gen;
+		}
 		pthread_mutex_unlock(&face_lock);
+		st->st_size = (off_t)size;
 		break;
 	}
 	case FS_SCHEMA:
@@ -430,6 +447,11 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 
 static void handle_free(struct handle *h)
 {
+	if (h->page_cached) {
+		pthread_mutex_lock(&face_lock);
+		fs_table_face(h->t)->cached_handles--;
+		pthread_mutex_unlock(&face_lock);
+	}
 	if (h->rd)
 		fs_reader_close(h->rd);
 	if (h->im)
@@ -445,7 +467,7 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 			  struct fuse_file_info *fi)
 {
 	struct fs_face_gens *face = fs_table_face(h->t);
-	uint64_t size;
+	uint64_t size, gen;
 	int rc;
 
 	rc = fs_reader_open(eng, h->t, &h->rd);
@@ -455,15 +477,23 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 	 * Through the page cache only when the version is complete and the
 	 * kernel was told its exact size; otherwise direct I/O, so tools read
 	 * to the end whatever st_size said. The kernel keeps cached pages
-	 * only if they are of this very generation.
+	 * only if they are of this very generation. While handles read one
+	 * generation through the page cache, every other generation is
+	 * direct I/O and keeps the cache (theirs), and st_size stays theirs
+	 * (fs_getattr).
 	 */
 	pthread_mutex_lock(&face_lock);
+	gen = fs_reader_gen(h->rd);
 	if (fs_reader_complete(h->rd, &size) &&
-	    face->attr == fs_reader_gen(h->rd)) {
-		fi->keep_cache = face->kernel == face->attr;
-		face->kernel = face->attr;
+	    (face->cached_handles ? face->kernel == gen : face->attr == gen)) {
+		fi->keep_cache = face->kernel == gen;
+		face->kernel = gen;
+		face->kernel_size = size;
+		face->cached_handles++;
+		h->page_cached = true;
 	} else {
 		fi->direct_io = 1;
+		fi->keep_cache = face->cached_handles > 0;
 	}
 	pthread_mutex_unlock(&face_lock);
 	return 0;
@@ -664,16 +694,38 @@ static int fs_write(const char *path, const char *buf, size_t size,
  * what close() returns; once an import failed, every later close of the
  * opener fails with it too (fs_import_finish latches it).
  */
+/*
+ * An import rewrote rejects.jsonl: tell the kernel, or a stat in the next
+ * attr_timeout still shows the previous import's size. rows is the path of
+ * the table's rows.jsonl. A different inode from the one whose request is
+ * being handled, so notifying from here cannot deadlock.
+ */
+static void rejects_changed(const char *rows)
+{
+	const char *slash = rows ? strrchr(rows, '/') : NULL;
+	char p[PATH_MAX];
+	int n;
+
+	if (!slash)
+		return;
+	n = snprintf(p, sizeof(p), "%.*s/%s", (int)(slash - rows), rows,
+		     file_names[FS_REJECTS]);
+	if (n > 0 && (size_t)n < sizeof(p))
+		fuse_invalidate_path(fuse_get_context()->fuse, p);
+}
+
 static int fs_flush(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
+	int rc;
 
-	(void)path;
 	if (!h->im)
 		return 0;
 	if (tgid_of(fuse_get_context()->pid) != h->opener)
 		return 0;
-	return fs_import_finish(h->im);
+	rc = fs_import_finish(h->im);
+	rejects_changed(path);
+	return rc;
 }
 
 /* Release's error is thrown away by the kernel: an import flush did not
@@ -682,13 +734,13 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
 
-	(void)path;
 	if (h->im && fs_import_dirty(h->im)) {
 		int rc = fs_import_finish(h->im);
 
 		if (rc)
 			log_err("import into '%s' finished at release: %s",
 				fs_table_name(h->t), strerror(-rc));
+		rejects_changed(path);
 	}
 	handle_free(h);
 	return 0;

@@ -115,6 +115,19 @@ def test_pages_are_fetched_in_parallel(emu_factory, mount_factory):
     assert s["max_in_flight"] >= 3
 
 
+def test_page_size_falls_to_what_the_server_accepts(emu_factory,
+                                                    mount_factory):
+    """A server that refuses 500-row pages: the size is halved until it
+    is accepted, kept for the pass, and the export is whole and exact."""
+    emu = emu_factory("--generate", "Big:1000", "--max-flows-page-size",
+                      "200")
+    m = mount_factory(emu, opts="api=flows").start()
+    data = slurp(m.file("Big", "rows.jsonl"))
+    assert flows_rows(data) == cursor_rows(emu, "Big")
+    assert len(data.splitlines()) == 1000
+    assert emu.stats()["by_status"].get("400", 0) >= 1
+
+
 def test_head_costs_one_page_and_at_most_one_prefetch(emu_factory,
                                                       mount_factory):
     # lazy_size: with exact sizes (the default) the lookup before the
@@ -152,6 +165,23 @@ def test_revalidation_keeps_an_unchanged_version(emu_factory,
     again = slurp(rows)
     assert again != first
     assert flows_rows(again) == cursor_rows(emu, "Big")
+
+
+def test_an_unreachable_api_serves_the_cached_version(emu_factory,
+                                                      mount_factory):
+    emu = emu_factory("--generate", "Big:1200")
+    m = mount_factory(emu, opts="api=flows,revalidate=0,retries=2,"
+                      "retry_budget=2").start()
+    rows = m.file("Big", "rows.jsonl")
+    first = slurp(rows)
+    emu.config(fail_rate=1.0)		# answers, all 5xx
+    try:
+        assert slurp(rows) == first
+    finally:
+        emu.config(fail_rate=0.0)
+    emu.stop()				# no answer at all
+    assert slurp(rows) == first
+    assert m.stderr().count("serving the cached version") >= 2
 
 
 def test_a_change_between_pages_gives_one_version_or_estale(

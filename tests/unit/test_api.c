@@ -1218,6 +1218,31 @@ static size_t ref_utf8(const unsigned char *s, size_t n)
 	return len;
 }
 
+/* The code unit of a checked \uXXXX at s. */
+static unsigned ref_u(const unsigned char *s)
+{
+	char hex[5] = { (char)s[2], (char)s[3], (char)s[4], (char)s[5], 0 };
+
+	return (unsigned)strtoul(hex, NULL, 16);
+}
+
+/* A \u escape of half a surrogate pair without the other half. */
+static bool ref_lone_surrogate(const unsigned char *s, size_t n, size_t i)
+{
+	unsigned cp = ref_u(s + i);
+
+	if (cp >= 0xdc00 && cp <= 0xdfff)
+		return true;
+	if (cp < 0xd800 || cp > 0xdbff)
+		return false;
+	if (i + 12 > n || s[i + 6] != '\\' || s[i + 7] != 'u')
+		return true;
+	for (int k = 8; k < 12; k++)
+		if (!s[i + k] || !strchr("0123456789abcdefABCDEF", s[i + k]))
+			return true;
+	return ref_u(s + i + 6) < 0xdc00 || ref_u(s + i + 6) > 0xdfff;
+}
+
 static const char *ref_string(const unsigned char *s, size_t n, size_t i,
 			      bool utf8, size_t *at, bool *escaped)
 {
@@ -1244,6 +1269,11 @@ static const char *ref_string(const unsigned char *s, size_t n, size_t i,
 						    s[i + k]) ||
 					    !s[i + k])
 						return "bad \\u escape";
+				if (utf8 && ref_lone_surrogate(s, n, i))
+					return "lone surrogate \\u escape";
+				if (utf8 && ref_u(s + i) >= 0xd800 &&
+				    ref_u(s + i) <= 0xdbff)
+					i += 6;
 				i += 6;
 			} else if (s[i + 1] && strchr("\"\\/bfnrt", s[i + 1])) {
 				i += 2;
@@ -1438,6 +1468,37 @@ static void expect_valid(const struct api_schema *s, const char *line,
 	assert_string_equal(key, want_key);
 	free(row);
 	free(key);
+}
+
+/* Issue 11 item 5: two lone surrogates both decoded to U+FFFD, so two
+ * distinct keys collapsed into one and a row was lost; a schema without a
+ * key made every row one. Both are quarantined now. */
+static void test_validate_lone_surrogates_and_no_key(void **state)
+{
+	struct api_schema s, nokey;
+	static const char NOKEY[] =
+	    "{\"columns\": [{\"name\": \"a\", \"type\": \"string\"}]}";
+
+	(void)state;
+	schema_load(SCHEMA, &s);
+	expect_invalid(&s, "{\"customer_id\":\"s\\ud800\"}", -EINVAL,
+		       "lone surrogate");
+	expect_invalid(&s, "{\"customer_id\":\"s\\ud801\"}", -EINVAL,
+		       "lone surrogate");
+	expect_invalid(&s, "{\"customer_id\":\"s\\udc00x\"}", -EINVAL,
+		       "lone surrogate");
+	expect_invalid(&s, "{\"customer_id\":\"s\\ud800\\u0041\"}",
+		       -EINVAL, "lone surrogate");
+	/* a pair is one character, and stays valid */
+	expect_valid(&s, "{\"customer_id\":\"s\\ud83d\\ude00\"}",
+		     "{\"customer_id\":\"s\xf0\x9f\x98\x80\"}",
+		     "[\"s\xf0\x9f\x98\x80\"]");
+	api_schema_release(&s);
+
+	schema_load(NOKEY, &nokey);
+	expect_invalid(&nokey, "{\"a\":\"x\"}", -EINVAL,
+		       "no primary-key column");
+	api_schema_release(&nokey);
 }
 
 static void test_validate_rules(void **state)
@@ -2210,6 +2271,7 @@ int main(void)
 	    cmocka_unit_test(test_delete_gone),
 	    cmocka_unit_test(test_http_body_reuse),
 	    cmocka_unit_test(test_logs_keep_secrets),
+	    cmocka_unit_test(test_validate_lone_surrogates_and_no_key),
 	};
 
 	log_init("test_api", getenv("TEST_API_VERBOSE") ? LOG_DEBUG : LOG_CRIT);

@@ -215,6 +215,8 @@ static void test_open_not_a_dir(void **state)
 static void test_read_every_offset(void **state)
 {
 	static const size_t lens[] = { 5, 1, 7, 3, 9, 2, 4 };
+	static const char *const cursors[] = { "c1", "c2", "c3", "c4", "c5",
+					       "c6" };
 	const size_t npages = sizeof(lens) / sizeof(lens[0]);
 	struct fixture *f = *state;
 	struct cache *c = open_cache(f, 0);
@@ -233,7 +235,7 @@ static void test_read_every_offset(void **state)
 	for (size_t p = 0; p < npages; p++) {
 		assert_int_equal(cache_append_page(c, "T", m.gen, frontier,
 						   all + frontier, lens[p], 1,
-						   p + 1 < npages ? "next" :
+						   p + 1 < npages ? cursors[p] :
 								    NULL,
 						   NULL),
 				 0);
@@ -677,11 +679,15 @@ static void fill_table(struct cache *c, const char *table, unsigned pages,
 	assert_non_null(buf);
 	memset(buf, table[0], page_len);
 	assert_int_equal(cache_begin_version(c, table, "v", m), 0);
-	for (unsigned i = 0; i < pages; i++)
+	for (unsigned i = 0; i < pages; i++) {
+		char cursor[32];
+
+		snprintf(cursor, sizeof(cursor), "more-%u", i);
 		assert_int_equal(cache_append_page(c, table, m->gen,
 						   (uint64_t)i * page_len, buf,
-						   page_len, 1, "more", m),
+						   page_len, 1, cursor, m),
 				 0);
+	}
 	free(buf);
 }
 
@@ -721,7 +727,7 @@ static void test_eviction_lru(void **state)
 
 	memset(buf, 'C', sizeof(buf));
 	assert_int_equal(cache_append_page(c, "C", cm.gen, 1000, buf, 1000, 1,
-					   "more", NULL),
+					   "more-a", NULL),
 			 0);
 	assert_int_equal(cache_get_meta(c, "B", &got), -ENOENT);
 	assert_int_equal(cache_get_meta(c, "A", &got), 0);
@@ -732,7 +738,7 @@ static void test_eviction_lru(void **state)
 
 	memset(buf, 'C', sizeof(buf));
 	assert_int_equal(cache_append_page(c, "C", cm.gen, 2000, buf, 1000, 1,
-					   "more", NULL),
+					   "more-b", NULL),
 			 0);
 	assert_int_equal(cache_get_meta(c, "A", &got), -ENOENT);
 	/* C alone is over the cap: it stays whole */
@@ -986,6 +992,166 @@ static void test_corrupt_env_started_afresh(void **state)
 	assert_int_equal(cache_begin_version(f->cache, "T", "v", &m), 0);
 }
 
+/* ---- damage: a damaged cache is a cache miss ---------------------------- */
+
+/* Read the whole file at path into a malloc'ed buffer. */
+static char *slurp(const char *path, size_t *len)
+{
+	struct stat st;
+	char *buf;
+	FILE *fp = fopen(path, "rb");
+
+	assert_non_null(fp);
+	assert_int_equal(fstat(fileno(fp), &st), 0);
+	buf = malloc((size_t)st.st_size + 1);
+	assert_non_null(buf);
+	assert_int_equal(fread(buf, 1, (size_t)st.st_size, fp),
+			 (size_t)st.st_size);
+	fclose(fp);
+	*len = (size_t)st.st_size;
+	return buf;
+}
+
+static void spit(const char *path, const char *buf, size_t len)
+{
+	FILE *fp = fopen(path, "r+b");
+
+	assert_non_null(fp);
+	assert_int_equal(fwrite(buf, 1, len, fp), len);
+	fclose(fp);
+}
+
+/* Cache every page of the stream as table T, version v1; close. */
+static void fill_and_close(struct fixture *f, struct stream *s,
+			   struct cache_meta *m)
+{
+	struct cache *c = open_cache(f, 0);
+
+	stream_init(s);
+	assert_int_equal(cache_begin_version(c, "T", "v1", m), 0);
+	for (unsigned i = 0; i < STREAM_PAGES; i++)
+		assert_int_equal(append_stream_page(c, "T", m->gen, s, i,
+						    STREAM_PAGES - 1, NULL),
+				 0);
+	cache_close(c);
+	f->cache = NULL;
+}
+
+/* Read the table in a child: whatever the damage, the child must not die
+ * of a signal, and every byte it is given must be the stream's. Exits 0
+ * (all bytes), 2 (-EBADMSG/-ESTALE/-ENOENT: a miss), 1 (wrong bytes or
+ * another error). */
+static int read_in_child(struct fixture *f, const struct stream *s,
+			 uint64_t gen)
+{
+	pid_t pid = fork();
+	int status;
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct cache *c;
+		char buf[777];
+		uint64_t off = 0;
+		size_t n;
+		int rc;
+
+		if (cache_open(f->dir, 0, &c))
+			_exit(1);
+		for (;;) {
+			rc = cache_read(c, "T", gen, off, buf, sizeof(buf), &n);
+			if (rc == -EBADMSG || rc == -ESTALE || rc == -ENOENT)
+				_exit(2);
+			if (rc || memcmp(buf, s->bytes + off, n))
+				_exit(1);
+			if (n == 0)
+				break;
+			off += n;
+		}
+		cache_close(c);
+		_exit(off == s->off[STREAM_PAGES] ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));	/* never SIGBUS or SIGSEGV */
+	return WEXITSTATUS(status);
+}
+
+/* data.mdb cut to half its size: LMDB would map it and die of SIGBUS at
+ * the first read past the end. It is started afresh instead. */
+static void test_truncated_env_started_afresh(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX + 16];
+	struct stream s;
+	struct cache_meta m;
+	struct stat st;
+
+	fill_and_close(f, &s, &m);
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(truncate(path, st.st_size / 2), 0);
+	assert_int_equal(read_in_child(f, &s, m.gen), 2);
+	open_cache(f, 0);
+	assert_int_equal(cache_get_meta(f->cache, "T", &m), -ENOENT);
+	/* and the cache works again */
+	assert_int_equal(cache_begin_version(f->cache, "T", "v2", &m), 0);
+	assert_int_equal(append_stream_page(f->cache, "T", m.gen, &s, 0, 0,
+					    NULL), 0);
+	assert_int_equal(check_stream(f->cache, "T", m.gen, &s, s.off[1], 5),
+			 0);
+	free(s.bytes);
+}
+
+/* A byte changed inside a cached page's payload: the read that meets it
+ * fails with -EBADMSG (never the damaged bytes) and the version is
+ * dropped, so the next open fetches it again. */
+static void test_damaged_page_is_a_miss(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX + 16], *data, *hit;
+	struct stream s;
+	struct cache_meta m;
+	size_t len;
+
+	fill_and_close(f, &s, &m);
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	data = slurp(path, &len);
+	hit = memmem(data, len, "{\"k\":\"300-2\"", 12);
+	assert_non_null(hit);
+	hit[7] = '9';	/* "300-2" → "300-9": still valid JSON */
+	spit(path, data, len);
+	free(data);
+	assert_int_equal(read_in_child(f, &s, m.gen), 2);
+	open_cache(f, 0);
+	assert_int_equal(cache_get_meta(f->cache, "T", &m), -ENOENT);
+	free(s.bytes);
+}
+
+/* A damaged meta record reads as nothing cached (dropped), not -EIO
+ * forever. */
+static void test_damaged_meta_is_a_miss(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX + 16], *data, *hit;
+	static const char magic[] = { 0x31, 0x6d, 0x74, 0x64 };
+	struct stream s;
+	struct cache_meta m;
+	size_t len;
+
+	fill_and_close(f, &s, &m);
+	snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+	data = slurp(path, &len);
+	hit = memmem(data, len, magic, sizeof(magic));
+	assert_non_null(hit);
+	hit[0] ^= 0x40;
+	spit(path, data, len);
+	free(data);
+	open_cache(f, 0);
+	assert_int_equal(cache_get_meta(f->cache, "T", &m), -ENOENT);
+	assert_int_equal(cache_begin_version(f->cache, "T", "v1", &m), 0);
+	assert_false(m.complete);
+	free(s.bytes);
+}
+
 static void test_errno_mapping(void **state)
 {
 	(void)state;
@@ -1086,13 +1252,15 @@ static void fill_big(struct cache *c, const char *table, const char *version,
 	assert_int_equal(cache_begin_version(c, table, version, m), 0);
 	for (unsigned i = 0; i < pages; i++) {
 		uint64_t off = (uint64_t)i * BIG_PAGE;
+		char cursor[32];
 
+		snprintf(cursor, sizeof(cursor), "more-%u", i);
 		for (size_t j = 0; j < BIG_PAGE; j++)
 			buf[j] = big_byte(off + j);
 		assert_int_equal(cache_append_page(c, table, m->gen, off, buf,
 						   BIG_PAGE, 1,
 						   i + 1 == pages ? NULL :
-								    "more",
+								    cursor,
 						   m),
 				 0);
 	}
@@ -1477,6 +1645,9 @@ int main(void)
 		T(test_reopen_persistence),
 		T(test_threads),
 		T(test_corrupt_env_started_afresh),
+		T(test_truncated_env_started_afresh),
+		T(test_damaged_page_is_a_miss),
+		T(test_damaged_meta_is_a_miss),
 		T(test_errno_mapping),
 		T(test_map_reads_bounded),
 		T(test_map_deletes_bounded),

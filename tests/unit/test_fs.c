@@ -59,6 +59,25 @@ static void test_names_refuse_other_spellings(void **state)
 	assert_int_equal(fs_name_decode(".", dec, sizeof(dec)), -EINVAL);
 }
 
+/* issue 11 item 4: names that broke the listing */
+static void test_names_hostile(void **state)
+{
+	char enc[64], dec[64];
+
+	(void)state;
+	roundtrip("", "%00");
+	roundtrip("a\nb", "a%0Ab");
+	roundtrip("tab\there", "tab%09here");
+	roundtrip("del\x7f", "del%7F");
+	roundtrip("\r", "%0D");
+	assert_int_equal(fs_name_encode("", enc, sizeof(enc)), 0);
+	assert_true(enc[0] != '\0');
+	/* a NUL only as the whole empty name */
+	assert_int_equal(fs_name_decode("%00x", dec, sizeof(dec)), -EINVAL);
+	assert_int_equal(fs_name_decode("x%00", dec, sizeof(dec)), -EINVAL);
+	assert_int_equal(fs_name_decode("a\nb", dec, sizeof(dec)), -EINVAL);
+}
+
 static void test_names_too_long(void **state)
 {
 	char name[300], enc[1024], small[4];
@@ -147,6 +166,16 @@ static void test_config_bad_values(void **state)
 	assert_int_equal(fs_config_set(&cfg, "page_workers=33"), -EINVAL);
 	assert_int_equal(fs_config_set(&cfg, "job_rows=0"), -EINVAL);
 	assert_int_equal(fs_config_set(&cfg, "max_rows=-5"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "max_line=65M"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "max_line=63"), -EINVAL);
+	assert_int_equal(fs_config_set(&cfg, "max_line=1X"), -EINVAL);
+	/* issue 11 item 7: the default as --help writes it is accepted */
+	assert_int_equal(fs_config_set(&cfg, "max_line=1M"), 0);
+	assert_int_equal(cfg.max_line, 1U << 20);
+	assert_int_equal(fs_config_set(&cfg, "max_line=64k"), 0);
+	assert_int_equal(cfg.max_line, 64U << 10);
+	assert_int_equal(fs_config_set(&cfg, "max_line=4096"), 0);
+	assert_int_equal(cfg.max_line, 4096);
 	assert_int_equal(cfg.page_size, 0);
 	/* dtfsctl refuses words that are not dtfs options */
 	assert_int_equal(fs_config_set_list(&cfg, "page_size=10,allow_other"),
@@ -391,6 +420,7 @@ int main(void)
 		cmocka_unit_test(test_names_roundtrip),
 		cmocka_unit_test(test_names_refuse_other_spellings),
 		cmocka_unit_test(test_names_too_long),
+		cmocka_unit_test(test_names_hostile),
 		cmocka_unit_test(test_json_string),
 		cmocka_unit_test(test_config_defaults_and_words),
 		cmocka_unit_test(test_config_bad_values),

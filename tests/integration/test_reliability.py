@@ -1,0 +1,168 @@
+"""Reliability of the mount (docs/reliability.md): a reader gets every byte
+of the version it opened or an error, never fewer bytes and success."""
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+ROW = {"customer_id": "CHANGED-1", "last_interaction": "2024-01-01T00:00:00Z",
+       "loyalty_tier": 1}
+
+
+def read_rest(f, got):
+    """Read f to EOF; (bytes, errno or None)."""
+    try:
+        while True:
+            b = f.read(1 << 16)
+            if not b:
+                return got, None
+            got += b
+    except OSError as e:
+        return got, e.errno
+
+
+def test_cached_reader_is_never_cut_short_by_a_new_version(emu_factory,
+                                                          mount_factory):
+    """Issue 11 item 1: a reader of a complete cached version, a change in
+    the API, another open (a new version begins) and a stat (size 0 for the
+    incomplete new version) must not end the first reader early with
+    success."""
+    emu = emu_factory("--generate", "Big:20000")
+    m = mount_factory(emu, opts="revalidate=0").start()
+    rows = m.file("Big", "rows.jsonl")
+    first = open(rows, "rb").read()
+    assert os.stat(rows).st_size == len(first)  # complete: exact size
+    with open(rows, "rb", buffering=0) as f:
+        got = f.read(1000)  # through the page cache, size known
+        emu.upsert("Big", [ROW])
+        # another process opens: the revalidation begins a new version
+        subprocess.run(["head", "-c", "10", rows], check=True,
+                       capture_output=True)
+        time.sleep(1.2)  # past attr_timeout: the stat reaches dtfs
+        os.stat(rows)
+        got, err = read_rest(f, got)
+    if err is None:
+        assert len(got) == len(first) and got == first
+    else:
+        assert err in (errno.ESTALE, errno.EIO)
+        assert first.startswith(got)
+    # the new version, whole, once the old reader is gone
+    after = open(rows, "rb").read()
+    assert after.count(b"\n") == 20001 and b"CHANGED-1" in after
+
+
+def test_cat_during_change_exits_nonzero_or_copies_everything(
+        emu_factory, mount_factory, tmp_path):
+    """The issue's reproduction with real tools: `cat` whose output is
+    drained late, a change, a new open, a stat."""
+    emu = emu_factory("--generate", "Big:20000")
+    m = mount_factory(emu, opts="revalidate=0").start()
+    rows = m.file("Big", "rows.jsonl")
+    first = open(rows, "rb").read()
+    os.stat(rows)
+    out = tmp_path / "out"
+    # cat blocks on the pipe after ~64 KiB until the reader side drains
+    p = subprocess.Popen(
+        f"cat '{rows}'; echo $? > '{tmp_path}/rc'", shell=True,
+        stdout=subprocess.PIPE)
+    head = p.stdout.read(1000)
+    emu.upsert("Big", [ROW])
+    subprocess.run(["head", "-c", "10", rows], check=True,
+                   capture_output=True)
+    time.sleep(1.2)
+    os.stat(rows)
+    got = head + p.stdout.read()
+    p.wait()
+    out.write_bytes(got)
+    rc = int((tmp_path / "rc").read_text())
+    if rc == 0:
+        assert got == first
+    else:
+        assert first.startswith(got)
+
+
+# ---- a damaged cache is a cache miss ------------------------------------
+
+def damage_page(cache_dir, needle):
+    """Change one byte of a cached row inside data.mdb (still valid
+    JSON, so only a checksum can tell)."""
+    path = os.path.join(cache_dir, "data.mdb")
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.find(needle)
+        assert at >= 0, "the row is not in data.mdb"
+        f.seek(at + len(needle) - 1)
+        f.write(b"9" if data[at + len(needle) - 1:at + len(needle)] != b"9"
+                else b"8")
+
+
+def truncate_half(cache_dir):
+    path = os.path.join(cache_dir, "data.mdb")
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "page"])
+def test_damaged_cache_mount_reads_the_right_bytes(emu_factory,
+                                                   mount_factory, tmp_path,
+                                                   damage):
+    emu = emu_factory("--generate", "Big:8000")
+    cache = str(tmp_path / "dcache")
+    m = mount_factory(emu, cache_dir=cache).start()
+    rows = m.file("Big", "rows.jsonl")
+    first = open(rows, "rb").read()
+    m.stop()
+    if damage == "truncate":
+        truncate_half(cache)
+    else:
+        damage_page(cache, b'"customer_id":"CUST-0006000"')
+    gets = emu.stats()["by_route"].get("rows_get", 0)
+    m2 = mount_factory(emu, cache_dir=cache).start()
+    rows = m2.file("Big", "rows.jsonl")
+    assert subprocess.run(["cat", rows], capture_output=True,
+                          check=True).stdout == first
+    assert m2.proc.poll() is None  # alive: no SIGBUS
+    # the damaged part came from the API again
+    assert emu.stats()["by_route"].get("rows_get", 0) > gets
+    assert open(rows, "rb").read() == first
+    word = "truncated" if damage == "truncate" else "damaged"
+    assert word in m2.stderr()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "page"])
+def test_damaged_cache_dtfsctl_exports_the_right_bytes(emu_factory,
+                                                       tmp_path, damage):
+    from mount import dtfsctl
+    emu = emu_factory("--generate", "Big:8000")
+    cache = str(tmp_path / "dcache")
+    rc, first, err = dtfsctl(emu, cache, "export", "Big")
+    assert rc == 0, err
+    if damage == "truncate":
+        truncate_half(cache)
+    else:
+        damage_page(cache, b'"customer_id":"CUST-0006000"')
+    rc, out, err = dtfsctl(emu, cache, "export", "Big")
+    assert rc == 0, err  # not 135 (SIGBUS)
+    assert out == first
+
+
+def test_rejects_size_is_right_after_close(emu_factory, mount_factory,
+                                           tmp_path):
+    """Issue 11 item 7: rejects.jsonl showed the previous import's size
+    until the kernel's attributes timed out."""
+    from mount import DATA_DIR
+    emu = emu_factory("--data", DATA_DIR)
+    m = mount_factory(emu).start()
+    rej = m.file("Customers", "rejects.jsonl")
+    assert os.stat(rej).st_size == 0  # the kernel caches this size
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"customer_id": 1}\n{"customer_id": "x", '
+                    b'"loyalty_tier": "gold"}\nnot json\n')
+    r = subprocess.run(["cp", str(bad), m.file("Customers", "rows.jsonl")],
+                       capture_output=True)
+    assert r.returncode != 0  # close() says lines were quarantined
+    size = os.stat(rej).st_size
+    data = open(rej, "rb").read()
+    assert data.count(b"\n") == 3
+    assert size == len(data)
