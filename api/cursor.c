@@ -241,6 +241,27 @@ out:
 
 /* ---- rows ------------------------------------------------------------- */
 
+/* Each row's "id", which single-row deletes take. */
+static int page_ids(const struct jdoc *d, uint32_t rows, struct api_page *out)
+{
+	uint32_t r = jdoc_child(rows), id;
+	size_t i;
+
+	if (!out->nrows)
+		return 0;
+	out->ids = calloc(out->nrows, sizeof(*out->ids));
+	if (!out->ids)
+		return -ENOMEM;
+	for (i = 0; i < out->nrows; i++) {
+		id = jdoc_member(d, r, "id");
+		if (id != UINT32_MAX && d->nodes[id].type == JT_STRING &&
+		    !(out->ids[i] = jdoc_str_dup(d, id)))
+			return -ENOMEM;
+		r = jdoc_next(d, r);
+	}
+	return 0;
+}
+
 static int cursor_get_rows(struct api *api, const char *table_id,
 			   const struct api_schema *schema, const char *cursor,
 			   unsigned page_size, const char *if_none_match,
@@ -319,6 +340,9 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 	if (rc == -EPROTO)
 		api_log_unexpected("get rows page of", table_id, &resp,
 				   "a row without columns");
+	if (rc)
+		goto out;
+	rc = page_ids(d, rows, out);
 	if (rc)
 		goto out;
 	next = jdoc_member(d, 0, "nextPageCursor");
