@@ -286,7 +286,8 @@ int api_check_url(const char *url, const char *what)
 {
 	CURLU *u;
 	char *scheme = NULL, *host = NULL;
-	int rc = -EINVAL;
+	/* messages leave out the query: a signed URL's is a credential */
+	int shown = (int)strcspn(url, "?#"), rc = -EINVAL;
 
 	u = curl_url();
 	if (!u)
@@ -294,7 +295,7 @@ int api_check_url(const char *url, const char *what)
 	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-		log_err("%s '%s' is not a URL", what, url);
+		log_err("%s '%.*s' is not a URL", what, shown, url);
 		goto out;
 	}
 	if (strcasecmp(scheme, "https") == 0) {
@@ -303,12 +304,13 @@ int api_check_url(const char *url, const char *what)
 		if (host_is_loopback(host))
 			rc = 0;
 		else
-			log_err("%s '%s' refused: plain http is allowed only "
+			log_err("%s '%.*s' refused: plain http is allowed only "
 				"for loopback hosts (127.0.0.1, ::1, "
 				"localhost); use https",
-				what, url);
+				what, shown, url);
 	} else {
-		log_err("%s '%s' refused: the scheme must be https", what, url);
+		log_err("%s '%.*s' refused: the scheme must be https", what,
+			shown, url);
 	}
 out:
 	curl_free(scheme);

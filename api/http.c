@@ -765,23 +765,27 @@ static const char *subject_name(struct api *api, const char *subject,
 
 /* At debug level, one line per request sent: method, path, status, time,
  * correlation id. Never headers or bodies (they hold the secret, tokens
- * and rows). */
+ * and rows), nor the query of an upload or download URL: its signature is
+ * a credential. */
 static void log_request(const struct api_req *req,
 			const struct api_resp *resp, int cc, double secs)
 {
 	const char *path = strstr(req->url, "://");
+	int len;
 
 	if (log_get_level() < LOG_DEBUG)
 		return;
 	path = path ? strchr(path + 3, '/') : NULL;
+	if (!path)
+		path = "/";
+	len = (int)(req->external ? strcspn(path, "?#") : strlen(path));
 	if (cc == CURLE_OK)
-		log_debug("http %s %s -> %ld in %.1f ms (correlation %s)",
-			  req->method, path ? path : "/", resp->status,
-			  secs * 1000,
+		log_debug("http %s %.*s -> %ld in %.1f ms (correlation %s)",
+			  req->method, len, path, resp->status, secs * 1000,
 			  resp->correlation[0] ? resp->correlation : "none");
 	else
-		log_debug("http %s %s -> no answer in %.1f ms: %s",
-			  req->method, path ? path : "/", secs * 1000,
+		log_debug("http %s %.*s -> no answer in %.1f ms: %s",
+			  req->method, len, path, secs * 1000,
 			  curl_easy_strerror((CURLcode)cc));
 }
 

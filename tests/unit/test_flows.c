@@ -311,16 +311,16 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 	}
 }
 
-/* What fn(api, arg) logs at error level. */
-static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
-			 const char *arg, int want)
+/* What fn(api, arg) logs up to level. */
+static char *capture_log_at(int level, int (*fn)(struct api *, const char *),
+			    struct api *api, const char *arg, int want)
 {
 	char path[] = "/tmp/test_flows_log_XXXXXX", *buf = calloc(1, 8192);
 	int fd = mkstemp(path), saved = dup(2);
 	ssize_t n;
 
 	assert_true(fd >= 0);
-	log_init("test_flows", LOG_ERR);
+	log_init("test_flows", level);
 	fflush(stderr);
 	dup2(fd, 2);
 	assert_int_equal(fn(api, arg), want);
@@ -334,6 +334,13 @@ static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
 	close(fd);
 	unlink(path);
 	return buf;
+}
+
+/* What fn(api, arg) logs at error level. */
+static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
+			 const char *arg, int want)
+{
+	return capture_log_at(LOG_ERR, fn, api, arg, want);
 }
 
 static int get_schema_of(struct api *api, const char *id)
@@ -807,6 +814,25 @@ static void test_flows_import_job(void **state)
 	srv_stop(&srv);
 }
 
+static int import_csv_into(struct api *api, const char *id)
+{
+	struct api_job job;
+	int rc = api_import_csv(api, id, "key\r\n", 5, false, &job);
+
+	api_job_release(&job);
+	return rc;
+}
+
+static int export_csv_of(struct api *api, const char *id)
+{
+	char *csv;
+	size_t len;
+	int rc = api_export_csv(api, id, &csv, &len);
+
+	free(csv);
+	return rc;
+}
+
 /* Jobs that go wrong, by table: t2 downloads from another origin, t3
  * redirects forever, t4 asks for an unusable upload header, t5 for an
  * upload over plain http to another host. */
@@ -842,7 +868,7 @@ static void route_odd_jobs(struct srv *s, const struct rq *r, char *out,
 	} else if (strstr(r->path, "/t5/import/csv/jobs")) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
-		       "\"uploadURI\":\"http://example.com/up\","
+		       "\"uploadURI\":\"http://example.com/up?sig=s3cr3t\","
 		       "\"uploadHeaders\":{}}");
 	} else {
 		answer(out, size, "404 Not Found", NULL, "{}");
@@ -877,15 +903,45 @@ static void test_flows_jobs_refused(void **state)
 	assert_int_equal(api_import_csv(api, "t4", "key\r\n", 5, false, &job),
 			 -EPROTO);
 	api_job_release(&job);
-	assert_int_equal(api_import_csv(api, "t5", "key\r\n", 5, false, &job),
-			 -EINVAL);
-	api_job_release(&job);
+	{
+		/* refused, and the message leaves out the signature */
+		char *log = capture_log(import_csv_into, api, "t5", -EINVAL);
+
+		assert_non_null(strstr(log, "'http://example.com/up' refused"));
+		assert_null(strstr(log, "s3cr3t"));
+		free(log);
+	}
 	assert_int_equal(srv.n, 2);
 	/* a job for a table that does not exist */
 	assert_int_equal(api_import_csv(api, "t9", "key\r\n", 5, false, &job),
 			 -ENOENT);
 	assert_null(job.id);
 	api_job_release(&job);
+	api_free(api);
+	srv_stop(&srv);
+}
+
+/* The request log names the upload and download paths, never their
+ * signatures. */
+static void test_flows_signed_urls_not_logged(void **state)
+{
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_jobs, NULL);
+	api = client(&srv, "flows");
+	log = capture_log_at(LOG_DEBUG, export_csv_of, api, "t1", 0);
+	assert_non_null(strstr(log, "http GET /signed/d1 -> 200"));
+	assert_null(strstr(log, "X-Sig"));
+	free(log);
+	log = capture_log_at(LOG_DEBUG, import_csv_into, api, "t1", 0);
+	assert_non_null(strstr(log, "http PUT /upload/u1 -> 200"));
+	assert_null(strstr(log, "sig=abc"));
+	/* the API's own requests are there too */
+	assert_non_null(strstr(log, "/import/csv/jobs"));
+	free(log);
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -1533,6 +1589,7 @@ int main(void)
 	    cmocka_unit_test(test_flows_rows),
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
+	    cmocka_unit_test(test_flows_signed_urls_not_logged),
 	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
 	    cmocka_unit_test(test_budget_shared_clients),
