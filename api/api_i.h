@@ -327,6 +327,10 @@ void api_log_unexpected(const char *what, const char *subject,
 
 /* URL-escape s (malloc'ed) or NULL. */
 char *api_escape(const char *s);
+/* "<api_url><base>[/<escaped id>]<suffix>[<escaped item>]" (malloc'ed), or
+ * NULL (out of memory). id, suffix and item may be NULL. */
+char *api_url(struct api *api, const char *base, const char *id,
+	      const char *suffix, const char *item);
 
 /* ---- dialects --------------------------------------------------------- */
 

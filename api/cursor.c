@@ -18,20 +18,7 @@
 #define CURSOR_MAX_PAGE 1000
 #define CURSOR_MAX_CHUNK 1000
 
-/* "<api_url>/api/v2/datatables/<escaped id><suffix>" */
-static char *table_url(struct api *api, const char *table_id,
-		       const char *suffix)
-{
-	char *id = api_escape(table_id), *url = NULL;
-
-	if (!id)
-		return NULL;
-	if (asprintf(&url, "%s/api/v2/datatables/%s%s", api->api_url, id,
-		     suffix) < 0)
-		url = NULL;
-	free(id);
-	return url;
-}
+#define CURSOR_BASE "/api/v2/datatables"
 
 /* ---- tables ----------------------------------------------------------- */
 
@@ -50,20 +37,16 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
 	for (;;) {
-		char *esc = cursor ? api_escape(cursor) : NULL;
+		char suffix[64];
 
+		snprintf(suffix, sizeof(suffix), "?pageSize=%d%s",
+			 CURSOR_TABLES_PAGE, cursor ? "&cursor=" : "");
 		free(url);
-		url = NULL;
-		if ((cursor && !esc) ||
-		    asprintf(&url, "%s/api/v2/datatables?pageSize=%d%s%s",
-			     api->api_url, CURSOR_TABLES_PAGE,
-			     esc ? "&cursor=" : "", esc ? esc : "") < 0) {
-			free(esc);
-			url = NULL;
+		url = api_url(api, CURSOR_BASE, NULL, suffix, cursor);
+		if (!url) {
 			rc = -ENOMEM;
 			goto out;
 		}
-		free(esc);
 		req.url = url;
 		rc = api_http(api, &req, &resp);
 		if (rc)
@@ -182,7 +165,7 @@ static int cursor_get_schema(struct api *api, const char *table_id,
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
-	req.url = table_url(api, table_id, "/schema");
+	req.url = api_url(api, CURSOR_BASE, table_id, "/schema", NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -217,7 +200,7 @@ static int cursor_put_schema(struct api *api, const char *table_id,
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
-	req.url = table_url(api, table_id, "/schema");
+	req.url = api_url(api, CURSOR_BASE, table_id, "/schema", NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -254,7 +237,7 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 	struct jdoc *d = &resp.doc;
 	struct abuf data;
 	uint32_t rows, next;
-	char *esc = NULL, *suffix = NULL;
+	char suffix[64];
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -264,17 +247,9 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		page_size = CURSOR_MAX_PAGE;
 	out->page_size = page_size;
 	out->total = UINT64_MAX; /* cursor pages do not say */
-	if (cursor && !(esc = api_escape(cursor))) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	if (asprintf(&suffix, "/rows?pageSize=%u%s%s", page_size,
-		     esc ? "&cursor=" : "", esc ? esc : "") < 0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = table_url(api, table_id, suffix);
+	snprintf(suffix, sizeof(suffix), "/rows?pageSize=%u%s", page_size,
+		 cursor ? "&cursor=" : "");
+	req.url = api_url(api, CURSOR_BASE, table_id, suffix, cursor);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -350,8 +325,6 @@ out:
 	abuf_release(&data);
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 
@@ -433,7 +406,8 @@ static int cursor_upsert(struct api *api, const char *table_id,
 		abuf_addc(&body, '}');
 	}
 	abuf_addc(&body, ']');
-	req.url = table_url(api, table_id, "/rows?upsert=true");
+	req.url =
+	    api_url(api, CURSOR_BASE, table_id, "/rows?upsert=true", NULL);
 	if (body.oom || !req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -485,26 +459,14 @@ static int cursor_delete_row(struct api *api, const char *table_id,
 			      .subject = table_id,
 			      .gone_ok = true};
 	struct api_resp resp;
-	char *esc = api_escape(row_id), *suffix = NULL;
-	int rc;
+	int rc = -ENOMEM;
 
 	api_resp_init(&resp);
-	if (!esc || asprintf(&suffix, "/rows/%s", esc) < 0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = table_url(api, table_id, suffix);
-	if (!req.url) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	rc = api_http(api, &req, &resp);
-out:
+	req.url = api_url(api, CURSOR_BASE, table_id, "/rows/", row_id);
+	if (req.url)
+		rc = api_http(api, &req, &resp);
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 

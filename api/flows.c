@@ -45,19 +45,13 @@ static const char *corr(const struct api_resp *resp)
 	return resp->correlation[0] ? resp->correlation : "none";
 }
 
-/* "<api_url>/api/v2/flows/datatables[/<escaped id>]<suffix>" */
+/* "<api_url>/api/v2/flows/datatables[/<escaped id>]<suffix>[<escaped
+ * item>]" */
 static char *flows_url(struct api *api, const char *table_id,
-		       const char *suffix)
+		       const char *suffix, const char *item)
 {
-	char *id = NULL, *url = NULL;
-
-	if (table_id && !(id = api_escape(table_id)))
-		return NULL;
-	if (asprintf(&url, "%s/api/v2/flows/datatables%s%s%s", api->api_url,
-		     id ? "/" : "", id ? id : "", suffix ? suffix : "") < 0)
-		url = NULL;
-	free(id);
-	return url;
+	return api_url(api, "/api/v2/flows/datatables", table_id, suffix,
+		       item);
 }
 
 static const char *get_str(struct json_object *o, const char *name)
@@ -107,7 +101,7 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 			 "?pageNumber=%u&pageSize=%d&sortBy=id", page,
 			 FLOWS_TABLES_PAGE);
 		free(url);
-		url = flows_url(api, NULL, suffix);
+		url = flows_url(api, NULL, suffix, NULL);
 		if (!url) {
 			rc = -ENOMEM;
 			goto out;
@@ -189,7 +183,8 @@ static int get_table(struct api *api, const char *table_id, bool schema,
 
 	*table = NULL;
 	api_resp_init(&resp);
-	req.url = flows_url(api, table_id, schema ? "?expand=schema" : "");
+	req.url =
+	    flows_url(api, table_id, schema ? "?expand=schema" : "", NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -321,7 +316,7 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	text = json_object_to_json_string_length(
 	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
 	    &tlen);
-	req.url = flows_url(api, table_id, "?expand=schema");
+	req.url = flows_url(api, table_id, "?expand=schema", NULL);
 	if (!text || !req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -416,7 +411,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 			 "/rows?pageNumber=%u&pageSize=%u&showbrief=false",
 			 page_number, size);
 		free((char *)req.url);
-		req.url = flows_url(api, table_id, suffix);
+		req.url = flows_url(api, table_id, suffix, NULL);
 		if (!req.url) {
 			rc = -ENOMEM;
 			goto out;
@@ -523,21 +518,10 @@ static int row_write(struct api *api, const char *method, const char *what,
 			      .gone_ok = !row,
 			      .quiet_status = quiet};
 	struct api_resp resp;
-	char *esc = NULL, *suffix = NULL;
 	int rc;
 
 	api_resp_init(&resp);
-	if (key && !(esc = api_escape(key))) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	if (asprintf(&suffix, "/rows%s%s", esc ? "/" : "", esc ? esc : "") <
-	    0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = flows_url(api, table_id, suffix);
+	req.url = flows_url(api, table_id, key ? "/rows/" : "/rows", key);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -552,8 +536,6 @@ static int row_write(struct api *api, const char *method, const char *what,
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 
@@ -619,17 +601,13 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 	struct api_resp resp;
 	double delay = FLOWS_POLL_FIRST_S,
 	       deadline = api_now() + FLOWS_JOB_TIMEOUT_S;
-	char *esc = api_escape(job->id), *suffix = NULL;
+	char suffix[32];
 	int rc;
 
 	*last = NULL;
 	api_resp_init(&resp);
-	if (!esc || asprintf(&suffix, "/%s/jobs/%s", kind, esc) < 0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = flows_url(api, table_id, suffix);
+	snprintf(suffix, sizeof(suffix), "/%s/jobs/", kind);
+	req.url = flows_url(api, table_id, suffix, job->id);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -681,8 +659,6 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 
@@ -703,7 +679,7 @@ static int job_start(struct api *api, const char *table_id, const char *what,
 
 	*answer = NULL;
 	api_resp_init(&resp);
-	req.url = flows_url(api, table_id, suffix);
+	req.url = flows_url(api, table_id, suffix, NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;

@@ -524,6 +524,24 @@ char *api_escape(const char *s)
 	return out;
 }
 
+char *api_url(struct api *api, const char *base, const char *id,
+	      const char *suffix, const char *item)
+{
+	char *eid = NULL, *eitem = NULL, *url = NULL;
+
+	if ((id && !(eid = api_escape(id))) ||
+	    (item && !(eitem = api_escape(item))))
+		goto out;
+	if (asprintf(&url, "%s%s%s%s%s%s", api->api_url, base, eid ? "/" : "",
+		     eid ? eid : "", suffix ? suffix : "",
+		     eitem ? eitem : "") < 0)
+		url = NULL;
+out:
+	free(eitem);
+	free(eid);
+	return url;
+}
+
 /* ---- one attempt ------------------------------------------------------ */
 
 static void wipe_slist(struct curl_slist *l)
