@@ -681,6 +681,58 @@ int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
 	return 0;
 }
 
+int api_list_page(struct api *api, const char *url, struct api_resp *resp,
+		  struct json_object **root, struct api_table_list *out,
+		  size_t *cap, size_t *n)
+{
+	struct api_req req = {
+	    .method = "GET", .url = url, .what = "list tables"};
+	struct json_object *ents;
+	int rc;
+
+	*n = 0;
+	rc = api_http(api, &req, resp);
+	if (rc)
+		return rc;
+	json_object_put(*root);
+	*root = api_resp_json(resp);
+	if (!*root || !json_object_object_get_ex(*root, "entities", &ents) ||
+	    !json_object_is_type(ents, json_type_array)) {
+		api_log_unexpected("list tables", NULL, resp, "no entities");
+		return -EPROTO;
+	}
+	*n = json_object_array_length(ents);
+	for (size_t i = 0; i < *n; i++) {
+		struct json_object *e = json_object_array_get_idx(ents, i);
+		struct json_object *id, *name;
+
+		if (!json_object_object_get_ex(e, "id", &id) ||
+		    !json_object_is_type(id, json_type_string) ||
+		    !json_object_object_get_ex(e, "name", &name) ||
+		    !json_object_is_type(name, json_type_string)) {
+			api_log_unexpected("list tables", NULL, resp,
+					   "an entity without id or name");
+			return -EPROTO;
+		}
+		/* a NUL would cut the name short: two names that differ
+		 * after it would become one */
+		if (strlen(json_object_get_string(name)) !=
+			(size_t)json_object_get_string_len(name) ||
+		    strlen(json_object_get_string(id)) !=
+			(size_t)json_object_get_string_len(id)) {
+			log_warn("list tables: skipping table '%s' whose name "
+				 "or id holds a NUL",
+				 json_object_get_string(id));
+			continue;
+		}
+		rc = api_table_list_add(out, cap, json_object_get_string(id),
+					json_object_get_string(name));
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 void api_table_list_release(struct api_table_list *list)
 {
 	if (!list)

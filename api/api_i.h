@@ -317,6 +317,17 @@ int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
 		       const char *name);
 
 struct json_object;
+/*
+ * One page of a table listing: GET url and add the page's entities
+ * (objects with string "id" and "name") to out (cap: its allocated
+ * entries); a table whose name or id holds a NUL is skipped, logged. *root
+ * gets the parsed answer for the caller's paging fields (the one there is
+ * put first), *n the number of entities on the page. Returns 0, -EPROTO
+ * (logged), -ENOMEM or api_http()'s error.
+ */
+int api_list_page(struct api *api, const char *url, struct api_resp *resp,
+		  struct json_object **root, struct api_table_list *out,
+		  size_t *cap, size_t *n);
 /* resp's body parsed by json-c when it is a JSON object (json_object_put()
  * it), else NULL. */
 struct json_object *api_resp_json(const struct api_resp *resp);

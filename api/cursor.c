@@ -27,11 +27,10 @@
 
 static int cursor_list_tables(struct api *api, struct api_table_list *out)
 {
-	struct api_req req = {.method = "GET", .what = "list tables"};
 	struct api_resp resp;
-	struct json_object *root = NULL, *ents, *next;
+	struct json_object *root = NULL, *next;
 	char *cursor = NULL, *url = NULL, **seen = NULL;
-	size_t cap = 0, nseen = 0, seen_cap = 0;
+	size_t cap = 0, npage, nseen = 0, seen_cap = 0;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -47,55 +46,9 @@ static int cursor_list_tables(struct api *api, struct api_table_list *out)
 			rc = -ENOMEM;
 			goto out;
 		}
-		req.url = url;
-		rc = api_http(api, &req, &resp);
+		rc = api_list_page(api, url, &resp, &root, out, &cap, &npage);
 		if (rc)
 			goto out;
-		json_object_put(root);
-		root = api_resp_json(&resp);
-		if (!root ||
-		    !json_object_object_get_ex(root, "entities", &ents) ||
-		    !json_object_is_type(ents, json_type_array)) {
-			log_err("list tables failed: unexpected answer "
-				"(correlation %s)",
-				resp.correlation[0] ? resp.correlation
-						    : "none");
-			rc = -EPROTO;
-			goto out;
-		}
-		for (size_t i = 0; i < json_object_array_length(ents); i++) {
-			struct json_object *e =
-			    json_object_array_get_idx(ents, i);
-			struct json_object *id, *name;
-
-			if (!json_object_object_get_ex(e, "id", &id) ||
-			    !json_object_is_type(id, json_type_string) ||
-			    !json_object_object_get_ex(e, "name", &name) ||
-			    !json_object_is_type(name, json_type_string)) {
-				log_err("list tables failed: an entity without "
-					"id or name (correlation %s)",
-					resp.correlation[0] ? resp.correlation
-							    : "none");
-				rc = -EPROTO;
-				goto out;
-			}
-			/* a NUL would cut the name short: two names that
-			 * differ after it would become one */
-			if (strlen(json_object_get_string(name)) !=
-				(size_t)json_object_get_string_len(name) ||
-			    strlen(json_object_get_string(id)) !=
-				(size_t)json_object_get_string_len(id)) {
-				log_warn("list tables: skipping table '%s' "
-					 "whose name or id holds a NUL",
-					 json_object_get_string(id));
-				continue;
-			}
-			rc = api_table_list_add(out, &cap,
-						json_object_get_string(id),
-						json_object_get_string(name));
-			if (rc)
-				goto out;
-		}
 		if (!json_object_object_get_ex(root, "nextPageCursor", &next) ||
 		    !json_object_is_type(next, json_type_string) ||
 		    !json_object_get_string_len(next))

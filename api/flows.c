@@ -83,9 +83,8 @@ static bool get_u64(struct json_object *o, const char *name, uint64_t *out)
 
 static int flows_list_tables(struct api *api, struct api_table_list *out)
 {
-	struct api_req req = {.method = "GET", .what = "list tables"};
 	struct api_resp resp;
-	struct json_object *root = NULL, *ents;
+	struct json_object *root = NULL;
 	char *url = NULL;
 	size_t cap = 0;
 	int rc = 0;
@@ -106,38 +105,9 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 			rc = -ENOMEM;
 			goto out;
 		}
-		req.url = url;
-		rc = api_http(api, &req, &resp);
+		rc = api_list_page(api, url, &resp, &root, out, &cap, &n);
 		if (rc)
 			goto out;
-		json_object_put(root);
-		root = api_resp_json(&resp);
-		if (!root ||
-		    !json_object_object_get_ex(root, "entities", &ents) ||
-		    !json_object_is_type(ents, json_type_array)) {
-			api_log_unexpected("list tables", NULL, &resp,
-					   "no entities");
-			rc = -EPROTO;
-			goto out;
-		}
-		n = json_object_array_length(ents);
-		for (size_t i = 0; i < n; i++) {
-			struct json_object *e =
-			    json_object_array_get_idx(ents, i);
-			const char *id = get_str(e, "id");
-			const char *name = get_str(e, "name");
-
-			if (!id || !name) {
-				api_log_unexpected(
-				    "list tables", NULL, &resp,
-				    "an entity without id or name");
-				rc = -EPROTO;
-				goto out;
-			}
-			rc = api_table_list_add(out, &cap, id, name);
-			if (rc)
-				goto out;
-		}
 		/* pageCount when given, else until an empty page (as the
 		 * platform's own CLI does) */
 		if (!n || (get_u64(root, "pageCount", &count) && page >= count))

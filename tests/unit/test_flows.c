@@ -353,6 +353,51 @@ static int get_schema_of(struct api *api, const char *id)
 	return rc;
 }
 
+/* Names with a NUL, as the cursor dialect's listing meets them too. */
+static void route_nul_names(struct srv *s, const struct rq *r, char *out,
+			    size_t size)
+{
+	(void)s;
+	(void)r;
+	answer(out, size, "200 OK", NULL,
+	       "{\"entities\":[{\"id\":\"t1\",\"name\":\"a\\u0000b\"},"
+	       "{\"id\":\"t2\",\"name\":\"a\\u0000c\"},"
+	       "{\"id\":\"t3\",\"name\":\"Good\"}],\"pageCount\":1}");
+}
+
+static int list_tables_of(struct api *api, const char *unused)
+{
+	struct api_table_list list;
+	int rc = api_list_tables(api, &list);
+
+	(void)unused;
+	if (!rc) {
+		/* "a\0b" and "a\0c" would both read "a" */
+		assert_int_equal(list.count, 1);
+		assert_string_equal(list.tables[0].name, "Good");
+		api_table_list_release(&list);
+	}
+	return rc;
+}
+
+static void test_flows_nul_names_skipped(void **state)
+{
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_nul_names, NULL);
+	api = client(&srv, "flows");
+	log = capture_log_at(LOG_WARNING, list_tables_of, api, NULL, 0);
+	assert_non_null(strstr(log, "skipping table 't1' whose name or id "
+				    "holds a NUL"));
+	assert_non_null(strstr(log, "skipping table 't2'"));
+	free(log);
+	api_free(api);
+	srv_stop(&srv);
+}
+
 static void test_flows_tables_and_schema(void **state)
 {
 	struct api_table_list list;
@@ -1585,6 +1630,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_flows_tables_and_schema),
+	    cmocka_unit_test(test_flows_nul_names_skipped),
 	    cmocka_unit_test(test_flows_pages),
 	    cmocka_unit_test(test_flows_rows),
 	    cmocka_unit_test(test_flows_import_job),
