@@ -815,7 +815,9 @@ static void log_request(const struct api_req *req,
  * paying its retries, except one probe at a time, at most every
  * CB_PROBE_INTERVAL_MS. Any answer from the server (even an error status)
  * closes the breaker. Callers that hold a whole cached version serve it
- * (fs/engine.c), so a cached table stays readable at once.
+ * (fs/engine.c), so a cached table stays readable at once. Upload and
+ * download hosts (req->external) are not the API: they neither open the
+ * breaker nor are refused by it.
  */
 #define CB_PROBE_INTERVAL_MS 1000
 
@@ -845,7 +847,7 @@ static int breaker_enter(struct api_http_pool *pool,
 	char host[256];
 
 	*probe = false;
-	if (!open)
+	if (!open || req->external)
 		return 0;
 	now = now_ms();
 	if (now - open >= CB_PROBE_INTERVAL_MS &&
@@ -871,6 +873,8 @@ static void breaker_leave(struct api_http_pool *pool,
 {
 	char host[256];
 
+	if (req->external)
+		return;
 	if (down) {
 		if (!atomic_exchange(&pool->cb_open_ms, now_ms())) {
 			url_host(req->url, host, sizeof(host));

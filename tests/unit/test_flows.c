@@ -966,6 +966,60 @@ static void test_flows_jobs_refused(void **state)
 	srv_stop(&srv);
 }
 
+/* A loopback port nobody listens on: connections to it are refused. */
+static int dead_port(void)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+/* An import job whose upload host (s->state: its port) is down. */
+static void route_upload_down(struct srv *s, const struct rq *r, char *out,
+			      size_t size)
+{
+	char body[256];
+
+	if (strstr(r->path, "/import/csv/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+			 "\"uploadURI\":\"http://127.0.0.1:%d/up\"}",
+			 s->state);
+		answer(out, size, "200 OK", NULL, body);
+	} else {
+		answer(out, size, "200 OK", NULL,
+		       "{\"entities\":[],\"pageCount\":0}");
+	}
+}
+
+/* An upload host that refuses connections says nothing of the API: the
+ * next API request is sent, not refused by the circuit breaker. */
+static void test_flows_upload_host_down(void **state)
+{
+	struct api_table_list list;
+	struct srv srv;
+	struct api *api;
+
+	(void)state;
+	srv_start(&srv, route_upload_down, NULL);
+	srv.state = dead_port();
+	api = client(&srv, "flows");
+	assert_int_equal(import_csv_into(api, "t1"), -EHOSTUNREACH);
+	assert_int_equal(api_list_tables(api, &list), 0);
+	assert_int_equal(list.count, 0);
+	api_table_list_release(&list);
+	assert_int_equal(srv.n, 2);
+	api_free(api);
+	srv_stop(&srv);
+}
+
 /* The request log names the upload and download paths, never their
  * signatures. */
 static void test_flows_signed_urls_not_logged(void **state)
@@ -1636,6 +1690,7 @@ int main(void)
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
 	    cmocka_unit_test(test_flows_signed_urls_not_logged),
+	    cmocka_unit_test(test_flows_upload_host_down),
 	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
 	    cmocka_unit_test(test_budget_shared_clients),
