@@ -161,9 +161,11 @@ struct api_budget;
 int budget_new(unsigned n, double window_s, const char *file,
 	       struct api_budget **out);
 void budget_free(struct api_budget *b);
-/* Reserve the next slot at or after `earliest` (monotonic seconds);
- * returns its start time. */
-double budget_reserve(struct api_budget *b, double earliest);
+/* Reserve the next slot at or after `earliest` (monotonic seconds) and
+ * return its start time; a slot that would start after `latest` is not
+ * taken (its start is returned all the same): a request that gives up
+ * must not hold a place others wait behind. */
+double budget_reserve(struct api_budget *b, double earliest, double latest);
 /* Nobody (no thread, no process sharing the file) starts before until. */
 void budget_pause(struct api_budget *b, double until);
 /* Requests still free in the window ending now; *paused while a 429 pause
@@ -191,8 +193,9 @@ struct api_pacer {
 void pacer_init(struct api_pacer *p);
 void pacer_destroy(struct api_pacer *p);
 /* Seconds the caller must wait before sending (0: go now). Reserves a slot:
- * call once per request, then sleep the returned time. */
-double pacer_reserve(struct api_pacer *p, double now);
+ * call once per request, then sleep the returned time. A budget slot is
+ * taken only when it starts by `latest` (the caller gives up otherwise). */
+double pacer_reserve(struct api_pacer *p, double now, double latest);
 /* A request reserved with pacer_reserve() ended: feed the rate-limit
  * headers of its response (-1: absent, or no response). */
 void pacer_update(struct api_pacer *p, double now, long remaining,

@@ -952,7 +952,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		int cc;
 
 		if (!req->token_request && !req->external) {
-			wait = pacer_reserve(&api->pacer, now);
+			wait = pacer_reserve(&api->pacer, now, deadline);
 			if (wait > 0) {
 				if (now + wait > deadline) {
 					pacer_update(&api->pacer, now, -1, -1);
