@@ -186,9 +186,12 @@ struct json_object *api_resp_json(const struct api_resp *resp)
 	return o;
 }
 
-void api_log_unexpected(const char *what, const char *subject,
+void api_log_unexpected(struct api *api, const char *what, const char *subject,
 			const struct api_resp *resp, const char *why)
 {
+	char name[API_NAME_BUF];
+
+	subject = api_table_name(api, subject, name, sizeof(name));
 	log_err("%s%s%s%s failed: unexpected answer: %s (HTTP %ld, "
 		"correlation %s)",
 		what, subject ? " '" : "", subject ? subject : "",
@@ -698,7 +701,8 @@ int api_list_page(struct api *api, const char *url, struct api_resp *resp,
 	*root = api_resp_json(resp);
 	if (!*root || !json_object_object_get_ex(*root, "entities", &ents) ||
 	    !json_object_is_type(ents, json_type_array)) {
-		api_log_unexpected("list tables", NULL, resp, "no entities");
+		api_log_unexpected(api, "list tables", NULL, resp,
+				   "no entities");
 		return -EPROTO;
 	}
 	*n = json_object_array_length(ents);
@@ -710,7 +714,7 @@ int api_list_page(struct api *api, const char *url, struct api_resp *resp,
 		    !json_object_is_type(id, json_type_string) ||
 		    !json_object_object_get_ex(e, "name", &name) ||
 		    !json_object_is_type(name, json_type_string)) {
-			api_log_unexpected("list tables", NULL, resp,
+			api_log_unexpected(api, "list tables", NULL, resp,
 					   "an entity without id or name");
 			return -EPROTO;
 		}

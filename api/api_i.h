@@ -335,9 +335,10 @@ int api_list_page(struct api *api, const char *url, struct api_resp *resp,
  * it), else NULL. */
 struct json_object *api_resp_json(const struct api_resp *resp);
 /* Log "<what> '<subject>' failed: unexpected answer: <why> (HTTP …,
- * correlation …)". */
-void api_log_unexpected(const char *what, const char *subject,
-			const struct api_resp *resp, const char *why);
+ * correlation …)", the subject (a table id) by its name. */
+void api_log_unexpected(struct api *api, const char *what,
+			const char *subject, const struct api_resp *resp,
+			const char *why);
 
 /* URL-escape s (malloc'ed) or NULL. */
 char *api_escape(const char *s);
@@ -419,6 +420,12 @@ struct api {
 /* Remember the names of the tables listed (api_list_tables), so that
  * messages about a table name it rather than its id. */
 void api_http_learn_names(struct api *api, const struct api_table_list *list);
+/* A table as messages show it: its name (copied into buf) once a listing
+ * named it, else id itself; NULL for a NULL id. */
+const char *api_table_name(struct api *api, const char *id, char *buf,
+			   size_t size);
+/* For the buffer of api_table_name() (names of up to 256 characters). */
+#define API_NAME_BUF 1100
 
 /* Monotonic seconds. */
 double api_now(void);

@@ -129,7 +129,7 @@ static int cursor_get_schema(struct api *api, const char *table_id,
 	rc = api_schema_from_json(resp.body.p ? resp.body.p : "", resp.body.len,
 				  resp.etag, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("get schema of", table_id, &resp,
+		api_log_unexpected(api, "get schema of", table_id, &resp,
 				   "not a schema");
 out:
 	api_resp_release(&resp);
@@ -167,7 +167,7 @@ static int cursor_put_schema(struct api *api, const char *table_id,
 	else /* no body: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, resp.etag, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("put schema of", table_id, &resp,
+		api_log_unexpected(api, "put schema of", table_id, &resp,
 				   "not a schema");
 out:
 	api_resp_release(&resp);
@@ -228,24 +228,26 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 			log_warn("rows of '%s' hold text an import would "
 				 "refuse (%s): exported as sent, with "
 				 "invalid UTF-8 bytes kept and lone "
-				 "surrogates as U+FFFD", table_id, why);
+				 "surrogates as U+FFFD",
+				 table_id, why);
 	}
 	if (rc == -EINVAL) {
-		api_log_unexpected("get rows page of", table_id, &resp, d->err);
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
+				   d->err);
 		rc = -EPROTO;
 	}
 	if (rc)
 		goto out;
 	rows = jdoc_member(d, 0, "rows");
 	if (rows == UINT32_MAX) {
-		api_log_unexpected("get rows page of", table_id, &resp,
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
 				   "no rows");
 		rc = -EPROTO;
 		goto out;
 	}
 	rc = api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, 0);
 	if (rc == -EPROTO)
-		api_log_unexpected("get rows page of", table_id, &resp,
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
 				   "a row without columns");
 	if (rc)
 		goto out;
@@ -259,7 +261,7 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		}
 	} else if (next != UINT32_MAX && d->nodes[next].type != JT_NULL &&
 		   d->nodes[next].type != JT_STRING) {
-		api_log_unexpected("get rows page of", table_id, &resp,
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
 				   "nextPageCursor is not a string");
 		rc = -EPROTO;
 		goto out;
@@ -381,7 +383,7 @@ static int cursor_upsert(struct api *api, const char *table_id,
 		goto out;
 	root = api_resp_json(&resp);
 	if (!root || !json_object_is_type(root, json_type_object)) {
-		api_log_unexpected("upsert chunk of", table_id, &resp,
+		api_log_unexpected(api, "upsert chunk of", table_id, &resp,
 				   "not JSON");
 		rc = -EPROTO;
 		goto out;

@@ -50,8 +50,7 @@ static const char *corr(const struct api_resp *resp)
 static char *flows_url(struct api *api, const char *table_id,
 		       const char *suffix, const char *item)
 {
-	return api_url(api, "/api/v2/flows/datatables", table_id, suffix,
-		       item);
+	return api_url(api, "/api/v2/flows/datatables", table_id, suffix, item);
 }
 
 static const char *get_str(struct json_object *o, const char *name)
@@ -164,7 +163,8 @@ static int get_table(struct api *api, const char *table_id, bool schema,
 		goto out;
 	*table = api_resp_json(&resp);
 	if (!*table) {
-		api_log_unexpected(what, table_id, &resp, "not a JSON object");
+		api_log_unexpected(api, what, table_id, &resp,
+				   "not a JSON object");
 		rc = -EPROTO;
 	}
 out:
@@ -177,6 +177,7 @@ static int flows_get_schema(struct api *api, const char *table_id,
 			    struct api_schema *out)
 {
 	struct json_object *table = NULL;
+	char tname[API_NAME_BUF];
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -188,7 +189,7 @@ static int flows_get_schema(struct api *api, const char *table_id,
 		log_err("get schema of '%s' failed: unexpected answer: no "
 			"JSON Schema of string key 'key' and typed "
 			"properties",
-			table_id);
+			api_table_name(api, table_id, tname, sizeof(tname)));
 out:
 	json_object_put(table);
 	return rc;
@@ -302,7 +303,7 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	else /* no schema in the answer: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, NULL, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("put schema of", table_id, &resp,
+		api_log_unexpected(api, "put schema of", table_id, &resp,
 				   "not a schema");
 out:
 	json_object_put(answer);
@@ -362,6 +363,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 	uint32_t ents;
 	unsigned max = atomic_load(&api->max_page), size;
 	uint64_t count;
+	char tname[API_NAME_BUF];
 	int rc;
 
 	api_resp_init(&resp);
@@ -369,7 +371,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 	if (page_number == 0) {
 		log_err("get rows page of '%s' failed: page numbers start "
 			"at 1",
-			table_id);
+			api_table_name(api, table_id, tname, sizeof(tname)));
 		rc = -EINVAL;
 		goto out;
 	}
@@ -390,21 +392,23 @@ static int flows_get_page(struct api *api, const char *table_id,
 		if (rc == -EINVAL && resp.status == 400 && size > 1) {
 			/* the size is the likely culprit: the maximum is
 			 * not documented */
-			log_info("get rows page of '%s': HTTP 400 at page "
-				 "size %u (%s), trying %u",
-				 table_id, size,
-				 resp.code[0] ? resp.code : "no code",
-				 size / 2);
+			log_info(
+			    "get rows page of '%s': HTTP 400 at page "
+			    "size %u (%s), trying %u",
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    size, resp.code[0] ? resp.code : "no code",
+			    size / 2);
 			size /= 2;
 			max_page_lower(api, size);
 			continue;
 		}
 		if (rc == -EINVAL && resp.status == 400)
-			log_err("get rows page of '%s' failed: HTTP 400 %s%s%s "
-				"(correlation %s)",
-				table_id, resp.code,
-				resp.message[0] ? ": " : "", resp.message,
-				corr(&resp));
+			log_err(
+			    "get rows page of '%s' failed: HTTP 400 %s%s%s "
+			    "(correlation %s)",
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    resp.code, resp.message[0] ? ": " : "",
+			    resp.message, corr(&resp));
 		if (rc)
 			goto out;
 		break;
@@ -412,7 +416,8 @@ static int flows_get_page(struct api *api, const char *table_id,
 	out->page_size = size;
 	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
 	if (rc == -EINVAL) {
-		api_log_unexpected("get rows page of", table_id, &resp, d->err);
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
+				   d->err);
 		rc = -EPROTO;
 	}
 	if (rc)
@@ -420,7 +425,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 	ents = d->nodes[0].type == JT_OBJECT ? jdoc_member(d, 0, "entities")
 					     : UINT32_MAX;
 	if (ents == UINT32_MAX) {
-		api_log_unexpected("get rows page of", table_id, &resp,
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
 				   "no entities");
 		rc = -EPROTO;
 		goto out;
@@ -428,7 +433,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 	rc = api_rows_to_jsonl(schema, d, ents, &data, &out->nrows, NULL,
 			       API_JSONL_FLAT);
 	if (rc == -EPROTO)
-		api_log_unexpected("get rows page of", table_id, &resp,
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
 				   "a row that is not an object");
 	if (rc)
 		goto out;
@@ -488,6 +493,7 @@ static int row_write(struct api *api, const char *method, const char *what,
 			      .gone_ok = !row,
 			      .quiet_status = quiet};
 	struct api_resp resp;
+	char tname[API_NAME_BUF];
 	int rc;
 
 	api_resp_init(&resp);
@@ -502,7 +508,9 @@ static int row_write(struct api *api, const char *method, const char *what,
 	if (rc == -ENOSPC)
 		log_err("%s '%s' failed: the table is full (HTTP %ld %s, "
 			"correlation %s)",
-			what, table_id, resp.status, resp.code, corr(&resp));
+			what,
+			api_table_name(api, table_id, tname, sizeof(tname)),
+			resp.status, resp.code, corr(&resp));
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
@@ -571,7 +579,7 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 	struct api_resp resp;
 	double delay = FLOWS_POLL_FIRST_S,
 	       deadline = api_now() + FLOWS_JOB_TIMEOUT_S;
-	char suffix[32];
+	char suffix[32], tname[API_NAME_BUF];
 	int rc;
 
 	*last = NULL;
@@ -590,18 +598,23 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 			break;
 		}
 		if (!strcmp(st, "Failed")) {
-			log_err("%s '%s' failed: job %s Failed: %s (updated "
-				"%" PRIu64 ", failed %" PRIu64 ")",
-				what, table_id, job->id,
-				job->error ? job->error : "no reason given",
-				job->updated, job->failed);
+			log_err(
+			    "%s '%s' failed: job %s Failed: %s (updated "
+			    "%" PRIu64 ", failed %" PRIu64 ")",
+			    what,
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    job->id,
+			    job->error ? job->error : "no reason given",
+			    job->updated, job->failed);
 			rc = -EIO;
 			break;
 		}
 		if (api_now() + delay > deadline) {
-			log_err("%s '%s' failed: job %s still %s after %.0f s",
-				what, table_id, job->id, st,
-				FLOWS_JOB_TIMEOUT_S);
+			log_err(
+			    "%s '%s' failed: job %s still %s after %.0f s",
+			    what,
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    job->id, st, FLOWS_JOB_TIMEOUT_S);
 			rc = -ETIMEDOUT;
 			break;
 		}
@@ -615,7 +628,7 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 		json_object_put(*last);
 		*last = api_resp_json(&resp);
 		if (!*last || !get_str(*last, "status")) {
-			api_log_unexpected(what, table_id, &resp,
+			api_log_unexpected(api, what, table_id, &resp,
 					   "a job without status");
 			rc = -EPROTO;
 			break;
@@ -659,7 +672,8 @@ static int job_start(struct api *api, const char *table_id, const char *what,
 		goto out;
 	*answer = api_resp_json(&resp);
 	if (!*answer || !get_str(*answer, "id")) {
-		api_log_unexpected(what, table_id, &resp, "a job without id");
+		api_log_unexpected(api, what, table_id, &resp,
+				   "a job without id");
 		rc = -EPROTO;
 		goto out;
 	}
@@ -739,7 +753,7 @@ static int flows_import_csv(struct api *api, const char *table_id,
 	struct api_resp resp;
 	struct json_object *answer = NULL, *last = NULL;
 	const char *upload;
-	char **headers = NULL;
+	char **headers = NULL, tname[API_NAME_BUF];
 	int rc;
 
 	api_resp_init(&resp);
@@ -752,7 +766,8 @@ static int flows_import_csv(struct api *api, const char *table_id,
 	upload = get_str(answer, "uploadURI");
 	if (!upload) {
 		log_err("%s '%s' failed: job %s has no uploadURI", what,
-			table_id, out->id);
+			api_table_name(api, table_id, tname, sizeof(tname)),
+			out->id);
 		rc = -EPROTO;
 		goto out;
 	}
@@ -832,7 +847,7 @@ static int download(struct api *api, const char *table_id, const char *uri,
 		    char **csv, size_t *len)
 {
 	struct api_resp resp;
-	char *url = strdup(uri);
+	char *url = strdup(uri), tname[API_NAME_BUF];
 	int rc = 0;
 
 	api_resp_init(&resp);
@@ -856,15 +871,17 @@ static int download(struct api *api, const char *table_id, const char *uri,
 		if (resp.status < 300 || resp.status > 399)
 			break;
 		if (hop == FLOWS_MAX_REDIRECTS) {
-			log_err("download export of '%s' failed: more than %d "
-				"redirects",
-				table_id, FLOWS_MAX_REDIRECTS);
+			log_err(
+			    "download export of '%s' failed: more than %d "
+			    "redirects",
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    FLOWS_MAX_REDIRECTS);
 			rc = -EPROTO;
 			goto out;
 		}
 		next = resolve_url(url, resp.location);
 		if (!next) {
-			api_log_unexpected("download export of", table_id,
+			api_log_unexpected(api, "download export of", table_id,
 					   &resp, "a redirect to no URL");
 			rc = -EPROTO;
 			goto out;
@@ -888,6 +905,7 @@ static int flows_export_csv(struct api *api, const char *table_id, char **csv,
 	const char *what = "export CSV of";
 	struct api_job job = {0};
 	struct json_object *answer = NULL, *last = NULL;
+	char tname[API_NAME_BUF];
 	const char *uri;
 	int rc;
 
@@ -902,7 +920,9 @@ static int flows_export_csv(struct api *api, const char *table_id, char **csv,
 	if (!uri) {
 		log_err("%s '%s' failed: job %s Succeeded without a "
 			"downloadURI",
-			what, table_id, job.id);
+			what,
+			api_table_name(api, table_id, tname, sizeof(tname)),
+			job.id);
 		rc = -EPROTO;
 		goto out;
 	}

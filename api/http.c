@@ -757,9 +757,8 @@ void api_http_learn_names(struct api *api, const struct api_table_list *list)
 	pthread_mutex_unlock(&pool->names_mu);
 }
 
-/* The subject as messages show it: a table's name rather than its id. */
-static const char *subject_name(struct api *api, const char *subject,
-				char *buf, size_t size)
+const char *api_table_name(struct api *api, const char *subject, char *buf,
+			   size_t size)
 {
 	struct api_http_pool *pool = api->pool;
 	const char *out = subject;
@@ -937,7 +936,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	int rc = -EIO;
 
 	/* every message below names the table by name */
-	named.subject = subject_name(api, req->subject, name, sizeof(name));
+	named.subject = api_table_name(api, req->subject, name, sizeof(name));
 	req = &named;
 	resp->attempts = 0;
 	resp->throttled = 0;

@@ -749,7 +749,12 @@ static void route_jobs(struct srv *s, const struct rq *r, char *out,
 	char body[1024];
 	bool fail = s->user != NULL;
 
-	if (!strcmp(r->path, "/api/v2/flows/datatables/t1/import/csv/jobs")) {
+	if (!strncmp(r->path, "/api/v2/flows/datatables?", 25)) {
+		answer(out, size, "200 OK", NULL,
+		       "{\"entities\":[{\"id\":\"t1\",\"name\":\"Mail\"}],"
+		       "\"pageCount\":1}");
+	} else if (!strcmp(r->path,
+			   "/api/v2/flows/datatables/t1/import/csv/jobs")) {
 		snprintf(body, sizeof(body),
 			 "{\"id\":\"job-1\",\"status\":\"WaitingForUpload\","
 			 "\"uploadURI\":\"%s/upload/u1?sig=abc\","
@@ -1016,6 +1021,28 @@ static void test_flows_upload_host_down(void **state)
 	assert_int_equal(list.count, 0);
 	api_table_list_release(&list);
 	assert_int_equal(srv.n, 2);
+	api_free(api);
+	srv_stop(&srv);
+}
+
+/* Messages name a listed table by its name, not its id (issue 13). */
+static void test_flows_messages_name_the_table(void **state)
+{
+	struct api_table_list list;
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_jobs, (void *)1);
+	api = client(&srv, "flows");
+	assert_int_equal(api_list_tables(api, &list), 0);
+	api_table_list_release(&list);
+	log = capture_log(import_csv_into, api, "t1", -EIO);
+	assert_non_null(strstr(log, "import CSV into 'Mail' failed: job job-1 "
+				    "Failed: The file has no key column"));
+	assert_null(strstr(log, "'t1'"));
+	free(log);
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -1690,6 +1717,7 @@ int main(void)
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
 	    cmocka_unit_test(test_flows_signed_urls_not_logged),
+	    cmocka_unit_test(test_flows_messages_name_the_table),
 	    cmocka_unit_test(test_flows_upload_host_down),
 	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
