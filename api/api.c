@@ -186,9 +186,12 @@ struct json_object *api_resp_json(const struct api_resp *resp)
 	return o;
 }
 
-void api_log_unexpected(const char *what, const char *subject,
+void api_log_unexpected(struct api *api, const char *what, const char *subject,
 			const struct api_resp *resp, const char *why)
 {
+	char name[API_NAME_BUF];
+
+	subject = api_table_name(api, subject, name, sizeof(name));
 	log_err("%s%s%s%s failed: unexpected answer: %s (HTTP %ld, "
 		"correlation %s)",
 		what, subject ? " '" : "", subject ? subject : "",
@@ -286,7 +289,8 @@ int api_check_url(const char *url, const char *what)
 {
 	CURLU *u;
 	char *scheme = NULL, *host = NULL;
-	int rc = -EINVAL;
+	/* messages leave out the query: a signed URL's is a credential */
+	int shown = (int)strcspn(url, "?#"), rc = -EINVAL;
 
 	u = curl_url();
 	if (!u)
@@ -294,7 +298,7 @@ int api_check_url(const char *url, const char *what)
 	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-		log_err("%s '%s' is not a URL", what, url);
+		log_err("%s '%.*s' is not a URL", what, shown, url);
 		goto out;
 	}
 	if (strcasecmp(scheme, "https") == 0) {
@@ -303,12 +307,13 @@ int api_check_url(const char *url, const char *what)
 		if (host_is_loopback(host))
 			rc = 0;
 		else
-			log_err("%s '%s' refused: plain http is allowed only "
+			log_err("%s '%.*s' refused: plain http is allowed only "
 				"for loopback hosts (127.0.0.1, ::1, "
 				"localhost); use https",
-				what, url);
+				what, shown, url);
 	} else {
-		log_err("%s '%s' refused: the scheme must be https", what, url);
+		log_err("%s '%.*s' refused: the scheme must be https", what,
+			shown, url);
 	}
 out:
 	curl_free(scheme);
@@ -679,6 +684,59 @@ int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
 	return 0;
 }
 
+int api_list_page(struct api *api, const char *url, struct api_resp *resp,
+		  struct json_object **root, struct api_table_list *out,
+		  size_t *cap, size_t *n)
+{
+	struct api_req req = {
+	    .method = "GET", .url = url, .what = "list tables"};
+	struct json_object *ents;
+	int rc;
+
+	*n = 0;
+	rc = api_http(api, &req, resp);
+	if (rc)
+		return rc;
+	json_object_put(*root);
+	*root = api_resp_json(resp);
+	if (!*root || !json_object_object_get_ex(*root, "entities", &ents) ||
+	    !json_object_is_type(ents, json_type_array)) {
+		api_log_unexpected(api, "list tables", NULL, resp,
+				   "no entities");
+		return -EPROTO;
+	}
+	*n = json_object_array_length(ents);
+	for (size_t i = 0; i < *n; i++) {
+		struct json_object *e = json_object_array_get_idx(ents, i);
+		struct json_object *id, *name;
+
+		if (!json_object_object_get_ex(e, "id", &id) ||
+		    !json_object_is_type(id, json_type_string) ||
+		    !json_object_object_get_ex(e, "name", &name) ||
+		    !json_object_is_type(name, json_type_string)) {
+			api_log_unexpected(api, "list tables", NULL, resp,
+					   "an entity without id or name");
+			return -EPROTO;
+		}
+		/* a NUL would cut the name short: two names that differ
+		 * after it would become one */
+		if (strlen(json_object_get_string(name)) !=
+			(size_t)json_object_get_string_len(name) ||
+		    strlen(json_object_get_string(id)) !=
+			(size_t)json_object_get_string_len(id)) {
+			log_warn("list tables: skipping table '%s' whose name "
+				 "or id holds a NUL",
+				 json_object_get_string(id));
+			continue;
+		}
+		rc = api_table_list_add(out, cap, json_object_get_string(id),
+					json_object_get_string(name));
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 void api_table_list_release(struct api_table_list *list)
 {
 	if (!list)
@@ -737,6 +795,10 @@ void api_page_release(struct api_page *page)
 {
 	if (!page)
 		return;
+	if (page->ids)
+		for (size_t i = 0; i < page->nrows; i++)
+			free(page->ids[i]);
+	free(page->ids);
 	free(page->data);
 	free(page->next_cursor);
 	free(page->version);

@@ -209,6 +209,10 @@ struct api_page {
 	unsigned page_count;	/* pages the server says there are, 0
 				   unknown (numbered pages) */
 	unsigned page_size;	/* rows per page used for this request */
+	char **ids;		/* cursor dialect: the server's id of each
+				   row (nrows entries, NULL where a row has
+				   none), what api_delete_row() takes; NULL
+				   for other dialects */
 };
 
 /*
@@ -456,6 +460,9 @@ int api_csv_reader_feed(struct api_csv_reader *r, const char *buf,
  * be fed again afterwards: more records under the same header. */
 int api_csv_reader_end(struct api_csv_reader *r, api_csv_record_fn fn,
 		       void *arg) API_WARN_UNUSED;
+/* Whether bytes of an unfinished record are held (_end would hand it
+ * over). */
+bool api_csv_reader_pending(const struct api_csv_reader *r);
 /* Why the header was refused (borrowed), or NULL. */
 const char *api_csv_reader_error(const struct api_csv_reader *r);
 void api_csv_reader_free(struct api_csv_reader *r);

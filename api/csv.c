@@ -705,6 +705,11 @@ void api_csv_reader_free(struct api_csv_reader *r)
 	free(r);
 }
 
+bool api_csv_reader_pending(const struct api_csv_reader *r)
+{
+	return r->rec.len || r->overlong;
+}
+
 const char *api_csv_reader_error(const struct api_csv_reader *r)
 {
 	return r->error[0] ? r->error : NULL;

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -151,6 +152,39 @@ out:
 	api_schema_release(&got);
 	api_schema_release(&cur);
 	api_schema_release(&next);
+	return rc;
+}
+
+/* schema files are small: more than this is not a schema */
+#define SCHEMA_FILE_MAX (1 << 20)
+
+int fs_schema_read_fd(int fd, char **buf, size_t *len)
+{
+	int rc = 0;
+	ssize_t n;
+
+	*len = 0;
+	*buf = malloc(SCHEMA_FILE_MAX);
+	if (!*buf)
+		return -ENOMEM;
+	while (*len < SCHEMA_FILE_MAX) {
+		n = pread(fd, *buf + *len, SCHEMA_FILE_MAX - *len,
+			  (off_t)*len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n < 0 ? -errno : 0;
+			break;
+		}
+		*len += (size_t)n;
+	}
+	if (!rc && *len == SCHEMA_FILE_MAX)
+		rc = -EFBIG;
+	if (rc) {
+		free(*buf);
+		*buf = NULL;
+		*len = 0;
+	}
 	return rc;
 }
 

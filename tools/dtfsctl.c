@@ -461,6 +461,8 @@ static int cmd_import(struct fs_engine *eng, struct fs_table *t,
 	rc = fs_import_begin(eng, t, &im);
 	if (rc)
 		goto out;
+	/* a whole file: with -o replace the table becomes equal to it */
+	fs_import_set_replace(im, fs_engine_config(eng)->replace);
 	p->im = im;
 	progress_start(p, "importing", fs_table_name(t));
 	while (!rc) {
@@ -496,52 +498,21 @@ out:
 	return rc;
 }
 
-/* A whole (small) file: a schema. *buf malloc'ed. */
-#define SCHEMA_FILE_MAX (1 << 20)
-static int read_small(const char *file, char **buf, size_t *len)
-{
-	int fd = open(file, O_RDONLY | O_CLOEXEC), rc = 0;
-	ssize_t n;
-
-	*buf = NULL;
-	*len = 0;
-	if (fd < 0 || !(*buf = malloc(SCHEMA_FILE_MAX))) {
-		rc = fd < 0 ? -errno : -ENOMEM;
-		goto out;
-	}
-	while (*len < SCHEMA_FILE_MAX) {
-		n = read(fd, *buf + *len, SCHEMA_FILE_MAX - *len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			rc = n < 0 ? -errno : 0;
-			break;
-		}
-		*len += (size_t)n;
-	}
-	if (!rc && *len == SCHEMA_FILE_MAX)
-		rc = -EFBIG;
-out:
-	if (rc) {
-		log_err("cannot read '%s': %s", file, strerror(-rc));
-		free(*buf);
-		*buf = NULL;
-	}
-	if (fd >= 0)
-		close(fd);
-	return rc;
-}
-
 /* schema TABLE FILE, create TABLE FILE: the schema.json writes. */
 static int cmd_schema_write(struct fs_engine *eng, struct fs_table *t,
 			    const char *name, const char *file)
 {
-	char *buf;
+	char *buf = NULL;
 	size_t len;
-	int rc = read_small(file, &buf, &len);
+	int fd = open(file, O_RDONLY | O_CLOEXEC), rc;
 
-	if (rc)
+	rc = fd < 0 ? -errno : fs_schema_read_fd(fd, &buf, &len);
+	if (fd >= 0)
+		close(fd);
+	if (rc) {
+		log_err("cannot read '%s': %s", file, strerror(-rc));
 		return rc;
+	}
 	rc = t ? fs_table_put_schema(eng, t, buf, len)
 	       : fs_engine_create(eng, name, buf, len, NULL);
 	free(buf);

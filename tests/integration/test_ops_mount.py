@@ -21,7 +21,8 @@ def test_modes_tell_the_truth(emu_factory, mount_factory):
     m = mount_factory(emu).start()
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(m.path) == 0o555
-    assert mode(m.table("Customers")) == 0o555
+    # a table directory takes scratch files (issue 12)
+    assert mode(m.table("Customers")) == 0o755
     # rows.csv imports, schema.json adds columns (issue 14)
     for f in ("rows.jsonl", "rows.csv", "schema.json"):
         assert mode(m.file("Customers", f)) == 0o644, f
@@ -32,7 +33,7 @@ def test_modes_tell_the_truth(emu_factory, mount_factory):
     pe = emu_factory("--data", SAMPLE_PRODUCTION)
     fl = mount_factory(pe, opts="api=flows").start()
     assert mode(fl.path) == 0o755
-    assert mode(fl.table("PriceList")) == 0o555
+    assert mode(fl.table("PriceList")) == 0o755
     flro = mount_factory(pe, opts="api=flows,ro").start()
     assert mode(flro.path) == 0o555
 

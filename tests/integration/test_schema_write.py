@@ -351,3 +351,36 @@ def test_flows_removing_or_rekeying_is_refused(flows, tmp_path):
     p = write_schema(path, d, tmp_path)
     assert p.returncode != 0 and "'active'" in m.stderr()
     assert writes(emu) == before
+
+
+def test_save_through_a_scratch_file_and_rename(cursor):
+    # editors and `jq … > tmp && mv tmp schema.json` write a temporary file
+    # in the directory and rename it onto schema.json (and rows.csv)
+    emu, m = cursor
+    path = m.file("Customers", "schema.json")
+    doc = read_json(path)
+    bad = copy.deepcopy(doc)
+    del bad["columns"][1]
+    tmp = m.file("Customers", ".schema.json.swp")
+    with open(tmp, "w") as f:
+        json.dump(bad, f)
+    before = writes(emu)
+    with pytest.raises(OSError) as e:
+        os.rename(tmp, path)
+    assert e.value.errno == errno.EINVAL
+    assert writes(emu) == before
+    assert "'last_interaction'" in m.stderr()
+    doc["columns"].append({"name": "via_rename", "type": "boolean",
+                           "isPrimaryKey": False})
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.rename(tmp, path)
+    assert emu.schema("Customers")["columns"][-1]["name"] == "via_rename"
+    assert not os.path.exists(tmp)
+    # a CSV renamed onto rows.csv imports as CSV
+    tmp = m.file("Customers", "new.csv")
+    with open(tmp, "w") as f:
+        f.write("customer_id,via_rename\r\nCUST-00002,true\r\n")
+    os.rename(tmp, m.file("Customers", "rows.csv"))
+    got = {r["customer_id"]: r for r in emu.rows("Customers")}
+    assert got["CUST-00002"]["via_rename"] is True
