@@ -840,6 +840,10 @@ void api_page_release(struct api_page *page)
 {
 	if (!page)
 		return;
+	if (page->ids)
+		for (size_t i = 0; i < page->nrows; i++)
+			free(page->ids[i]);
+	free(page->ids);
 	free(page->data);
 	free(page->next_cursor);
 	free(page->version);

@@ -189,6 +189,10 @@ struct api_page {
 	unsigned page_count;	/* pages the server says there are, 0
 				   unknown (numbered pages) */
 	unsigned page_size;	/* rows per page used for this request */
+	char **ids;		/* cursor dialect: the server's id of each
+				   row (nrows entries, NULL where a row has
+				   none), what api_delete_row() takes; NULL
+				   for other dialects */
 };
 
 /*

@@ -177,6 +177,27 @@ out:
 
 /* ---- rows ------------------------------------------------------------- */
 
+/* Each row's "id", which single-row deletes take. */
+static int page_ids(const struct jdoc *d, uint32_t rows, struct api_page *out)
+{
+	uint32_t r = jdoc_child(rows), id;
+	size_t i;
+
+	if (!out->nrows)
+		return 0;
+	out->ids = calloc(out->nrows, sizeof(*out->ids));
+	if (!out->ids)
+		return -ENOMEM;
+	for (i = 0; i < out->nrows; i++) {
+		id = jdoc_member(d, r, "id");
+		if (id != UINT32_MAX && d->nodes[id].type == JT_STRING &&
+		    !(out->ids[i] = jdoc_str_dup(d, id)))
+			return -ENOMEM;
+		r = jdoc_next(d, r);
+	}
+	return 0;
+}
+
 static int cursor_get_rows(struct api *api, const char *table_id,
 			   const struct api_schema *schema, const char *cursor,
 			   unsigned page_size, const char *if_none_match,
@@ -213,6 +234,9 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		goto out;
 	}
 	rc = api_page_rows(api, table_id, schema, &resp, "rows", 0, out);
+	if (rc)
+		goto out;
+	rc = page_ids(d, rows, out);
 	if (rc)
 		goto out;
 	next = jdoc_member(d, 0, "nextPageCursor");

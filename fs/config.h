@@ -28,6 +28,8 @@ struct fs_config {
 	unsigned retries;	/* attempts per request */
 	unsigned retry_budget;	/* seconds per request, retries included */
 	bool ro;
+	bool replace;		/* whole-file imports delete what they lack */
+	bool lazy_size;		/* no fetch for st_size of rows.jsonl */
 
 	/* logging (log_file=, log_level=): applied by fs_config_apply_log */
 	char *log_file;		/* NULL: stderr, or syslog when daemonized */

@@ -124,6 +124,16 @@ uint64_t fs_table_rows_size(struct fs_engine *eng, struct fs_table *t,
 			    uint64_t *gen);
 
 /*
+ * The exact size of rows.jsonl: as fs_table_rows_size() when a complete
+ * version is cached, else the table is read whole into the cache first
+ * (size.c; with lazy_size, 0 at once). *gen is the version's generation,
+ * 0 when the size is not that of a cached complete version. Returns 0 or
+ * the reader's error (-ENOTCONN, -EIO, -ESTALE, …).
+ */
+int fs_table_rows_exact_size(struct fs_engine *eng, struct fs_table *t,
+			     uint64_t *size, uint64_t *gen) FS_WARN_UNUSED;
+
+/*
  * Open a snapshot: revalidate the cached version with If-None-Match (at
  * most once per `revalidate` seconds), or fetch the first page when
  * nothing valid is cached. Release with fs_reader_close().
@@ -149,8 +159,10 @@ void fs_reader_close(struct fs_reader *rd);
 struct fs_import;
 
 /*
- * Start an import into a table: one per table at a time. Loads the schema,
- * empties the table's spool and its rejects.jsonl. Returns 0, -EBUSY (another import is open), -EROFS
+ * Start an import into a table: one per table at a time. Loads the schema
+ * and empties the table's spool; nothing a user sees changes until bytes
+ * are written (status.json then shows this import, and rejects.jsonl is
+ * replaced when an import quarantines lines). Returns 0, -EBUSY (another import is open), -EROFS
  * (a ro mount), -EACCES (the API already refused these credentials a
  * write), or the error of fetching the schema.
  */
@@ -182,6 +194,31 @@ bool fs_import_dirty(const struct fs_import *im);
  * written since the previous one sends nothing and returns that result.
  */
 int fs_import_finish(struct fs_import *im) FS_WARN_UNUSED;
+
+/*
+ * Send the complete lines written since the last finish or commit now,
+ * keeping an unterminated last line for later bytes: what a write()
+ * through an O_APPEND descriptor does, so that the shell's `>>`, which
+ * ignores close(), sees the failure in write(). Returns as
+ * fs_import_finish(); 0 at once when no line was completed since.
+ */
+int fs_import_commit(struct fs_import *im) FS_WARN_UNUSED;
+
+/*
+ * Whether the stream is the whole table (written from an O_TRUNC open, or
+ * a file renamed onto rows.jsonl, with the mount's `replace` option): its
+ * finish then also deletes the rows the stream lacks, unless a line was
+ * quarantined. Imports are upserts otherwise.
+ */
+void fs_import_set_replace(struct fs_import *im, bool replace);
+
+/*
+ * One whole import of the bytes of fd, read with pread from offset 0
+ * (begin, write, finish, end): what a rename onto rows.jsonl does. Returns
+ * as fs_import_begin() and fs_import_finish(), or the read's error.
+ */
+int fs_import_fd(struct fs_engine *eng, struct fs_table *t, int fd,
+		 bool replace) FS_WARN_UNUSED;
 
 /* Release the import (call fs_import_finish first when dirty). */
 void fs_import_end(struct fs_import *im);

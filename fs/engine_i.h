@@ -61,8 +61,11 @@ struct fs_table {
 
 	struct fs_face_gens face;
 
-	/* eng->import_lock: the current or last import */
+	/* eng->import_lock: the current or last import that received bytes
+	 * (status.json shows it), and the one open now (it may have
+	 * received nothing yet: then it has no visible effect) */
 	struct fs_import *import;
+	struct fs_import *import_open;
 };
 
 struct fs_engine {
@@ -201,10 +204,25 @@ int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
 		  const char *out, const char *absent, struct fs_diff *d)
 	FS_WARN_UNUSED;
 
+/* Call each(arg, x, y) for every key spooled in both a (x) and b (y), in
+ * key order; stops at the first non-0 it returns. Returns 0, that value,
+ * or the cache's error. */
+int fs_diff_join(struct fs_engine *eng, const char *a, const char *b,
+		 int (*each)(void *arg, const struct fs_spooled *x,
+			     const struct fs_spooled *y),
+		 void *arg) FS_WARN_UNUSED;
+
 /* The key of a single-key row as the API names it (the string inside the
  * encoded key ["…"], unescaped; malloc'ed). Returns 0, -EINVAL (not one
  * string), -ENOMEM. */
 int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
+
+/* replace.c: delete the rows of t whose keys are spooled in `absent`
+ * (fs_diff_spool's), by key (row_ops dialects) or by row id; *deleted
+ * says how many went. Returns 0 or the first failed delete's error. */
+int fs_replace_delete(struct fs_engine *eng, struct fs_table *t,
+		      const struct api_schema *schema, const char *absent,
+		      uint64_t *deleted) FS_WARN_UNUSED;
 
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;

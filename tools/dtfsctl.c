@@ -456,6 +456,8 @@ static int cmd_import(struct fs_engine *eng, struct fs_table *t,
 	rc = fs_import_begin(eng, t, &im);
 	if (rc)
 		goto out;
+	/* a whole file: with -o replace the table becomes equal to it */
+	fs_import_set_replace(im, fs_engine_config(eng)->replace);
 	p->im = im;
 	progress_start(p, "importing", fs_table_name(t));
 	while (!rc) {
