@@ -737,6 +737,67 @@ int api_list_page(struct api *api, const char *url, struct api_resp *resp,
 	return 0;
 }
 
+int api_page_rows(struct api *api, const char *table_id,
+		  const struct api_schema *schema, struct api_resp *resp,
+		  const char *member, int flags, struct api_page *out)
+{
+	const char *what = "get rows page of";
+	struct jdoc *d = &resp->doc;
+	const char *body = resp->body.p ? resp->body.p : "";
+	struct abuf data;
+	uint32_t rows;
+	int rc;
+
+	abuf_init(&data);
+	/* strict as an import line is: what dtfs would refuse to import is
+	 * never exported without a word */
+	rc = jdoc_parse(d, body, resp->body.len, JDOC_VALIDATE_UTF8);
+	if (rc == -EINVAL) {
+		char why[sizeof(d->err)], name[API_NAME_BUF];
+
+		snprintf(why, sizeof(why), "%s", d->err);
+		rc = jdoc_parse(d, body, resp->body.len, 0);
+		if (rc == 0)
+			log_warn(
+			    "rows of '%s' hold text an import would "
+			    "refuse (%s): exported as sent, with "
+			    "invalid UTF-8 bytes kept and lone "
+			    "surrogates as U+FFFD",
+			    api_table_name(api, table_id, name, sizeof(name)),
+			    why);
+	}
+	if (rc == -EINVAL) {
+		api_log_unexpected(api, what, table_id, resp, d->err);
+		rc = -EPROTO;
+	}
+	if (rc)
+		goto out;
+	rows = jdoc_member(d, 0, member);
+	if (rows == UINT32_MAX) {
+		api_log_unexpected(api, what, table_id, resp,
+				   flags & API_JSONL_FLAT ? "no entities"
+							  : "no rows");
+		rc = -EPROTO;
+		goto out;
+	}
+	rc =
+	    api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, flags);
+	if (rc == -EPROTO)
+		api_log_unexpected(api, what, table_id, resp,
+				   flags & API_JSONL_FLAT
+				       ? "a row that is not an object"
+				       : "a row without columns");
+	if (rc)
+		goto out;
+	abuf_reserve(&data, 0);
+	out->data = abuf_detach(&data, &out->len);
+	if (!out->data)
+		rc = -ENOMEM;
+out:
+	abuf_release(&data);
+	return rc;
+}
+
 void api_table_list_release(struct api_table_list *list)
 {
 	if (!list)

@@ -331,6 +331,17 @@ struct json_object;
 int api_list_page(struct api *api, const char *url, struct api_resp *resp,
 		  struct json_object **root, struct api_table_list *out,
 		  size_t *cap, size_t *n);
+/*
+ * The rows of a page answer (resp's body, a JSON object) into out->data as
+ * JSONL (api_rows_to_jsonl() with flags, from its member `member`),
+ * out->len and out->nrows; resp->doc keeps the parse for the dialect's
+ * own fields. Text an import would refuse (invalid UTF-8, a lone
+ * surrogate) is exported as sent, with a warning. Returns 0, -EPROTO
+ * (logged) or -ENOMEM.
+ */
+int api_page_rows(struct api *api, const char *table_id,
+		  const struct api_schema *schema, struct api_resp *resp,
+		  const char *member, int flags, struct api_page *out);
 /* resp's body parsed by json-c when it is a JSON object (json_object_put()
  * it), else NULL. */
 struct json_object *api_resp_json(const struct api_resp *resp);

@@ -209,14 +209,12 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 			      .if_none_match = if_none_match};
 	struct api_resp resp;
 	struct jdoc *d = &resp.doc;
-	struct abuf data;
-	uint32_t rows, next;
+	uint32_t next;
 	char suffix[64];
 	int rc;
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
-	abuf_init(&data);
 	if (page_size == 0 || page_size > CURSOR_MAX_PAGE)
 		page_size = CURSOR_MAX_PAGE;
 	out->page_size = page_size;
@@ -235,41 +233,7 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		out->not_modified = true;
 		goto out;
 	}
-	/* strict as an import line is: what dtfs would refuse to import is
-	 * never exported without a word */
-	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len,
-			JDOC_VALIDATE_UTF8);
-	if (rc == -EINVAL) {
-		char why[sizeof(d->err)];
-
-		snprintf(why, sizeof(why), "%s", d->err);
-		rc = jdoc_parse(d, resp.body.p ? resp.body.p : "",
-				resp.body.len, 0);
-		if (rc == 0)
-			log_warn("rows of '%s' hold text an import would "
-				 "refuse (%s): exported as sent, with "
-				 "invalid UTF-8 bytes kept and lone "
-				 "surrogates as U+FFFD",
-				 table_id, why);
-	}
-	if (rc == -EINVAL) {
-		api_log_unexpected(api, "get rows page of", table_id, &resp,
-				   d->err);
-		rc = -EPROTO;
-	}
-	if (rc)
-		goto out;
-	rows = jdoc_member(d, 0, "rows");
-	if (rows == UINT32_MAX) {
-		api_log_unexpected(api, "get rows page of", table_id, &resp,
-				   "no rows");
-		rc = -EPROTO;
-		goto out;
-	}
-	rc = api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, 0);
-	if (rc == -EPROTO)
-		api_log_unexpected(api, "get rows page of", table_id, &resp,
-				   "a row without columns");
+	rc = api_page_rows(api, table_id, schema, &resp, "rows", 0, out);
 	if (rc)
 		goto out;
 	rc = page_ids(d, rows, out);
@@ -290,18 +254,11 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		rc = -EPROTO;
 		goto out;
 	}
-	if (resp.etag && !(out->version = strdup(resp.etag))) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	abuf_reserve(&data, 0);
-	out->data = abuf_detach(&data, &out->len);
-	if (!out->data)
+	if (resp.etag && !(out->version = strdup(resp.etag)))
 		rc = -ENOMEM;
 out:
 	if (rc)
 		api_page_release(out);
-	abuf_release(&data);
 	api_resp_release(&resp);
 	free((char *)req.url);
 	return rc;

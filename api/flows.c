@@ -434,15 +434,12 @@ static int flows_get_page(struct api *api, const char *table_id,
 			      .quiet_status = 400};
 	struct api_resp resp;
 	struct jdoc *d = &resp.doc;
-	struct abuf data;
-	uint32_t ents;
 	unsigned max = atomic_load(&api->max_page), size;
 	uint64_t count;
 	char tname[API_NAME_BUF];
 	int rc;
 
 	api_resp_init(&resp);
-	abuf_init(&data);
 	if (page_number == 0) {
 		log_err("get rows page of '%s' failed: page numbers start "
 			"at 1",
@@ -489,43 +486,18 @@ static int flows_get_page(struct api *api, const char *table_id,
 		break;
 	}
 	out->page_size = size;
-	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
-	if (rc == -EINVAL) {
-		api_log_unexpected(api, "get rows page of", table_id, &resp,
-				   d->err);
-		rc = -EPROTO;
-	}
+	rc = api_page_rows(api, table_id, schema, &resp, "entities",
+			   API_JSONL_FLAT, out);
 	if (rc)
 		goto out;
-	ents = d->nodes[0].type == JT_OBJECT ? jdoc_member(d, 0, "entities")
-					     : UINT32_MAX;
-	if (ents == UINT32_MAX) {
-		api_log_unexpected(api, "get rows page of", table_id, &resp,
-				   "no entities");
-		rc = -EPROTO;
-		goto out;
-	}
-	rc = api_rows_to_jsonl(schema, d, ents, &data, &out->nrows, NULL,
-			       API_JSONL_FLAT);
-	if (rc == -EPROTO)
-		api_log_unexpected(api, "get rows page of", table_id, &resp,
-				   "a row that is not an object");
-	if (rc)
-		goto out;
-	out->total = UINT64_MAX;
 	if (!node_u64(d, jdoc_member(d, 0, "total"), &out->total))
 		out->total = UINT64_MAX;
 	if (node_u64(d, jdoc_member(d, 0, "pageCount"), &count) &&
 	    count <= UINT32_MAX)
 		out->page_count = (unsigned)count;
-	abuf_reserve(&data, 0);
-	out->data = abuf_detach(&data, &out->len);
-	if (!out->data)
-		rc = -ENOMEM;
 out:
 	if (rc)
 		api_page_release(out);
-	abuf_release(&data);
 	api_resp_release(&resp);
 	free((char *)req.url);
 	return rc;

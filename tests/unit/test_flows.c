@@ -648,6 +648,50 @@ static void route_pages(struct srv *s, const struct rq *r, char *out,
 	       "\"total\":125,\"pageCount\":3}");
 }
 
+/* A page holding a byte that is not UTF-8. */
+static void route_bad_utf8(struct srv *s, const struct rq *r, char *out,
+			   size_t size)
+{
+	(void)s;
+	(void)r;
+	answer(out, size, "200 OK", NULL,
+	       "{\"entities\":[{\"key\":\"a\xff\"}],\"total\":1,"
+	       "\"pageCount\":1}");
+}
+
+static int get_page_of(struct api *api, const char *id)
+{
+	struct api_page page;
+	int rc = api_get_page(api, id, NULL, 1, 0, &page);
+
+	if (!rc) {
+		/* exported as sent */
+		assert_int_equal(page.nrows, 1);
+		assert_string_equal(page.data, "{\"key\":\"a\xff\"}\n");
+		api_page_release(&page);
+	}
+	return rc;
+}
+
+/* Text an import would refuse is never exported without a word, as in
+ * the cursor dialect (tests/integration/test_hostile.py). */
+static void test_flows_page_bad_utf8_warned(void **state)
+{
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_bad_utf8, NULL);
+	api = client(&srv, "flows");
+	log = capture_log_at(LOG_WARNING, get_page_of, api, "t1", 0);
+	assert_non_null(strstr(log, "rows of 't1' hold text an import would "
+				    "refuse"));
+	free(log);
+	api_free(api);
+	srv_stop(&srv);
+}
+
 static void test_flows_pages(void **state)
 {
 	struct api_schema s;
@@ -1795,6 +1839,7 @@ int main(void)
 	    cmocka_unit_test(test_flows_create_and_delete_table),
 	    cmocka_unit_test(test_flows_nul_names_skipped),
 	    cmocka_unit_test(test_flows_pages),
+	    cmocka_unit_test(test_flows_page_bad_utf8_warned),
 	    cmocka_unit_test(test_flows_rows),
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
