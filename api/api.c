@@ -824,6 +824,22 @@ int api_put_schema(struct api *api, const char *table_id, const char *json,
 					out);
 }
 
+int api_create_table(struct api *api, const char *name, const char *json,
+		     size_t len, char **id)
+{
+	*id = NULL;
+	if (!api->dialect->create_table)
+		return -ENOSYS;
+	return api->dialect->create_table(api, name, json, len, id);
+}
+
+int api_delete_table(struct api *api, const char *table_id, bool force)
+{
+	if (!api->dialect->delete_table)
+		return -ENOSYS;
+	return api->dialect->delete_table(api, table_id, force);
+}
+
 int api_get_rows(struct api *api, const char *table_id,
 		 const struct api_schema *schema, const char *cursor,
 		 unsigned page_size, const char *if_none_match,

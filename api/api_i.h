@@ -398,6 +398,10 @@ struct api_dialect {
 	int (*export_csv)(struct api *api, const char *table_id, char **csv,
 			  size_t *len);
 	void (*get_caps)(struct api *api, struct api_caps *out);
+	int (*create_table)(struct api *api, const char *name,
+			    const char *json, size_t len, char **id);
+	int (*delete_table)(struct api *api, const char *table_id,
+			    bool force);
 };
 
 extern const struct api_dialect api_dialect_cursor;

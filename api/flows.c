@@ -232,6 +232,22 @@ static int parse_new_schema(const char *table_id, const char *json, size_t len,
 	return 0;
 }
 
+/* Send req with body (JSON, compact) as its body. */
+static int http_json(struct api *api, struct api_req *req,
+		     struct json_object *body, struct api_resp *resp)
+{
+	size_t tlen;
+	const char *text = json_object_to_json_string_length(
+	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+	    &tlen);
+
+	if (!text || !req->url)
+		return -ENOMEM;
+	req->body = text;
+	req->body_len = tlen;
+	return api_http(api, req, resp);
+}
+
 /* PUT the whole table: id, name, description, division{id} as they are,
  * the new schema. The platform only lets the schema gain properties (and
  * change titles, defaults and displayOrder); its refusal is -EINVAL with
@@ -247,8 +263,6 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	struct api_resp resp;
 	struct json_object *table = NULL, *schema = NULL, *body = NULL,
 			   *answer = NULL, *v;
-	const char *text;
-	size_t tlen;
 	int rc;
 
 	(void)if_match;
@@ -284,17 +298,8 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	}
 	json_object_object_add(body, "schema", schema);
 	schema = NULL;
-	text = json_object_to_json_string_length(
-	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-	    &tlen);
 	req.url = flows_url(api, table_id, "?expand=schema", NULL);
-	if (!text || !req.url) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.body = text;
-	req.body_len = tlen;
-	rc = api_http(api, &req, &resp);
+	rc = http_json(api, &req, body, &resp);
 	if (rc)
 		goto out;
 	answer = api_resp_json(&resp);
@@ -310,6 +315,76 @@ out:
 	json_object_put(body);
 	json_object_put(schema);
 	json_object_put(table);
+	api_resp_release(&resp);
+	free((char *)req.url);
+	return rc;
+}
+
+/* POST a new table: name, the schema (its title set to the name, as the
+ * platform does), no division (the home division). */
+static int flows_create_table(struct api *api, const char *name,
+			      const char *json, size_t len, char **id)
+{
+	struct api_req req = {.method = "POST",
+			      .what = "create table",
+			      .subject = name,
+			      .content_type = "application/json"};
+	struct api_resp resp;
+	struct json_object *schema = NULL, *body = NULL, *answer = NULL;
+	const char *got;
+	int rc;
+
+	*id = NULL;
+	api_resp_init(&resp);
+	rc = parse_new_schema(name, json, len, &schema);
+	if (rc)
+		goto out;
+	body = json_object_new_object();
+	if (!body) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	json_object_object_add(body, "name", json_object_new_string(name));
+	json_object_object_add(schema, "title", json_object_new_string(name));
+	json_object_object_add(body, "schema", schema);
+	schema = NULL;
+	req.url = flows_url(api, NULL, "", NULL);
+	rc = http_json(api, &req, body, &resp);
+	if (rc)
+		goto out;
+	answer = api_resp_json(&resp);
+	got = get_str(answer, "id");
+	if (!got) {
+		api_log_unexpected(api, "create table", name, &resp, "no id");
+		rc = -EPROTO;
+		goto out;
+	}
+	*id = strdup(got);
+	if (!*id)
+		rc = -ENOMEM;
+out:
+	json_object_put(answer);
+	json_object_put(body);
+	json_object_put(schema);
+	api_resp_release(&resp);
+	free((char *)req.url);
+	return rc;
+}
+
+static int flows_delete_table(struct api *api, const char *table_id,
+			      bool force)
+{
+	struct api_req req = {.method = "DELETE",
+			      .what = "delete table",
+			      .subject = table_id};
+	struct api_resp resp;
+	int rc;
+
+	api_resp_init(&resp);
+	req.url = flows_url(api, table_id, force ? "?force=true" : "", NULL);
+	if (!req.url)
+		return -ENOMEM;
+	rc = api_http(api, &req, &resp);
 	api_resp_release(&resp);
 	free((char *)req.url);
 	return rc;
@@ -924,6 +999,8 @@ const struct api_dialect api_dialect_flows = {
     .list_tables = flows_list_tables,
     .get_schema = flows_get_schema,
     .put_schema = flows_put_schema,
+    .create_table = flows_create_table,
+    .delete_table = flows_delete_table,
     .delete_row = flows_row_delete_key,
     .get_page = flows_get_page,
     .row_create = flows_row_create,

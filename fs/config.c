@@ -42,6 +42,8 @@ const char fs_config_help[] =
 	"    -o retries=N             attempts per request (default 8)\n"
 	"    -o retry_budget=SECONDS  time per request, retries included (default 120)\n"
 	"    -o ro                    read-only: refuse every write with EROFS\n"
+	"    -o allow_delete[=force]  rmdir of a table deletes it in the API\n"
+	"                             (force: flows ?force=true, even if in use)\n"
 	"    -o replace               a file written whole onto rows.jsonl (O_TRUNC,\n"
 	"                             or renamed onto it) makes the table equal to\n"
 	"                             it: rows it lacks are deleted (default: upsert)\n"
@@ -310,6 +312,11 @@ int fs_config_set(struct fs_config *cfg, const char *word)
 
 	if (!strcmp(key, "ro") && !v) {
 		cfg->ro = true;
+		return 0;
+	}
+	if (!strcmp(key, "allow_delete") && (!v || !strcmp(v, "force"))) {
+		cfg->allow_delete = true;
+		cfg->force_delete = v != NULL;
 		return 0;
 	}
 	if (!strcmp(key, "replace") && !v) {

@@ -66,6 +66,8 @@ struct fs_table {
 	 * received nothing yet: then it has no visible effect) */
 	struct fs_import *import;
 	struct fs_import *import_open;
+
+	struct fs_csvidx *csv;	/* csvview.c: rows.csv's offsets */
 };
 
 struct fs_engine {
@@ -80,6 +82,10 @@ struct fs_engine {
 	char **old_names;	/* names replaced by a rename: readers may
 				   still hold them, so freed only at the end */
 	size_t nold_names;
+
+	char **pending;		/* mkdir'ed names without a table yet
+				   (schema_write.c); eng->lock */
+	size_t npending;
 
 	pthread_mutex_t list_lock; /* one listing walk at a time */
 	_Atomic int64_t listed_at; /* read without list_lock */
@@ -99,6 +105,10 @@ struct fs_engine {
 /* Load t->schema from memory, the cache or the API; t->lock held. */
 int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
 	FS_WARN_UNUSED;
+/* Keep s as t's schema, fresh now (memory and cache); s is taken over
+ * (zeroed). t->lock held. */
+void fs_table_set_schema(struct fs_engine *eng, struct fs_table *t,
+			 struct api_schema *s);
 /* Make t->schema at most `revalidate` seconds old (the cached one when the
  * API cannot be reached); t->lock held. */
 int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
@@ -223,6 +233,18 @@ int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
 int fs_replace_delete(struct fs_engine *eng, struct fs_table *t,
 		      const struct api_schema *schema, const char *absent,
 		      uint64_t *deleted) FS_WARN_UNUSED;
+/* Find or add the table id (named name) and mark it listed or not (a
+ * table created or deleted here). NULL when out of memory. */
+struct fs_table *fs_engine_add_table(struct fs_engine *eng, const char *id,
+				     const char *name, bool listed);
+
+/* schema_write.c */
+void fs_pending_release(struct fs_engine *eng);
+
+/* csvview.c */
+void fs_csvidx_free(struct fs_csvidx *x);
+/* Forget rows.csv's index and size (the schema changed). */
+void fs_csv_forget(struct fs_table *t);
 
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;

@@ -77,6 +77,7 @@ struct fs_import {
 	char *partial;			/* an unterminated line */
 	size_t plen, pcap;
 	bool overlong;			/* the partial line passed max_line */
+	struct api_csv_reader *csv;	/* rows.csv: records, not lines */
 
 	char *keys[SPOOL_BATCH];	/* rows waiting for one spool txn */
 	char *vals[SPOOL_BATCH];
@@ -140,6 +141,7 @@ static void import_free(struct fs_import *im)
 		close(im->lock_fd);
 	free(im->rejects_path);
 	free(im->rejects_tmp);
+	api_csv_reader_free(im->csv);
 	api_schema_release(&im->schema);
 	free(im->send);
 	free(im->partial);
@@ -464,7 +466,8 @@ static void quarantine(struct fs_import *im, uint64_t line, const char *error,
 		pthread_mutex_unlock(&im->rejects_lock);
 		return;
 	}
-	fprintf(f, "{\"line\": %" PRIu64 ", \"error\": ", line);
+	fprintf(f, "{\"%s\": %" PRIu64 ", \"error\": ",
+		im->csv ? "record" : "line", line);
 	put_json_string(f, error, strlen(error));
 	fputs(", \"text\": ", f);
 	put_json_string(f, text, n);
@@ -503,28 +506,18 @@ static bool blank(const char *s, size_t n)
 	return true;
 }
 
-/* One complete line (without its '\n'). Returns 0 or a fatal error. */
-static int take_line(struct fs_import *im, const char *s, size_t n,
-		     bool overlong)
+/* Row s[0..n) of line (or record) `line`, written as text[0..tn): to
+ * the spool, or quarantined. Returns 0 or a fatal error. */
+static int take_row(struct fs_import *im, uint64_t line, const char *s,
+		    size_t n, const char *text, size_t tn)
 {
-	uint64_t line = atomic_fetch_add(&im->lines, 1) + 1;
 	char *row = NULL, *key = NULL, *error = NULL, *val;
 	char msg[96];
 	int rc;
 
-	if (n && s[n - 1] == '\r')
-		n--;
-	if (blank(s, n))
-		return 0;
-	if (overlong) {
-		snprintf(msg, sizeof(msg), "line longer than %u bytes",
-			 im->eng->cfg.max_line);
-		quarantine(im, line, msg, s, n);
-		return 0;
-	}
 	rc = api_row_validate(&im->schema, s, n, &row, &key, &error);
 	if (rc == -EINVAL) {
-		quarantine(im, line, error ? error : "invalid row", s, n);
+		quarantine(im, line, error ? error : "invalid row", text, tn);
 		free(error);
 		return 0;
 	}
@@ -533,7 +526,7 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 
 		snprintf(why, sizeof(why), "schema drift: %.380s",
 			 error ? error : "unknown column");
-		quarantine(im, line, why, s, n);
+		quarantine(im, line, why, text, tn);
 		log_err("import into '%s' stopped at line %" PRIu64 ": %s; "
 			"nothing was sent", im->t->name, line, why);
 		set_state(im, IMPORT_FAILED, why);
@@ -548,7 +541,7 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 	if (strlen(key) > MAX_KEY) {
 		snprintf(msg, sizeof(msg), "primary key longer than %d bytes",
 			 MAX_KEY);
-		quarantine(im, line, msg, s, n);
+		quarantine(im, line, msg, text, tn);
 		free(row);
 		free(key);
 		return 0;
@@ -565,6 +558,70 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 	if (++im->nbatch == SPOOL_BATCH)
 		return spool_flush(im);
 	return 0;
+}
+
+/* One complete line (without its '\n'). Returns 0 or a fatal error. */
+static int take_line(struct fs_import *im, const char *s, size_t n,
+		     bool overlong)
+{
+	uint64_t line = atomic_fetch_add(&im->lines, 1) + 1;
+	char msg[96];
+
+	if (n && s[n - 1] == '\r')
+		n--;
+	if (blank(s, n))
+		return 0;
+	if (overlong) {
+		snprintf(msg, sizeof(msg), "line longer than %u bytes",
+			 im->eng->cfg.max_line);
+		quarantine(im, line, msg, s, n);
+		return 0;
+	}
+	return take_row(im, line, s, n, s, n);
+}
+
+/* One CSV record (api_csv_reader's callback). */
+static int take_record(void *arg, const struct api_csv_record *rec)
+{
+	struct fs_import *im = arg;
+
+	atomic_fetch_add(&im->lines, 1);
+	if (rec->error) {
+		quarantine(im, rec->record, rec->error, rec->text,
+			   rec->text_len);
+		return 0;
+	}
+	return take_row(im, rec->record, rec->row, rec->row_len, rec->text,
+			rec->text_len);
+}
+
+/* The CSV reader's result: a refused header stops the import like drift
+ * (nothing will be sent). */
+static int csv_result(struct fs_import *im, int rc)
+{
+	const char *why = api_csv_reader_error(im->csv);
+	char msg[512];
+
+	if (!why || (rc != -ENOENT && rc != -EINVAL))
+		return rc;
+	snprintf(msg, sizeof(msg), "%s: %s",
+		 rc == -ENOENT ? "schema drift" : "bad header", why);
+	quarantine(im, 0, msg, "", 0);
+	log_err("import of rows.csv into '%s' stopped: %s; nothing was sent",
+		im->t->name, msg);
+	set_state(im, IMPORT_FAILED, msg);
+	im->drift = true;
+	return -EINVAL;
+}
+
+int fs_import_use_csv(struct fs_import *im)
+{
+	/* with versions (cursor) the API has nulls: an unquoted empty field
+	 * is no value, as rows.csv writes it; the platform has none */
+	return api_csv_reader_new(&im->schema, im->eng->cfg.max_line,
+				  im->eng->caps.versions ? API_CSV_EMPTY_ABSENT
+							 : 0,
+				  &im->csv);
 }
 
 static int keep_partial(struct fs_import *im, const char *s, size_t n)
@@ -612,6 +669,11 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 	im->dirty = true;
 	atomic_store(&im->flushed, false);
 	atomic_fetch_add(&im->bytes, len);
+	if (im->csv) {
+		rc = csv_result(im, api_csv_reader_feed(im->csv, buf, len,
+							take_record, im));
+		s = end;
+	}
 	while (s < end && !rc) {
 		nl = memchr(s, '\n', (size_t)(end - s));
 		if (!nl) {
@@ -1359,7 +1421,16 @@ static int finish(struct fs_import *im, bool final)
 		rc = im->latched;
 		goto out;
 	}
-	im->dirty = !final && (im->plen || im->overlong);
+	im->dirty = !final && (im->plen || im->overlong ||
+			       (im->csv && api_csv_reader_pending(im->csv)));
+	if (final && im->csv && !im->drift) {
+		/* the last record, without its line end; a header at all */
+		rc = round_begin(im);
+		if (!rc)
+			rc = csv_result(im, api_csv_reader_end(im->csv,
+							       take_record,
+							       im));
+	}
 	if (final && !im->drift && (im->plen || im->overlong)) {
 		rc = round_begin(im);
 		if (!rc)
@@ -1638,7 +1709,7 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 }
 
 int fs_import_fd(struct fs_engine *eng, struct fs_table *t, int fd,
-		 bool replace)
+		 bool replace, bool csv)
 {
 	struct fs_import *im = NULL;
 	size_t size = 1 << 16;
@@ -1654,6 +1725,8 @@ int fs_import_fd(struct fs_engine *eng, struct fs_table *t, int fd,
 	if (rc)
 		goto out;
 	im->replace = replace;
+	if (csv)
+		rc = fs_import_use_csv(im);
 	while (!rc) {
 		n = pread(fd, buf, size, off);
 		if (n < 0 && errno == EINTR)

@@ -1,9 +1,10 @@
 /*
  * ops: the fuse_operations of dtfs. Paths are "/", "/TABLE" and
  * "/TABLE/FILE" with FILE one of schema.json, rows.jsonl, rejects.jsonl,
- * status.json, or any other name: a scratch file (scratch.h) that
- * programs writing through temporary files create, and rename onto
- * rows.jsonl to import it. TABLE is a file name as names.h encodes it.
+ * status.json, rows.csv, or any other name: a scratch file (scratch.h)
+ * that programs writing through temporary files create, and rename onto
+ * rows.jsonl (or rows.csv, schema.json) to import it. TABLE is a file
+ * name as names.h encodes it.
  */
 #include "fs.h"
 
@@ -31,6 +32,7 @@ enum fs_file {
 	FS_ROWS,
 	FS_REJECTS,
 	FS_STATUS,
+	FS_CSV,		/* rows.csv: rows.jsonl as CSV (csvview.c) */
 	FS_SCRATCH,	/* any other name in a table directory */
 };
 
@@ -39,6 +41,7 @@ static const char *const file_names[] = {
 	[FS_ROWS] = "rows.jsonl",
 	[FS_REJECTS] = "rejects.jsonl",
 	[FS_STATUS] = "status.json",
+	[FS_CSV] = "rows.csv",
 };
 
 /* An open file. */
@@ -46,10 +49,16 @@ struct handle {
 	enum fs_file file;
 	struct fs_table *t;
 	struct fs_reader *rd;	/* rows.jsonl read */
-	struct fs_import *im;	/* rows.jsonl write */
+	struct fs_import *im;	/* rows.jsonl or rows.csv write */
+	struct fs_csv_reader *crd; /* rows.csv read */
 	pid_t opener;		/* thread-group id of the process that opened */
 	char *buf;		/* schema.json, status.json */
 	size_t len;
+	char *pending;		/* schema.json of a pending table: its name */
+	bool swrite;		/* schema.json opened for writing: buf/len is
+				   what is written */
+	bool sdirty;		/* written since the last flush */
+	int sresult;		/* the last flush's result */
 	int fd;			/* rejects.jsonl */
 	struct fs_scratch *sc;	/* a scratch file */
 	bool append;		/* O_APPEND: each write() is imported */
@@ -98,7 +107,7 @@ static int resolve(const char *path, struct fs_table **t, enum fs_file *file)
 		return rc;
 	if (!slash)
 		return 0;
-	for (i = FS_SCHEMA; i <= FS_STATUS; i++) {
+	for (i = FS_SCHEMA; i <= FS_CSV; i++) {
 		if (!strcmp(slash + 1, file_names[i])) {
 			*file = (enum fs_file)i;
 			return 0;
@@ -110,12 +119,33 @@ static int resolve(const char *path, struct fs_table **t, enum fs_file *file)
 	return 0;
 }
 
+/*
+ * A path under a pending table (mkdir'ed, no schema yet): 1 for the
+ * directory, 2 for its schema.json, 0 otherwise; name gets the table name.
+ */
+static int pending_of(const char *path, char *name, size_t size)
+{
+	char enc[NAME_MAX + 1];
+	const char *p = path + 1, *slash = strchr(p, '/');
+	size_t n = slash ? (size_t)(slash - p) : strlen(p);
+
+	if (n == 0 || n > NAME_MAX)
+		return 0;
+	memcpy(enc, p, n);
+	enc[n] = '\0';
+	if (fs_name_decode(enc, name, size) ||
+	    !fs_engine_is_pending(engine(), name))
+		return 0;
+	if (!slash)
+		return 1;
+	return strcmp(slash + 1, "schema.json") ? 0 : 2;
+}
+
 /* The file name of a path that resolve() found to be a scratch file. */
 static const char *base_name(const char *path)
 {
 	return strrchr(path, '/') + 1;
 }
-
 
 /* The thread-group id of a thread: FUSE reports thread ids, and a
  * process's threads must count as the process (mountpoint-s3, goofys). */
@@ -276,16 +306,35 @@ static int fs_getattr(const char *path, struct stat *st,
 	st->st_gid = getgid();
 	st->st_atime = st->st_mtime = st->st_ctime = mount_time;
 	rc = resolve(path, &t, &file);
+	if (rc == -ENOENT) {
+		char name[1024];
+
+		switch (pending_of(path, name, sizeof(name))) {
+		case 1:
+			st->st_mode = S_IFDIR | (0555 & ~fs_face_opts.umask);
+			st->st_nlink = 2;
+			return 0;
+		case 2:
+			st->st_mode = S_IFREG | (0644 & ~fs_face_opts.umask);
+			st->st_nlink = 1;
+			return 0;
+		}
+	}
 	if (rc)
 		return rc;
-	/* modes tell the truth: no directory takes new entries, no file is
-	 * executable, only rows.jsonl is writable (unless ro) */
+	/* modes tell the truth: no directory takes new entries but the root
+	 * where mkdir makes tables (flows), no file is executable, only
+	 * rows.jsonl, rows.csv and schema.json are writable (unless ro) */
 	switch (file) {
 	case FS_NONE:
 		/* a table directory takes scratch files (not when ro); the
-		 * root takes nothing */
-		st->st_mode = S_IFDIR |
-			      ((t && !ro ? 0755 : 0555) & ~fs_face_opts.umask);
+		 * root takes new tables (mkdir, flows) */
+		{
+			bool w = t ? !ro : fs_engine_can_create(eng);
+
+			st->st_mode = S_IFDIR | ((w ? 0755 : 0555) &
+						 ~fs_face_opts.umask);
+		}
 		st->st_nlink = 2;
 		return 0;
 	case FS_ROWS: {
@@ -324,8 +373,12 @@ static int fs_getattr(const char *path, struct stat *st,
 		st->st_size = (off_t)size;
 		break;
 	}
+	case FS_CSV:
+		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
+		st->st_size = (off_t)fs_table_csv_size(eng, t);
+		break;
 	case FS_SCHEMA:
-		st->st_mode = S_IFREG | 0444;
+		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
 		st->st_size = (off_t)fs_table_schema_size(eng, t);
 		if (!st->st_size) {	/* not cached yet: fetch it */
 			char *json = NULL;
@@ -382,6 +435,26 @@ static int fs_getattr(const char *path, struct stat *st,
 	return 0;
 }
 
+/* The pending tables (mkdir'ed, no schema yet) in the root listing. */
+static int fill_pending(struct fs_engine *eng, void *buf,
+			fuse_fill_dir_t fill)
+{
+	char **names;
+	size_t i, n;
+	int rc = fs_engine_pending_list(eng, &names, &n);
+
+	for (i = 0; !rc && i < n; i++) {
+		char enc[NAME_MAX + 1];
+
+		if (!fs_name_encode(names[i], enc, sizeof(enc)))
+			fill(buf, enc, NULL, 0, 0);
+	}
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return rc;
+}
+
 struct fill_ctx {
 	void *buf;
 	fuse_fill_dir_t fill;
@@ -409,6 +482,16 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 	(void)fi;
 	(void)flags;
 	rc = resolve(path, &t, &file);
+	if (rc == -ENOENT) {
+		char name[1024];
+
+		if (pending_of(path, name, sizeof(name)) != 1)
+			return rc;
+		fill(buf, ".", NULL, 0, 0);
+		fill(buf, "..", NULL, 0, 0);
+		fill(buf, "schema.json", NULL, 0, 0);
+		return 0;
+	}
 	if (rc)
 		return rc;
 	if (file != FS_NONE)
@@ -420,7 +503,7 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 		/* the type, so find -type f and ls --color need no stat */
 		struct stat st = { .st_mode = S_IFREG };
 
-		for (i = FS_SCHEMA; i <= FS_STATUS; i++)
+		for (i = FS_SCHEMA; i <= FS_CSV; i++)
 			fill(buf, file_names[i], &st, 0, 0);
 		if (scratch)
 			fs_scratch_list(scratch, fs_table_id(t), fill_scratch,
@@ -442,7 +525,7 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 		fill(buf, enc, NULL, 0, 0);
 	}
 	free(tables);
-	return 0;
+	return fill_pending(eng, buf, fill);
 }
 
 static void handle_free(struct handle *h)
@@ -454,12 +537,15 @@ static void handle_free(struct handle *h)
 	}
 	if (h->rd)
 		fs_reader_close(h->rd);
+	if (h->crd)
+		fs_csv_close(h->crd);
 	if (h->im)
 		fs_import_end(h->im);
 	if (h->fd >= 0)
 		close(h->fd);
 	fs_scratch_put(h->sc);
 	free(h->buf);
+	free(h->pending);
 	free(h);
 }
 
@@ -499,6 +585,34 @@ static int open_rows_read(struct fs_engine *eng, struct handle *h,
 	return 0;
 }
 
+/* schema.json of a pending table: empty until written; writing it
+ * creates the table at close. */
+static int open_pending(const char *path, struct fuse_file_info *fi)
+{
+	struct handle *h;
+	char name[1024];
+
+	if (pending_of(path, name, sizeof(name)) != 2)
+		return -ENOENT;
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->file = FS_SCHEMA;
+	h->fd = -1;
+	h->pending = strdup(name);
+	if (!h->pending) {
+		free(h);
+		return -ENOMEM;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+		h->swrite = true;
+		h->opener = tgid_of(fuse_get_context()->pid);
+	}
+	fi->direct_io = 1;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	return 0;
+}
+
 static int fs_open(const char *path, struct fuse_file_info *fi)
 {
 	struct fs_engine *eng = engine();
@@ -509,11 +623,14 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 	int rc;
 
 	rc = resolve(path, &t, &file);
+	if (rc == -ENOENT)
+		return open_pending(path, fi);
 	if (rc)
 		return rc;
 	if (file == FS_NONE)
 		return -EISDIR;
-	if (acc != O_RDONLY && (file != FS_ROWS && file != FS_SCRATCH))
+	if (acc != O_RDONLY && file != FS_ROWS && file != FS_SCRATCH &&
+	    file != FS_CSV && file != FS_SCHEMA)
 		return -EROFS;
 	if (acc != O_RDONLY && fs_engine_config(eng)->ro)
 		return -EROFS;
@@ -550,9 +667,30 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 		h->append = fi->flags & O_APPEND;
 		fi->direct_io = 1;
 		break;
-	case FS_SCHEMA:
-		rc = fs_table_schema_json(eng, t, &h->buf, &h->len);
+	case FS_CSV:
+		/* direct I/O: the bytes are made as they are read */
 		fi->direct_io = 1;
+		if (acc == O_RDONLY) {
+			rc = fs_csv_open(eng, t, &h->crd);
+			break;
+		}
+		h->opener = tgid_of(fuse_get_context()->pid);
+		rc = fs_import_begin(eng, t, &h->im);
+		if (!rc)
+			rc = fs_import_use_csv(h->im);
+		break;
+	case FS_SCHEMA:
+		fi->direct_io = 1;
+		if (acc != O_RDONLY) {
+			/* a whole new schema is written: from nothing with
+			 * O_TRUNC, else over the current bytes (an in-place
+			 * edit); sent at the opener's close */
+			h->swrite = true;
+			h->opener = tgid_of(fuse_get_context()->pid);
+			if (fi->flags & O_TRUNC)
+				break;
+		}
+		rc = fs_table_schema_json(eng, t, &h->buf, &h->len);
 		break;
 	case FS_STATUS:
 		rc = fs_table_status_json(eng, t, &h->buf, &h->len);
@@ -589,8 +727,15 @@ static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	enum fs_file file;
 	int rc = resolve(path, &t, &file);
 
-	if (rc == -ENOENT)
-		return -EPERM; /* no new tables by creating a file */
+	if (rc == -ENOENT) {
+		char name[1024];
+
+		/* a pending table's schema.json; no new tables by creating
+		 * a file */
+		if (pending_of(path, name, sizeof(name)) == 2)
+			return open_pending(path, fi);
+		return -EPERM;
+	}
 	if (rc)
 		return rc;
 	if (file == FS_SCRATCH) {
@@ -638,6 +783,11 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
 			return -EBADF;
 		rc = fs_reader_read(h->rd, (uint64_t)off, buf, size, &n);
 		return rc ? rc : (int)n;
+	case FS_CSV:
+		if (!h->crd)
+			return -EBADF;
+		rc = fs_csv_read(h->crd, (uint64_t)off, buf, size, &n);
+		return rc ? rc : (int)n;
 	case FS_SCHEMA:
 	case FS_STATUS:
 		if ((size_t)off >= h->len)
@@ -659,6 +809,46 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
 	return -EISDIR;
 }
 
+/* schema.json: the bytes at their offsets, in memory (a schema is small). */
+#define SCHEMA_MAX (1 << 20)
+static int schema_write(struct handle *h, const char *buf, size_t size,
+			off_t off)
+{
+	size_t end;
+
+	if (off < 0 || (uint64_t)off + size > SCHEMA_MAX)
+		return -EFBIG;
+	end = (size_t)off + size;
+	if (end > h->len) {
+		char *p = realloc(h->buf, end);
+
+		if (!p)
+			return -ENOMEM;
+		memset(p + h->len, 0, end - h->len);
+		h->buf = p;
+		h->len = end;
+	}
+	memcpy(h->buf + off, buf, size);
+	h->sdirty = true;
+	return (int)size;
+}
+
+/* Send a written schema.json: a schema change, or a new table. */
+static int schema_send(struct handle *h)
+{
+	struct fs_engine *eng = engine();
+
+	if (!h->sdirty)
+		return h->sresult;
+	h->sdirty = false;
+	if (h->pending)
+		h->sresult = fs_engine_create(eng, h->pending, h->buf, h->len,
+					      NULL);
+	else
+		h->sresult = fs_table_put_schema(eng, h->t, h->buf, h->len);
+	return h->sresult;
+}
+
 static int fs_write(const char *path, const char *buf, size_t size,
 		    off_t off, struct fuse_file_info *fi)
 {
@@ -666,6 +856,8 @@ static int fs_write(const char *path, const char *buf, size_t size,
 	int rc;
 
 	(void)path;
+	if (h->swrite)
+		return schema_write(h, buf, size, off);
 	if (h->sc) {
 		int fd = fs_scratch_fd(h->sc);
 		struct stat st;
@@ -719,10 +911,12 @@ static int fs_flush(const char *path, struct fuse_file_info *fi)
 	struct handle *h = handle_of(fi);
 	int rc;
 
-	if (!h->im)
+	if (!h->im && !h->swrite)
 		return 0;
 	if (tgid_of(fuse_get_context()->pid) != h->opener)
 		return 0;
+	if (h->swrite)
+		return schema_send(h);
 	rc = fs_import_finish(h->im);
 	rejects_changed(path);
 	return rc;
@@ -734,6 +928,14 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
 
+	if (h->swrite && h->sdirty) {
+		int rc = schema_send(h);
+
+		if (rc)
+			log_err("schema.json of '%s' sent at release: %s",
+				h->pending ? h->pending : fs_table_name(h->t),
+				strerror(-rc));
+	}
 	if (h->im && fs_import_dirty(h->im)) {
 		int rc = fs_import_finish(h->im);
 
@@ -776,6 +978,16 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 
 	if (size < 0)
 		return -EINVAL;
+	if (h && h->swrite) {
+		/* schema.json being written: its bytes */
+		if (size > SCHEMA_MAX)
+			return -EFBIG;
+		if ((size_t)size > h->len)
+			return schema_write(h, "", 0, size) < 0 ? -ENOMEM : 0;
+		h->len = (size_t)size;
+		h->sdirty = true;
+		return 0;
+	}
 	if (h && h->sc)
 		return ftruncate(fs_scratch_fd(h->sc), size) ? -errno : 0;
 	/* rsync --inplace ends with ftruncate(fd, bytes written): the
@@ -793,7 +1005,8 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 		fs_scratch_put(sc);
 		return rc;
 	}
-	if (file != FS_ROWS || fs_engine_config(engine())->ro)
+	if ((file != FS_ROWS && file != FS_CSV) ||
+	    fs_engine_config(engine())->ro)
 		return file == FS_NONE ? -EISDIR : -EROFS;
 	/* truncating rows.jsonl never deletes rows: imports are upserts */
 	return size == 0 ? 0 : -EINVAL;
@@ -924,7 +1137,7 @@ static int fs_rename(const char *from, const char *to, unsigned int flags)
 		return fs_scratch_rename(scratch, fs_table_id(t),
 					 base_name(from), base_name(to),
 					 flags & RENAME_NOREPLACE);
-	if (file2 != FS_ROWS)
+	if (file2 != FS_ROWS && file2 != FS_CSV && file2 != FS_SCHEMA)
 		return fs_engine_config(eng)->ro ? -EROFS : -EPERM;
 	if (flags & RENAME_NOREPLACE)
 		return -EEXIST;
@@ -933,8 +1146,20 @@ static int fs_rename(const char *from, const char *to, unsigned int flags)
 	rc = fs_scratch_get(scratch, fs_table_id(t), base_name(from), &sc);
 	if (rc)
 		return rc;
-	rc = fs_import_fd(eng, t, fs_scratch_fd(sc),
-			  fs_engine_config(eng)->replace);
+	if (file2 == FS_SCHEMA) {
+		/* an editor's save through a temporary file: a new schema */
+		char *json = NULL;
+		size_t len;
+
+		rc = fs_schema_read_fd(fs_scratch_fd(sc), &json, &len);
+		if (!rc)
+			rc = fs_table_put_schema(eng, t, json, len);
+		free(json);
+	} else {
+		rc = fs_import_fd(eng, t, fs_scratch_fd(sc),
+				  fs_engine_config(eng)->replace,
+				  file2 == FS_CSV);
+	}
 	if (rc)
 		log_err("rename of '%s' onto '%s' failed: %s", base_name(from),
 			to + 1, strerror(-rc));
@@ -968,6 +1193,33 @@ static int fs_poll(const char *path, struct fuse_file_info *fi,
 	return 0;
 }
 
+/* The table name of "/NAME" (no deeper path). Returns 0, -EPERM. */
+static int top_name(const char *path, char *name, size_t size)
+{
+	const char *p = path + 1;
+
+	if (!*p || strchr(p, '/') || strlen(p) > NAME_MAX)
+		return -EPERM;
+	return fs_name_decode(p, name, size) ? -EINVAL : 0;
+}
+
+static int fs_mkdir(const char *path, mode_t mode)
+{
+	char name[1024];
+	int rc = top_name(path, name, sizeof(name));
+
+	(void)mode;
+	return rc ? rc : fs_engine_mkdir(engine(), name);
+}
+
+static int fs_rmdir(const char *path)
+{
+	char name[1024];
+	int rc = top_name(path, name, sizeof(name));
+
+	return rc ? rc : fs_engine_rmdir(engine(), name);
+}
+
 const struct fuse_operations fs_ops = {
 	.init = fs_init,
 	.destroy = fs_destroy,
@@ -981,6 +1233,8 @@ const struct fuse_operations fs_ops = {
 	.release = fs_release,
 	.truncate = fs_truncate,
 	.utimens = fs_utimens,
+	.mkdir = fs_mkdir,
+	.rmdir = fs_rmdir,
 	.chmod = fs_chmod,
 	.chown = fs_chown,
 	.unlink = fs_unlink,

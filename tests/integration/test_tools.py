@@ -101,7 +101,8 @@ def table_entries(m, table="Customers"):
     return sorted(os.listdir(m.table(table)))
 
 
-OWN = ["rejects.jsonl", "rows.jsonl", "schema.json", "status.json"]
+OWN = ["rejects.jsonl", "rows.csv", "rows.jsonl", "schema.json",
+       "status.json"]
 
 
 # ---- sizes: tools that copy by st_size copy every byte ----------------------
@@ -483,15 +484,17 @@ def test_unsupported_operations_fail_with_conventional_errnos(sample):
     with pytest.raises(OSError) as e:
         open(os.path.join(m.path, "new-table.jsonl"), "w")
     assert e.value.errno == errno.EPERM
-    for f in ("schema.json", "status.json", "rejects.jsonl"):
+    for f in ("status.json", "rejects.jsonl"):
         with pytest.raises(OSError) as e:
             open(m.file("Customers", f), "a")
         assert e.value.errno == errno.EROFS
     tmp = m.file("Customers", "x.json")
     open(tmp, "w").close()
+    # a rename onto schema.json is a schema change (issue 14): an empty
+    # file is no schema
     with pytest.raises(OSError) as e:
         os.rename(tmp, m.file("Customers", "schema.json"))
-    assert e.value.errno == errno.EPERM
+    assert e.value.errno == errno.EINVAL
     with pytest.raises(OSError) as e:
         os.rename(tmp, m.file("RoutingRules", "rows.jsonl"))
     assert e.value.errno == errno.EXDEV
@@ -607,8 +610,8 @@ def test_flows_stat_costs_nothing_until_an_import(emu_factory,
 
 def test_rsync_of_a_whole_directory_back(sample, tmp_path):
     """A copy of the table's directory goes back whole: rows.jsonl lands,
-    the unchanged read-only files are skipped; a changed one is refused
-    (exit 23, said so)."""
+    the unchanged read-only files are skipped; a schema.json that drops a
+    column is refused (exit 23, said so)."""
     emu, m = sample
     d = tmp_path / "t"
     ok(f"rsync -a '{m.table('Holidays/2025')}/' '{d}/'")
@@ -621,8 +624,15 @@ def test_rsync_of_a_whole_directory_back(sample, tmp_path):
     ok(f"rsync -a '{d}/' '{m.table('Holidays/2025')}/'")
     got = {x[key]: x for x in emu.rows("Holidays/2025")}
     assert got[r[key]][list(r)[1]] == "edited by rsync"
+    # schema.json goes back as a schema change (issue 14): the same
+    # schema with a blank more changes nothing; one without a column is
+    # refused
     with open(d / "schema.json", "a") as f:
         f.write(" ")
+    ok(f"rsync -a '{d}/' '{m.table('Holidays/2025')}/'")
+    doc = json.loads(slurp(d / "schema.json"))
+    del doc["columns"][-1]
+    (d / "schema.json").write_text(json.dumps(doc))
     p = run(f"rsync -a '{d}/' '{m.table('Holidays/2025')}/'")
     assert p.returncode == 23 and b"schema.json" in p.stderr, p
     assert table_entries(m, "Holidays/2025") == OWN

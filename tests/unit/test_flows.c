@@ -531,6 +531,87 @@ static void test_flows_tables_and_schema(void **state)
 	srv_stop(&srv);
 }
 
+
+/* ---- creating and deleting tables (issue 14) ---- */
+
+static void route_create(struct srv *s, const struct rq *r, char *out,
+			 size_t size)
+{
+	bool post = !strcmp(r->method, "POST");
+
+	(void)s;
+	if (post && !strcmp(r->path, "/api/v2/flows/datatables")) {
+		if (strstr(r->body, "\"name\":\"Taken\""))
+			answer(out, size, "409 Conflict", NULL,
+			       "{\"message\":\"name in use\",\"code\":"
+			       "\"flows.datatables.name.conflict\","
+			       "\"status\":409}");
+		else
+			answer(out, size, "200 OK", NULL,
+			       "{\"id\":\"t9\",\"name\":\"Queues\"}");
+	} else if (!strncmp(r->path, "/api/v2/flows/datatables/t9", 27) &&
+		   !strcmp(r->method, "DELETE")) {
+		snprintf(out, size, "HTTP/1.1 204 No Content\r\n\r\n");
+	} else {
+		answer(out, size, "404 Not Found", NULL,
+		       "{\"message\":\"Not found\",\"status\":404}");
+	}
+}
+
+static void test_flows_create_and_delete_table(void **state)
+{
+	const char *schema =
+	    "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":"
+	    "\"string\",\"displayOrder\":0},\"open\":{\"type\":\"boolean\","
+	    "\"displayOrder\":1}}}";
+	struct srv srv;
+	struct api *api;
+	char *id = NULL;
+
+	(void)state;
+	srv_start(&srv, route_create, NULL);
+	api = client(&srv, "flows");
+	assert_int_equal(api_create_table(api, "Queues", schema,
+					  strlen(schema), &id),
+			 0);
+	assert_string_equal(id, "t9");
+	free(id);
+	assert_int_equal(srv.n, 1);
+	/* name, and the schema titled after it (the platform overrides the
+	 * title with the name anyway) */
+	assert_string_equal(
+	    srv.log[0].body,
+	    "{\"name\":\"Queues\",\"schema\":{\"type\":\"object\","
+	    "\"properties\":{\"key\":{\"type\":\"string\",\"displayOrder\":0},"
+	    "\"open\":{\"type\":\"boolean\",\"displayOrder\":1}},\"title\":"
+	    "\"Queues\"}}");
+	assert_int_equal(api_create_table(api, "Taken", schema,
+					  strlen(schema), &id),
+			 -EEXIST);
+	assert_null(id);
+	/* not a schema: refused before anything is sent */
+	srv_reset(&srv);
+	assert_int_equal(api_create_table(api, "Bad", "[1]", 3, &id), -EINVAL);
+	assert_int_equal(srv.n, 0);
+	/* DELETE, with ?force=true only when asked */
+	assert_int_equal(api_delete_table(api, "t9", false), 0);
+	assert_int_equal(api_delete_table(api, "t9", true), 0);
+	assert_int_equal(srv.n, 2);
+	assert_string_equal(srv.log[0].method, "DELETE");
+	assert_string_equal(srv.log[0].path, "/api/v2/flows/datatables/t9");
+	assert_string_equal(srv.log[1].path,
+			    "/api/v2/flows/datatables/t9?force=true");
+	api_free(api);
+	/* the cursor API has neither */
+	api = client(&srv, "cursor");
+	assert_int_equal(api_create_table(api, "Queues", schema,
+					  strlen(schema), &id),
+			 -ENOSYS);
+	assert_int_equal(api_delete_table(api, "t9", false), -ENOSYS);
+	api_free(api);
+	srv_stop(&srv);
+}
+
 /* ---- pages ------------------------------------------------------------ */
 
 static void route_pages(struct srv *s, const struct rq *r, char *out,
@@ -1755,6 +1836,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_flows_tables_and_schema),
+	    cmocka_unit_test(test_flows_create_and_delete_table),
 	    cmocka_unit_test(test_flows_nul_names_skipped),
 	    cmocka_unit_test(test_flows_pages),
 	    cmocka_unit_test(test_flows_page_bad_utf8_warned),
