@@ -186,9 +186,12 @@ struct json_object *api_resp_json(const struct api_resp *resp)
 	return o;
 }
 
-void api_log_unexpected(const char *what, const char *subject,
+void api_log_unexpected(struct api *api, const char *what, const char *subject,
 			const struct api_resp *resp, const char *why)
 {
+	char name[API_NAME_BUF];
+
+	subject = api_table_name(api, subject, name, sizeof(name));
 	log_err("%s%s%s%s failed: unexpected answer: %s (HTTP %ld, "
 		"correlation %s)",
 		what, subject ? " '" : "", subject ? subject : "",
@@ -286,7 +289,8 @@ int api_check_url(const char *url, const char *what)
 {
 	CURLU *u;
 	char *scheme = NULL, *host = NULL;
-	int rc = -EINVAL;
+	/* messages leave out the query: a signed URL's is a credential */
+	int shown = (int)strcspn(url, "?#"), rc = -EINVAL;
 
 	u = curl_url();
 	if (!u)
@@ -294,7 +298,7 @@ int api_check_url(const char *url, const char *what)
 	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-		log_err("%s '%s' is not a URL", what, url);
+		log_err("%s '%.*s' is not a URL", what, shown, url);
 		goto out;
 	}
 	if (strcasecmp(scheme, "https") == 0) {
@@ -303,12 +307,13 @@ int api_check_url(const char *url, const char *what)
 		if (host_is_loopback(host))
 			rc = 0;
 		else
-			log_err("%s '%s' refused: plain http is allowed only "
+			log_err("%s '%.*s' refused: plain http is allowed only "
 				"for loopback hosts (127.0.0.1, ::1, "
 				"localhost); use https",
-				what, url);
+				what, shown, url);
 	} else {
-		log_err("%s '%s' refused: the scheme must be https", what, url);
+		log_err("%s '%.*s' refused: the scheme must be https", what,
+			shown, url);
 	}
 out:
 	curl_free(scheme);
@@ -679,6 +684,120 @@ int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
 	return 0;
 }
 
+int api_list_page(struct api *api, const char *url, struct api_resp *resp,
+		  struct json_object **root, struct api_table_list *out,
+		  size_t *cap, size_t *n)
+{
+	struct api_req req = {
+	    .method = "GET", .url = url, .what = "list tables"};
+	struct json_object *ents;
+	int rc;
+
+	*n = 0;
+	rc = api_http(api, &req, resp);
+	if (rc)
+		return rc;
+	json_object_put(*root);
+	*root = api_resp_json(resp);
+	if (!*root || !json_object_object_get_ex(*root, "entities", &ents) ||
+	    !json_object_is_type(ents, json_type_array)) {
+		api_log_unexpected(api, "list tables", NULL, resp,
+				   "no entities");
+		return -EPROTO;
+	}
+	*n = json_object_array_length(ents);
+	for (size_t i = 0; i < *n; i++) {
+		struct json_object *e = json_object_array_get_idx(ents, i);
+		struct json_object *id, *name;
+
+		if (!json_object_object_get_ex(e, "id", &id) ||
+		    !json_object_is_type(id, json_type_string) ||
+		    !json_object_object_get_ex(e, "name", &name) ||
+		    !json_object_is_type(name, json_type_string)) {
+			api_log_unexpected(api, "list tables", NULL, resp,
+					   "an entity without id or name");
+			return -EPROTO;
+		}
+		/* a NUL would cut the name short: two names that differ
+		 * after it would become one */
+		if (strlen(json_object_get_string(name)) !=
+			(size_t)json_object_get_string_len(name) ||
+		    strlen(json_object_get_string(id)) !=
+			(size_t)json_object_get_string_len(id)) {
+			log_warn("list tables: skipping table '%s' whose name "
+				 "or id holds a NUL",
+				 json_object_get_string(id));
+			continue;
+		}
+		rc = api_table_list_add(out, cap, json_object_get_string(id),
+					json_object_get_string(name));
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+int api_page_rows(struct api *api, const char *table_id,
+		  const struct api_schema *schema, struct api_resp *resp,
+		  const char *member, int flags, struct api_page *out)
+{
+	const char *what = "get rows page of";
+	struct jdoc *d = &resp->doc;
+	const char *body = resp->body.p ? resp->body.p : "";
+	struct abuf data;
+	uint32_t rows;
+	int rc;
+
+	abuf_init(&data);
+	/* strict as an import line is: what dtfs would refuse to import is
+	 * never exported without a word */
+	rc = jdoc_parse(d, body, resp->body.len, JDOC_VALIDATE_UTF8);
+	if (rc == -EINVAL) {
+		char why[sizeof(d->err)], name[API_NAME_BUF];
+
+		snprintf(why, sizeof(why), "%s", d->err);
+		rc = jdoc_parse(d, body, resp->body.len, 0);
+		if (rc == 0)
+			log_warn(
+			    "rows of '%s' hold text an import would "
+			    "refuse (%s): exported as sent, with "
+			    "invalid UTF-8 bytes kept and lone "
+			    "surrogates as U+FFFD",
+			    api_table_name(api, table_id, name, sizeof(name)),
+			    why);
+	}
+	if (rc == -EINVAL) {
+		api_log_unexpected(api, what, table_id, resp, d->err);
+		rc = -EPROTO;
+	}
+	if (rc)
+		goto out;
+	rows = jdoc_member(d, 0, member);
+	if (rows == UINT32_MAX) {
+		api_log_unexpected(api, what, table_id, resp,
+				   flags & API_JSONL_FLAT ? "no entities"
+							  : "no rows");
+		rc = -EPROTO;
+		goto out;
+	}
+	rc =
+	    api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, flags);
+	if (rc == -EPROTO)
+		api_log_unexpected(api, what, table_id, resp,
+				   flags & API_JSONL_FLAT
+				       ? "a row that is not an object"
+				       : "a row without columns");
+	if (rc)
+		goto out;
+	abuf_reserve(&data, 0);
+	out->data = abuf_detach(&data, &out->len);
+	if (!out->data)
+		rc = -ENOMEM;
+out:
+	abuf_release(&data);
+	return rc;
+}
+
 void api_table_list_release(struct api_table_list *list)
 {
 	if (!list)
@@ -705,6 +824,22 @@ int api_put_schema(struct api *api, const char *table_id, const char *json,
 					out);
 }
 
+int api_create_table(struct api *api, const char *name, const char *json,
+		     size_t len, char **id)
+{
+	*id = NULL;
+	if (!api->dialect->create_table)
+		return -ENOSYS;
+	return api->dialect->create_table(api, name, json, len, id);
+}
+
+int api_delete_table(struct api *api, const char *table_id, bool force)
+{
+	if (!api->dialect->delete_table)
+		return -ENOSYS;
+	return api->dialect->delete_table(api, table_id, force);
+}
+
 int api_get_rows(struct api *api, const char *table_id,
 		 const struct api_schema *schema, const char *cursor,
 		 unsigned page_size, const char *if_none_match,
@@ -721,6 +856,10 @@ void api_page_release(struct api_page *page)
 {
 	if (!page)
 		return;
+	if (page->ids)
+		for (size_t i = 0; i < page->nrows; i++)
+			free(page->ids[i]);
+	free(page->ids);
 	free(page->data);
 	free(page->next_cursor);
 	free(page->version);

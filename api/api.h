@@ -151,6 +151,10 @@ struct api_schema {
 	size_t json_len;
 };
 
+/* A column type as the cursor API spells it ("string", "number",
+ * "integer", "boolean", "date"); static. */
+const char *api_type_name(enum api_type t);
+
 /* GET the schema. Release with api_schema_release(). */
 int api_get_schema(struct api *api, const char *table_id,
 		   struct api_schema *out) API_WARN_UNUSED;
@@ -169,6 +173,22 @@ void api_schema_release(struct api_schema *schema);
 int api_put_schema(struct api *api, const char *table_id,
 		   const char *json, size_t len, const char *if_match,
 		   struct api_schema *out) API_WARN_UNUSED;
+
+/* ---- tables: create and delete (flows; -ENOSYS for cursor) ---------- */
+
+/*
+ * Create a table named name with the schema json (a schema as
+ * api_schema_parse() reads it). *id is the new table's id (malloc'ed).
+ * Returns 0, -EINVAL (not a schema, or refused by the server: logged),
+ * -EEXIST (409: the name is taken), -ENOSYS, …
+ */
+int api_create_table(struct api *api, const char *name, const char *json,
+		     size_t len, char **id) API_WARN_UNUSED;
+
+/* Delete a table; force: even if in use (flows ?force=true).
+ * Returns 0, -ENOENT, -ENOSYS, … */
+int api_delete_table(struct api *api, const char *table_id,
+		     bool force) API_WARN_UNUSED;
 
 /* ---- rows: export ---------------------------------------------------- */
 
@@ -189,6 +209,10 @@ struct api_page {
 	unsigned page_count;	/* pages the server says there are, 0
 				   unknown (numbered pages) */
 	unsigned page_size;	/* rows per page used for this request */
+	char **ids;		/* cursor dialect: the server's id of each
+				   row (nrows entries, NULL where a row has
+				   none), what api_delete_row() takes; NULL
+				   for other dialects */
 };
 
 /*
@@ -356,6 +380,21 @@ int api_csv_encode(const struct api_schema *schema, const char *const *rows,
 		   size_t *len) API_WARN_UNUSED;
 
 /*
+ * The lines of rows.jsonl (JSONL as api_get_rows() writes it: compact
+ * objects, keys in schema order; blank lines skipped, a last line without
+ * its newline taken) to CSV records, the same bytes api_csv_encode()
+ * writes, without a header, appended to the buffer *csv of *csv_len bytes
+ * and *csv_cap allocated (all three may start 0/NULL; grown as needed,
+ * NUL-terminated). The lines rows.jsonl holds take a fast path with no
+ * parsing. On failure the buffer holds the records before the bad line.
+ * Returns 0, -EINVAL (a line is not an object of the schema's columns:
+ * logged), -ENOMEM.
+ */
+int api_csv_encode_lines(const struct api_schema *schema, const char *jsonl,
+			 size_t len, char **csv, size_t *csv_len,
+			 size_t *csv_cap) API_WARN_UNUSED;
+
+/*
  * One CSV (header row required; UTF-8; a BOM, CRLF or LF line ends, and
  * quoted fields holding commas, quotes and newlines accepted) to JSONL:
  * one compact object per record, keys in schema order, values typed by the
@@ -371,6 +410,62 @@ int api_csv_encode(const struct api_schema *schema, const char *const *rows,
 int api_csv_to_jsonl(const struct api_schema *schema, const char *csv,
 		     size_t len, char **jsonl,
 		     size_t *jsonl_len) API_WARN_UNUSED;
+
+/*
+ * The same reader, streaming: bytes in any pieces (a write() at a time),
+ * each complete record handed to a callback as it ends. A record the
+ * reader refuses (malformed, wrong number of fields, a value not of its
+ * column's type, not UTF-8, longer than max_record bytes) is handed over
+ * with its error instead of a row, and reading goes on at the next line
+ * end outside quotes. Blank lines are skipped. Only the header is fatal.
+ */
+struct api_csv_reader;
+
+struct api_csv_record {
+	uint64_t record;	/* from 1, the header not counted */
+	uint64_t line;		/* line of the input where it starts, from 1 */
+	const char *row;	/* the row as api_csv_to_jsonl() writes it (no
+				   newline), or NULL when refused */
+	size_t row_len;
+	const char *error;	/* why it was refused ("line 7: score: not a
+				   number"), or NULL */
+	const char *text;	/* the record as written, without its line end
+				   (truncated to max_record) */
+	size_t text_len;
+};
+
+/* Called for each record; the pointers are valid during the call only.
+ * A non-zero return stops the reader and is returned by _feed/_end. */
+typedef int (*api_csv_record_fn)(void *arg, const struct api_csv_record *rec);
+
+/* An unquoted empty field is no value (left out of the row) in every
+ * column, strings too ("" is the quoted empty string): for a dialect with
+ * nulls (cursor), so that what api_csv_encode() wrote reads back the
+ * same. Without it, the platform's way: an empty string field is "". */
+#define API_CSV_EMPTY_ABSENT 0x01
+
+/* schema is borrowed for the reader's life; max_record 0 = no bound;
+ * flags API_CSV_*. Returns 0 or -ENOMEM. */
+int api_csv_reader_new(const struct api_schema *schema, size_t max_record,
+		       int flags, struct api_csv_reader **out) API_WARN_UNUSED;
+/* Returns 0, the callback's error, -ENOMEM, or a header error (latched:
+ * later calls return it too; api_csv_reader_error() says why): -ENOENT a
+ * header column the schema lacks (schema drift), -EINVAL any other bad
+ * header (repeated column, no key column, malformed, not UTF-8). */
+int api_csv_reader_feed(struct api_csv_reader *r, const char *buf,
+			size_t len, api_csv_record_fn fn,
+			void *arg) API_WARN_UNUSED;
+/* End of input: the last record without a line end is handed over.
+ * -EINVAL when no header was ever read ("no header row"). The reader may
+ * be fed again afterwards: more records under the same header. */
+int api_csv_reader_end(struct api_csv_reader *r, api_csv_record_fn fn,
+		       void *arg) API_WARN_UNUSED;
+/* Whether bytes of an unfinished record are held (_end would hand it
+ * over). */
+bool api_csv_reader_pending(const struct api_csv_reader *r);
+/* Why the header was refused (borrowed), or NULL. */
+const char *api_csv_reader_error(const struct api_csv_reader *r);
+void api_csv_reader_free(struct api_csv_reader *r);
 
 /* ---- pacing and counters --------------------------------------------- */
 

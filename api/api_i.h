@@ -161,9 +161,11 @@ struct api_budget;
 int budget_new(unsigned n, double window_s, const char *file,
 	       struct api_budget **out);
 void budget_free(struct api_budget *b);
-/* Reserve the next slot at or after `earliest` (monotonic seconds);
- * returns its start time. */
-double budget_reserve(struct api_budget *b, double earliest);
+/* Reserve the next slot at or after `earliest` (monotonic seconds) and
+ * return its start time; a slot that would start after `latest` is not
+ * taken (its start is returned all the same): a request that gives up
+ * must not hold a place others wait behind. */
+double budget_reserve(struct api_budget *b, double earliest, double latest);
 /* Nobody (no thread, no process sharing the file) starts before until. */
 void budget_pause(struct api_budget *b, double until);
 /* Requests still free in the window ending now; *paused while a 429 pause
@@ -191,8 +193,9 @@ struct api_pacer {
 void pacer_init(struct api_pacer *p);
 void pacer_destroy(struct api_pacer *p);
 /* Seconds the caller must wait before sending (0: go now). Reserves a slot:
- * call once per request, then sleep the returned time. */
-double pacer_reserve(struct api_pacer *p, double now);
+ * call once per request, then sleep the returned time. A budget slot is
+ * taken only when it starts by `latest` (the caller gives up otherwise). */
+double pacer_reserve(struct api_pacer *p, double now, double latest);
 /* A request reserved with pacer_reserve() ended: feed the rate-limit
  * headers of its response (-1: absent, or no response). */
 void pacer_update(struct api_pacer *p, double now, long remaining,
@@ -317,16 +320,43 @@ int api_table_list_add(struct api_table_list *out, size_t *cap, const char *id,
 		       const char *name);
 
 struct json_object;
+/*
+ * One page of a table listing: GET url and add the page's entities
+ * (objects with string "id" and "name") to out (cap: its allocated
+ * entries); a table whose name or id holds a NUL is skipped, logged. *root
+ * gets the parsed answer for the caller's paging fields (the one there is
+ * put first), *n the number of entities on the page. Returns 0, -EPROTO
+ * (logged), -ENOMEM or api_http()'s error.
+ */
+int api_list_page(struct api *api, const char *url, struct api_resp *resp,
+		  struct json_object **root, struct api_table_list *out,
+		  size_t *cap, size_t *n);
+/*
+ * The rows of a page answer (resp's body, a JSON object) into out->data as
+ * JSONL (api_rows_to_jsonl() with flags, from its member `member`),
+ * out->len and out->nrows; resp->doc keeps the parse for the dialect's
+ * own fields. Text an import would refuse (invalid UTF-8, a lone
+ * surrogate) is exported as sent, with a warning. Returns 0, -EPROTO
+ * (logged) or -ENOMEM.
+ */
+int api_page_rows(struct api *api, const char *table_id,
+		  const struct api_schema *schema, struct api_resp *resp,
+		  const char *member, int flags, struct api_page *out);
 /* resp's body parsed by json-c when it is a JSON object (json_object_put()
  * it), else NULL. */
 struct json_object *api_resp_json(const struct api_resp *resp);
 /* Log "<what> '<subject>' failed: unexpected answer: <why> (HTTP …,
- * correlation …)". */
-void api_log_unexpected(const char *what, const char *subject,
-			const struct api_resp *resp, const char *why);
+ * correlation …)", the subject (a table id) by its name. */
+void api_log_unexpected(struct api *api, const char *what,
+			const char *subject, const struct api_resp *resp,
+			const char *why);
 
 /* URL-escape s (malloc'ed) or NULL. */
 char *api_escape(const char *s);
+/* "<api_url><base>[/<escaped id>]<suffix>[<escaped item>]" (malloc'ed), or
+ * NULL (out of memory). id, suffix and item may be NULL. */
+char *api_url(struct api *api, const char *base, const char *id,
+	      const char *suffix, const char *item);
 
 /* ---- dialects --------------------------------------------------------- */
 
@@ -368,6 +398,10 @@ struct api_dialect {
 	int (*export_csv)(struct api *api, const char *table_id, char **csv,
 			  size_t *len);
 	void (*get_caps)(struct api *api, struct api_caps *out);
+	int (*create_table)(struct api *api, const char *name,
+			    const char *json, size_t len, char **id);
+	int (*delete_table)(struct api *api, const char *table_id,
+			    bool force);
 };
 
 extern const struct api_dialect api_dialect_cursor;
@@ -401,6 +435,12 @@ struct api {
 /* Remember the names of the tables listed (api_list_tables), so that
  * messages about a table name it rather than its id. */
 void api_http_learn_names(struct api *api, const struct api_table_list *list);
+/* A table as messages show it: its name (copied into buf) once a listing
+ * named it, else id itself; NULL for a NULL id. */
+const char *api_table_name(struct api *api, const char *id, char *buf,
+			   size_t size);
+/* For the buffer of api_table_name() (names of up to 256 characters). */
+#define API_NAME_BUF 1100
 
 /* Monotonic seconds. */
 double api_now(void);

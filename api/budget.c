@@ -253,7 +253,7 @@ void budget_free(struct api_budget *b)
 	free(b);
 }
 
-double budget_reserve(struct api_budget *b, double earliest)
+double budget_reserve(struct api_budget *b, double earliest, double latest)
 {
 	struct budget_state *st;
 	double start = earliest;
@@ -272,9 +272,11 @@ double budget_reserve(struct api_budget *b, double earliest)
 		start = st->slot[st->head] + b->window + b->margin;
 	if (st->last > start)
 		start = st->last;
-	st->slot[st->head] = start;
-	st->head = (st->head + 1) % st->n;
-	st->last = start;
+	if (start <= latest) {
+		st->slot[st->head] = start;
+		st->head = (st->head + 1) % st->n;
+		st->last = start;
+	}
 	file_lock(b, F_UNLCK);
 	pthread_mutex_unlock(&b->mu);
 	return start;

@@ -18,20 +18,7 @@
 #define CURSOR_MAX_PAGE 1000
 #define CURSOR_MAX_CHUNK 1000
 
-/* "<api_url>/api/v2/datatables/<escaped id><suffix>" */
-static char *table_url(struct api *api, const char *table_id,
-		       const char *suffix)
-{
-	char *id = api_escape(table_id), *url = NULL;
-
-	if (!id)
-		return NULL;
-	if (asprintf(&url, "%s/api/v2/datatables/%s%s", api->api_url, id,
-		     suffix) < 0)
-		url = NULL;
-	free(id);
-	return url;
-}
+#define CURSOR_BASE "/api/v2/datatables"
 
 /* ---- tables ----------------------------------------------------------- */
 
@@ -40,79 +27,28 @@ static char *table_url(struct api *api, const char *table_id,
 
 static int cursor_list_tables(struct api *api, struct api_table_list *out)
 {
-	struct api_req req = {.method = "GET", .what = "list tables"};
 	struct api_resp resp;
-	struct json_object *root = NULL, *ents, *next;
+	struct json_object *root = NULL, *next;
 	char *cursor = NULL, *url = NULL, **seen = NULL;
-	size_t cap = 0, nseen = 0, seen_cap = 0;
+	size_t cap = 0, npage, nseen = 0, seen_cap = 0;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
 	for (;;) {
-		char *esc = cursor ? api_escape(cursor) : NULL;
+		char suffix[64];
 
+		snprintf(suffix, sizeof(suffix), "?pageSize=%d%s",
+			 CURSOR_TABLES_PAGE, cursor ? "&cursor=" : "");
 		free(url);
-		url = NULL;
-		if ((cursor && !esc) ||
-		    asprintf(&url, "%s/api/v2/datatables?pageSize=%d%s%s",
-			     api->api_url, CURSOR_TABLES_PAGE,
-			     esc ? "&cursor=" : "", esc ? esc : "") < 0) {
-			free(esc);
-			url = NULL;
+		url = api_url(api, CURSOR_BASE, NULL, suffix, cursor);
+		if (!url) {
 			rc = -ENOMEM;
 			goto out;
 		}
-		free(esc);
-		req.url = url;
-		rc = api_http(api, &req, &resp);
+		rc = api_list_page(api, url, &resp, &root, out, &cap, &npage);
 		if (rc)
 			goto out;
-		json_object_put(root);
-		root = api_resp_json(&resp);
-		if (!root ||
-		    !json_object_object_get_ex(root, "entities", &ents) ||
-		    !json_object_is_type(ents, json_type_array)) {
-			log_err("list tables failed: unexpected answer "
-				"(correlation %s)",
-				resp.correlation[0] ? resp.correlation
-						    : "none");
-			rc = -EPROTO;
-			goto out;
-		}
-		for (size_t i = 0; i < json_object_array_length(ents); i++) {
-			struct json_object *e =
-			    json_object_array_get_idx(ents, i);
-			struct json_object *id, *name;
-
-			if (!json_object_object_get_ex(e, "id", &id) ||
-			    !json_object_is_type(id, json_type_string) ||
-			    !json_object_object_get_ex(e, "name", &name) ||
-			    !json_object_is_type(name, json_type_string)) {
-				log_err("list tables failed: an entity without "
-					"id or name (correlation %s)",
-					resp.correlation[0] ? resp.correlation
-							    : "none");
-				rc = -EPROTO;
-				goto out;
-			}
-			/* a NUL would cut the name short: two names that
-			 * differ after it would become one */
-			if (strlen(json_object_get_string(name)) !=
-				(size_t)json_object_get_string_len(name) ||
-			    strlen(json_object_get_string(id)) !=
-				(size_t)json_object_get_string_len(id)) {
-				log_warn("list tables: skipping table '%s' "
-					 "whose name or id holds a NUL",
-					 json_object_get_string(id));
-				continue;
-			}
-			rc = api_table_list_add(out, &cap,
-						json_object_get_string(id),
-						json_object_get_string(name));
-			if (rc)
-				goto out;
-		}
 		if (!json_object_object_get_ex(root, "nextPageCursor", &next) ||
 		    !json_object_is_type(next, json_type_string) ||
 		    !json_object_get_string_len(next))
@@ -182,7 +118,7 @@ static int cursor_get_schema(struct api *api, const char *table_id,
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
-	req.url = table_url(api, table_id, "/schema");
+	req.url = api_url(api, CURSOR_BASE, table_id, "/schema", NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -193,7 +129,7 @@ static int cursor_get_schema(struct api *api, const char *table_id,
 	rc = api_schema_from_json(resp.body.p ? resp.body.p : "", resp.body.len,
 				  resp.etag, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("get schema of", table_id, &resp,
+		api_log_unexpected(api, "get schema of", table_id, &resp,
 				   "not a schema");
 out:
 	api_resp_release(&resp);
@@ -217,7 +153,7 @@ static int cursor_put_schema(struct api *api, const char *table_id,
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
-	req.url = table_url(api, table_id, "/schema");
+	req.url = api_url(api, CURSOR_BASE, table_id, "/schema", NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -231,7 +167,7 @@ static int cursor_put_schema(struct api *api, const char *table_id,
 	else /* no body: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, resp.etag, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("put schema of", table_id, &resp,
+		api_log_unexpected(api, "put schema of", table_id, &resp,
 				   "not a schema");
 out:
 	api_resp_release(&resp);
@@ -240,6 +176,27 @@ out:
 }
 
 /* ---- rows ------------------------------------------------------------- */
+
+/* Each row's "id", which single-row deletes take. */
+static int page_ids(const struct jdoc *d, uint32_t rows, struct api_page *out)
+{
+	uint32_t r = jdoc_child(rows), id;
+	size_t i;
+
+	if (!out->nrows)
+		return 0;
+	out->ids = calloc(out->nrows, sizeof(*out->ids));
+	if (!out->ids)
+		return -ENOMEM;
+	for (i = 0; i < out->nrows; i++) {
+		id = jdoc_member(d, r, "id");
+		if (id != UINT32_MAX && d->nodes[id].type == JT_STRING &&
+		    !(out->ids[i] = jdoc_str_dup(d, id)))
+			return -ENOMEM;
+		r = jdoc_next(d, r);
+	}
+	return 0;
+}
 
 static int cursor_get_rows(struct api *api, const char *table_id,
 			   const struct api_schema *schema, const char *cursor,
@@ -252,29 +209,19 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 			      .if_none_match = if_none_match};
 	struct api_resp resp;
 	struct jdoc *d = &resp.doc;
-	struct abuf data;
-	uint32_t rows, next;
-	char *esc = NULL, *suffix = NULL;
+	uint32_t next;
+	char suffix[64];
 	int rc;
 
 	memset(out, 0, sizeof(*out));
 	api_resp_init(&resp);
-	abuf_init(&data);
 	if (page_size == 0 || page_size > CURSOR_MAX_PAGE)
 		page_size = CURSOR_MAX_PAGE;
 	out->page_size = page_size;
 	out->total = UINT64_MAX; /* cursor pages do not say */
-	if (cursor && !(esc = api_escape(cursor))) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	if (asprintf(&suffix, "/rows?pageSize=%u%s%s", page_size,
-		     esc ? "&cursor=" : "", esc ? esc : "") < 0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = table_url(api, table_id, suffix);
+	snprintf(suffix, sizeof(suffix), "/rows?pageSize=%u%s", page_size,
+		 cursor ? "&cursor=" : "");
+	req.url = api_url(api, CURSOR_BASE, table_id, suffix, cursor);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -286,39 +233,12 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		out->not_modified = true;
 		goto out;
 	}
-	/* strict as an import line is: what dtfs would refuse to import is
-	 * never exported without a word */
-	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len,
-			JDOC_VALIDATE_UTF8);
-	if (rc == -EINVAL) {
-		char why[sizeof(d->err)];
-
-		snprintf(why, sizeof(why), "%s", d->err);
-		rc = jdoc_parse(d, resp.body.p ? resp.body.p : "",
-				resp.body.len, 0);
-		if (rc == 0)
-			log_warn("rows of '%s' hold text an import would "
-				 "refuse (%s): exported as sent, with "
-				 "invalid UTF-8 bytes kept and lone "
-				 "surrogates as U+FFFD", table_id, why);
-	}
-	if (rc == -EINVAL) {
-		api_log_unexpected("get rows page of", table_id, &resp, d->err);
-		rc = -EPROTO;
-	}
+	rc = api_page_rows(api, table_id, schema, &resp, "rows", 0, out);
 	if (rc)
 		goto out;
-	rows = jdoc_member(d, 0, "rows");
-	if (rows == UINT32_MAX) {
-		api_log_unexpected("get rows page of", table_id, &resp,
-				   "no rows");
-		rc = -EPROTO;
-		goto out;
-	}
-	rc = api_rows_to_jsonl(schema, d, rows, &data, &out->nrows, NULL, 0);
-	if (rc == -EPROTO)
-		api_log_unexpected("get rows page of", table_id, &resp,
-				   "a row without columns");
+	/* the server's row ids (replace mode deletes by them); api_page_rows
+	 * checked that "rows" is an array of rows */
+	rc = page_ids(d, jdoc_member(d, 0, "rows"), out);
 	if (rc)
 		goto out;
 	next = jdoc_member(d, 0, "nextPageCursor");
@@ -331,27 +251,18 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 		}
 	} else if (next != UINT32_MAX && d->nodes[next].type != JT_NULL &&
 		   d->nodes[next].type != JT_STRING) {
-		api_log_unexpected("get rows page of", table_id, &resp,
+		api_log_unexpected(api, "get rows page of", table_id, &resp,
 				   "nextPageCursor is not a string");
 		rc = -EPROTO;
 		goto out;
 	}
-	if (resp.etag && !(out->version = strdup(resp.etag))) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	abuf_reserve(&data, 0);
-	out->data = abuf_detach(&data, &out->len);
-	if (!out->data)
+	if (resp.etag && !(out->version = strdup(resp.etag)))
 		rc = -ENOMEM;
 out:
 	if (rc)
 		api_page_release(out);
-	abuf_release(&data);
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 
@@ -433,7 +344,8 @@ static int cursor_upsert(struct api *api, const char *table_id,
 		abuf_addc(&body, '}');
 	}
 	abuf_addc(&body, ']');
-	req.url = table_url(api, table_id, "/rows?upsert=true");
+	req.url =
+	    api_url(api, CURSOR_BASE, table_id, "/rows?upsert=true", NULL);
 	if (body.oom || !req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -454,7 +366,7 @@ static int cursor_upsert(struct api *api, const char *table_id,
 		goto out;
 	root = api_resp_json(&resp);
 	if (!root || !json_object_is_type(root, json_type_object)) {
-		api_log_unexpected("upsert chunk of", table_id, &resp,
+		api_log_unexpected(api, "upsert chunk of", table_id, &resp,
 				   "not JSON");
 		rc = -EPROTO;
 		goto out;
@@ -485,26 +397,14 @@ static int cursor_delete_row(struct api *api, const char *table_id,
 			      .subject = table_id,
 			      .gone_ok = true};
 	struct api_resp resp;
-	char *esc = api_escape(row_id), *suffix = NULL;
-	int rc;
+	int rc = -ENOMEM;
 
 	api_resp_init(&resp);
-	if (!esc || asprintf(&suffix, "/rows/%s", esc) < 0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = table_url(api, table_id, suffix);
-	if (!req.url) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	rc = api_http(api, &req, &resp);
-out:
+	req.url = api_url(api, CURSOR_BASE, table_id, "/rows/", row_id);
+	if (req.url)
+		rc = api_http(api, &req, &resp);
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 

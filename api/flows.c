@@ -45,19 +45,12 @@ static const char *corr(const struct api_resp *resp)
 	return resp->correlation[0] ? resp->correlation : "none";
 }
 
-/* "<api_url>/api/v2/flows/datatables[/<escaped id>]<suffix>" */
+/* "<api_url>/api/v2/flows/datatables[/<escaped id>]<suffix>[<escaped
+ * item>]" */
 static char *flows_url(struct api *api, const char *table_id,
-		       const char *suffix)
+		       const char *suffix, const char *item)
 {
-	char *id = NULL, *url = NULL;
-
-	if (table_id && !(id = api_escape(table_id)))
-		return NULL;
-	if (asprintf(&url, "%s/api/v2/flows/datatables%s%s%s", api->api_url,
-		     id ? "/" : "", id ? id : "", suffix ? suffix : "") < 0)
-		url = NULL;
-	free(id);
-	return url;
+	return api_url(api, "/api/v2/flows/datatables", table_id, suffix, item);
 }
 
 static const char *get_str(struct json_object *o, const char *name)
@@ -89,9 +82,8 @@ static bool get_u64(struct json_object *o, const char *name, uint64_t *out)
 
 static int flows_list_tables(struct api *api, struct api_table_list *out)
 {
-	struct api_req req = {.method = "GET", .what = "list tables"};
 	struct api_resp resp;
-	struct json_object *root = NULL, *ents;
+	struct json_object *root = NULL;
 	char *url = NULL;
 	size_t cap = 0;
 	int rc = 0;
@@ -107,43 +99,14 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 			 "?pageNumber=%u&pageSize=%d&sortBy=id", page,
 			 FLOWS_TABLES_PAGE);
 		free(url);
-		url = flows_url(api, NULL, suffix);
+		url = flows_url(api, NULL, suffix, NULL);
 		if (!url) {
 			rc = -ENOMEM;
 			goto out;
 		}
-		req.url = url;
-		rc = api_http(api, &req, &resp);
+		rc = api_list_page(api, url, &resp, &root, out, &cap, &n);
 		if (rc)
 			goto out;
-		json_object_put(root);
-		root = api_resp_json(&resp);
-		if (!root ||
-		    !json_object_object_get_ex(root, "entities", &ents) ||
-		    !json_object_is_type(ents, json_type_array)) {
-			api_log_unexpected("list tables", NULL, &resp,
-					   "no entities");
-			rc = -EPROTO;
-			goto out;
-		}
-		n = json_object_array_length(ents);
-		for (size_t i = 0; i < n; i++) {
-			struct json_object *e =
-			    json_object_array_get_idx(ents, i);
-			const char *id = get_str(e, "id");
-			const char *name = get_str(e, "name");
-
-			if (!id || !name) {
-				api_log_unexpected(
-				    "list tables", NULL, &resp,
-				    "an entity without id or name");
-				rc = -EPROTO;
-				goto out;
-			}
-			rc = api_table_list_add(out, &cap, id, name);
-			if (rc)
-				goto out;
-		}
 		/* pageCount when given, else until an empty page (as the
 		 * platform's own CLI does) */
 		if (!n || (get_u64(root, "pageCount", &count) && page >= count))
@@ -189,7 +152,8 @@ static int get_table(struct api *api, const char *table_id, bool schema,
 
 	*table = NULL;
 	api_resp_init(&resp);
-	req.url = flows_url(api, table_id, schema ? "?expand=schema" : "");
+	req.url =
+	    flows_url(api, table_id, schema ? "?expand=schema" : "", NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -199,7 +163,8 @@ static int get_table(struct api *api, const char *table_id, bool schema,
 		goto out;
 	*table = api_resp_json(&resp);
 	if (!*table) {
-		api_log_unexpected(what, table_id, &resp, "not a JSON object");
+		api_log_unexpected(api, what, table_id, &resp,
+				   "not a JSON object");
 		rc = -EPROTO;
 	}
 out:
@@ -212,6 +177,7 @@ static int flows_get_schema(struct api *api, const char *table_id,
 			    struct api_schema *out)
 {
 	struct json_object *table = NULL;
+	char tname[API_NAME_BUF];
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -223,7 +189,7 @@ static int flows_get_schema(struct api *api, const char *table_id,
 		log_err("get schema of '%s' failed: unexpected answer: no "
 			"JSON Schema of string key 'key' and typed "
 			"properties",
-			table_id);
+			api_table_name(api, table_id, tname, sizeof(tname)));
 out:
 	json_object_put(table);
 	return rc;
@@ -266,6 +232,22 @@ static int parse_new_schema(const char *table_id, const char *json, size_t len,
 	return 0;
 }
 
+/* Send req with body (JSON, compact) as its body. */
+static int http_json(struct api *api, struct api_req *req,
+		     struct json_object *body, struct api_resp *resp)
+{
+	size_t tlen;
+	const char *text = json_object_to_json_string_length(
+	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+	    &tlen);
+
+	if (!text || !req->url)
+		return -ENOMEM;
+	req->body = text;
+	req->body_len = tlen;
+	return api_http(api, req, resp);
+}
+
 /* PUT the whole table: id, name, description, division{id} as they are,
  * the new schema. The platform only lets the schema gain properties (and
  * change titles, defaults and displayOrder); its refusal is -EINVAL with
@@ -281,8 +263,6 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	struct api_resp resp;
 	struct json_object *table = NULL, *schema = NULL, *body = NULL,
 			   *answer = NULL, *v;
-	const char *text;
-	size_t tlen;
 	int rc;
 
 	(void)if_match;
@@ -318,17 +298,8 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	}
 	json_object_object_add(body, "schema", schema);
 	schema = NULL;
-	text = json_object_to_json_string_length(
-	    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-	    &tlen);
-	req.url = flows_url(api, table_id, "?expand=schema");
-	if (!text || !req.url) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.body = text;
-	req.body_len = tlen;
-	rc = api_http(api, &req, &resp);
+	req.url = flows_url(api, table_id, "?expand=schema", NULL);
+	rc = http_json(api, &req, body, &resp);
 	if (rc)
 		goto out;
 	answer = api_resp_json(&resp);
@@ -337,13 +308,83 @@ static int flows_put_schema(struct api *api, const char *table_id,
 	else /* no schema in the answer: what we sent is the schema now */
 		rc = api_schema_from_json(json, len, NULL, out);
 	if (rc == -EPROTO)
-		api_log_unexpected("put schema of", table_id, &resp,
+		api_log_unexpected(api, "put schema of", table_id, &resp,
 				   "not a schema");
 out:
 	json_object_put(answer);
 	json_object_put(body);
 	json_object_put(schema);
 	json_object_put(table);
+	api_resp_release(&resp);
+	free((char *)req.url);
+	return rc;
+}
+
+/* POST a new table: name, the schema (its title set to the name, as the
+ * platform does), no division (the home division). */
+static int flows_create_table(struct api *api, const char *name,
+			      const char *json, size_t len, char **id)
+{
+	struct api_req req = {.method = "POST",
+			      .what = "create table",
+			      .subject = name,
+			      .content_type = "application/json"};
+	struct api_resp resp;
+	struct json_object *schema = NULL, *body = NULL, *answer = NULL;
+	const char *got;
+	int rc;
+
+	*id = NULL;
+	api_resp_init(&resp);
+	rc = parse_new_schema(name, json, len, &schema);
+	if (rc)
+		goto out;
+	body = json_object_new_object();
+	if (!body) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	json_object_object_add(body, "name", json_object_new_string(name));
+	json_object_object_add(schema, "title", json_object_new_string(name));
+	json_object_object_add(body, "schema", schema);
+	schema = NULL;
+	req.url = flows_url(api, NULL, "", NULL);
+	rc = http_json(api, &req, body, &resp);
+	if (rc)
+		goto out;
+	answer = api_resp_json(&resp);
+	got = get_str(answer, "id");
+	if (!got) {
+		api_log_unexpected(api, "create table", name, &resp, "no id");
+		rc = -EPROTO;
+		goto out;
+	}
+	*id = strdup(got);
+	if (!*id)
+		rc = -ENOMEM;
+out:
+	json_object_put(answer);
+	json_object_put(body);
+	json_object_put(schema);
+	api_resp_release(&resp);
+	free((char *)req.url);
+	return rc;
+}
+
+static int flows_delete_table(struct api *api, const char *table_id,
+			      bool force)
+{
+	struct api_req req = {.method = "DELETE",
+			      .what = "delete table",
+			      .subject = table_id};
+	struct api_resp resp;
+	int rc;
+
+	api_resp_init(&resp);
+	req.url = flows_url(api, table_id, force ? "?force=true" : "", NULL);
+	if (!req.url)
+		return -ENOMEM;
+	rc = api_http(api, &req, &resp);
 	api_resp_release(&resp);
 	free((char *)req.url);
 	return rc;
@@ -393,18 +434,16 @@ static int flows_get_page(struct api *api, const char *table_id,
 			      .quiet_status = 400};
 	struct api_resp resp;
 	struct jdoc *d = &resp.doc;
-	struct abuf data;
-	uint32_t ents;
 	unsigned max = atomic_load(&api->max_page), size;
 	uint64_t count;
+	char tname[API_NAME_BUF];
 	int rc;
 
 	api_resp_init(&resp);
-	abuf_init(&data);
 	if (page_number == 0) {
 		log_err("get rows page of '%s' failed: page numbers start "
 			"at 1",
-			table_id);
+			api_table_name(api, table_id, tname, sizeof(tname)));
 		rc = -EINVAL;
 		goto out;
 	}
@@ -416,7 +455,7 @@ static int flows_get_page(struct api *api, const char *table_id,
 			 "/rows?pageNumber=%u&pageSize=%u&showbrief=false",
 			 page_number, size);
 		free((char *)req.url);
-		req.url = flows_url(api, table_id, suffix);
+		req.url = flows_url(api, table_id, suffix, NULL);
 		if (!req.url) {
 			rc = -ENOMEM;
 			goto out;
@@ -425,62 +464,40 @@ static int flows_get_page(struct api *api, const char *table_id,
 		if (rc == -EINVAL && resp.status == 400 && size > 1) {
 			/* the size is the likely culprit: the maximum is
 			 * not documented */
-			log_info("get rows page of '%s': HTTP 400 at page "
-				 "size %u (%s), trying %u",
-				 table_id, size,
-				 resp.code[0] ? resp.code : "no code",
-				 size / 2);
+			log_info(
+			    "get rows page of '%s': HTTP 400 at page "
+			    "size %u (%s), trying %u",
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    size, resp.code[0] ? resp.code : "no code",
+			    size / 2);
 			size /= 2;
 			max_page_lower(api, size);
 			continue;
 		}
 		if (rc == -EINVAL && resp.status == 400)
-			log_err("get rows page of '%s' failed: HTTP 400 %s%s%s "
-				"(correlation %s)",
-				table_id, resp.code,
-				resp.message[0] ? ": " : "", resp.message,
-				corr(&resp));
+			log_err(
+			    "get rows page of '%s' failed: HTTP 400 %s%s%s "
+			    "(correlation %s)",
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    resp.code, resp.message[0] ? ": " : "",
+			    resp.message, corr(&resp));
 		if (rc)
 			goto out;
 		break;
 	}
 	out->page_size = size;
-	rc = jdoc_parse(d, resp.body.p ? resp.body.p : "", resp.body.len, 0);
-	if (rc == -EINVAL) {
-		api_log_unexpected("get rows page of", table_id, &resp, d->err);
-		rc = -EPROTO;
-	}
+	rc = api_page_rows(api, table_id, schema, &resp, "entities",
+			   API_JSONL_FLAT, out);
 	if (rc)
 		goto out;
-	ents = d->nodes[0].type == JT_OBJECT ? jdoc_member(d, 0, "entities")
-					     : UINT32_MAX;
-	if (ents == UINT32_MAX) {
-		api_log_unexpected("get rows page of", table_id, &resp,
-				   "no entities");
-		rc = -EPROTO;
-		goto out;
-	}
-	rc = api_rows_to_jsonl(schema, d, ents, &data, &out->nrows, NULL,
-			       API_JSONL_FLAT);
-	if (rc == -EPROTO)
-		api_log_unexpected("get rows page of", table_id, &resp,
-				   "a row that is not an object");
-	if (rc)
-		goto out;
-	out->total = UINT64_MAX;
 	if (!node_u64(d, jdoc_member(d, 0, "total"), &out->total))
 		out->total = UINT64_MAX;
 	if (node_u64(d, jdoc_member(d, 0, "pageCount"), &count) &&
 	    count <= UINT32_MAX)
 		out->page_count = (unsigned)count;
-	abuf_reserve(&data, 0);
-	out->data = abuf_detach(&data, &out->len);
-	if (!out->data)
-		rc = -ENOMEM;
 out:
 	if (rc)
 		api_page_release(out);
-	abuf_release(&data);
 	api_resp_release(&resp);
 	free((char *)req.url);
 	return rc;
@@ -523,21 +540,11 @@ static int row_write(struct api *api, const char *method, const char *what,
 			      .gone_ok = !row,
 			      .quiet_status = quiet};
 	struct api_resp resp;
-	char *esc = NULL, *suffix = NULL;
+	char tname[API_NAME_BUF];
 	int rc;
 
 	api_resp_init(&resp);
-	if (key && !(esc = api_escape(key))) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	if (asprintf(&suffix, "/rows%s%s", esc ? "/" : "", esc ? esc : "") <
-	    0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = flows_url(api, table_id, suffix);
+	req.url = flows_url(api, table_id, key ? "/rows/" : "/rows", key);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -548,12 +555,12 @@ static int row_write(struct api *api, const char *method, const char *what,
 	if (rc == -ENOSPC)
 		log_err("%s '%s' failed: the table is full (HTTP %ld %s, "
 			"correlation %s)",
-			what, table_id, resp.status, resp.code, corr(&resp));
+			what,
+			api_table_name(api, table_id, tname, sizeof(tname)),
+			resp.status, resp.code, corr(&resp));
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 
@@ -619,17 +626,13 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 	struct api_resp resp;
 	double delay = FLOWS_POLL_FIRST_S,
 	       deadline = api_now() + FLOWS_JOB_TIMEOUT_S;
-	char *esc = api_escape(job->id), *suffix = NULL;
+	char suffix[32], tname[API_NAME_BUF];
 	int rc;
 
 	*last = NULL;
 	api_resp_init(&resp);
-	if (!esc || asprintf(&suffix, "/%s/jobs/%s", kind, esc) < 0) {
-		suffix = NULL;
-		rc = -ENOMEM;
-		goto out;
-	}
-	req.url = flows_url(api, table_id, suffix);
+	snprintf(suffix, sizeof(suffix), "/%s/jobs/", kind);
+	req.url = flows_url(api, table_id, suffix, job->id);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -642,18 +645,23 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 			break;
 		}
 		if (!strcmp(st, "Failed")) {
-			log_err("%s '%s' failed: job %s Failed: %s (updated "
-				"%" PRIu64 ", failed %" PRIu64 ")",
-				what, table_id, job->id,
-				job->error ? job->error : "no reason given",
-				job->updated, job->failed);
+			log_err(
+			    "%s '%s' failed: job %s Failed: %s (updated "
+			    "%" PRIu64 ", failed %" PRIu64 ")",
+			    what,
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    job->id,
+			    job->error ? job->error : "no reason given",
+			    job->updated, job->failed);
 			rc = -EIO;
 			break;
 		}
 		if (api_now() + delay > deadline) {
-			log_err("%s '%s' failed: job %s still %s after %.0f s",
-				what, table_id, job->id, st,
-				FLOWS_JOB_TIMEOUT_S);
+			log_err(
+			    "%s '%s' failed: job %s still %s after %.0f s",
+			    what,
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    job->id, st, FLOWS_JOB_TIMEOUT_S);
 			rc = -ETIMEDOUT;
 			break;
 		}
@@ -667,7 +675,7 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 		json_object_put(*last);
 		*last = api_resp_json(&resp);
 		if (!*last || !get_str(*last, "status")) {
-			api_log_unexpected(what, table_id, &resp,
+			api_log_unexpected(api, what, table_id, &resp,
 					   "a job without status");
 			rc = -EPROTO;
 			break;
@@ -681,8 +689,6 @@ static int job_wait(struct api *api, const char *table_id, const char *what,
 out:
 	api_resp_release(&resp);
 	free((char *)req.url);
-	free(suffix);
-	free(esc);
 	return rc;
 }
 
@@ -703,7 +709,7 @@ static int job_start(struct api *api, const char *table_id, const char *what,
 
 	*answer = NULL;
 	api_resp_init(&resp);
-	req.url = flows_url(api, table_id, suffix);
+	req.url = flows_url(api, table_id, suffix, NULL);
 	if (!req.url) {
 		rc = -ENOMEM;
 		goto out;
@@ -713,7 +719,8 @@ static int job_start(struct api *api, const char *table_id, const char *what,
 		goto out;
 	*answer = api_resp_json(&resp);
 	if (!*answer || !get_str(*answer, "id")) {
-		api_log_unexpected(what, table_id, &resp, "a job without id");
+		api_log_unexpected(api, what, table_id, &resp,
+				   "a job without id");
 		rc = -EPROTO;
 		goto out;
 	}
@@ -793,7 +800,7 @@ static int flows_import_csv(struct api *api, const char *table_id,
 	struct api_resp resp;
 	struct json_object *answer = NULL, *last = NULL;
 	const char *upload;
-	char **headers = NULL;
+	char **headers = NULL, tname[API_NAME_BUF];
 	int rc;
 
 	api_resp_init(&resp);
@@ -806,7 +813,8 @@ static int flows_import_csv(struct api *api, const char *table_id,
 	upload = get_str(answer, "uploadURI");
 	if (!upload) {
 		log_err("%s '%s' failed: job %s has no uploadURI", what,
-			table_id, out->id);
+			api_table_name(api, table_id, tname, sizeof(tname)),
+			out->id);
 		rc = -EPROTO;
 		goto out;
 	}
@@ -886,7 +894,7 @@ static int download(struct api *api, const char *table_id, const char *uri,
 		    char **csv, size_t *len)
 {
 	struct api_resp resp;
-	char *url = strdup(uri);
+	char *url = strdup(uri), tname[API_NAME_BUF];
 	int rc = 0;
 
 	api_resp_init(&resp);
@@ -910,15 +918,17 @@ static int download(struct api *api, const char *table_id, const char *uri,
 		if (resp.status < 300 || resp.status > 399)
 			break;
 		if (hop == FLOWS_MAX_REDIRECTS) {
-			log_err("download export of '%s' failed: more than %d "
-				"redirects",
-				table_id, FLOWS_MAX_REDIRECTS);
+			log_err(
+			    "download export of '%s' failed: more than %d "
+			    "redirects",
+			    api_table_name(api, table_id, tname, sizeof(tname)),
+			    FLOWS_MAX_REDIRECTS);
 			rc = -EPROTO;
 			goto out;
 		}
 		next = resolve_url(url, resp.location);
 		if (!next) {
-			api_log_unexpected("download export of", table_id,
+			api_log_unexpected(api, "download export of", table_id,
 					   &resp, "a redirect to no URL");
 			rc = -EPROTO;
 			goto out;
@@ -942,6 +952,7 @@ static int flows_export_csv(struct api *api, const char *table_id, char **csv,
 	const char *what = "export CSV of";
 	struct api_job job = {0};
 	struct json_object *answer = NULL, *last = NULL;
+	char tname[API_NAME_BUF];
 	const char *uri;
 	int rc;
 
@@ -956,7 +967,9 @@ static int flows_export_csv(struct api *api, const char *table_id, char **csv,
 	if (!uri) {
 		log_err("%s '%s' failed: job %s Succeeded without a "
 			"downloadURI",
-			what, table_id, job.id);
+			what,
+			api_table_name(api, table_id, tname, sizeof(tname)),
+			job.id);
 		rc = -EPROTO;
 		goto out;
 	}
@@ -986,6 +999,8 @@ const struct api_dialect api_dialect_flows = {
     .list_tables = flows_list_tables,
     .get_schema = flows_get_schema,
     .put_schema = flows_put_schema,
+    .create_table = flows_create_table,
+    .delete_table = flows_delete_table,
     .delete_row = flows_row_delete_key,
     .get_page = flows_get_page,
     .row_create = flows_row_create,

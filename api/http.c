@@ -524,6 +524,24 @@ char *api_escape(const char *s)
 	return out;
 }
 
+char *api_url(struct api *api, const char *base, const char *id,
+	      const char *suffix, const char *item)
+{
+	char *eid = NULL, *eitem = NULL, *url = NULL;
+
+	if ((id && !(eid = api_escape(id))) ||
+	    (item && !(eitem = api_escape(item))))
+		goto out;
+	if (asprintf(&url, "%s%s%s%s%s%s", api->api_url, base, eid ? "/" : "",
+		     eid ? eid : "", suffix ? suffix : "",
+		     eitem ? eitem : "") < 0)
+		url = NULL;
+out:
+	free(eitem);
+	free(eid);
+	return url;
+}
+
 /* ---- one attempt ------------------------------------------------------ */
 
 static void wipe_slist(struct curl_slist *l)
@@ -739,9 +757,8 @@ void api_http_learn_names(struct api *api, const struct api_table_list *list)
 	pthread_mutex_unlock(&pool->names_mu);
 }
 
-/* The subject as messages show it: a table's name rather than its id. */
-static const char *subject_name(struct api *api, const char *subject,
-				char *buf, size_t size)
+const char *api_table_name(struct api *api, const char *subject, char *buf,
+			   size_t size)
 {
 	struct api_http_pool *pool = api->pool;
 	const char *out = subject;
@@ -765,23 +782,27 @@ static const char *subject_name(struct api *api, const char *subject,
 
 /* At debug level, one line per request sent: method, path, status, time,
  * correlation id. Never headers or bodies (they hold the secret, tokens
- * and rows). */
+ * and rows), nor the query of an upload or download URL: its signature is
+ * a credential. */
 static void log_request(const struct api_req *req,
 			const struct api_resp *resp, int cc, double secs)
 {
 	const char *path = strstr(req->url, "://");
+	int len;
 
 	if (log_get_level() < LOG_DEBUG)
 		return;
 	path = path ? strchr(path + 3, '/') : NULL;
+	if (!path)
+		path = "/";
+	len = (int)(req->external ? strcspn(path, "?#") : strlen(path));
 	if (cc == CURLE_OK)
-		log_debug("http %s %s -> %ld in %.1f ms (correlation %s)",
-			  req->method, path ? path : "/", resp->status,
-			  secs * 1000,
+		log_debug("http %s %.*s -> %ld in %.1f ms (correlation %s)",
+			  req->method, len, path, resp->status, secs * 1000,
 			  resp->correlation[0] ? resp->correlation : "none");
 	else
-		log_debug("http %s %s -> no answer in %.1f ms: %s",
-			  req->method, path ? path : "/", secs * 1000,
+		log_debug("http %s %.*s -> no answer in %.1f ms: %s",
+			  req->method, len, path, secs * 1000,
 			  curl_easy_strerror((CURLcode)cc));
 }
 
@@ -793,7 +814,9 @@ static void log_request(const struct api_req *req,
  * paying its retries, except one probe at a time, at most every
  * CB_PROBE_INTERVAL_MS. Any answer from the server (even an error status)
  * closes the breaker. Callers that hold a whole cached version serve it
- * (fs/engine.c), so a cached table stays readable at once.
+ * (fs/engine.c), so a cached table stays readable at once. Upload and
+ * download hosts (req->external) are not the API: they neither open the
+ * breaker nor are refused by it.
  */
 #define CB_PROBE_INTERVAL_MS 1000
 
@@ -823,7 +846,7 @@ static int breaker_enter(struct api_http_pool *pool,
 	char host[256];
 
 	*probe = false;
-	if (!open)
+	if (!open || req->external)
 		return 0;
 	now = now_ms();
 	if (now - open >= CB_PROBE_INTERVAL_MS &&
@@ -849,6 +872,8 @@ static void breaker_leave(struct api_http_pool *pool,
 {
 	char host[256];
 
+	if (req->external)
+		return;
 	if (down) {
 		if (!atomic_exchange(&pool->cb_open_ms, now_ms())) {
 			url_host(req->url, host, sizeof(host));
@@ -911,7 +936,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 	int rc = -EIO;
 
 	/* every message below names the table by name */
-	named.subject = subject_name(api, req->subject, name, sizeof(name));
+	named.subject = api_table_name(api, req->subject, name, sizeof(name));
 	req = &named;
 	resp->attempts = 0;
 	resp->throttled = 0;
@@ -926,7 +951,7 @@ int api_http(struct api *api, const struct api_req *req, struct api_resp *resp)
 		int cc;
 
 		if (!req->token_request && !req->external) {
-			wait = pacer_reserve(&api->pacer, now);
+			wait = pacer_reserve(&api->pacer, now, deadline);
 			if (wait > 0) {
 				if (now + wait > deadline) {
 					pacer_update(&api->pacer, now, -1, -1);

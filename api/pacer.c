@@ -37,7 +37,7 @@ void pacer_destroy(struct api_pacer *p)
 	pthread_mutex_destroy(&p->mu);
 }
 
-double pacer_reserve(struct api_pacer *p, double now)
+double pacer_reserve(struct api_pacer *p, double now, double latest)
 {
 	double start = now, wait;
 
@@ -65,7 +65,8 @@ double pacer_reserve(struct api_pacer *p, double now)
 	}
 	pthread_mutex_unlock(&p->mu);
 	if (p->budget)
-		start = budget_reserve(p->budget, start > now ? start : now);
+		start = budget_reserve(p->budget, start > now ? start : now,
+				       latest);
 	wait = start - now;
 	return wait > 0 ? wait : 0;
 }

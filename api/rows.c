@@ -337,7 +337,7 @@ bool api_date_valid(const char *s, size_t len)
 
 /* ---- import lines ----------------------------------------------------- */
 
-static const char *type_name(enum api_type t)
+const char *api_type_name(enum api_type t)
 {
 	switch (t) {
 	case API_TYPE_STRING:
@@ -445,7 +445,7 @@ static char *check_value(const struct api_column *col, const struct jdoc *d,
 		}
 		break;
 	}
-	return msgf("%s: expected %s, got %s", col->name, type_name(col->type),
+	return msgf("%s: expected %s, got %s", col->name, api_type_name(col->type),
 		    jtype_name(t));
 }
 

@@ -42,6 +42,13 @@ const char fs_config_help[] =
 	"    -o retries=N             attempts per request (default 8)\n"
 	"    -o retry_budget=SECONDS  time per request, retries included (default 120)\n"
 	"    -o ro                    read-only: refuse every write with EROFS\n"
+	"    -o allow_delete[=force]  rmdir of a table deletes it in the API\n"
+	"                             (force: flows ?force=true, even if in use)\n"
+	"    -o replace               a file written whole onto rows.jsonl (O_TRUNC,\n"
+	"                             or renamed onto it) makes the table equal to\n"
+	"                             it: rows it lacks are deleted (default: upsert)\n"
+	"    -o lazy_size             st_size of an uncached rows.jsonl is 0, not\n"
+	"                             fetched (cheap stat; tar then copies 0 bytes)\n"
 	"    -o log_file=FILE         append the log to FILE (default: stderr,\n"
 	"                             syslog when daemonized)\n"
 	"    -o log_level=LEVEL       error, warning, notice, info or debug (debug\n"
@@ -305,6 +312,19 @@ int fs_config_set(struct fs_config *cfg, const char *word)
 
 	if (!strcmp(key, "ro") && !v) {
 		cfg->ro = true;
+		return 0;
+	}
+	if (!strcmp(key, "allow_delete") && (!v || !strcmp(v, "force"))) {
+		cfg->allow_delete = true;
+		cfg->force_delete = v != NULL;
+		return 0;
+	}
+	if (!strcmp(key, "replace") && !v) {
+		cfg->replace = true;
+		return 0;
+	}
+	if (!strcmp(key, "lazy_size") && !v) {
+		cfg->lazy_size = true;
 		return 0;
 	}
 	if (!v)

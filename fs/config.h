@@ -28,6 +28,10 @@ struct fs_config {
 	unsigned retries;	/* attempts per request */
 	unsigned retry_budget;	/* seconds per request, retries included */
 	bool ro;
+	bool replace;		/* whole-file imports delete what they lack */
+	bool lazy_size;		/* no fetch for st_size of rows.jsonl */
+	bool allow_delete;	/* rmdir of a table deletes it */
+	bool force_delete;	/* … even if in use (flows ?force=true) */
 
 	/* logging (log_file=, log_level=): applied by fs_config_apply_log */
 	char *log_file;		/* NULL: stderr, or syslog when daemonized */

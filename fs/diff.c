@@ -426,6 +426,42 @@ int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
 	return rc;
 }
 
+/* ---- rows of two spools with the same key ------------------------------ */
+
+int fs_diff_join(struct fs_engine *eng, const char *a, const char *b,
+		 int (*each)(void *arg, const struct fs_spooled *x,
+			     const struct fs_spooled *y),
+		 void *arg)
+{
+	struct walk wa = { .eng = eng, .spool = a };
+	struct walk wb = { .eng = eng, .spool = b };
+	int rc;
+
+	rc = walk_fill(&wa);
+	if (!rc)
+		rc = walk_fill(&wb);
+	while (!rc && !wa.eof && !wb.eof) {
+		int c = key_cmp(&wa.cur, &wb.cur);
+
+		if (c < 0) {
+			rc = walk_next(&wa);
+			continue;
+		}
+		if (c > 0) {
+			rc = walk_next(&wb);
+			continue;
+		}
+		rc = each(arg, &wa.cur, &wb.cur);
+		if (!rc)
+			rc = walk_next(&wa);
+		if (!rc)
+			rc = walk_next(&wb);
+	}
+	cache_spool_batch_release(&wa.b);
+	cache_spool_batch_release(&wb.b);
+	return rc;
+}
+
 /* ---- keys as the API names them ---------------------------------------- */
 
 static int hex4(const char *s, unsigned *out)

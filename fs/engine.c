@@ -218,6 +218,7 @@ static void table_free(struct fs_table *t)
 	ahead_drop(t);
 	api_schema_release(&t->ahead.schema);
 	fs_import_table_release(t);
+	fs_csvidx_free(t->csv);
 	api_schema_release(&t->schema);
 	free(t->keys);
 	pthread_mutex_destroy(&t->lock);
@@ -240,6 +241,7 @@ void fs_engine_free(struct fs_engine *eng)
 	for (i = 0; i < eng->nold_names; i++)
 		free(eng->old_names[i]);
 	free(eng->old_names);
+	fs_pending_release(eng);
 	api_free(eng->api);
 	fs_config_release(&eng->cfg);
 	pthread_cond_destroy(&eng->pf_cond);
@@ -302,6 +304,19 @@ static struct fs_table *table_get(struct fs_engine *eng, const char *id,
 	}
 	pthread_mutex_init(&t->lock, NULL);
 	eng->tables[eng->ntables++] = t;
+	return t;
+}
+
+struct fs_table *fs_engine_add_table(struct fs_engine *eng, const char *id,
+				     const char *name, bool listed)
+{
+	struct fs_table *t;
+
+	pthread_mutex_lock(&eng->lock);
+	t = table_get(eng, id, name);
+	if (t)
+		t->listed = listed;
+	pthread_mutex_unlock(&eng->lock);
 	return t;
 }
 
@@ -452,23 +467,29 @@ static int fetch_schema(struct fs_engine *eng, struct fs_table *t,
 static int install_schema(struct fs_engine *eng, struct fs_table *t,
 			  struct api_schema s, bool *changed)
 {
-	int rc;
-
 	if (changed)
 		*changed = !t->have_schema ||
 			   t->schema.json_len != s.json_len ||
 			   memcmp(t->schema.json, s.json, s.json_len);
-	rc = cache_put_schema(eng->cache, t->id, s.version, s.json,
-			      s.json_len);
+	fs_table_set_schema(eng, t, &s);
+	return 0;
+}
+
+void fs_table_set_schema(struct fs_engine *eng, struct fs_table *t,
+			 struct api_schema *s)
+{
+	int rc = cache_put_schema(eng->cache, t->id, s->version, s->json,
+				  s->json_len);
+
 	if (rc)
 		log_warn("cannot cache the schema of '%s': %s", t->name,
 			 strerror(-rc));
 	api_schema_release(&t->schema);
-	t->schema = s;
+	t->schema = *s;
+	memset(s, 0, sizeof(*s));
 	t->have_schema = true;
 	t->schema_at = now_s();
-	atomic_store(&t->schema_len, s.json_len);
-	return 0;
+	atomic_store(&t->schema_len, t->schema.json_len);
 }
 
 /* ---- a schema fetched beside the first page ---- */

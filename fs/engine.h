@@ -113,6 +113,57 @@ int fs_table_schema_json(struct fs_engine *eng, struct fs_table *t,
 /* Length of the schema.json bytes known without network I/O, 0 if none. */
 size_t fs_table_schema_size(struct fs_engine *eng, struct fs_table *t);
 
+/*
+ * Replace t's schema with json (a whole schema, as schema.json shows it).
+ * Only additions are allowed: a column missing (removed or renamed),
+ * retyped, or joining or leaving the key is -EINVAL, logged with the
+ * column, and nothing is sent. The same schema again sends nothing.
+ * Cursor: PUT …/schema with If-Match; flows: PUT the whole table. On
+ * success the cached schema and rows.csv follow at once and rows.jsonl is
+ * revalidated at its next open. Returns 0, -EINVAL, -EAGAIN (412: the
+ * schema changed on the server meanwhile; the server's is fetched again),
+ * -EROFS, or the API's error.
+ */
+int fs_table_put_schema(struct fs_engine *eng, struct fs_table *t,
+			const char *json, size_t len) FS_WARN_UNUSED;
+
+/* A schema file whole, from offset 0 (*buf malloc'ed). Returns 0, -EFBIG
+ * (over 1 MiB: no schema), -ENOMEM, or the read's error. */
+int fs_schema_read_fd(int fd, char **buf, size_t *len) FS_WARN_UNUSED;
+
+/* ---- new tables (flows only) ----------------------------------------- */
+
+/*
+ * mkdir: a pending table name, existing only in this process until
+ * fs_engine_create() is called for it. Returns 0, -EEXIST, -EROFS, -EPERM
+ * (the cursor API has no table creation: logged).
+ */
+int fs_engine_mkdir(struct fs_engine *eng, const char *name) FS_WARN_UNUSED;
+/* Whether mkdir can make tables here (flows, not ro). */
+bool fs_engine_can_create(struct fs_engine *eng);
+bool fs_engine_is_pending(struct fs_engine *eng, const char *name);
+/* The pending names (malloc'ed array of malloc'ed strings). */
+int fs_engine_pending_list(struct fs_engine *eng, char ***names,
+			   size_t *count) FS_WARN_UNUSED;
+
+/*
+ * Create the table name with the schema json (POST /api/v2/flows/
+ * datatables); a pending name stops being pending. *out (may be NULL) is
+ * the new table. Returns 0, -EINVAL (not a schema, or refused), -EPERM
+ * (cursor), -EEXIST (the name is taken), -EROFS, or the API's error.
+ */
+int fs_engine_create(struct fs_engine *eng, const char *name,
+		     const char *json, size_t len,
+		     struct fs_table **out) FS_WARN_UNUSED;
+
+/*
+ * rmdir: a pending name is forgotten; a table is deleted only with the
+ * allow_delete option (flows: ?force=true with allow_delete=force).
+ * Returns 0, -ENOENT, -EPERM (no allow_delete, or cursor: logged), -EROFS,
+ * or the API's error.
+ */
+int fs_engine_rmdir(struct fs_engine *eng, const char *name) FS_WARN_UNUSED;
+
 /* ---- rows.jsonl: reading -------------------------------------------- */
 
 /*
@@ -122,6 +173,16 @@ size_t fs_table_schema_size(struct fs_engine *eng, struct fs_table *t);
  */
 uint64_t fs_table_rows_size(struct fs_engine *eng, struct fs_table *t,
 			    uint64_t *gen);
+
+/*
+ * The exact size of rows.jsonl: as fs_table_rows_size() when a complete
+ * version is cached, else the table is read whole into the cache first
+ * (size.c; with lazy_size, 0 at once). *gen is the version's generation,
+ * 0 when the size is not that of a cached complete version. Returns 0 or
+ * the reader's error (-ENOTCONN, -EIO, -ESTALE, …).
+ */
+int fs_table_rows_exact_size(struct fs_engine *eng, struct fs_table *t,
+			     uint64_t *size, uint64_t *gen) FS_WARN_UNUSED;
 
 /*
  * Open a snapshot: revalidate the cached version with If-None-Match (at
@@ -144,13 +205,35 @@ bool fs_reader_complete(struct fs_reader *rd, uint64_t *size);
 
 void fs_reader_close(struct fs_reader *rd);
 
+/* ---- rows.csv: reading ---------------------------------------------- */
+
+struct fs_csv_reader;
+
+/*
+ * rows.csv: the snapshot fs_reader_open() gives, as RFC 4180 CSV (a header
+ * of the column names, then one record per row, CRLF line ends), made from
+ * the cached JSONL as it is read. Same errors as the fs_reader functions
+ * (-ESTALE included); -EIO when a row does not fit the schema.
+ */
+int fs_csv_open(struct fs_engine *eng, struct fs_table *t,
+		struct fs_csv_reader **out) FS_WARN_UNUSED;
+int fs_csv_read(struct fs_csv_reader *cr, uint64_t off, void *buf,
+		size_t size, size_t *nread) FS_WARN_UNUSED;
+void fs_csv_close(struct fs_csv_reader *cr);
+
+/* rows.csv's exact size when the current version is complete in the cache
+ * and a reader has converted it to the end, else 0 (no network I/O). */
+uint64_t fs_table_csv_size(struct fs_engine *eng, struct fs_table *t);
+
 /* ---- rows.jsonl: writing (import) ----------------------------------- */
 
 struct fs_import;
 
 /*
- * Start an import into a table: one per table at a time. Loads the schema,
- * empties the table's spool and its rejects.jsonl. Returns 0, -EBUSY (another import is open), -EROFS
+ * Start an import into a table: one per table at a time. Loads the schema
+ * and empties the table's spool; nothing a user sees changes until bytes
+ * are written (status.json then shows this import, and rejects.jsonl is
+ * replaced when an import quarantines lines). Returns 0, -EBUSY (another import is open), -EROFS
  * (a ro mount), -EACCES (the API already refused these credentials a
  * write), or the error of fetching the schema.
  */
@@ -168,6 +251,15 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 	FS_WARN_UNUSED;
 
+/*
+ * Read the written stream as CSV (rows.csv) rather than JSONL: call right
+ * after fs_import_begin(). A header of column names is required; a header
+ * column the schema lacks is drift (the write fails with -EINVAL, nothing
+ * is sent), as is a header the reader refuses; a bad record is
+ * quarantined under its record number. Returns 0 or -ENOMEM.
+ */
+int fs_import_use_csv(struct fs_import *im) FS_WARN_UNUSED;
+
 /* Whether bytes were written since the last fs_import_finish(). */
 bool fs_import_dirty(const struct fs_import *im);
 
@@ -182,6 +274,32 @@ bool fs_import_dirty(const struct fs_import *im);
  * written since the previous one sends nothing and returns that result.
  */
 int fs_import_finish(struct fs_import *im) FS_WARN_UNUSED;
+
+/*
+ * Send the complete lines written since the last finish or commit now,
+ * keeping an unterminated last line for later bytes: what a write()
+ * through an O_APPEND descriptor does, so that the shell's `>>`, which
+ * ignores close(), sees the failure in write(). Returns as
+ * fs_import_finish(); 0 at once when no line was completed since.
+ */
+int fs_import_commit(struct fs_import *im) FS_WARN_UNUSED;
+
+/*
+ * Whether the stream is the whole table (written from an O_TRUNC open, or
+ * a file renamed onto rows.jsonl, with the mount's `replace` option): its
+ * finish then also deletes the rows the stream lacks, unless a line was
+ * quarantined. Imports are upserts otherwise.
+ */
+void fs_import_set_replace(struct fs_import *im, bool replace);
+
+/*
+ * One whole import of the bytes of fd, read with pread from offset 0
+ * (begin, write, finish, end): what a rename onto rows.jsonl does (csv:
+ * the bytes are CSV, a rename onto rows.csv). Returns
+ * as fs_import_begin() and fs_import_finish(), or the read's error.
+ */
+int fs_import_fd(struct fs_engine *eng, struct fs_table *t, int fd,
+		 bool replace, bool csv) FS_WARN_UNUSED;
 
 /* Release the import (call fs_import_finish first when dirty). */
 void fs_import_end(struct fs_import *im);

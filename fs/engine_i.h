@@ -61,8 +61,13 @@ struct fs_table {
 
 	struct fs_face_gens face;
 
-	/* eng->import_lock: the current or last import */
+	/* eng->import_lock: the current or last import that received bytes
+	 * (status.json shows it), and the one open now (it may have
+	 * received nothing yet: then it has no visible effect) */
 	struct fs_import *import;
+	struct fs_import *import_open;
+
+	struct fs_csvidx *csv;	/* csvview.c: rows.csv's offsets */
 };
 
 struct fs_engine {
@@ -77,6 +82,10 @@ struct fs_engine {
 	char **old_names;	/* names replaced by a rename: readers may
 				   still hold them, so freed only at the end */
 	size_t nold_names;
+
+	char **pending;		/* mkdir'ed names without a table yet
+				   (schema_write.c); eng->lock */
+	size_t npending;
 
 	pthread_mutex_t list_lock; /* one listing walk at a time */
 	_Atomic int64_t listed_at; /* read without list_lock */
@@ -96,6 +105,10 @@ struct fs_engine {
 /* Load t->schema from memory, the cache or the API; t->lock held. */
 int fs_table_load_schema(struct fs_engine *eng, struct fs_table *t)
 	FS_WARN_UNUSED;
+/* Keep s as t's schema, fresh now (memory and cache); s is taken over
+ * (zeroed). t->lock held. */
+void fs_table_set_schema(struct fs_engine *eng, struct fs_table *t,
+			 struct api_schema *s);
 /* Make t->schema at most `revalidate` seconds old (the cached one when the
  * API cannot be reached); t->lock held. */
 int fs_table_fresh_schema(struct fs_engine *eng, struct fs_table *t)
@@ -201,10 +214,37 @@ int fs_diff_spool(struct fs_engine *eng, struct fs_table *t,
 		  const char *out, const char *absent, struct fs_diff *d)
 	FS_WARN_UNUSED;
 
+/* Call each(arg, x, y) for every key spooled in both a (x) and b (y), in
+ * key order; stops at the first non-0 it returns. Returns 0, that value,
+ * or the cache's error. */
+int fs_diff_join(struct fs_engine *eng, const char *a, const char *b,
+		 int (*each)(void *arg, const struct fs_spooled *x,
+			     const struct fs_spooled *y),
+		 void *arg) FS_WARN_UNUSED;
+
 /* The key of a single-key row as the API names it (the string inside the
  * encoded key ["…"], unescaped; malloc'ed). Returns 0, -EINVAL (not one
  * string), -ENOMEM. */
 int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
+
+/* replace.c: delete the rows of t whose keys are spooled in `absent`
+ * (fs_diff_spool's), by key (row_ops dialects) or by row id; *deleted
+ * says how many went. Returns 0 or the first failed delete's error. */
+int fs_replace_delete(struct fs_engine *eng, struct fs_table *t,
+		      const struct api_schema *schema, const char *absent,
+		      uint64_t *deleted) FS_WARN_UNUSED;
+/* Find or add the table id (named name) and mark it listed or not (a
+ * table created or deleted here). NULL when out of memory. */
+struct fs_table *fs_engine_add_table(struct fs_engine *eng, const char *id,
+				     const char *name, bool listed);
+
+/* schema_write.c */
+void fs_pending_release(struct fs_engine *eng);
+
+/* csvview.c */
+void fs_csvidx_free(struct fs_csvidx *x);
+/* Forget rows.csv's index and size (the schema changed). */
+void fs_csv_forget(struct fs_table *t);
 
 /* import.c */
 int fs_import_init(struct fs_engine *eng) FS_WARN_UNUSED;

@@ -15,7 +15,8 @@
  * (diff.c) and only the rows that differ are sent.
  *
  * One import per table at a time, across processes too: the import holds an
- * exclusive flock on its rejects file.
+ * exclusive flock on a lock file beside its rejects file (rejects.jsonl
+ * itself is replaced by rename).
  */
 #include "engine_i.h"
 
@@ -66,12 +67,17 @@ struct fs_import {
 	bool dirty;			/* bytes since the last finish */
 	atomic_bool flushed;		/* finished, nothing written since */
 	bool drift;
+	bool published;			/* status.json shows it: it received
+					   bytes */
+	bool replace;			/* the stream is the whole table */
 	atomic_bool drift_seen;		/* drift, readable without im->lock */
 	int latched;			/* error every later call returns */
+	uint64_t lines_sent;		/* lines when last finished */
 
 	char *partial;			/* an unterminated line */
 	size_t plen, pcap;
 	bool overlong;			/* the partial line passed max_line */
+	struct api_csv_reader *csv;	/* rows.csv: records, not lines */
 
 	char *keys[SPOOL_BATCH];	/* rows waiting for one spool txn */
 	char *vals[SPOOL_BATCH];
@@ -79,12 +85,18 @@ struct fs_import {
 
 	char *send;			/* spool of the rows to send */
 
-	int rejects_fd;			/* flock'ed: the import lock */
-	FILE *rejects;
+	int lock_fd;			/* flock'ed: the import lock */
+	char *rejects_path;		/* rejects.jsonl */
+	char *rejects_tmp;		/* this round's rejects, renamed over
+					   rejects.jsonl when it has any */
+	FILE *rejects;			/* rejects_tmp, open while receiving
+					   and sending */
+	uint64_t round_q0;		/* quarantined before this round */
 
 	/* status.json; counters are atomics, strings under import_lock */
 	atomic_uint_fast64_t lines, valid, quarantined, chunks_sent,
-		chunks_acked, retries, throttled, unchanged, to_send;
+		chunks_acked, retries, throttled, unchanged, to_send,
+		deleted;
 	const char *route;		/* "upsert", "rows", "job" or NULL */
 	/* progress totals (status.json and dtfsctl's progress line) */
 	atomic_uint_fast64_t bytes, rows_landed, chunks_planned, chunks_resent;
@@ -121,10 +133,15 @@ static void import_free(struct fs_import *im)
 		free(im->keys[i]);
 		free(im->vals[i]);
 	}
-	if (im->rejects)
+	if (im->rejects) {
 		fclose(im->rejects);
-	else if (im->rejects_fd >= 0)
-		close(im->rejects_fd);
+		unlink(im->rejects_tmp);
+	}
+	if (im->lock_fd >= 0)
+		close(im->lock_fd);
+	free(im->rejects_path);
+	free(im->rejects_tmp);
+	api_csv_reader_free(im->csv);
 	api_schema_release(&im->schema);
 	free(im->send);
 	free(im->partial);
@@ -135,8 +152,21 @@ static void import_free(struct fs_import *im)
 
 void fs_import_table_release(struct fs_table *t)
 {
+	if (t->import_open != t->import)
+		import_free(t->import_open);
 	import_free(t->import);
-	t->import = NULL;
+	t->import = t->import_open = NULL;
+}
+
+/* path + suffix, malloc'ed */
+static char *path_with(const char *path, const char *suffix)
+{
+	size_t n = strlen(path) + strlen(suffix) + 1;
+	char *p = malloc(n);
+
+	if (p)
+		snprintf(p, n, "%s%s", path, suffix);
+	return p;
 }
 
 char *fs_table_rejects_path(struct fs_engine *eng, struct fs_table *t)
@@ -178,14 +208,14 @@ static bool holder_closing(struct fs_engine *eng, struct fs_table *t)
 	bool closing;
 
 	pthread_mutex_lock(&eng->import_lock);
-	closing = t->import && t->import->open &&
-		  atomic_load(&t->import->flushed);
+	closing = t->import_open && t->import_open->open &&
+		  atomic_load(&t->import_open->flushed);
 	pthread_mutex_unlock(&eng->import_lock);
 	return closing;
 }
 
 /*
- * Take the table's import lock (flock of its rejects file). close()
+ * Take the table's import lock (flock of REJECTS.lock). close()
  * returns after flush, but the release that ends the import reaches us
  * later, asynchronously: a writer that opens right after a close must not
  * get EBUSY for an import that is over. So wait for the holder a little:
@@ -245,32 +275,36 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	pthread_mutex_init(&im->rejects_lock, NULL);
 	im->eng = eng;
 	im->t = t;
-	im->rejects_fd = -1;
+	im->lock_fd = -1;
 	im->send = fs_spool_name(t, "send");
 	if (!im->send) {
 		rc = -ENOMEM;
 		goto fail;
 	}
 
-	/* the import lock, across processes: flock the rejects file */
+	/* the import lock, across processes: flock REJECTS.lock */
 	if (mkdir(eng->rejects_dir, 0700) && errno != EEXIST) {
 		rc = -errno;
 		log_err("cannot create '%s': %s", eng->rejects_dir,
 			strerror(errno));
 		goto fail;
 	}
-	path = fs_table_rejects_path(eng, t);
-	if (!path) {
+	im->rejects_path = fs_table_rejects_path(eng, t);
+	path = im->rejects_path ? path_with(im->rejects_path, ".lock") : NULL;
+	im->rejects_tmp = im->rejects_path
+				  ? path_with(im->rejects_path, ".new")
+				  : NULL;
+	if (!path || !im->rejects_tmp) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	im->rejects_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (im->rejects_fd < 0) {
+	im->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (im->lock_fd < 0) {
 		rc = -errno;
 		log_err("cannot open '%s': %s", path, strerror(errno));
 		goto fail;
 	}
-	rc = take_import_lock(eng, t, im->rejects_fd);
+	rc = take_import_lock(eng, t, im->lock_fd);
 	if (rc)
 		goto fail;
 
@@ -292,16 +326,8 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		goto fail;
 	}
 
-	/* rejects.jsonl is replaced by each new import */
-	if (ftruncate(im->rejects_fd, 0)) {
-		rc = -errno;
-		goto fail;
-	}
-	im->rejects = fdopen(im->rejects_fd, "w");
-	if (!im->rejects) {
-		rc = -errno;
-		goto fail;
-	}
+	/* nothing visible changes until bytes arrive (round_begin):
+	 * opening for writing and closing is not an import */
 	rc = cache_spool_clear(eng->cache, t->id);
 	if (!rc)
 		rc = cache_spool_clear(eng->cache, im->send);
@@ -312,8 +338,9 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 	im->state = IMPORT_RECEIVING;
 	im->started_at = (int64_t)time(NULL);
 	pthread_mutex_lock(&eng->import_lock);
-	import_free(t->import);
-	t->import = im;
+	if (t->import_open != t->import)
+		import_free(t->import_open);
+	t->import_open = im;
 	pthread_mutex_unlock(&eng->import_lock);
 	free(path);
 	*out = im;
@@ -327,6 +354,70 @@ fail:
 bool fs_import_dirty(const struct fs_import *im)
 {
 	return im->dirty;
+}
+
+void fs_import_set_replace(struct fs_import *im, bool replace)
+{
+	pthread_mutex_lock(&im->lock);
+	im->replace = replace;
+	pthread_mutex_unlock(&im->lock);
+}
+
+/*
+ * The first bytes of a round (an import: the bytes between two finishes):
+ * the import becomes the one status.json shows, and its rejects go to a
+ * file of their own, renamed over rejects.jsonl at the end only when the
+ * round quarantined lines (round_end). im->lock held.
+ */
+static int round_begin(struct fs_import *im)
+{
+	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
+	int fd;
+
+	if (im->rejects)
+		return 0;
+	fd = open(im->rejects_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+		  0600);
+	if (fd < 0 || !(im->rejects = fdopen(fd, "w"))) {
+		int rc = -errno;
+
+		if (fd >= 0)
+			close(fd);
+		log_err("cannot open '%s': %s", im->rejects_tmp,
+			strerror(-rc));
+		return rc;
+	}
+	im->round_q0 = atomic_load(&im->quarantined);
+	if (!im->published) {
+		pthread_mutex_lock(&eng->import_lock);
+		if (t->import != im)
+			import_free(t->import);
+		t->import = im;
+		im->published = true;
+		pthread_mutex_unlock(&eng->import_lock);
+	}
+	return 0;
+}
+
+/* The end of a round: its rejects replace rejects.jsonl if it has any
+ * (rejects.jsonl keeps the lines of the last import that had some). */
+static void round_end(struct fs_import *im)
+{
+	bool any;
+
+	if (!im->rejects)
+		return;
+	pthread_mutex_lock(&im->rejects_lock);
+	any = atomic_load(&im->quarantined) > im->round_q0;
+	fclose(im->rejects);
+	im->rejects = NULL;
+	pthread_mutex_unlock(&im->rejects_lock);
+	if (any && rename(im->rejects_tmp, im->rejects_path))
+		log_err("cannot write '%s': %s", im->rejects_path,
+			strerror(errno));
+	else if (!any)
+		unlink(im->rejects_tmp);
 }
 
 /* Write s[0..n) as a JSON string: bytes that are not well-formed UTF-8
@@ -366,11 +457,17 @@ static void put_json_string(FILE *f, const char *s, size_t n)
 static void quarantine(struct fs_import *im, uint64_t line, const char *error,
 		       const char *text, size_t n)
 {
-	FILE *f = im->rejects;
+	FILE *f;
 
 	atomic_fetch_add(&im->quarantined, 1);
 	pthread_mutex_lock(&im->rejects_lock);
-	fprintf(f, "{\"line\": %" PRIu64 ", \"error\": ", line);
+	f = im->rejects;
+	if (!f) {	/* cannot happen: a round is open while lines come */
+		pthread_mutex_unlock(&im->rejects_lock);
+		return;
+	}
+	fprintf(f, "{\"%s\": %" PRIu64 ", \"error\": ",
+		im->csv ? "record" : "line", line);
 	put_json_string(f, error, strlen(error));
 	fputs(", \"text\": ", f);
 	put_json_string(f, text, n);
@@ -409,28 +506,18 @@ static bool blank(const char *s, size_t n)
 	return true;
 }
 
-/* One complete line (without its '\n'). Returns 0 or a fatal error. */
-static int take_line(struct fs_import *im, const char *s, size_t n,
-		     bool overlong)
+/* Row s[0..n) of line (or record) `line`, written as text[0..tn): to
+ * the spool, or quarantined. Returns 0 or a fatal error. */
+static int take_row(struct fs_import *im, uint64_t line, const char *s,
+		    size_t n, const char *text, size_t tn)
 {
-	uint64_t line = atomic_fetch_add(&im->lines, 1) + 1;
 	char *row = NULL, *key = NULL, *error = NULL, *val;
 	char msg[96];
 	int rc;
 
-	if (n && s[n - 1] == '\r')
-		n--;
-	if (blank(s, n))
-		return 0;
-	if (overlong) {
-		snprintf(msg, sizeof(msg), "line longer than %u bytes",
-			 im->eng->cfg.max_line);
-		quarantine(im, line, msg, s, n);
-		return 0;
-	}
 	rc = api_row_validate(&im->schema, s, n, &row, &key, &error);
 	if (rc == -EINVAL) {
-		quarantine(im, line, error ? error : "invalid row", s, n);
+		quarantine(im, line, error ? error : "invalid row", text, tn);
 		free(error);
 		return 0;
 	}
@@ -439,7 +526,7 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 
 		snprintf(why, sizeof(why), "schema drift: %.380s",
 			 error ? error : "unknown column");
-		quarantine(im, line, why, s, n);
+		quarantine(im, line, why, text, tn);
 		log_err("import into '%s' stopped at line %" PRIu64 ": %s; "
 			"nothing was sent", im->t->name, line, why);
 		set_state(im, IMPORT_FAILED, why);
@@ -454,7 +541,7 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 	if (strlen(key) > MAX_KEY) {
 		snprintf(msg, sizeof(msg), "primary key longer than %d bytes",
 			 MAX_KEY);
-		quarantine(im, line, msg, s, n);
+		quarantine(im, line, msg, text, tn);
 		free(row);
 		free(key);
 		return 0;
@@ -471,6 +558,70 @@ static int take_line(struct fs_import *im, const char *s, size_t n,
 	if (++im->nbatch == SPOOL_BATCH)
 		return spool_flush(im);
 	return 0;
+}
+
+/* One complete line (without its '\n'). Returns 0 or a fatal error. */
+static int take_line(struct fs_import *im, const char *s, size_t n,
+		     bool overlong)
+{
+	uint64_t line = atomic_fetch_add(&im->lines, 1) + 1;
+	char msg[96];
+
+	if (n && s[n - 1] == '\r')
+		n--;
+	if (blank(s, n))
+		return 0;
+	if (overlong) {
+		snprintf(msg, sizeof(msg), "line longer than %u bytes",
+			 im->eng->cfg.max_line);
+		quarantine(im, line, msg, s, n);
+		return 0;
+	}
+	return take_row(im, line, s, n, s, n);
+}
+
+/* One CSV record (api_csv_reader's callback). */
+static int take_record(void *arg, const struct api_csv_record *rec)
+{
+	struct fs_import *im = arg;
+
+	atomic_fetch_add(&im->lines, 1);
+	if (rec->error) {
+		quarantine(im, rec->record, rec->error, rec->text,
+			   rec->text_len);
+		return 0;
+	}
+	return take_row(im, rec->record, rec->row, rec->row_len, rec->text,
+			rec->text_len);
+}
+
+/* The CSV reader's result: a refused header stops the import like drift
+ * (nothing will be sent). */
+static int csv_result(struct fs_import *im, int rc)
+{
+	const char *why = api_csv_reader_error(im->csv);
+	char msg[512];
+
+	if (!why || (rc != -ENOENT && rc != -EINVAL))
+		return rc;
+	snprintf(msg, sizeof(msg), "%s: %s",
+		 rc == -ENOENT ? "schema drift" : "bad header", why);
+	quarantine(im, 0, msg, "", 0);
+	log_err("import of rows.csv into '%s' stopped: %s; nothing was sent",
+		im->t->name, msg);
+	set_state(im, IMPORT_FAILED, msg);
+	im->drift = true;
+	return -EINVAL;
+}
+
+int fs_import_use_csv(struct fs_import *im)
+{
+	/* with versions (cursor) the API has nulls: an unquoted empty field
+	 * is no value, as rows.csv writes it; the platform has none */
+	return api_csv_reader_new(&im->schema, im->eng->cfg.max_line,
+				  im->eng->caps.versions ? API_CSV_EMPTY_ABSENT
+							 : 0,
+				  &im->csv);
 }
 
 static int keep_partial(struct fs_import *im, const char *s, size_t n)
@@ -508,11 +659,21 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
 		rc = im->latched;
 		goto out;
 	}
+	if (len == 0)
+		goto out;
+	rc = round_begin(im);
+	if (rc)
+		goto out;
 	if (!im->dirty)	/* the first bytes, or more after a flush */
 		set_state(im, IMPORT_RECEIVING, NULL);
 	im->dirty = true;
 	atomic_store(&im->flushed, false);
 	atomic_fetch_add(&im->bytes, len);
+	if (im->csv) {
+		rc = csv_result(im, api_csv_reader_feed(im->csv, buf, len,
+							take_record, im));
+		s = end;
+	}
 	while (s < end && !rc) {
 		nl = memchr(s, '\n', (size_t)(end - s));
 		if (!nl) {
@@ -1150,20 +1311,37 @@ out:
  * Send what differs from the table's current version (diff.c). When the
  * version cannot be read for the comparison, every spooled row is sent:
  * an upsert of an unchanged row changes nothing, and the upload meets
- * whatever made the read fail.
+ * whatever made the read fail. A replace (the stream was the whole table)
+ * also deletes the rows the stream lacks, after every row landed and only
+ * when no line was quarantined; it cannot go on without the comparison.
+ * Deletes go one row at a time in both dialects: a ReplaceAll CSV job would
+ * re-send every row through CSV, which cannot tell an absent value from an
+ * empty one (the emulator, like the platform, reads an empty cell as a
+ * value), so unchanged rows would change.
  */
 static int send_changed(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
 	struct fs_table *t = im->t;
 	const char *spool = im->send;
-	struct fs_diff d;
-	size_t n = 0;
+	bool del = im->replace && !atomic_load(&im->quarantined);
 	bool job = false;
+	char *absent = NULL;
+	struct fs_diff d;
+	uint64_t ndel = 0, gone = 0;
+	size_t n = 0;
 	int rc, crc;
 
-	rc = fs_diff_spool(eng, t, &im->schema, t->id, im->send, NULL, &d);
-	if (rc) {
+	if (!im->replace && !cache_spool_count(eng->cache, t->id, &n) && !n)
+		return 0;	/* no valid row: nothing to compare or send */
+	if (del && !(absent = fs_spool_name(t, "absent")))
+		return -ENOMEM;
+	rc = fs_diff_spool(eng, t, &im->schema, t->id, im->send, absent, &d);
+	if (rc && im->replace) {
+		log_err("replace of '%s' cannot compare the file with the "
+			"table: nothing was sent", t->name);
+		goto out;
+	} else if (rc) {
 		log_warn("import into '%s': sending every row", t->name);
 		spool = t->id;
 		if (cache_spool_count(eng->cache, spool, &n))
@@ -1174,36 +1352,56 @@ static int send_changed(struct fs_import *im)
 
 		if (eng->cfg.max_rows) {
 			over = set_aside_over_max(im, spool, &d);
-			if (over < 0)
-				return (int)over;
+			if (over < 0) {
+				rc = (int)over;
+				goto out;
+			}
 		}
 		n = d.changed + d.added - (uint64_t)over;
+		ndel = del && !over ? d.absent : 0;
 		atomic_store(&im->unchanged, d.same);
 		atomic_store(&im->to_send, n);
-		if (n == 0)
-			return 0;	/* nothing differs: the table and its
+		if (n == 0 && ndel == 0)
+			goto out;	/* nothing differs: the table and its
 					   cached version stay as they are */
 		if (eng->caps.csv_jobs && n >= job_threshold(im, &d))
 			job = true;
 	}
 	im->route = job ? "job" : eng->caps.row_ops ? "rows" : "upsert";
-	log_info("import into '%s': %zu rows to send by %s", t->name, n,
+	log_info("import into '%s': %zu rows to send by %s, %" PRIu64
+		 " to delete", t->name, n,
 		 job ? "one CSV import job" : eng->caps.row_ops
 						  ? "single-row requests"
-						  : "upsert chunks");
+						  : "upsert chunks", ndel);
 	/* the table is about to change: forget the cached version first, so
 	 * a daemon killed mid-upload leaves no copy that a later mount would
 	 * serve as fresh within its revalidate window */
 	crc = fs_table_invalidate(eng, t);
 	(void)crc;
-	rc = job ? send_job(im, spool) : upload(im, spool);
+	rc = n ? job ? send_job(im, spool) : upload(im, spool) : 0;
+	/* a line the API refused is quarantined: delete nothing */
+	if (!rc && ndel && !atomic_load(&im->quarantined)) {
+		rc = fs_replace_delete(eng, t, &im->schema, absent, &gone);
+		atomic_store(&im->deleted, gone);
+	}
 	/* what landed changed the table: the next read must refetch */
 	crc = fs_table_invalidate(eng, t);
 	(void)crc;
+out:
+	if (absent) {
+		crc = cache_spool_clear(eng->cache, absent);
+		(void)crc;
+	}
+	free(absent);
 	return rc;
 }
 
-int fs_import_finish(struct fs_import *im)
+/*
+ * Send what was written since the last finish. final: the stream ended,
+ * an unterminated last line is a line; otherwise (fs_import_commit) it
+ * waits for the rest of its bytes.
+ */
+static int finish(struct fs_import *im, bool final)
 {
 	struct fs_engine *eng = im->eng;
 	struct fs_table *t = im->t;
@@ -1217,12 +1415,31 @@ int fs_import_finish(struct fs_import *im)
 		rc = im->latched;
 		goto out;
 	}
-	im->dirty = false;
-	if (!im->drift && (im->plen || im->overlong)) {
-		rc = take_line(im, im->partial, im->plen, im->overlong);
+	/* a commit with no complete line since the last one: wait */
+	if (!final && !im->drift && atomic_load(&im->lines) == im->lines_sent &&
+	    !im->nbatch) {
+		rc = im->latched;
+		goto out;
+	}
+	im->dirty = !final && (im->plen || im->overlong ||
+			       (im->csv && api_csv_reader_pending(im->csv)));
+	if (final && im->csv && !im->drift) {
+		/* the last record, without its line end; a header at all */
+		rc = round_begin(im);
+		if (!rc)
+			rc = csv_result(im, api_csv_reader_end(im->csv,
+							       take_record,
+							       im));
+	}
+	if (final && !im->drift && (im->plen || im->overlong)) {
+		rc = round_begin(im);
+		if (!rc)
+			rc = take_line(im, im->partial, im->plen,
+				       im->overlong);
 		im->plen = 0;
 		im->overlong = false;
 	}
+	im->lines_sent = atomic_load(&im->lines);
 	if (!rc && !im->drift)
 		rc = spool_flush(im);
 	if (im->drift || rc) {
@@ -1273,12 +1490,23 @@ int fs_import_finish(struct fs_import *im)
 		   atomic_load(&im->chunks_sent) == 1 ? "" : "s",
 		   rc ? strerror(-rc) : "ok");
 latch:
+	round_end(im);
 	if (rc)
 		im->latched = rc;
 out:
-	atomic_store(&im->flushed, true);
+	atomic_store(&im->flushed, !im->dirty);
 	pthread_mutex_unlock(&im->lock);
 	return rc;
+}
+
+int fs_import_finish(struct fs_import *im)
+{
+	return finish(im, true);
+}
+
+int fs_import_commit(struct fs_import *im)
+{
+	return finish(im, false);
 }
 
 static void import_persist(struct fs_import *im);
@@ -1286,6 +1514,7 @@ static void import_persist(struct fs_import *im);
 void fs_import_end(struct fs_import *im)
 {
 	struct fs_engine *eng = im->eng;
+	struct fs_table *t = im->t;
 	bool unsent;
 	int err;
 
@@ -1309,14 +1538,25 @@ void fs_import_end(struct fs_import *im)
 		}
 		im->finished_at = (int64_t)time(NULL);
 	}
-	import_persist(im);
-	/* the import lock goes; the status stays on the table */
+	/* the import lock goes; the status stays on the table (and is kept
+	 * for later processes), if the import ever received a byte (else it
+	 * goes too) */
+	if (t->import_open == im)
+		t->import_open = NULL;
+	if (im->published)
+		import_persist(im);
 	if (im->rejects) {
 		fclose(im->rejects);
 		im->rejects = NULL;
-		im->rejects_fd = -1;
+		unlink(im->rejects_tmp);
+	}
+	if (im->lock_fd >= 0) {
+		close(im->lock_fd);
+		im->lock_fd = -1;
 	}
 	pthread_mutex_unlock(&eng->import_lock);
+	if (!im->published)
+		import_free(im);
 }
 
 /* The "import" member of status.json (with its leading ",\n"); import_lock
@@ -1350,6 +1590,8 @@ static int import_json(struct fs_import *im, char *buf, size_t size,
 		     "    \"rows_unchanged\": %" PRIuFAST64 ",\n"
 		     "    \"rows_to_send\": %" PRIu64 ",\n"
 		     "    \"rows_landed\": %" PRIu64 ",\n"
+		     "    \"rows_deleted\": %" PRIuFAST64 ",\n"
+		     "    \"replace\": %s,\n"
 		     "    \"route\": %s%s%s,\n"
 		     "    \"chunks_planned\": %" PRIu64 ",\n"
 		     "    \"chunks_sent\": %" PRIu64 ",\n"
@@ -1360,7 +1602,8 @@ static int import_json(struct fs_import *im, char *buf, size_t size,
 		     "    \"error\": ",
 		     state_names[im->state], p.bytes, p.lines, p.valid,
 		     p.quarantined, atomic_load(&im->unchanged), p.rows_planned,
-		     p.rows_landed, im->route ? "\"" : "",
+		     p.rows_landed, atomic_load(&im->deleted),
+		     im->replace ? "true" : "false", im->route ? "\"" : "",
 		     im->route ? im->route : "null", im->route ? "\"" : "",
 		     p.chunks_planned, p.chunks_sent, p.chunks_acked,
 		     atomic_load(&im->retries), atomic_load(&im->throttled),
@@ -1462,5 +1705,51 @@ int fs_import_status_json(struct fs_engine *eng, struct fs_table *t,
 		free(path);
 	}
 	pthread_mutex_unlock(&eng->import_lock);
+	return rc;
+}
+
+int fs_import_fd(struct fs_engine *eng, struct fs_table *t, int fd,
+		 bool replace, bool csv)
+{
+	struct fs_import *im = NULL;
+	size_t size = 1 << 16;
+	off_t off = 0;
+	char *buf;
+	ssize_t n;
+	int rc, frc;
+
+	buf = malloc(size);
+	if (!buf)
+		return -ENOMEM;
+	rc = fs_import_begin(eng, t, &im);
+	if (rc)
+		goto out;
+	im->replace = replace;
+	if (csv)
+		rc = fs_import_use_csv(im);
+	while (!rc) {
+		n = pread(fd, buf, size, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			log_err("import into '%s': cannot read the file: %s",
+				t->name, strerror(errno));
+			break;
+		}
+		if (n == 0)
+			break;
+		off += n;
+		rc = fs_import_write(im, buf, (size_t)n);
+	}
+	/* a read error sends nothing; drift has already stopped the import */
+	if (!rc || rc == -EINVAL) {
+		frc = fs_import_finish(im);
+		if (!rc)
+			rc = frc;
+	}
+	fs_import_end(im);
+out:
+	free(buf);
 	return rc;
 }

@@ -2,7 +2,8 @@
  * dtfsctl: the engine without FUSE, for machines with no /dev/fuse.
  *
  *   dtfsctl [-v|-q] [-d] [-o option[,option]...] ls
- *   dtfsctl [-v|-q] [-d] [-o option[,option]...] schema TABLE
+ *   dtfsctl [-v|-q] [-d] [-o option[,option]...] schema TABLE [FILE]
+ *   dtfsctl [-v|-q] [-d] [-o option[,option]...] create TABLE FILE
  *   dtfsctl [-v|-q] [-d] [-o option[,option]...] export TABLE
  *   dtfsctl [-v|-q] [-d] [-o option[,option]...] import TABLE [FILE]
  *   dtfsctl [-v|-q] [-d] [-o option[,option]...] status TABLE
@@ -47,6 +48,10 @@ static void usage(FILE *f)
 		"commands:\n"
 		"    ls                   table names, one a line\n"
 		"    schema TABLE         the schema JSON (schema.json's bytes)\n"
+		"    schema TABLE FILE    change the schema to FILE's (columns can\n"
+		"                         only be added), as writing schema.json\n"
+		"    create TABLE FILE    a new table with FILE's schema (flows), as\n"
+		"                         mkdir and writing schema.json\n"
 		"    export TABLE         rows as JSONL on stdout (rows.jsonl's "
 		"bytes)\n"
 		"    import TABLE [FILE]  import JSONL lines (stdin by default)\n"
@@ -456,6 +461,8 @@ static int cmd_import(struct fs_engine *eng, struct fs_table *t,
 	rc = fs_import_begin(eng, t, &im);
 	if (rc)
 		goto out;
+	/* a whole file: with -o replace the table becomes equal to it */
+	fs_import_set_replace(im, fs_engine_config(eng)->replace);
 	p->im = im;
 	progress_start(p, "importing", fs_table_name(t));
 	while (!rc) {
@@ -491,6 +498,27 @@ out:
 	return rc;
 }
 
+/* schema TABLE FILE, create TABLE FILE: the schema.json writes. */
+static int cmd_schema_write(struct fs_engine *eng, struct fs_table *t,
+			    const char *name, const char *file)
+{
+	char *buf = NULL;
+	size_t len;
+	int fd = open(file, O_RDONLY | O_CLOEXEC), rc;
+
+	rc = fd < 0 ? -errno : fs_schema_read_fd(fd, &buf, &len);
+	if (fd >= 0)
+		close(fd);
+	if (rc) {
+		log_err("cannot read '%s': %s", file, strerror(-rc));
+		return rc;
+	}
+	rc = t ? fs_table_put_schema(eng, t, buf, len)
+	       : fs_engine_create(eng, name, buf, len, NULL);
+	free(buf);
+	return rc;
+}
+
 /* The table named as the API spells it, or as the mount shows it
  * ("Holidays%2F2025"); the API's spelling wins when both exist. */
 static int lookup(struct fs_engine *eng, const char *name,
@@ -513,7 +541,8 @@ static const struct {
 	const char *args;
 } commands[] = {
 	{ "ls", 0, 0, "" },
-	{ "schema", 1, 1, " TABLE" },
+	{ "schema", 1, 2, " TABLE [FILE]" },
+	{ "create", 2, 2, " TABLE FILE" },
 	{ "export", 1, 1, " TABLE" },
 	{ "import", 1, 2, " TABLE [FILE]" },
 	{ "status", 1, 1, " TABLE" },
@@ -532,14 +561,15 @@ static int check_command(const char *cmd, int nargs)
 			return 0;
 		fprintf(stderr, "dtfsctl: '%s' takes %s, not %d "
 			"(usage: dtfsctl %s%s)\n", cmd,
-			commands[i].min == commands[i].max ?
-				(commands[i].min ? "1 argument" : "no arguments") :
-				"1 or 2 arguments",
+			commands[i].min != commands[i].max ?
+				"1 or 2 arguments" :
+			commands[i].min == 2 ? "2 arguments" :
+			commands[i].min ? "1 argument" : "no arguments",
 			nargs, cmd, commands[i].args);
 		return -EINVAL;
 	}
 	fprintf(stderr, "dtfsctl: unknown command '%s' (commands: ls, schema, "
-		"export, import, status; see dtfsctl --help)\n", cmd);
+		"create, export, import, status; see dtfsctl --help)\n", cmd);
 	return -EINVAL;
 }
 
@@ -627,7 +657,9 @@ int main(int argc, char *argv[])
 		fs_config_release(&cfg);
 		return EX_CANTCREAT;
 	}
-	if (nargs >= 1) {
+	if (nargs >= 1 && !strcmp(cmd, "create")) {
+		what = argv[optind + 1];
+	} else if (nargs >= 1) {
 		what = argv[optind + 1];
 		rc = lookup(eng, what, &t);
 		if (rc)
@@ -636,6 +668,10 @@ int main(int argc, char *argv[])
 	}
 	if (!strcmp(cmd, "ls"))
 		rc = cmd_ls(eng);
+	else if (!strcmp(cmd, "schema") && nargs == 2)
+		rc = cmd_schema_write(eng, t, NULL, argv[optind + 2]);
+	else if (!strcmp(cmd, "create"))
+		rc = cmd_schema_write(eng, NULL, what, argv[optind + 2]);
 	else if (!strcmp(cmd, "schema"))
 		rc = cmd_bytes(eng, t, fs_table_schema_json);
 	else if (!strcmp(cmd, "status"))

@@ -66,6 +66,11 @@ def test_import_job_lifecycle(emu):
     status, _, _ = emu.upload(job, b"key\na\n", headers={
         "Authorization": "Bearer " + emu.token()})
     assert status == 403
+    # every header and the token too: a signed URL takes no other
+    # authorization (the token must never leave for the object store)
+    status, _, body = emu.upload(job, b"key\na\n", headers=dict(
+        hdrs, Authorization="Bearer " + emu.token()))
+    assert status == 400 and b"Only one auth mechanism" in body
     _, _, got = emu.api("GET", job["selfUri"])
     assert got["status"] == "WaitingForUpload"
     # every header, and no token: accepted
@@ -86,7 +91,7 @@ def test_import_job_lifecycle(emu):
     assert [(r["key"], r["visits"], r["score"]) for r in
             emu.flows_rows(t["id"])] == [("a", 1, 0.5), ("b", 2, 0.5)]
     s = emu.stats()
-    assert s["by_route"]["upload"] == 6
+    assert s["by_route"]["upload"] == 7
     assert s["by_route"]["import_job"] >= 5
     # recent jobs, newest first, paged, no URIs
     _, _, listing = emu.api("GET", jobs(t["id"]) + "?pageSize=1")

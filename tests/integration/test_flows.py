@@ -128,8 +128,12 @@ def test_page_size_falls_to_what_the_server_accepts(emu_factory,
     assert emu.stats()["by_status"].get("400", 0) >= 1
 
 
-def test_head_costs_one_page_and_at_most_one_prefetch(big):
-    emu, m = big
+def test_head_costs_one_page_and_at_most_one_prefetch(emu_factory,
+                                                      mount_factory):
+    # lazy_size: with exact sizes (the default) the lookup before the
+    # open reads the table whole, so that tar and rsync copy every byte
+    emu = emu_factory("--generate", "Big:3000", "--latency", "5")
+    m = mount_factory(emu, opts="api=flows,lazy_size").start()
     ok(f"ls '{m.table('Big')}'")
     s0 = emu.stats()
     out = ok(f"head -n 10 '{m.file('Big', 'rows.jsonl')}'")
@@ -141,7 +145,9 @@ def test_head_costs_one_page_and_at_most_one_prefetch(big):
 def test_revalidation_keeps_an_unchanged_version(emu_factory,
                                                   mount_factory):
     emu = emu_factory("--generate", "Big:1200")
-    m = mount_factory(emu, opts="api=flows,revalidate=0").start()
+    # lazy_size: with exact sizes the lookup's stat revalidates too, and
+    # revalidate=0 makes the open re-read the table again
+    m = mount_factory(emu, opts="api=flows,revalidate=0,lazy_size").start()
     rows = m.file("Big", "rows.jsonl")
     first = slurp(rows)
     v1 = status(m, "Big")["cache"]["version"]
@@ -182,7 +188,7 @@ def test_a_change_between_pages_gives_one_version_or_estale(
         emu_factory, mount_factory):
     emu = emu_factory("--generate", "Big:1000")
     m = mount_factory(emu, opts="api=flows,page_size=50,page_workers=2,"
-                      "revalidate=0").start()
+                      "revalidate=0,lazy_size").start()
     rows = m.file("Big", "rows.jsonl")
     before = cursor_rows(emu, "Big")
     with open(rows, "rb", buffering=0) as f:
@@ -358,7 +364,8 @@ def test_429s_under_a_shared_budget_still_land(emu_factory, mount_factory,
     """The server's budget is tighter than ours: its 429s (Retry-After)
     pause us, and the import still lands whole."""
     emu = emu_factory("--generate", "Big:50", "--rate-limit", "12/2")
-    m = mount_factory(emu, opts="api=flows,job_rows=1000,rate=100/2")
+    m = mount_factory(emu, opts="api=flows,job_rows=1000,rate=100/2,"
+                      "lazy_size")
     m.start()
     src = tmp_path / "in.jsonl"
     src.write_text("".join(big_line(i, 3, prefix="NEW") + "\n"

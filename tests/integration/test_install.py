@@ -228,7 +228,7 @@ def test_bash_completion(installed, emu, tmp_path):
     env = creds_env(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)
     env["PATH"] = os.path.join(root, "bin") + ":" + env["PATH"]
     assert complete(root, ["dtfsctl", ""], env) == [
-        "ls", "schema", "export", "import", "status"]
+        "ls", "schema", "create", "export", "import", "status"]
     assert complete(root, ["dtfsctl", "ex"], env) == ["export"]
     assert "--version" in complete(root, ["dtfsctl", "--"], env)
     # options from --help, after a comma too

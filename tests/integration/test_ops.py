@@ -90,9 +90,10 @@ def scenario(status, emu, tmp_path):
         finally:
             emu.config(fail_rate=0.0)
     if status == 75:
-        # the import lock is a flock of the table's rejects file
+        # the import lock is a flock of a file beside the table's rejects
         os.makedirs(c / "rejects", exist_ok=True)
-        with open(c / "rejects" / (emu.table_id("Customers") + ".jsonl"),
+        with open(c / "rejects" / (emu.table_id("Customers") +
+                                   ".jsonl.lock"),
                   "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             return run(["-o", o, "import", "Customers"], input=b"")

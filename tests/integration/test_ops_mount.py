@@ -21,10 +21,21 @@ def test_modes_tell_the_truth(emu_factory, mount_factory):
     m = mount_factory(emu).start()
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(m.path) == 0o555
-    assert mode(m.table("Customers")) == 0o555
-    assert mode(m.file("Customers", "rows.jsonl")) == 0o644
-    for f in ("schema.json", "status.json", "rejects.jsonl"):
+    # a table directory takes scratch files (issue 12)
+    assert mode(m.table("Customers")) == 0o755
+    # rows.csv imports, schema.json adds columns (issue 14)
+    for f in ("rows.jsonl", "rows.csv", "schema.json"):
+        assert mode(m.file("Customers", f)) == 0o644, f
+    for f in ("status.json", "rejects.jsonl"):
         assert mode(m.file("Customers", f)) == 0o444, f
+    # with the production API, mkdir makes tables at the root
+    from emu import SAMPLE_PRODUCTION
+    pe = emu_factory("--data", SAMPLE_PRODUCTION)
+    fl = mount_factory(pe, opts="api=flows").start()
+    assert mode(fl.path) == 0o755
+    assert mode(fl.table("PriceList")) == 0o755
+    flro = mount_factory(pe, opts="api=flows,ro").start()
+    assert mode(flro.path) == 0o555
 
     ro = mount_factory(emu, opts="ro,umask=027").start()
     assert mode(ro.table("Customers")) == 0o550

@@ -1678,41 +1678,68 @@ static void test_pacer(void **state)
 	(void)state;
 	pacer_init(&p);
 	/* nothing known: go */
-	assert_true(pacer_reserve(&p, 100) == 0);
+	assert_true(pacer_reserve(&p, 100, HUGE_VAL) == 0);
 	assert_false(pacer_low(&p, 100));
 
 	/* plenty left: go */
 	pacer_update(&p, 100, 250, 50);
-	assert_true(pacer_reserve(&p, 100) == 0);
+	assert_true(pacer_reserve(&p, 100, HUGE_VAL) == 0);
 	assert_false(pacer_low(&p, 100));
 
 	/* 4 left for 2 s: spread, 0.5 s apart */
 	pacer_update(&p, 200, 4, 2);
 	assert_true(pacer_low(&p, 200));
-	w = pacer_reserve(&p, 200);
+	w = pacer_reserve(&p, 200, HUGE_VAL);
 	assert_true(w == 0);
-	w = pacer_reserve(&p, 200);
+	w = pacer_reserve(&p, 200, HUGE_VAL);
 	assert_true(fabs(w - 0.5) < 1e-9);
-	w = pacer_reserve(&p, 200);
+	w = pacer_reserve(&p, 200, HUGE_VAL);
 	if (!(w > 0.9 && w < 1.1))
 		fail_msg("third wait %f", w);
 	/* the window is over: free again */
-	assert_true(pacer_reserve(&p, 203) == 0);
+	assert_true(pacer_reserve(&p, 203, HUGE_VAL) == 0);
 	assert_false(pacer_low(&p, 203));
 
 	/* none left: wait for the reset */
 	pacer_update(&p, 300, 0, 3);
-	w = pacer_reserve(&p, 300);
+	w = pacer_reserve(&p, 300, HUGE_VAL);
 	assert_true(w >= 3 && w <= 3.25);
 
 	/* a 429 stops everyone for Retry-After plus jitter under 1 s */
 	pacer_pause(&p, 400, 5);
 	assert_true(pacer_low(&p, 400));
 	for (int i = 0; i < 50; i++) {
-		w = pacer_reserve(&p, 400);
+		w = pacer_reserve(&p, 400, HUGE_VAL);
 		assert_true(w >= 5 && w <= 6.25);
 	}
 	assert_false(pacer_low(&p, 406.5));
+	pacer_destroy(&p);
+}
+
+/* Our own budget, 2 per 60 s, in made-up monotonic seconds: requests that
+ * give up (their slot starts after the retry budget) hold no slot, or a
+ * burst of them would starve the requests after it long after it ended. */
+static void test_budget_gives_up_without_a_slot(void **state)
+{
+	struct api_pacer p;
+	double w;
+
+	(void)state;
+	pacer_init(&p);
+	assert_int_equal(budget_new(2, 60, NULL, &p.budget), 0);
+	assert_true(pacer_reserve(&p, 100, 120) == 0);
+	assert_true(pacer_reserve(&p, 100, 120) == 0);
+	/* the third starts a window later: beyond its retry budget */
+	for (int i = 0; i < 10; i++) {
+		w = pacer_reserve(&p, 101, 121);
+		assert_true(w > 59 && w < 61);
+		pacer_update(&p, 101, -1, -1);
+	}
+	/* the window after the first two is free, the give-ups aside */
+	assert_true(pacer_reserve(&p, 161, 181) == 0);
+	assert_true(pacer_reserve(&p, 161, 181) == 0);
+	w = pacer_reserve(&p, 161, 181);
+	assert_true(w > 59 && w < 61);
 	pacer_destroy(&p);
 }
 
@@ -2264,6 +2291,7 @@ int main(void)
 	    cmocka_unit_test(test_validate_keys),
 	    cmocka_unit_test(test_dates),
 	    cmocka_unit_test(test_pacer),
+	    cmocka_unit_test(test_budget_gives_up_without_a_slot),
 	    cmocka_unit_test(test_token_margin),
 	    cmocka_unit_test(test_http_retries),
 	    cmocka_unit_test(test_http_give_up),

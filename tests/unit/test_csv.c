@@ -427,12 +427,216 @@ static void test_csv_round_trip_random(void **state)
 				 0);
 		if (jlen != wlen || memcmp(jsonl, want, wlen))
 			fail_msg("round trip differs:\n%s---\n%s", want, jsonl);
+		/* rows.csv's way from the same lines: the same records */
+		{
+			char *lcsv = NULL;
+			size_t llen = 0, lcap = 0;
+			const char *rec = strstr(csv, "\r\n") + 2;
+
+			assert_int_equal(api_csv_encode_lines(&s, want, wlen,
+							      &lcsv, &llen,
+							      &lcap),
+					 0);
+			assert_int_equal(llen, strlen(rec));
+			assert_memory_equal(lcsv, rec, llen);
+			free(lcsv);
+		}
 		free(jsonl);
 		free(csv);
 		free(want);
 		for (unsigned r = 0; r < nrows; r++)
 			free(rows[r]);
 	}
+	api_schema_release(&s);
+}
+
+
+/* ---- the streaming reader ---------------------------------------------- */
+
+struct collected {
+	char out[4096];
+	size_t len;
+};
+
+static int collect(void *arg, const struct api_csv_record *rec)
+{
+	struct collected *c = arg;
+	int n;
+
+	if (rec->error)
+		n = snprintf(c->out + c->len, sizeof(c->out) - c->len,
+			     "#%llu@%llu %s [%.*s]\n",
+			     (unsigned long long)rec->record,
+			     (unsigned long long)rec->line, rec->error,
+			     (int)rec->text_len, rec->text);
+	else
+		n = snprintf(c->out + c->len, sizeof(c->out) - c->len,
+			     "#%llu %.*s\n", (unsigned long long)rec->record,
+			     (int)rec->row_len, rec->row);
+	assert_true(n > 0 && (size_t)n < sizeof(c->out) - c->len);
+	c->len += (size_t)n;
+	return 0;
+}
+
+/* Feed csv in pieces of `step` bytes; returns the result of _end. */
+static int stream(const struct api_schema *s, const char *csv, size_t step,
+		  int flags, size_t max, struct collected *c)
+{
+	struct api_csv_reader *r;
+	size_t len = strlen(csv);
+	int rc = 0;
+
+	memset(c, 0, sizeof(*c));
+	assert_int_equal(api_csv_reader_new(s, max, flags, &r), 0);
+	for (size_t i = 0; i < len && !rc; i += step)
+		rc = api_csv_reader_feed(r, csv + i,
+					 len - i < step ? len - i : step,
+					 collect, c);
+	if (!rc)
+		rc = api_csv_reader_end(r, collect, c);
+	api_csv_reader_free(r);
+	return rc;
+}
+
+static void test_csv_stream(void **state)
+{
+	static const char csv[] =
+	    "\xef\xbb\xbfkey,score,note\r\n"
+	    "a,\"3\",\"x,\r\ny\"\r\n"
+	    "b,gold,z\r\n"
+	    "\r\n"
+	    "c,1,\"never\"closed\"\n"
+	    "d,2\n"
+	    "e,1e2,\n"
+	    "f,,\"\"";
+	static const char want[] =
+	    "#1 {\"key\":\"a\",\"note\":\"x,\\r\\ny\",\"score\":3}\n"
+	    "#2@4 line 4: score: not a number [b,gold,z]\n"
+	    "#3@6 line 6: text after a closing quote "
+	    "[c,1,\"never\"closed\"]\n"
+	    "#4@7 line 7: 2 fields, the header has 3 [d,2]\n"
+	    "#5 {\"key\":\"e\",\"note\":\"\",\"score\":1e2}\n"
+	    "#6 {\"key\":\"f\",\"note\":\"\"}\n";
+	struct api_schema s;
+	struct collected c;
+
+	(void)state;
+	load(&s);
+	/* any split of the bytes gives the same records */
+	for (size_t step = 1; step <= sizeof(csv); step++) {
+		assert_int_equal(stream(&s, csv, step, 0, 0, &c), 0);
+		assert_string_equal(c.out, want);
+	}
+	/* cursor: an unquoted empty field is no value, "" is "" */
+	assert_int_equal(stream(&s, "key,note\nx,\ny,\"\"\n", 3,
+				API_CSV_EMPTY_ABSENT, 0, &c), 0);
+	assert_string_equal(c.out, "#1 {\"key\":\"x\"}\n"
+				   "#2 {\"key\":\"y\",\"note\":\"\"}\n");
+	/* an overlong record is refused on its own, the next one read */
+	assert_int_equal(stream(&s, "key,note\nx,0123456789abcdef\ny,z\n", 2,
+				0, 12, &c), 0);
+	assert_string_equal(c.out, "#1@2 line 2: a record longer than 12 "
+				   "bytes [x,0123456789]\n"
+				   "#2 {\"key\":\"y\",\"note\":\"z\"}\n");
+	/* an unclosed quote takes the rest, and is one refused record */
+	assert_int_equal(stream(&s, "key,note\nx,\"a\nb,c\n", 4, 0, 0, &c), 0);
+	assert_string_equal(c.out, "#1@2 line 2: a quoted field is never "
+				   "closed [x,\"a\nb,c\n]\n");
+	/* the header: drift is -ENOENT, other faults -EINVAL, latched */
+	{
+		struct api_csv_reader *r;
+
+		assert_int_equal(api_csv_reader_new(&s, 0, 0, &r), 0);
+		assert_int_equal(api_csv_reader_feed(r, "key,seg", 7, collect,
+						     &c),
+				 0);
+		assert_int_equal(api_csv_reader_feed(r, "ment\nx,y\n", 9,
+						     collect, &c),
+				 -ENOENT);
+		assert_non_null(strstr(api_csv_reader_error(r),
+				       "unknown column 'segment'"));
+		assert_int_equal(api_csv_reader_feed(r, "a\n", 2, collect, &c),
+				 -ENOENT);
+		api_csv_reader_free(r);
+	}
+	assert_int_equal(stream(&s, "note\nx\n", 1, 0, 0, &c), -EINVAL);
+	assert_int_equal(stream(&s, "\n\r\n", 1, 0, 0, &c), -EINVAL);
+	api_schema_release(&s);
+}
+
+/* api_csv_encode_lines (rows.csv's path, fast for canonical lines) writes
+ * exactly what api_csv_encode writes, for lines of every shape. */
+static void test_csv_encode_lines(void **state)
+{
+	static const char *const lines[] = {
+	    "{\"key\":\"a\",\"note\":\"plain\",\"score\":1.50,\"visits\":3,"
+	    "\"deleted\":true}",
+	    "{\"key\":\"b\"}",
+	    "{}",
+	    "{\"key\":\"c\",\"visits\":-0,\"deleted\":null}",
+	    "{\"key\":\"d\",\"note\":\"\"}",
+	    "{\"key\":\"e\",\"note\":\" lead\"}",
+	    "{\"key\":\"f\",\"note\":\"trail\\t\"}",
+	    "{\"key\":\"g\",\"note\":\"a,b\"}",
+	    "{\"key\":\"h\",\"note\":\"say \\\"hi\\\"\\r\\nbye\"}",
+	    "{\"key\":\"i\",\"note\":\"\\u00e9\\/x\"}",
+	    "{\"key\":\"j\",\"note\":\"caf\xc3\xa9 \xe2\x98\x95\"}",
+	    /* keys out of schema order: the general way */
+	    "{\"deleted\":false,\"key\":\"k\",\"score\":2}",
+	    /* spaces: not compact, the general way */
+	    "{ \"key\" : \"l\" , \"score\" : 3 }",
+	    "{\"key\":\"m\",\"score\":1e3,\"deleted\":false}",
+	};
+	size_t n = sizeof(lines) / sizeof(lines[0]), lens[32], jl = 0;
+	char jsonl[4096], *want = NULL, *got = NULL;
+	size_t wlen = 0, glen = 0, gcap = 0;
+	struct api_schema s;
+
+	(void)state;
+	load(&s);
+	for (size_t i = 0; i < n; i++) {
+		lens[i] = strlen(lines[i]);
+		memcpy(jsonl + jl, lines[i], lens[i]);
+		jl += lens[i];
+		jsonl[jl++] = '\n';
+	}
+	/* the reference: header, then the records */
+	assert_int_equal(api_csv_encode(&s, lines, lens, n, &want, &wlen), 0);
+	/* blank lines skipped; a last line without its newline taken */
+	assert_int_equal(api_csv_encode_lines(&s, "\n", 1, &got, &glen, &gcap),
+			 0);
+	assert_int_equal(glen, 0);
+	assert_int_equal(
+	    api_csv_encode_lines(&s, jsonl, jl - 1, &got, &glen, &gcap), 0);
+	{
+		const char *records = strstr(want, "\r\n") + 2;
+
+		assert_int_equal(glen, strlen(records));
+		assert_memory_equal(got, records, glen);
+	}
+	/* appended, in pieces of whole lines */
+	glen = 0;
+	for (size_t i = 0, at = 0; i < n; at += lens[i] + 1, i++)
+		assert_int_equal(api_csv_encode_lines(&s, jsonl + at,
+						      lens[i] + 1, &got, &glen,
+						      &gcap),
+				 0);
+	assert_string_equal(got, strstr(want, "\r\n") + 2);
+	/* a column the schema lacks, or a nested value: refused */
+	glen = 0;
+	{
+		static const char seg[] = "{\"key\":\"x\",\"seg\":1}";
+		static const char arr[] = "{\"key\":\"x\",\"note\":[1]}";
+
+		assert_int_equal(api_csv_encode_lines(&s, seg, strlen(seg),
+						      &got, &glen, &gcap),
+				 -EINVAL);
+		assert_int_equal(api_csv_encode_lines(&s, arr, strlen(arr),
+						      &got, &glen, &gcap),
+				 -EINVAL);
+	}
+	free(got);
+	free(want);
 	api_schema_release(&s);
 }
 
@@ -443,6 +647,8 @@ int main(void)
 	    cmocka_unit_test(test_flows_validate),
 	    cmocka_unit_test(test_csv_read),
 	    cmocka_unit_test(test_csv_write),
+	    cmocka_unit_test(test_csv_stream),
+	    cmocka_unit_test(test_csv_encode_lines),
 	    cmocka_unit_test(test_csv_round_trip_random),
 	};
 

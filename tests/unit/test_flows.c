@@ -311,16 +311,16 @@ static void route_tables(struct srv *s, const struct rq *r, char *out,
 	}
 }
 
-/* What fn(api, arg) logs at error level. */
-static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
-			 const char *arg, int want)
+/* What fn(api, arg) logs up to level. */
+static char *capture_log_at(int level, int (*fn)(struct api *, const char *),
+			    struct api *api, const char *arg, int want)
 {
 	char path[] = "/tmp/test_flows_log_XXXXXX", *buf = calloc(1, 8192);
 	int fd = mkstemp(path), saved = dup(2);
 	ssize_t n;
 
 	assert_true(fd >= 0);
-	log_init("test_flows", LOG_ERR);
+	log_init("test_flows", level);
 	fflush(stderr);
 	dup2(fd, 2);
 	assert_int_equal(fn(api, arg), want);
@@ -336,6 +336,13 @@ static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
 	return buf;
 }
 
+/* What fn(api, arg) logs at error level. */
+static char *capture_log(int (*fn)(struct api *, const char *), struct api *api,
+			 const char *arg, int want)
+{
+	return capture_log_at(LOG_ERR, fn, api, arg, want);
+}
+
 static int get_schema_of(struct api *api, const char *id)
 {
 	struct api_schema s;
@@ -344,6 +351,51 @@ static int get_schema_of(struct api *api, const char *id)
 	if (!rc)
 		api_schema_release(&s);
 	return rc;
+}
+
+/* Names with a NUL, as the cursor dialect's listing meets them too. */
+static void route_nul_names(struct srv *s, const struct rq *r, char *out,
+			    size_t size)
+{
+	(void)s;
+	(void)r;
+	answer(out, size, "200 OK", NULL,
+	       "{\"entities\":[{\"id\":\"t1\",\"name\":\"a\\u0000b\"},"
+	       "{\"id\":\"t2\",\"name\":\"a\\u0000c\"},"
+	       "{\"id\":\"t3\",\"name\":\"Good\"}],\"pageCount\":1}");
+}
+
+static int list_tables_of(struct api *api, const char *unused)
+{
+	struct api_table_list list;
+	int rc = api_list_tables(api, &list);
+
+	(void)unused;
+	if (!rc) {
+		/* "a\0b" and "a\0c" would both read "a" */
+		assert_int_equal(list.count, 1);
+		assert_string_equal(list.tables[0].name, "Good");
+		api_table_list_release(&list);
+	}
+	return rc;
+}
+
+static void test_flows_nul_names_skipped(void **state)
+{
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_nul_names, NULL);
+	api = client(&srv, "flows");
+	log = capture_log_at(LOG_WARNING, list_tables_of, api, NULL, 0);
+	assert_non_null(strstr(log, "skipping table 't1' whose name or id "
+				    "holds a NUL"));
+	assert_non_null(strstr(log, "skipping table 't2'"));
+	free(log);
+	api_free(api);
+	srv_stop(&srv);
 }
 
 static void test_flows_tables_and_schema(void **state)
@@ -479,6 +531,87 @@ static void test_flows_tables_and_schema(void **state)
 	srv_stop(&srv);
 }
 
+
+/* ---- creating and deleting tables (issue 14) ---- */
+
+static void route_create(struct srv *s, const struct rq *r, char *out,
+			 size_t size)
+{
+	bool post = !strcmp(r->method, "POST");
+
+	(void)s;
+	if (post && !strcmp(r->path, "/api/v2/flows/datatables")) {
+		if (strstr(r->body, "\"name\":\"Taken\""))
+			answer(out, size, "409 Conflict", NULL,
+			       "{\"message\":\"name in use\",\"code\":"
+			       "\"flows.datatables.name.conflict\","
+			       "\"status\":409}");
+		else
+			answer(out, size, "200 OK", NULL,
+			       "{\"id\":\"t9\",\"name\":\"Queues\"}");
+	} else if (!strncmp(r->path, "/api/v2/flows/datatables/t9", 27) &&
+		   !strcmp(r->method, "DELETE")) {
+		snprintf(out, size, "HTTP/1.1 204 No Content\r\n\r\n");
+	} else {
+		answer(out, size, "404 Not Found", NULL,
+		       "{\"message\":\"Not found\",\"status\":404}");
+	}
+}
+
+static void test_flows_create_and_delete_table(void **state)
+{
+	const char *schema =
+	    "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":"
+	    "\"string\",\"displayOrder\":0},\"open\":{\"type\":\"boolean\","
+	    "\"displayOrder\":1}}}";
+	struct srv srv;
+	struct api *api;
+	char *id = NULL;
+
+	(void)state;
+	srv_start(&srv, route_create, NULL);
+	api = client(&srv, "flows");
+	assert_int_equal(api_create_table(api, "Queues", schema,
+					  strlen(schema), &id),
+			 0);
+	assert_string_equal(id, "t9");
+	free(id);
+	assert_int_equal(srv.n, 1);
+	/* name, and the schema titled after it (the platform overrides the
+	 * title with the name anyway) */
+	assert_string_equal(
+	    srv.log[0].body,
+	    "{\"name\":\"Queues\",\"schema\":{\"type\":\"object\","
+	    "\"properties\":{\"key\":{\"type\":\"string\",\"displayOrder\":0},"
+	    "\"open\":{\"type\":\"boolean\",\"displayOrder\":1}},\"title\":"
+	    "\"Queues\"}}");
+	assert_int_equal(api_create_table(api, "Taken", schema,
+					  strlen(schema), &id),
+			 -EEXIST);
+	assert_null(id);
+	/* not a schema: refused before anything is sent */
+	srv_reset(&srv);
+	assert_int_equal(api_create_table(api, "Bad", "[1]", 3, &id), -EINVAL);
+	assert_int_equal(srv.n, 0);
+	/* DELETE, with ?force=true only when asked */
+	assert_int_equal(api_delete_table(api, "t9", false), 0);
+	assert_int_equal(api_delete_table(api, "t9", true), 0);
+	assert_int_equal(srv.n, 2);
+	assert_string_equal(srv.log[0].method, "DELETE");
+	assert_string_equal(srv.log[0].path, "/api/v2/flows/datatables/t9");
+	assert_string_equal(srv.log[1].path,
+			    "/api/v2/flows/datatables/t9?force=true");
+	api_free(api);
+	/* the cursor API has neither */
+	api = client(&srv, "cursor");
+	assert_int_equal(api_create_table(api, "Queues", schema,
+					  strlen(schema), &id),
+			 -ENOSYS);
+	assert_int_equal(api_delete_table(api, "t9", false), -ENOSYS);
+	api_free(api);
+	srv_stop(&srv);
+}
+
 /* ---- pages ------------------------------------------------------------ */
 
 static void route_pages(struct srv *s, const struct rq *r, char *out,
@@ -513,6 +646,50 @@ static void route_pages(struct srv *s, const struct rq *r, char *out,
 	answer(out, size, "200 OK", NULL,
 	       "{\"entities\":[],\"pageSize\":62,\"pageNumber\":9,"
 	       "\"total\":125,\"pageCount\":3}");
+}
+
+/* A page holding a byte that is not UTF-8. */
+static void route_bad_utf8(struct srv *s, const struct rq *r, char *out,
+			   size_t size)
+{
+	(void)s;
+	(void)r;
+	answer(out, size, "200 OK", NULL,
+	       "{\"entities\":[{\"key\":\"a\xff\"}],\"total\":1,"
+	       "\"pageCount\":1}");
+}
+
+static int get_page_of(struct api *api, const char *id)
+{
+	struct api_page page;
+	int rc = api_get_page(api, id, NULL, 1, 0, &page);
+
+	if (!rc) {
+		/* exported as sent */
+		assert_int_equal(page.nrows, 1);
+		assert_string_equal(page.data, "{\"key\":\"a\xff\"}\n");
+		api_page_release(&page);
+	}
+	return rc;
+}
+
+/* Text an import would refuse is never exported without a word, as in
+ * the cursor dialect (tests/integration/test_hostile.py). */
+static void test_flows_page_bad_utf8_warned(void **state)
+{
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_bad_utf8, NULL);
+	api = client(&srv, "flows");
+	log = capture_log_at(LOG_WARNING, get_page_of, api, "t1", 0);
+	assert_non_null(strstr(log, "rows of 't1' hold text an import would "
+				    "refuse"));
+	free(log);
+	api_free(api);
+	srv_stop(&srv);
 }
 
 static void test_flows_pages(void **state)
@@ -697,7 +874,12 @@ static void route_jobs(struct srv *s, const struct rq *r, char *out,
 	char body[1024];
 	bool fail = s->user != NULL;
 
-	if (!strcmp(r->path, "/api/v2/flows/datatables/t1/import/csv/jobs")) {
+	if (!strncmp(r->path, "/api/v2/flows/datatables?", 25)) {
+		answer(out, size, "200 OK", NULL,
+		       "{\"entities\":[{\"id\":\"t1\",\"name\":\"Mail\"}],"
+		       "\"pageCount\":1}");
+	} else if (!strcmp(r->path,
+			   "/api/v2/flows/datatables/t1/import/csv/jobs")) {
 		snprintf(body, sizeof(body),
 			 "{\"id\":\"job-1\",\"status\":\"WaitingForUpload\","
 			 "\"uploadURI\":\"%s/upload/u1?sig=abc\","
@@ -807,6 +989,25 @@ static void test_flows_import_job(void **state)
 	srv_stop(&srv);
 }
 
+static int import_csv_into(struct api *api, const char *id)
+{
+	struct api_job job;
+	int rc = api_import_csv(api, id, "key\r\n", 5, false, &job);
+
+	api_job_release(&job);
+	return rc;
+}
+
+static int export_csv_of(struct api *api, const char *id)
+{
+	char *csv;
+	size_t len;
+	int rc = api_export_csv(api, id, &csv, &len);
+
+	free(csv);
+	return rc;
+}
+
 /* Jobs that go wrong, by table: t2 downloads from another origin, t3
  * redirects forever, t4 asks for an unusable upload header, t5 for an
  * upload over plain http to another host. */
@@ -842,7 +1043,7 @@ static void route_odd_jobs(struct srv *s, const struct rq *r, char *out,
 	} else if (strstr(r->path, "/t5/import/csv/jobs")) {
 		answer(out, size, "200 OK", NULL,
 		       "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
-		       "\"uploadURI\":\"http://example.com/up\","
+		       "\"uploadURI\":\"http://example.com/up?sig=s3cr3t\","
 		       "\"uploadHeaders\":{}}");
 	} else {
 		answer(out, size, "404 Not Found", NULL, "{}");
@@ -877,15 +1078,121 @@ static void test_flows_jobs_refused(void **state)
 	assert_int_equal(api_import_csv(api, "t4", "key\r\n", 5, false, &job),
 			 -EPROTO);
 	api_job_release(&job);
-	assert_int_equal(api_import_csv(api, "t5", "key\r\n", 5, false, &job),
-			 -EINVAL);
-	api_job_release(&job);
+	{
+		/* refused, and the message leaves out the signature */
+		char *log = capture_log(import_csv_into, api, "t5", -EINVAL);
+
+		assert_non_null(strstr(log, "'http://example.com/up' refused"));
+		assert_null(strstr(log, "s3cr3t"));
+		free(log);
+	}
 	assert_int_equal(srv.n, 2);
 	/* a job for a table that does not exist */
 	assert_int_equal(api_import_csv(api, "t9", "key\r\n", 5, false, &job),
 			 -ENOENT);
 	assert_null(job.id);
 	api_job_release(&job);
+	api_free(api);
+	srv_stop(&srv);
+}
+
+/* A loopback port nobody listens on: connections to it are refused. */
+static int dead_port(void)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+/* An import job whose upload host (s->state: its port) is down. */
+static void route_upload_down(struct srv *s, const struct rq *r, char *out,
+			      size_t size)
+{
+	char body[256];
+
+	if (strstr(r->path, "/import/csv/jobs")) {
+		snprintf(body, sizeof(body),
+			 "{\"id\":\"i\",\"status\":\"WaitingForUpload\","
+			 "\"uploadURI\":\"http://127.0.0.1:%d/up\"}",
+			 s->state);
+		answer(out, size, "200 OK", NULL, body);
+	} else {
+		answer(out, size, "200 OK", NULL,
+		       "{\"entities\":[],\"pageCount\":0}");
+	}
+}
+
+/* An upload host that refuses connections says nothing of the API: the
+ * next API request is sent, not refused by the circuit breaker. */
+static void test_flows_upload_host_down(void **state)
+{
+	struct api_table_list list;
+	struct srv srv;
+	struct api *api;
+
+	(void)state;
+	srv_start(&srv, route_upload_down, NULL);
+	srv.state = dead_port();
+	api = client(&srv, "flows");
+	assert_int_equal(import_csv_into(api, "t1"), -EHOSTUNREACH);
+	assert_int_equal(api_list_tables(api, &list), 0);
+	assert_int_equal(list.count, 0);
+	api_table_list_release(&list);
+	assert_int_equal(srv.n, 2);
+	api_free(api);
+	srv_stop(&srv);
+}
+
+/* Messages name a listed table by its name, not its id (issue 13). */
+static void test_flows_messages_name_the_table(void **state)
+{
+	struct api_table_list list;
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_jobs, (void *)1);
+	api = client(&srv, "flows");
+	assert_int_equal(api_list_tables(api, &list), 0);
+	api_table_list_release(&list);
+	log = capture_log(import_csv_into, api, "t1", -EIO);
+	assert_non_null(strstr(log, "import CSV into 'Mail' failed: job job-1 "
+				    "Failed: The file has no key column"));
+	assert_null(strstr(log, "'t1'"));
+	free(log);
+	api_free(api);
+	srv_stop(&srv);
+}
+
+/* The request log names the upload and download paths, never their
+ * signatures. */
+static void test_flows_signed_urls_not_logged(void **state)
+{
+	struct srv srv;
+	struct api *api;
+	char *log;
+
+	(void)state;
+	srv_start(&srv, route_jobs, NULL);
+	api = client(&srv, "flows");
+	log = capture_log_at(LOG_DEBUG, export_csv_of, api, "t1", 0);
+	assert_non_null(strstr(log, "http GET /signed/d1 -> 200"));
+	assert_null(strstr(log, "X-Sig"));
+	free(log);
+	log = capture_log_at(LOG_DEBUG, import_csv_into, api, "t1", 0);
+	assert_non_null(strstr(log, "http PUT /upload/u1 -> 200"));
+	assert_null(strstr(log, "sig=abc"));
+	/* the API's own requests are there too */
+	assert_non_null(strstr(log, "/import/csv/jobs"));
+	free(log);
 	api_free(api);
 	srv_stop(&srv);
 }
@@ -1529,10 +1836,16 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_flows_tables_and_schema),
+	    cmocka_unit_test(test_flows_create_and_delete_table),
+	    cmocka_unit_test(test_flows_nul_names_skipped),
 	    cmocka_unit_test(test_flows_pages),
+	    cmocka_unit_test(test_flows_page_bad_utf8_warned),
 	    cmocka_unit_test(test_flows_rows),
 	    cmocka_unit_test(test_flows_import_job),
 	    cmocka_unit_test(test_flows_export_job),
+	    cmocka_unit_test(test_flows_signed_urls_not_logged),
+	    cmocka_unit_test(test_flows_messages_name_the_table),
+	    cmocka_unit_test(test_flows_upload_host_down),
 	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
 	    cmocka_unit_test(test_budget_shared_clients),

@@ -10,7 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -18,6 +21,7 @@
 #include "engine_i.h"
 #include "hash.h"
 #include "names.h"
+#include "scratch.h"
 
 static void roundtrip(const char *name, const char *want)
 {
@@ -122,6 +126,13 @@ static void test_config_defaults_and_words(void **state)
 	assert_int_equal(cfg.cache_size, 2u << 20);
 	assert_int_equal(fs_config_set(&cfg, "ro"), 0);
 	assert_true(cfg.ro);
+	assert_false(cfg.replace);
+	assert_false(cfg.lazy_size);
+	assert_int_equal(fs_config_set(&cfg, "replace"), 0);
+	assert_int_equal(fs_config_set(&cfg, "lazy_size"), 0);
+	assert_true(cfg.replace && cfg.lazy_size);
+	/* flags take no value */
+	assert_int_equal(fs_config_set(&cfg, "replace=1"), 1);
 	assert_int_equal(fs_config_set(&cfg, "api_url=http://127.0.0.1:1"),
 			 0);
 	assert_string_equal(cfg.api_url, "http://127.0.0.1:1");
@@ -330,6 +341,79 @@ static void test_page_reorder(void **state)
 	api_schema_release(&schema);
 }
 
+static int count_name(void *arg, const char *name)
+{
+	(void)name;
+	(*(int *)arg)++;
+	return 0;
+}
+
+/* Scratch files: names, data on disk, references that outlive a name. */
+static void test_scratch(void **state)
+{
+	char dir[] = "/tmp/dtfs-test-scratch-XXXXXX", sub[64], buf[16];
+	struct fs_scratch_set *set = NULL;
+	struct fs_scratch *a = NULL, *b = NULL, *c = NULL;
+	struct stat st;
+	int n = 0;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(sub, sizeof(sub), "%s/scratch", dir);
+	assert_int_equal(fs_scratch_set_new(sub, &set), 0);
+	assert_int_equal(fs_scratch_get(set, "T1", "x", &a), -ENOENT);
+	assert_int_equal(fs_scratch_create(set, "T1", "x", 0640, true, &a), 0);
+	assert_int_equal(fs_scratch_create(set, "T1", "x", 0600, true, &b),
+			 -EEXIST);
+	assert_int_equal(pwrite(fs_scratch_fd(a), "hello", 5, 0), 5);
+	assert_int_equal(fs_scratch_stat(a, &st), 0);
+	assert_int_equal(st.st_size, 5);
+	assert_int_equal(st.st_mode, S_IFREG | 0640);
+	fs_scratch_chmod(a, 0600);
+	assert_int_equal(fs_scratch_stat(a, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+
+	/* the same name in another directory is another file */
+	assert_int_equal(fs_scratch_create(set, "T2", "x", 0600, true, &b), 0);
+	assert_int_equal(fs_scratch_stat(b, &st), 0);
+	assert_int_equal(st.st_size, 0);
+
+	/* rename over an existing name; the old one stays readable by its
+	 * holder, the new name holds the data */
+	assert_int_equal(fs_scratch_create(set, "T1", "y", 0600, true, &c), 0);
+	assert_int_equal(fs_scratch_rename(set, "T1", "x", "y", true),
+			 -EEXIST);
+	assert_int_equal(fs_scratch_rename(set, "T1", "x", "y", false), 0);
+	assert_int_equal(fs_scratch_get(set, "T1", "x", &b), -ENOENT);
+	fs_scratch_put(b);
+	b = NULL;
+	assert_int_equal(fs_scratch_get(set, "T1", "y", &b), 0);
+	assert_ptr_equal(b, a);
+	assert_int_equal(pread(fs_scratch_fd(b), buf, sizeof(buf), 0), 5);
+	assert_int_equal(fs_scratch_stat(c, &st), 0);
+	assert_int_equal(st.st_nlink, 0);	/* replaced: no name */
+	fs_scratch_put(c);
+	fs_scratch_put(b);
+
+	/* unlink: gone from the list, the holder still reads */
+	assert_int_equal(fs_scratch_unlink(set, "T1", "y"), 0);
+	assert_int_equal(fs_scratch_unlink(set, "T1", "y"), -ENOENT);
+	assert_int_equal(pread(fs_scratch_fd(a), buf, sizeof(buf), 0), 5);
+	fs_scratch_put(a);
+
+	/* detach after an import; listing sees only linked names */
+	assert_int_equal(fs_scratch_create(set, "T1", "z", 0600, false, &a), 0);
+	fs_scratch_detach(a);
+	fs_scratch_put(a);
+	fs_scratch_list(set, "T1", count_name, &n);
+	assert_int_equal(n, 0);
+	fs_scratch_list(set, "T2", count_name, &n);
+	assert_int_equal(n, 1);
+	fs_scratch_set_free(set);
+	rmdir(sub);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -345,6 +429,7 @@ int main(void)
 		cmocka_unit_test(test_key_string),
 		cmocka_unit_test(test_hash),
 		cmocka_unit_test(test_page_reorder),
+		cmocka_unit_test(test_scratch),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

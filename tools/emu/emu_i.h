@@ -335,6 +335,27 @@ struct emu_config {
 	long download_status;	  /* 302 or 303: the download redirect */
 };
 
+/* The integer settings of struct emu_config: the /_emu/config key, the
+ * command-line flag that also sets it (opt its getopt value, 0: none of
+ * its own), the field and the range accepted. fail_rate, a number, is
+ * not among them. */
+struct emu_setting {
+	const char *key;
+	const char *flag;
+	int opt;
+	size_t off;
+	long min, max;
+};
+
+extern const struct emu_setting emu_settings[];
+extern const size_t emu_nsettings;
+
+static inline long *emu_setting_field(struct emu_config *c,
+				      const struct emu_setting *s)
+{
+	return (long *)(void *)((char *)c + s->off);
+}
+
 struct emu_token {
 	char token[65];
 	struct emu_client *client;

@@ -2288,6 +2288,22 @@ static void s3_error(struct emu_reply *rp, unsigned status, const char *code,
 	rp->content_type = "application/xml";
 }
 
+/* A signed URL is its own authorization: a request that also carries an
+ * Authorization header is refused (reply_other_auth), as the object store
+ * does. This is how a client leaking its bearer token off the API shows. */
+static bool has_authorization(struct emu_ctx *c)
+{
+	return MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND,
+					   MHD_HTTP_HEADER_AUTHORIZATION);
+}
+
+static void reply_other_auth(struct emu_reply *rp)
+{
+	s3_error(rp, 400, "InvalidArgument",
+		 "Only one auth mechanism allowed: a signed URL takes no "
+		 "Authorization header");
+}
+
 static void upload(struct emu_ctx *c, const struct emu_target *r)
 {
 	struct emu *e = c->e;
@@ -2311,6 +2327,8 @@ static void upload(struct emu_ctx *c, const struct emu_target *r)
 	else if (!sse || strcmp(sse, "AES256") != 0 || !sess ||
 		 strcmp(sess, j->session) != 0)
 		rc = -EACCES;
+	else if (has_authorization(c))
+		rc = -EINVAL;
 	if (!rc) {
 		j->data = emu_buf_detach(&c->rq->body, &j->len);
 		j->status = EMU_JOB_PROCESSING;
@@ -2321,6 +2339,8 @@ static void upload(struct emu_ctx *c, const struct emu_target *r)
 	if (rc == -ENOENT)
 		s3_error(c->rp, 403, "AccessDenied",
 			 "The upload URL is not valid or was already used");
+	else if (rc == -EINVAL)
+		reply_other_auth(c->rp);
 	else if (rc)
 		s3_error(c->rp, 403, "SignatureDoesNotMatch",
 			 "The request does not carry every header of "
@@ -2338,11 +2358,8 @@ static void signed_download(struct emu_ctx *c, const struct emu_target *r)
 	struct emu_buf b;
 	bool ok = false;
 
-	if (MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND,
-					MHD_HTTP_HEADER_AUTHORIZATION)) {
-		s3_error(c->rp, 400, "InvalidArgument",
-			 "Only one auth mechanism allowed: a signed URL "
-			 "takes no Authorization header");
+	if (has_authorization(c)) {
+		reply_other_auth(c->rp);
 		return;
 	}
 	emu_buf_init(&b);

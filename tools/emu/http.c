@@ -1127,40 +1127,38 @@ static void handle_transfer(struct emu *e, struct MHD_Connection *conn,
 
 /* ---- control endpoints ---- */
 
+#define SETTING(key, flag, opt, min, max)                                      \
+	{#key, flag, opt, offsetof(struct emu_config, key), min, max}
+
+const struct emu_setting emu_settings[] = {
+    SETTING(latency_ms, "--latency", 'L', 0, 600000),
+    SETTING(fail_next, NULL, 0, 0, 1000000000),
+    SETTING(fail_next_status, NULL, 0, 500, 599),
+    SETTING(rate_limit, "--rate-limit", 0, 0, 1000000000),
+    SETTING(rate_window_s, "--rate-limit", 0, 1, 86400),
+    SETTING(token_ttl_s, "--token-ttl", 't', 0, 10000000),
+    SETTING(max_page_size, "--max-page-size", 'm', 1, 1000000),
+    SETTING(job_delay_ms, "--job-delay", 'J', 0, 600000),
+    SETTING(max_rows, "--max-rows", 'R', 0, 100000000),
+    SETTING(max_properties, "--max-properties", 'P', 1, 100000),
+    SETTING(max_tables, "--max-tables", 'T', 0, 1000000),
+    SETTING(max_name_length, "--max-name-length", 'N', 1, 100000),
+    SETTING(max_flows_page_size, "--max-flows-page-size", 'F', 1, 1000000),
+    SETTING(download_status, "--download-status", 'D', 302, 303),
+};
+const size_t emu_nsettings = sizeof(emu_settings) / sizeof(emu_settings[0]);
+
 static struct json_object *config_json(const struct emu_config *c)
 {
 	struct json_object *o = json_object_new_object();
 
-	json_object_object_add(o, "latency_ms",
-			       json_object_new_int64(c->latency_ms));
 	json_object_object_add(o, "fail_rate",
 			       json_object_new_double(c->fail_rate));
-	json_object_object_add(o, "fail_next",
-			       json_object_new_int64(c->fail_next));
-	json_object_object_add(o, "fail_next_status",
-			       json_object_new_int64(c->fail_next_status));
-	json_object_object_add(o, "rate_limit",
-			       json_object_new_int64(c->rate_limit));
-	json_object_object_add(o, "rate_window_s",
-			       json_object_new_int64(c->rate_window_s));
-	json_object_object_add(o, "token_ttl_s",
-			       json_object_new_int64(c->token_ttl_s));
-	json_object_object_add(o, "max_page_size",
-			       json_object_new_int64(c->max_page_size));
-	json_object_object_add(o, "job_delay_ms",
-			       json_object_new_int64(c->job_delay_ms));
-	json_object_object_add(o, "max_rows",
-			       json_object_new_int64(c->max_rows));
-	json_object_object_add(o, "max_properties",
-			       json_object_new_int64(c->max_properties));
-	json_object_object_add(o, "max_tables",
-			       json_object_new_int64(c->max_tables));
-	json_object_object_add(o, "max_name_length",
-			       json_object_new_int64(c->max_name_length));
-	json_object_object_add(o, "max_flows_page_size",
-			       json_object_new_int64(c->max_flows_page_size));
-	json_object_object_add(o, "download_status",
-			       json_object_new_int64(c->download_status));
+	for (size_t i = 0; i < emu_nsettings; i++)
+		json_object_object_add(
+		    o, emu_settings[i].key,
+		    json_object_new_int64(*emu_setting_field(
+			(struct emu_config *)c, &emu_settings[i])));
 	return o;
 }
 
@@ -1243,44 +1241,22 @@ static void control_config(struct emu *e, struct emu_req *rq,
 	{
 		int rc = -EINVAL;
 
-		if (strcmp(k, "latency_ms") == 0) {
-			rc = config_long(v, 0, 600000, &c.latency_ms);
-		} else if (strcmp(k, "fail_rate") == 0) {
-			if (json_object_is_type(v, json_type_int) ||
-			    json_object_is_type(v, json_type_double)) {
-				c.fail_rate = json_object_get_double(v);
-				rc = (c.fail_rate >= 0 && c.fail_rate <= 1)
-					 ? 0
-					 : -EINVAL;
-			}
-		} else if (strcmp(k, "fail_next") == 0) {
-			rc = config_long(v, 0, 1000000000, &c.fail_next);
-		} else if (strcmp(k, "fail_next_status") == 0) {
-			rc = config_long(v, 500, 599, &c.fail_next_status);
-		} else if (strcmp(k, "rate_limit") == 0) {
-			rc = config_long(v, 0, 1000000000, &c.rate_limit);
-			rate_changed = true;
-		} else if (strcmp(k, "rate_window_s") == 0) {
-			rc = config_long(v, 1, 86400, &c.rate_window_s);
-			rate_changed = true;
-		} else if (strcmp(k, "token_ttl_s") == 0) {
-			rc = config_long(v, 0, 10000000, &c.token_ttl_s);
-		} else if (strcmp(k, "max_page_size") == 0) {
-			rc = config_long(v, 1, 1000000, &c.max_page_size);
-		} else if (strcmp(k, "job_delay_ms") == 0) {
-			rc = config_long(v, 0, 600000, &c.job_delay_ms);
-		} else if (strcmp(k, "max_rows") == 0) {
-			rc = config_long(v, 0, 100000000, &c.max_rows);
-		} else if (strcmp(k, "max_properties") == 0) {
-			rc = config_long(v, 1, 100000, &c.max_properties);
-		} else if (strcmp(k, "max_tables") == 0) {
-			rc = config_long(v, 0, 1000000, &c.max_tables);
-		} else if (strcmp(k, "max_name_length") == 0) {
-			rc = config_long(v, 1, 100000, &c.max_name_length);
-		} else if (strcmp(k, "max_flows_page_size") == 0) {
-			rc = config_long(v, 1, 1000000, &c.max_flows_page_size);
-		} else if (strcmp(k, "download_status") == 0) {
-			rc = config_long(v, 302, 303, &c.download_status);
+		if (strcmp(k, "fail_rate") == 0 &&
+		    (json_object_is_type(v, json_type_int) ||
+		     json_object_is_type(v, json_type_double))) {
+			c.fail_rate = json_object_get_double(v);
+			rc = (c.fail_rate >= 0 && c.fail_rate <= 1) ? 0
+								    : -EINVAL;
+		}
+		for (size_t i = 0; i < emu_nsettings; i++) {
+			const struct emu_setting *st = &emu_settings[i];
+
+			if (strcmp(k, st->key))
+				continue;
+			rc = config_long(v, st->min, st->max,
+					 emu_setting_field(&c, st));
+			if (!strncmp(k, "rate_", 5))
+				rate_changed = true;
 		}
 		if (rc) {
 			pthread_mutex_unlock(&e->lock);

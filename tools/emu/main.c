@@ -166,33 +166,19 @@ fail:
 	return rc;
 }
 
-/* The production dialect's flags: checked numbers into the config. */
+/* The integer flags: checked numbers into the config, in the ranges
+ * /_emu/config takes (emu_settings). */
 static int set_limit(struct emu_config *c, int opt, const char *arg)
 {
-	static const struct {
-		int opt;
-		const char *flag;
-		long min, max;
-	} lim[] = {
-	    {'J', "--job-delay", 0, 600000},
-	    {'R', "--max-rows", 0, 100000000},
-	    {'P', "--max-properties", 1, 100000},
-	    {'T', "--max-tables", 0, 1000000},
-	    {'N', "--max-name-length", 1, 100000},
-	    {'F', "--max-flows-page-size", 1, 1000000},
-	    {'D', "--download-status", 302, 303},
-	};
-	long *dst[] = {&c->job_delay_ms,    &c->max_rows,
-		       &c->max_properties,  &c->max_tables,
-		       &c->max_name_length, &c->max_flows_page_size,
-		       &c->download_status};
+	for (size_t i = 0; i < emu_nsettings; i++) {
+		const struct emu_setting *s = &emu_settings[i];
 
-	for (size_t i = 0; i < sizeof(lim) / sizeof(lim[0]); i++) {
-		if (lim[i].opt != opt)
+		if (s->opt != opt)
 			continue;
-		if (emu_parse_long(arg, lim[i].min, lim[i].max, dst[i])) {
-			log_err("%s wants an integer from %ld to %ld",
-				lim[i].flag, lim[i].min, lim[i].max);
+		if (emu_parse_long(arg, s->min, s->max,
+				   emu_setting_field(c, s))) {
+			log_err("%s wants an integer from %ld to %ld", s->flag,
+				s->min, s->max);
 			return -EINVAL;
 		}
 		return 0;
@@ -309,13 +295,6 @@ int main(int argc, char **argv)
 			}
 			break;
 		}
-		case 'L':
-			if (emu_parse_long(optarg, 0, 600000,
-					   &e.config.latency_ms)) {
-				log_err("--latency wants milliseconds");
-				goto out;
-			}
-			break;
 		case 'f':
 			if (emu_parse_double(optarg, 0, 1,
 					     &e.config.fail_rate)) {
@@ -324,21 +303,9 @@ int main(int argc, char **argv)
 				goto out;
 			}
 			break;
+		case 'L':
 		case 't':
-			if (emu_parse_long(optarg, 0, 10000000,
-					   &e.config.token_ttl_s)) {
-				log_err("--token-ttl wants seconds");
-				goto out;
-			}
-			break;
 		case 'm':
-			if (emu_parse_long(optarg, 1, 1000000,
-					   &e.config.max_page_size)) {
-				log_err("--max-page-size wants a positive "
-					"integer");
-				goto out;
-			}
-			break;
 		case 'J':
 		case 'R':
 		case 'P':
