@@ -63,6 +63,7 @@ struct handle {
 	struct fs_scratch *sc;	/* a scratch file */
 	bool append;		/* O_APPEND: each write() is imported */
 	bool page_cached;	/* counted in face->cached_handles */
+	struct handle *prev, *next; /* live handles; handles_lock */
 };
 
 struct fs_face_opts fs_face_opts = {
@@ -76,6 +77,30 @@ struct fs_face_opts fs_face_opts = {
 static pthread_mutex_t face_lock = PTHREAD_MUTEX_INITIALIZER;
 static time_t mount_time;
 static struct fs_scratch_set *scratch;
+
+/*
+ * Every handle not released yet. The kernel sends RELEASE after close()
+ * has returned, and an unmount drops the RELEASEs still queued: fs_destroy
+ * releases what is left, so nothing leaks and no written bytes are lost.
+ */
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct handle *handles;
+
+static struct handle *handle_new(void)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	h->fd = -1;
+	pthread_mutex_lock(&handles_lock);
+	h->next = handles;
+	if (handles)
+		handles->prev = h;
+	handles = h;
+	pthread_mutex_unlock(&handles_lock);
+	return h;
+}
 
 static struct fs_engine *engine(void)
 {
@@ -284,9 +309,24 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	return fuse_get_context()->private_data;
 }
 
+static void handle_finish(struct handle *h, const char *path);
+static void handle_free(struct handle *h);
+
 static void fs_destroy(void *data)
 {
+	struct handle *h;
+
 	(void)data;
+	/* RELEASEs the unmount dropped: finish and free those handles */
+	for (;;) {
+		pthread_mutex_lock(&handles_lock);
+		h = handles;
+		pthread_mutex_unlock(&handles_lock);
+		if (!h)
+			break;
+		handle_finish(h, NULL);
+		handle_free(h);
+	}
 	fs_scratch_set_free(scratch);
 	scratch = NULL;
 }
@@ -530,6 +570,14 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill,
 
 static void handle_free(struct handle *h)
 {
+	pthread_mutex_lock(&handles_lock);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		handles = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&handles_lock);
 	if (h->page_cached) {
 		pthread_mutex_lock(&face_lock);
 		fs_table_face(h->t)->cached_handles--;
@@ -594,14 +642,14 @@ static int open_pending(const char *path, struct fuse_file_info *fi)
 
 	if (pending_of(path, name, sizeof(name)) != 2)
 		return -ENOENT;
-	h = calloc(1, sizeof(*h));
+	h = handle_new();
 	if (!h)
 		return -ENOMEM;
 	h->file = FS_SCHEMA;
 	h->fd = -1;
 	h->pending = strdup(name);
 	if (!h->pending) {
-		free(h);
+		handle_free(h);
 		return -ENOMEM;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY) {
@@ -634,7 +682,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
 		return -EROFS;
 	if (acc != O_RDONLY && fs_engine_config(eng)->ro)
 		return -EROFS;
-	h = calloc(1, sizeof(*h));
+	h = handle_new();
 	if (!h)
 		return -ENOMEM;
 	h->file = file;
@@ -924,10 +972,10 @@ static int fs_flush(const char *path, struct fuse_file_info *fi)
 
 /* Release's error is thrown away by the kernel: an import flush did not
  * finish (skipped, or a forked writer) is finished here and logged. */
-static int fs_release(const char *path, struct fuse_file_info *fi)
+/* What a release does before freeing: send what was written since the
+ * opener's flush. path is NULL at unmount (nothing to tell the kernel). */
+static void handle_finish(struct handle *h, const char *path)
 {
-	struct handle *h = handle_of(fi);
-
 	if (h->swrite && h->sdirty) {
 		int rc = schema_send(h);
 
@@ -942,8 +990,16 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 		if (rc)
 			log_err("import into '%s' finished at release: %s",
 				fs_table_name(h->t), strerror(-rc));
-		rejects_changed(path);
+		if (path)
+			rejects_changed(path);
 	}
+}
+
+static int fs_release(const char *path, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+
+	handle_finish(h, path);
 	handle_free(h);
 	return 0;
 }
