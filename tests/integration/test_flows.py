@@ -435,8 +435,12 @@ def test_dtfsctl_speaks_the_production_dialect(emu_factory, tmp_path):
     code, out, err = dtfsctl(emu, cache, "status", "PriceList",
                              opts="api=flows")
     assert code == 0, err
-    # (the import's progress lives in the process that ran it)
-    assert json.loads(out)["table"] == "PriceList"
+    # the import ran in another process: its status was kept for us
+    doc = json.loads(out)
+    assert doc["table"] == "PriceList"
+    st = doc["import"]
+    assert st["route"] == "rows" and st["rows_to_send"] == 1
+    assert st["rows_unchanged"] == len(lines) - 1
     code, again, err = dtfsctl(emu, cache, "export", "PriceList",
                                opts="api=flows")
     assert code == 0, err
