@@ -252,31 +252,39 @@ def race_next(emu, name, s0, table="Big", **change):
              table=emu.flows_table_id(table), **change)
 
 
+def cp_racing(emu, m, tmp_path, lines, name, **change):
+    """cp the lines onto Big's rows.jsonl with a race armed before the
+    next request of route `name`; checks that one PUT and one POST were
+    the only writes and that the rows land exactly. Returns the rows."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    s0 = emu.stats()
+    race_next(emu, name, s0, **change)
+    ok(f"cp '{src}' '{m.file('Big', 'rows.jsonl')}'")
+    s1 = emu.stats()
+    assert emu.race_state()["fired"] == 1
+    assert delta(s0, s1, "flows_row_put") == 1
+    assert delta(s0, s1, "flows_row_post") == 1
+    assert writes(s0, s1) == 2
+    got = cursor_rows(emu, "Big")
+    assert got == flows_rows(("\n".join(lines) + "\n").encode())
+    assert rejects(m, "Big") == []
+    return got, s0, s1
+
+
 def test_an_update_of_a_row_deleted_meanwhile_becomes_a_create(big,
                                                                tmp_path):
     """PUT answered 404 (another client deleted the row after dtfs read
     the table): the row is created instead, and lands exactly."""
     emu, m = big
-    rows = m.file("Big", "rows.jsonl")
-    lines = slurp(rows).decode().splitlines()
+    lines = slurp(m.file("Big", "rows.jsonl")).decode().splitlines()
     r = json.loads(lines[20])
     r["visits"] = 424242
     lines[20] = json.dumps(r, separators=(",", ":"))
-    src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(lines) + "\n")
-    s0 = emu.stats()
-    race_next(emu, "flows_row_put", s0, delete=r["key"])
-    ok(f"cp '{src}' '{rows}'")
-    s1 = emu.stats()
-    assert emu.race_state()["fired"] == 1
-    # the PUT found no row (404), one POST created it; nothing else
-    assert delta(s0, s1, "flows_row_put") == 1
-    assert delta(s0, s1, "flows_row_post") == 1
-    assert writes(s0, s1) == 2
+    _, s0, s1 = cp_racing(emu, m, tmp_path, lines, "flows_row_put",
+                          delete=r["key"])
+    # the PUT found no row (404), then one POST created it
     assert s1["by_status"].get("404", 0) - s0["by_status"].get("404", 0) == 1
-    assert cursor_rows(emu, "Big") == flows_rows(
-        ("\n".join(lines) + "\n").encode())
-    assert rejects(m, "Big") == []
 
 
 def test_a_create_of_a_row_added_meanwhile_becomes_an_update(big,
@@ -284,24 +292,12 @@ def test_a_create_of_a_row_added_meanwhile_becomes_an_update(big,
     """POST refused as existing (another client created the key after dtfs
     read the table): the row is updated instead, with our values."""
     emu, m = big
-    rows = m.file("Big", "rows.jsonl")
-    lines = slurp(rows).decode().splitlines()
+    lines = slurp(m.file("Big", "rows.jsonl")).decode().splitlines()
     lines.append(big_line(7, 31337, prefix="NEW"))
-    src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(lines) + "\n")
-    s0 = emu.stats()
-    race_next(emu, "flows_row_post", s0,
-              insert=json.loads(big_line(7, 1, prefix="NEW")))
-    ok(f"cp '{src}' '{rows}'")
-    s1 = emu.stats()
-    assert emu.race_state()["fired"] == 1
-    assert delta(s0, s1, "flows_row_post") == 1
-    assert delta(s0, s1, "flows_row_put") == 1
-    assert writes(s0, s1) == 2
-    got = cursor_rows(emu, "Big")
+    got, s0, s1 = cp_racing(emu, m, tmp_path, lines, "flows_row_post",
+                            insert=json.loads(big_line(7, 1, prefix="NEW")))
     assert got["NEW-0000007"]["visits"] == 31337
-    assert got == flows_rows(("\n".join(lines) + "\n").encode())
-    assert rejects(m, "Big") == []
+    assert s1["by_status"].get("409", 0) - s0["by_status"].get("409", 0) == 1
 
 
 def test_dtfsctl_import_recovers_both_ways(emu_factory, tmp_path):
