@@ -315,3 +315,48 @@ def test_stats_route_names(emu):
         "flows_row_delete": 1}
     assert s["rows_written"] == 2 and s["rows_deleted"] == 1
     assert s["requests_total"] == 8
+
+
+# ---- the race hook -------------------------------------------------------
+
+def test_race_changes_the_table_just_before_the_nth_request(emu):
+    """/_emu/race: a row deleted (or created) just before the nth request
+    of a route, as if another client had been quicker; fires once."""
+    tid = emu.flows_table_id("PriceList")
+    emu.reset_stats()
+    armed = emu.race(route="flows_row_get", nth=2, table=tid,
+                     delete="SKU-0003")
+    assert armed == {"armed": True, "route": "flows_row_get", "nth": 2,
+                     "fired": 0}
+    # the first GET is served as ever; the second finds the row gone
+    status, _, _ = emu.api("GET", row_path(tid, "SKU-0003"), expect=None)
+    assert status == 200
+    status, h, body = emu.api("GET", row_path(tid, "SKU-0003"), expect=None)
+    assert_error(status, h, body, 404, "flows.datatables.row.not.found")
+    assert emu.race_state() == {"armed": False, "fired": 1}
+    s = emu.stats()
+    assert s["by_route"]["flows_row_get"] == 2
+    assert s["rows_deleted"] == 1
+    # an insert before the first POST: the POST finds the key taken
+    row = {"key": "SKU-9999", "name": "raced", "price": 1.5, "stock": 1,
+           "active": True}
+    emu.race(route="flows_row_post", nth=1, table=tid, insert=row)
+    status, h, body = emu.api("POST", rows_path(tid),
+                              body=dict(row, name="mine"), expect=None)
+    assert status == 409
+    _, _, got = emu.api("GET", row_path(tid, "SKU-9999") +
+                        "?showbrief=false")
+    assert got["name"] == "raced"
+    assert emu.race_state()["fired"] == 2
+    # {} disarms; bad settings are 400 and arm nothing
+    emu.race(route="flows_row_put", nth=1, table=tid, delete="SKU-0001")
+    assert emu.race() == {"armed": False, "fired": 2}
+    for bad in ({"route": "nope", "nth": 1, "table": tid, "delete": "k"},
+                {"route": "flows_row_put", "nth": 0, "table": tid,
+                 "delete": "k"},
+                {"route": "flows_row_put", "nth": 1, "table": tid},
+                {"route": "flows_row_put", "nth": 1, "table": tid,
+                 "delete": "k", "insert": {"key": "k"}}):
+        status, _, body = emu.request("POST", "/_emu/race", body=bad)
+        assert status == 400, bad
+    assert emu.race_state() == {"armed": False, "fired": 2}

@@ -245,6 +245,103 @@ def test_small_import_goes_row_by_row_and_lands(big, tmp_path):
     assert status(m, "Big")["import"]["rows_to_send"] == 0
 
 
+def race_next(emu, name, s0, table="Big", **change):
+    """Arm the emulator to change the table just before the next request
+    of route `name` (after the comparison, before the send)."""
+    emu.race(route=name, nth=route(s0, name) + 1,
+             table=emu.flows_table_id(table), **change)
+
+
+def cp_racing(emu, m, tmp_path, lines, name, **change):
+    """cp the lines onto Big's rows.jsonl with a race armed before the
+    next request of route `name`; checks that one PUT and one POST were
+    the only writes and that the rows land exactly. Returns the rows."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    s0 = emu.stats()
+    race_next(emu, name, s0, **change)
+    ok(f"cp '{src}' '{m.file('Big', 'rows.jsonl')}'")
+    s1 = emu.stats()
+    assert emu.race_state()["fired"] == 1
+    assert delta(s0, s1, "flows_row_put") == 1
+    assert delta(s0, s1, "flows_row_post") == 1
+    assert writes(s0, s1) == 2
+    got = cursor_rows(emu, "Big")
+    assert got == flows_rows(("\n".join(lines) + "\n").encode())
+    assert rejects(m, "Big") == []
+    return got, s0, s1
+
+
+def test_an_update_of_a_row_deleted_meanwhile_becomes_a_create(big,
+                                                               tmp_path):
+    """PUT answered 404 (another client deleted the row after dtfs read
+    the table): the row is created instead, and lands exactly."""
+    emu, m = big
+    lines = slurp(m.file("Big", "rows.jsonl")).decode().splitlines()
+    r = json.loads(lines[20])
+    r["visits"] = 424242
+    lines[20] = json.dumps(r, separators=(",", ":"))
+    _, s0, s1 = cp_racing(emu, m, tmp_path, lines, "flows_row_put",
+                          delete=r["key"])
+    # the PUT found no row (404), then one POST created it
+    assert s1["by_status"].get("404", 0) - s0["by_status"].get("404", 0) == 1
+
+
+def test_a_create_of_a_row_added_meanwhile_becomes_an_update(big,
+                                                             tmp_path):
+    """POST refused as existing (another client created the key after dtfs
+    read the table): the row is updated instead, with our values."""
+    emu, m = big
+    lines = slurp(m.file("Big", "rows.jsonl")).decode().splitlines()
+    lines.append(big_line(7, 31337, prefix="NEW"))
+    got, s0, s1 = cp_racing(emu, m, tmp_path, lines, "flows_row_post",
+                            insert=json.loads(big_line(7, 1, prefix="NEW")))
+    assert got["NEW-0000007"]["visits"] == 31337
+    assert s1["by_status"].get("409", 0) - s0["by_status"].get("409", 0) == 1
+
+
+def test_dtfsctl_import_recovers_both_ways(emu_factory, tmp_path):
+    """The same recoveries through dtfsctl: one import whose update finds
+    the row deleted and whose create finds the key taken."""
+    emu = emu_factory("--generate", "Big:200")
+    cache = tmp_path / "c"
+    code, data, err = dtfsctl(emu, cache, "export", "Big", opts="api=flows")
+    assert code == 0, err
+    lines = data.decode().splitlines()
+    r = json.loads(lines[5])
+    r["visits"] = 777
+    lines[5] = json.dumps(r, separators=(",", ":"))
+    lines.append(big_line(3, 888, prefix="NEW"))
+    body = ("\n".join(lines) + "\n").encode()
+    s0 = emu.stats()
+    race_next(emu, "flows_row_put", s0, delete=r["key"])
+    code, _, err = dtfsctl(emu, cache, "import", "Big", "-",
+                           opts="api=flows,upload_workers=1", input=body)
+    assert code == 0, err
+    s1 = emu.stats()
+    # the update became a create: PUT 404, POST; the new row a POST
+    assert delta(s0, s1, "flows_row_put") == 1
+    assert delta(s0, s1, "flows_row_post") == 2
+    assert cursor_rows(emu, "Big") == flows_rows(body)
+    # now the other way: a new key someone else creates first
+    lines.append(big_line(4, 999, prefix="NEW"))
+    body = ("\n".join(lines) + "\n").encode()
+    race_next(emu, "flows_row_post", s1,
+              insert=json.loads(big_line(4, 1, prefix="NEW")))
+    code, _, err = dtfsctl(emu, cache, "import", "Big", "-",
+                           opts="api=flows", input=body)
+    assert code == 0, err
+    s2 = emu.stats()
+    assert emu.race_state()["fired"] == 2
+    assert delta(s1, s2, "flows_row_post") == 1
+    assert delta(s1, s2, "flows_row_put") == 1
+    assert cursor_rows(emu, "Big") == flows_rows(body)
+    code, out, err = dtfsctl(emu, cache, "status", "Big", opts="api=flows")
+    assert code == 0, err
+    st = json.loads(out)["import"]
+    assert st["route"] == "rows" and st["rows_to_send"] == 1
+
+
 def test_large_import_goes_as_one_job_and_lands(big, tmp_path):
     emu, m = big
     rows = m.file("Big", "rows.jsonl")
@@ -435,8 +532,12 @@ def test_dtfsctl_speaks_the_production_dialect(emu_factory, tmp_path):
     code, out, err = dtfsctl(emu, cache, "status", "PriceList",
                              opts="api=flows")
     assert code == 0, err
-    # (the import's progress lives in the process that ran it)
-    assert json.loads(out)["table"] == "PriceList"
+    # the import ran in another process: its status was kept for us
+    doc = json.loads(out)
+    assert doc["table"] == "PriceList"
+    st = doc["import"]
+    assert st["route"] == "rows" and st["rows_to_send"] == 1
+    assert st["rows_unchanged"] == len(lines) - 1
     code, again, err = dtfsctl(emu, cache, "export", "PriceList",
                                opts="api=flows")
     assert code == 0, err

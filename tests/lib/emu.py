@@ -260,6 +260,19 @@ class Emu:
             raise EmuError("config %r failed: %s %r" % (kw, status, body))
         return body
 
+    def race(self, **kw):
+        """POST /_emu/race: one row change (delete=KEY or insert=ROW) in
+        table just before the nth request of route is served."""
+        status, _, body = self.request("POST", "/_emu/race", body=kw)
+        if status != 200:
+            raise EmuError("race %r failed: %s %r" % (kw, status, body))
+        return body
+
+    def race_state(self):
+        status, _, body = self.request("GET", "/_emu/race")
+        assert status == 200, body
+        return body
+
     def expire_tokens(self):
         status, _, body = self.request("POST", "/_emu/tokens/expire")
         assert status == 200, body

@@ -447,6 +447,19 @@ struct emu_stats {
 	uint64_t max_in_flight; /* most requests waiting out latency at once */
 };
 
+/* The race hook (/_emu/race): one row change made just before the
+ * request that brings a route's counter in /_emu/stats (by_route) to nth
+ * is served, so that a test can change the table between a client's
+ * comparison and its send. Fires once. Under emu.lock. */
+struct emu_race {
+	int route;	/* enum emu_route; -1: none armed */
+	uint64_t nth;
+	char table[64];
+	char *del_key;	/* malloc'd: delete the row with this key, or */
+	char *insert;	/* malloc'd JSON text: create this row */
+	uint64_t fired; /* how many have fired since the start */
+};
+
 struct emu {
 	struct emu_store store;
 	pthread_mutex_t lock; /* config, clients' windows, tokens, stats */
@@ -459,6 +472,7 @@ struct emu {
 	uint64_t in_flight; /* requests waiting out latency now */
 	uint64_t cursor_secret;
 	struct emu_jobs jobs;
+	struct emu_race race;
 };
 
 /* One request being answered, as the handlers of flows.c see it. */
@@ -483,6 +497,11 @@ void emu_flows_handle(struct emu_ctx *c, const struct emu_target *r);
 bool emu_transfer_classify(const char *method, const char *path,
 			   struct emu_target *r);
 void emu_transfer_handle(struct emu_ctx *c, const struct emu_target *r);
+/* Make the row change of a fired race (delete del_key, or create the row
+ * of the JSON text insert) in table, as a production DELETE or POST would.
+ * Returns 0, or -EIO (logged) when the change was refused. */
+int emu_flows_race_apply(struct emu *e, const char *table,
+			 const char *del_key, const char *insert);
 /* The job worker: start after the store is loaded, stop before release. */
 int emu_jobs_start(struct emu *e);
 void emu_jobs_stop(struct emu *e);

@@ -1293,6 +1293,42 @@ static void row_delete(struct emu_ctx *c, const struct emu_target *r)
 	}
 }
 
+int emu_flows_race_apply(struct emu *e, const char *table,
+			 const char *del_key, const char *insert)
+{
+	struct emu_req rq;
+	struct emu_reply rp;
+	struct emu_target r;
+	struct emu_ctx c = {e, NULL, del_key ? "DELETE" : "POST", &rq, &rp,
+			    ""};
+	int rc = 0;
+
+	memset(&rq, 0, sizeof(rq));
+	memset(&rp, 0, sizeof(rp));
+	memset(&r, 0, sizeof(r));
+	emu_buf_init(&rq.body);
+	rp.prod = true;
+	r.prod = true;
+	snprintf(r.table, sizeof(r.table), "%s", table);
+	if (del_key) {
+		r.key = (char *)del_key;
+		row_delete(&c, &r);
+	} else {
+		emu_buf_add(&rq.body, insert, strlen(insert));
+		row_write(&c, &r, true);
+	}
+	if (rp.status < 200 || rp.status > 299) {
+		log_warn("race on table '%s' refused: HTTP %u %.*s", table,
+			 rp.status, (int)(rp.len < 200 ? rp.len : 200),
+			 rp.body ? rp.body : "");
+		rc = -EIO;
+	}
+	free(rp.body);
+	free(rp.location);
+	emu_buf_release(&rq.body);
+	return rc;
+}
+
 /* ---- CSV (RFC 4180) ---- */
 
 static void csv_field(struct emu_buf *b, const char *s, size_t n)

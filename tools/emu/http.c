@@ -952,11 +952,34 @@ static void window_roll(struct emu *e, struct emu_client *c, uint64_t now)
 	}
 }
 
+/* The armed race, moved out and disarmed; e->lock held. */
+static struct emu_race race_take(struct emu *e)
+{
+	struct emu_race r = e->race;
+
+	e->race.route = -1;
+	e->race.del_key = NULL;
+	e->race.insert = NULL;
+	e->race.fired++;
+	return r;
+}
+
+/* Make a taken race's change; frees its strings. */
+static void race_fire(struct emu *e, struct emu_race *r)
+{
+	if (emu_flows_race_apply(e, r->table, r->del_key, r->insert) == 0)
+		log_info("race fired before %s #%llu", route_names[r->route],
+			 (unsigned long long)r->nth);
+	free(r->del_key);
+	free(r->insert);
+}
+
 static void handle_api(struct emu *e, struct MHD_Connection *conn,
 		       const char *method, const char *path, struct emu_req *rq,
 		       struct emu_reply *rp)
 {
 	struct emu_target r;
+	struct emu_race race = {.route = -1};
 	const char *auth = header(conn, MHD_HTTP_HEADER_AUTHORIZATION);
 	struct emu_token *tok = NULL;
 	struct emu_client *client;
@@ -975,7 +998,12 @@ static void handle_api(struct emu *e, struct MHD_Connection *conn,
 	if (r.route >= 0)
 		e->stats.by_route[r.route]++;
 	latency = e->config.latency_ms;
+	if (r.route >= 0 && r.route == e->race.route &&
+	    e->stats.by_route[r.route] == e->race.nth)
+		race = race_take(e);
 	pthread_mutex_unlock(&e->lock);
+	if (race.route >= 0)
+		race_fire(e, &race);
 	wait_latency(e, latency);
 
 	pthread_mutex_lock(&e->lock);
@@ -1282,6 +1310,90 @@ static void control_config(struct emu *e, struct emu_req *rq,
 	log_info("config changed");
 }
 
+static struct json_object *race_json(const struct emu *e)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "armed",
+			       json_object_new_boolean(e->race.route >= 0));
+	if (e->race.route >= 0) {
+		json_object_object_add(
+		    o, "route", json_object_new_string(route_names[e->race.route]));
+		json_object_object_add(o, "nth",
+				       json_object_new_int64((int64_t)e->race.nth));
+	}
+	json_object_object_add(o, "fired",
+			       json_object_new_int64((int64_t)e->race.fired));
+	return o;
+}
+
+/* POST /_emu/race {"route", "nth", "table", "delete": key | "insert": row}
+ * arms one race (replacing an armed one); {} disarms. */
+static void control_race(struct emu *e, struct emu_req *rq,
+			 struct emu_reply *rp)
+{
+	struct json_object *o =
+	    emu_json_parse(rq->body.data ? rq->body.data : "", rq->body.len);
+	struct json_object *route = NULL, *nth = NULL, *table = NULL;
+	struct json_object *del = NULL, *ins = NULL;
+	struct emu_race r = {.route = -1};
+	const char *why = NULL;
+
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		why = "the body must be a JSON object";
+		goto out;
+	}
+	json_object_object_get_ex(o, "route", &route);
+	json_object_object_get_ex(o, "nth", &nth);
+	json_object_object_get_ex(o, "table", &table);
+	json_object_object_get_ex(o, "delete", &del);
+	json_object_object_get_ex(o, "insert", &ins);
+	if (json_object_object_length(o) == 0)
+		goto arm; /* disarm */
+	for (int i = 0; route && i < EMU_R_COUNT; i++)
+		if (json_object_is_type(route, json_type_string) &&
+		    strcmp(json_object_get_string(route), route_names[i]) == 0)
+			r.route = i;
+	if (r.route < 0)
+		why = "'route' must name a route of /_emu/stats";
+	else if (!nth || !json_object_is_type(nth, json_type_int) ||
+		 json_object_get_int64(nth) < 1)
+		why = "'nth' must be an integer of at least 1";
+	else if (!table || !json_object_is_type(table, json_type_string) ||
+		 json_object_get_string_len(table) == 0 ||
+		 json_object_get_string_len(table) >= (int)sizeof(r.table))
+		why = "'table' must be a table id";
+	else if (!del == !ins)
+		why = "give one of 'delete' (a key) and 'insert' (a row)";
+	else if (del && !json_object_is_type(del, json_type_string))
+		why = "'delete' must be a row key";
+	else if (ins && !json_object_is_type(ins, json_type_object))
+		why = "'insert' must be a row object";
+	if (why)
+		goto out;
+	r.nth = (uint64_t)json_object_get_int64(nth);
+	snprintf(r.table, sizeof(r.table), "%s", json_object_get_string(table));
+	if (del)
+		r.del_key = emu_xstrdup(json_object_get_string(del));
+	else
+		r.insert = emu_xstrdup(json_object_to_json_string_ext(
+		    ins, JSON_C_TO_STRING_PLAIN));
+arm:
+	pthread_mutex_lock(&e->lock);
+	free(e->race.del_key);
+	free(e->race.insert);
+	r.fired = e->race.fired;
+	e->race = r;
+	struct json_object *res = race_json(e);
+
+	pthread_mutex_unlock(&e->lock);
+	emu_reply_json(rp, 200, res);
+out:
+	if (why)
+		emu_reply_error(rp, 400, "bad.request", NULL, "%s", why);
+	json_object_put(o);
+}
+
 static void handle_control(struct emu *e, struct MHD_Connection *conn,
 			   const char *method, const char *url,
 			   struct emu_req *rq, struct emu_reply *rp)
@@ -1310,6 +1422,16 @@ static void handle_control(struct emu *e, struct MHD_Connection *conn,
 	} else if (strcmp(url, "/_emu/config") == 0 &&
 		   strcmp(method, "POST") == 0) {
 		control_config(e, rq, rp);
+	} else if (strcmp(url, "/_emu/race") == 0 &&
+		   strcmp(method, "GET") == 0) {
+		pthread_mutex_lock(&e->lock);
+		struct json_object *o = race_json(e);
+
+		pthread_mutex_unlock(&e->lock);
+		emu_reply_json(rp, 200, o);
+	} else if (strcmp(url, "/_emu/race") == 0 &&
+		   strcmp(method, "POST") == 0) {
+		control_race(e, rq, rp);
 	} else if (strcmp(url, "/_emu/tokens/expire") == 0 &&
 		   strcmp(method, "POST") == 0) {
 		size_t n = 0;

@@ -195,6 +195,8 @@ static void emu_release(struct emu *e)
 		free(e->clients[i].secret);
 	}
 	free(e->clients);
+	free(e->race.del_key);
+	free(e->race.insert);
 	pthread_mutex_destroy(&e->lock);
 }
 
@@ -232,6 +234,7 @@ int main(int argc, char **argv)
 	log_init("dtfs-emu", LOG_NOTICE);
 	memset(&e, 0, sizeof(e));
 	pthread_mutex_init(&e.lock, NULL);
+	e.race.route = -1;
 	emu_store_init(&e.store);
 	emu_tokens_init(&e);
 	e.cursor_secret = emu_random64();
