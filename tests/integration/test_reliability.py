@@ -166,3 +166,35 @@ def test_rejects_size_is_right_after_close(emu_factory, mount_factory,
     data = open(rej, "rb").read()
     assert data.count(b"\n") == 3
     assert size == len(data)
+
+
+def test_dtfsctl_import_on_the_mounts_cache_is_seen_on_the_next_read(
+        emu_factory, mount_factory, tmp_path):
+    """Issue 11 item 8: `dtfsctl import` in another process on the mount's
+    cache_dir bumps the table's invalidation counter in the shared cache,
+    so the mount's next read after the import returned revalidates and
+    shows the new rows, although its revalidate window is an hour."""
+    from mount import dtfsctl
+    emu = emu_factory("--generate", "Big:300")
+    cache = str(tmp_path / "cache")
+    m = mount_factory(emu, cache_dir=cache,
+                      opts="revalidate=3600").start()
+    rows = m.file("Big", "rows.jsonl")
+    before = open(rows, "rb").read()
+    assert before.count(b"\n") == 300
+    emu.reset_stats()
+    assert open(rows, "rb").read() == before
+    assert emu.route_count("rows_get") == 0  # fresh: served from the cache
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(before.splitlines(keepends=True)[:299]) +
+                    b'{"customer_id":"CHANGED-1","last_interaction":'
+                    b'"2024-01-01T00:00:00Z","loyalty_tier":1}\n')
+    code, _, err = dtfsctl(emu, cache, "import", "Big", str(src))
+    assert code == 0, err
+    emu.reset_stats()
+    after = open(rows, "rb").read()
+    assert emu.route_count("rows_get") >= 1
+    # an import merges: the 300 rows, then the new one
+    assert after == before + (b'{"customer_id":"CHANGED-1",'
+                              b'"last_interaction":"2024-01-01T00:00:00Z",'
+                              b'"loyalty_tier":1}\n')
