@@ -198,3 +198,68 @@ def test_dtfsctl_import_on_the_mounts_cache_is_seen_on_the_next_read(
     assert after == before + (b'{"customer_id":"CHANGED-1",'
                               b'"last_interaction":"2024-01-01T00:00:00Z",'
                               b'"loyalty_tier":1}\n')
+
+
+def keys_of(emu):
+    return {r["customer_id"] for r in emu.rows("Big")}
+
+
+WRITER = r"""
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.write(fd, b"".join(
+    b'{"customer_id":"%s-%d","last_interaction":"2024-01-01T00:00:00Z",'
+    b'"loyalty_tier":%d}\n' % (sys.argv[2].encode(), i, i) for i in range(3)))
+if sys.argv[3] == "close":
+    os.close(fd)
+elif sys.argv[3] == "kill":
+    os.write(fd, b'{"customer_id":"PARTIAL')  # killed mid-line
+    print("ready", flush=True)
+    time.sleep(600)
+os._exit(0)  # "exit": ends without closing fd
+"""
+
+
+def test_status_says_the_writer_was_killed(emu_factory, mount_factory):
+    """Issue 11 item 7: a writer killed mid-write (kill -9) still has its
+    complete lines imported, and status.json says how the writer ended
+    ("killed by signal 9"), as it does for one that exits without close();
+    an explicit close() shows "closed"."""
+    import json
+    import signal
+    import sys
+    emu = emu_factory("--generate", "Big:50")
+    m = mount_factory(emu).start()
+    rows = m.file("Big", "rows.jsonl")
+
+    def status():
+        with open(m.file("Big", "status.json")) as f:
+            return json.load(f)["import"]
+
+    def run(tag, how):
+        return subprocess.Popen([sys.executable, "-c", WRITER, rows, tag,
+                                 how], stdout=subprocess.PIPE)
+
+    p = run("CLOSED", "close")
+    assert p.wait(timeout=60) == 0
+    assert status()["writer"] == "closed"
+    assert status()["state"] == "done"
+
+    p = run("EXITED", "exit")
+    assert p.wait(timeout=60) == 0
+    st = status()
+    assert st["writer"] == "exited without close"
+    assert st["state"] == "done" and st["rows_landed"] == 3
+
+    p = run("KILLED", "kill")
+    assert p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGKILL)
+    # the killed process's flush runs the import before it is reaped
+    assert p.wait(timeout=60) == -signal.SIGKILL
+    st = status()
+    assert st["writer"] == "killed by signal 9", st
+    assert st["state"] == "done" and "PARTIAL" not in keys_of(emu), st
+    assert st["lines_read"] == 4 and st["quarantined"] == 1
+    keys = {r["customer_id"] for r in emu.rows("Big")}
+    assert {"KILLED-0", "KILLED-1", "KILLED-2"} <= keys
+    assert {"EXITED-0", "CLOSED-2"} <= keys
