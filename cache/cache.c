@@ -115,6 +115,7 @@ struct meta_hdr {
 static const char info_format[] = "format";
 static const char info_next_gen[] = "next_gen";
 static const char info_bytes[] = "bytes";
+static const char info_epoch[] = "epoch:";	/* + table: its counter */
 
 int cache_errno(int mdb_rc)
 {
@@ -651,6 +652,34 @@ static int meta_store(MDB_txn *txn, const struct op *op,
 	memcpy(buf + sizeof(h) + vl, m->cursor, cl);
 	v = val(buf, sizeof(h) + vl + cl);
 	return mdb_put(txn, op->c->meta, &k, &v, 0);
+}
+
+/* The table's invalidation counter (0: never bumped), in txn. */
+static int epoch_get(MDB_txn *txn, const struct op *op, uint64_t *out)
+{
+	uint8_t key[sizeof(info_epoch) - 1 + CACHE_TABLE_MAX];
+
+	memcpy(key, info_epoch, sizeof(info_epoch) - 1);
+	memcpy(key + sizeof(info_epoch) - 1, op->table, op->tlen);
+	return info_get(txn, op->c, key, sizeof(info_epoch) - 1 + op->tlen,
+			out);
+}
+
+/* Whether a result obtained under `epoch` may be stored as fresh. */
+static int epoch_holds(MDB_txn *txn, const struct op *op, uint64_t epoch,
+		       bool *holds)
+{
+	uint64_t cur;
+	int rc;
+
+	*holds = true;
+	if (epoch == CACHE_EPOCH_ANY)
+		return 0;
+	rc = epoch_get(txn, op, &cur);
+	if (rc)
+		return rc;
+	*holds = cur == epoch;
+	return 0;
 }
 
 /* Delete every key of dbi starting with prefix, at most max of them (0: no
@@ -1300,6 +1329,7 @@ int cache_get_meta(struct cache *cache, const char *table,
 struct begin_arg {
 	const char *version;
 	size_t vlen;
+	uint64_t epoch;
 	struct cache_meta *out;
 };
 
@@ -1308,8 +1338,12 @@ static int begin_fn(MDB_txn *txn, struct op *op, void *arg)
 	struct begin_arg *a = arg;
 	struct cache_meta *m = a->out;
 	uint64_t gen;
+	bool fresh;
 	int rc;
 
+	rc = epoch_holds(txn, op, a->epoch, &fresh);
+	if (rc)
+		return op_fail(op, rc);
 	rc = meta_load(txn, op, m);
 	if (rc == 0 && strcmp(m->version, a->version) == 0)
 		return 0;	/* another process started it first */
@@ -1332,8 +1366,9 @@ static int begin_fn(MDB_txn *txn, struct op *op, void *arg)
 	memset(m, 0, sizeof(*m));
 	m->gen = gen;
 	memcpy(m->version, a->version, a->vlen);
-	m->validated_at = now_s();
-	m->used_at = m->validated_at;
+	m->used_at = now_s();
+	/* started before an invalidation: cached, but not proved current */
+	m->validated_at = fresh ? m->used_at : 0;
 	rc = meta_store(txn, op, m);
 	return rc ? op_fail(op, rc) : 0;
 }
@@ -1341,8 +1376,17 @@ static int begin_fn(MDB_txn *txn, struct op *op, void *arg)
 int cache_begin_version(struct cache *cache, const char *table,
 			const char *version, struct cache_meta *out)
 {
+	return cache_begin_version_under(cache, table, version,
+					 CACHE_EPOCH_ANY, out);
+}
+
+int cache_begin_version_under(struct cache *cache, const char *table,
+			      const char *version, uint64_t epoch,
+			      struct cache_meta *out)
+{
 	struct cache_meta m;
-	struct begin_arg a = { .version = version ? version : "", .out = &m };
+	struct begin_arg a = { .version = version ? version : "",
+			       .epoch = epoch, .out = &m };
 	struct op op;
 	int rc;
 
@@ -1674,12 +1718,14 @@ out:
 struct validated_arg {
 	uint64_t gen;
 	int64_t when;
+	uint64_t epoch;
 };
 
 static int validated_fn(MDB_txn *txn, struct op *op, void *arg)
 {
 	struct validated_arg *a = arg;
 	struct cache_meta m;
+	bool fresh;
 	int rc;
 
 	rc = meta_load(txn, op, &m);
@@ -1689,6 +1735,11 @@ static int validated_fn(MDB_txn *txn, struct op *op, void *arg)
 		return op_fail(op, rc);
 	if (m.gen != a->gen)
 		return -ESTALE;
+	rc = epoch_holds(txn, op, a->epoch, &fresh);
+	if (rc)
+		return op_fail(op, rc);
+	if (!fresh)
+		return 0;	/* invalidated meanwhile: no proof */
 	m.validated_at = a->when;
 	rc = meta_store(txn, op, &m);
 	return rc ? op_fail(op, rc) : 0;
@@ -1697,7 +1748,14 @@ static int validated_fn(MDB_txn *txn, struct op *op, void *arg)
 int cache_set_validated(struct cache *cache, const char *table, uint64_t gen,
 			int64_t when)
 {
-	struct validated_arg a = { .gen = gen, .when = when };
+	return cache_set_validated_under(cache, table, gen, when,
+					 CACHE_EPOCH_ANY);
+}
+
+int cache_set_validated_under(struct cache *cache, const char *table,
+			      uint64_t gen, int64_t when, uint64_t epoch)
+{
+	struct validated_arg a = { .gen = gen, .when = when, .epoch = epoch };
 	struct op op;
 	int rc;
 
@@ -1705,6 +1763,63 @@ int cache_set_validated(struct cache *cache, const char *table, uint64_t gen,
 	if (rc)
 		return rc;
 	return run_write(&op, validated_fn, &a);
+}
+
+int cache_get_epoch(struct cache *cache, const char *table, uint64_t *out)
+{
+	struct op op;
+	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = op_init(&op, cache, "get epoch", table);
+	if (rc)
+		return rc;
+	if (!out)
+		return op_fail_msg(&op, -EINVAL, "no output");
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	rc = epoch_get(txn, &op, out);
+	txn_abort(cache, txn);
+	return rc ? op_fail(&op, rc) : 0;
+}
+
+static int bump_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	uint8_t key[sizeof(info_epoch) - 1 + CACHE_TABLE_MAX];
+	struct cache_meta m;
+	uint64_t epoch;
+	int rc;
+
+	(void)arg;
+	rc = epoch_get(txn, op, &epoch);
+	if (rc)
+		return op_fail(op, rc);
+	memcpy(key, info_epoch, sizeof(info_epoch) - 1);
+	memcpy(key + sizeof(info_epoch) - 1, op->table, op->tlen);
+	rc = info_put(txn, op->c, key, sizeof(info_epoch) - 1 + op->tlen,
+		      epoch + 1);
+	if (rc)
+		return op_fail(op, rc);
+	rc = meta_load(txn, op, &m);
+	if (rc == MDB_NOTFOUND || rc == MDB_CORRUPTED)
+		return 0;	/* nothing cached to unprove */
+	if (rc)
+		return op_fail(op, rc);
+	m.validated_at = 0;
+	rc = meta_store(txn, op, &m);
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_bump_epoch(struct cache *cache, const char *table)
+{
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "bump epoch", table);
+	if (rc)
+		return rc;
+	return run_write(&op, bump_fn, NULL);
 }
 
 int cache_invalidate(struct cache *cache, const char *table)

@@ -18,7 +18,8 @@
  *     with one B-tree lookup (MDB_SET_RANGE);
  *   - schema: the schema.json bytes and the schema version;
  *   - spool: rows of an import in progress, keyed by primary key (so the
- *     last line with a key wins), each a canonical row.
+ *     last line with a key wins), each a canonical row;
+ *   - epoch: an invalidation counter that imports bump (see below).
  * Only one version of a table is kept: starting a new one drops the pages of
  * the old one. A reader holding an older generation gets -ESTALE.
  *
@@ -132,6 +133,40 @@ int cache_read(struct cache *cache, const char *table, uint64_t gen,
  * 0 or -ESTALE. */
 int cache_set_validated(struct cache *cache, const char *table, uint64_t gen,
 			int64_t when) CACHE_WARN_UNUSED;
+
+/* ---- invalidation counter ------------------------------------------- */
+
+/*
+ * Each table has an invalidation counter (its epoch, 0 until first bumped)
+ * shared by every process on the cache. An import bumps it when it starts
+ * sending and again when it has finished; a revalidation reads it before
+ * asking the API and passes it to the _under calls below, which store the
+ * result as proved current only if the counter is unchanged, checked in
+ * the same write transaction (so a revalidation racing an import in any
+ * process never keeps the old rows as fresh). CACHE_EPOCH_ANY skips the
+ * check.
+ */
+#define CACHE_EPOCH_ANY UINT64_MAX
+
+int cache_get_epoch(struct cache *cache, const char *table, uint64_t *out)
+	CACHE_WARN_UNUSED;
+
+/* Bump the counter and void the proof of the cached version (validated_at
+ * = 0, pages kept) in one transaction. */
+int cache_bump_epoch(struct cache *cache, const char *table)
+	CACHE_WARN_UNUSED;
+
+/* cache_begin_version whose new version gets validated_at = 0 (cached but
+ * unproved) when the counter is no longer `epoch`. */
+int cache_begin_version_under(struct cache *cache, const char *table,
+			      const char *version, uint64_t epoch,
+			      struct cache_meta *out) CACHE_WARN_UNUSED;
+
+/* cache_set_validated that stores nothing (and returns 0) when the counter
+ * is no longer `epoch`. */
+int cache_set_validated_under(struct cache *cache, const char *table,
+			      uint64_t gen, int64_t when, uint64_t epoch)
+	CACHE_WARN_UNUSED;
 
 /* Forget the cached rows of a table (after an import changed it). Schema
  * and spool are kept. Returns 0 (also when nothing was cached). */

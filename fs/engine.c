@@ -694,17 +694,14 @@ int fs_table_load_schema_cached(struct fs_engine *eng, struct fs_table *t)
 
 int fs_table_invalidate(struct fs_engine *eng, struct fs_table *t)
 {
-	struct cache_meta m;
 	int rc;
 
 	/* void the proof, keep the pages: readers of the cached snapshot
 	 * finish it; the next open revalidates and meets the new version */
+	/* and bump the table's epoch: a revalidation running meanwhile in
+	 * any process stores its answer as unproved (cache.h) */
 	pthread_mutex_lock(&t->lock);
-	rc = cache_get_meta(eng->cache, t->id, &m);
-	if (rc == 0)
-		rc = cache_set_validated(eng->cache, t->id, m.gen, 0);
-	if (rc == -ENOENT || rc == -ESTALE)
-		rc = 0;
+	rc = cache_bump_epoch(eng->cache, t->id);
 	pthread_mutex_unlock(&t->lock);
 	if (rc)
 		log_warn("cannot invalidate the cached rows of '%s': %s",
@@ -1055,6 +1052,11 @@ static int snapshot(struct fs_engine *eng, struct fs_table *t,
 	bool have, changed = false;
 	int rc;
 
+	/* the epoch first: an import starting after this read makes what
+	 * follows unproved */
+	rc = cache_get_epoch(eng->cache, t->id, &t->epoch);
+	if (rc)
+		return rc;
 	rc = cache_get_meta(eng->cache, t->id, m);
 	if (rc && rc != -ENOENT)
 		return rc;
@@ -1133,7 +1135,8 @@ again:
 		return rc;
 	}
 	if (page.not_modified) {
-		rc = cache_set_validated(eng->cache, t->id, m->gen, now_s());
+		rc = cache_set_validated_under(eng->cache, t->id, m->gen,
+					       now_s(), t->epoch);
 		if (rc == -ESTALE) {
 			/* an import dropped the cached version meanwhile */
 			api_page_release(&page);
@@ -1153,8 +1156,9 @@ again:
 			goto again;
 		}
 	}
-	rc = cache_begin_version(eng->cache, t->id,
-				 page.version ? page.version : "", m);
+	rc = cache_begin_version_under(eng->cache, t->id,
+				       page.version ? page.version : "",
+				       t->epoch, m);
 	if (rc)
 		goto out;
 	if (m->pages == 0 && !m->complete) {

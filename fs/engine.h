@@ -260,6 +260,13 @@ int fs_import_write(struct fs_import *im, const void *buf, size_t len)
  */
 int fs_import_use_csv(struct fs_import *im) FS_WARN_UNUSED;
 
+/*
+ * How the writer ended, for status.json's "writer" (how: NULL or "" for an
+ * explicit close(), which shows as "closed"; else e.g. "killed by signal
+ * 9"). Call before fs_import_finish().
+ */
+void fs_import_set_writer(struct fs_import *im, const char *how);
+
 /* Whether bytes were written since the last fs_import_finish(). */
 bool fs_import_dirty(const struct fs_import *im);
 

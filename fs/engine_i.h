@@ -23,6 +23,8 @@ struct fs_table {
 
 	/* t->lock: the frontier page fetch, the schema */
 	pthread_mutex_t lock;
+	uint64_t epoch;		/* cache epoch the running snapshot began
+				   under (cache_get_epoch) */
 	struct api_schema schema;
 	bool have_schema;
 	int64_t schema_at;	/* when fetched from the API; 0 = from cache */

@@ -102,6 +102,7 @@ struct fs_import {
 	atomic_uint_fast64_t bytes, rows_landed, chunks_planned, chunks_resent;
 	enum import_state state;
 	char error[512];
+	char writer[48];		/* how the writer ended; "" = close() */
 	int64_t started_at, finished_at;
 };
 
@@ -1599,6 +1600,7 @@ static int import_json(struct fs_import *im, char *buf, size_t size,
 		     "    \"retries\": %" PRIuFAST64 ",\n"
 		     "    \"throttled_429\": %" PRIuFAST64 ",\n"
 		     "    \"started\": %s,\n    \"finished\": %s,\n"
+		     "    \"writer\": \"%s\",\n"
 		     "    \"error\": ",
 		     state_names[im->state], p.bytes, p.lines, p.valid,
 		     p.quarantined, atomic_load(&im->unchanged), p.rows_planned,
@@ -1607,7 +1609,7 @@ static int import_json(struct fs_import *im, char *buf, size_t size,
 		     im->route ? im->route : "null", im->route ? "\"" : "",
 		     p.chunks_planned, p.chunks_sent, p.chunks_acked,
 		     atomic_load(&im->retries), atomic_load(&im->throttled),
-		     started, finished);
+		     started, finished, im->writer[0] ? im->writer : "closed");
 	if (n < 0 || (size_t)n >= size - *pos)
 		return -ENOSPC;
 	*pos += (size_t)n;
@@ -1618,6 +1620,13 @@ static int import_json(struct fs_import *im, char *buf, size_t size,
 	if (!rc && *pos + 5 < size)
 		*pos += (size_t)snprintf(buf + *pos, size - *pos, "\n  }");
 	return rc;
+}
+
+void fs_import_set_writer(struct fs_import *im, const char *how)
+{
+	pthread_mutex_lock(&im->eng->import_lock);
+	snprintf(im->writer, sizeof(im->writer), "%s", how ? how : "");
+	pthread_mutex_unlock(&im->eng->import_lock);
 }
 
 void fs_import_progress(struct fs_import *im, struct fs_import_progress *p)

@@ -410,8 +410,8 @@ static int cold_pass(struct fs_engine *eng, struct fs_table *t,
 		goto out;
 	}
 	if (old && same_unfinished(eng, t, old, &s, &p[0])) {
-		rc = cache_set_validated(eng->cache, t->id, old->gen,
-					 (int64_t)time(NULL));
+		rc = cache_set_validated_under(eng->cache, t->id, old->gen,
+					       (int64_t)time(NULL), t->epoch);
 		if (rc == 0)
 			rc = cache_get_meta(eng->cache, t->id, m);
 		if (rc == 0 && m->gen == old->gen)
@@ -438,7 +438,8 @@ static int cold_pass(struct fs_engine *eng, struct fs_table *t,
 		    cur.gen == t->stale_gen && !strcmp(cur.version, version))
 			unique_version(version, sizeof(version));
 	}
-	rc = cache_begin_version(eng->cache, t->id, version, m);
+	rc = cache_begin_version_under(eng->cache, t->id, version, t->epoch,
+				       m);
 	if (rc)
 		goto out;
 	gen = m->gen;
@@ -620,15 +621,16 @@ static int revalidate_whole(struct fs_engine *eng, struct fs_table *t,
 			goto out;
 	}
 	if (old == h) {
-		rc = cache_set_validated(eng->cache, t->id, m->gen,
-					 (int64_t)time(NULL));
+		rc = cache_set_validated_under(eng->cache, t->id, m->gen,
+					       (int64_t)time(NULL), t->epoch);
 		if (rc == 0)
 			rc = cache_get_meta(eng->cache, t->id, m);
 		if (rc != -ESTALE)
 			goto out;
 	}
 	/* another version: cache it whole, now */
-	rc = cache_begin_version(eng->cache, t->id, version, m);
+	rc = cache_begin_version_under(eng->cache, t->id, version, t->epoch,
+				       m);
 	if (rc || m->complete || m->pages)
 		goto out;
 	gen = m->gen;

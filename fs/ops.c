@@ -954,8 +954,55 @@ static void rejects_changed(const char *rows)
 		fuse_invalidate_path(fuse_get_context()->fuse, p);
 }
 
+/*
+ * How the thread tid that sent a FLUSH is ending, into how ("" for an
+ * explicit close()). A process that exits or is killed flushes its open
+ * files from do_exit, after PF_EXITING (0x4, field 9 of /proc/<tid>/stat)
+ * and its exit code (field 52) are set; the thread is blocked in the
+ * flush, so its /proc entry is still there.
+ */
+static void writer_end(pid_t tid, char *how, size_t size)
+{
+	char path[64], line[1024], *p, *end;
+	unsigned long flags = 0;
+	long code = 0;
+	FILE *f;
+	int field;
+
+	how[0] = '\0';
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)tid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	p = fgets(line, sizeof(line), f) ? strrchr(line, ')') : NULL;
+	fclose(f);
+	if (!p)
+		return;
+	/* fields from 3 on follow the ") " that ends the command name */
+	for (field = 3, p += 2; *p && field <= 52; field++) {
+		if (field == 9)
+			flags = strtoul(p, &end, 10);
+		else if (field == 52)
+			code = strtol(p, &end, 10);
+		else
+			end = strchr(p, ' ');
+		if (!end)
+			break;
+		p = end;
+		while (*p == ' ')
+			p++;
+	}
+	if (!(flags & 0x4))
+		return;
+	if (code & 0x7f)
+		snprintf(how, size, "killed by signal %ld", code & 0x7f);
+	else
+		snprintf(how, size, "exited without close");
+}
+
 static int fs_flush(const char *path, struct fuse_file_info *fi)
 {
+	char how[48];
 	struct handle *h = handle_of(fi);
 	int rc;
 
@@ -965,6 +1012,11 @@ static int fs_flush(const char *path, struct fuse_file_info *fi)
 		return 0;
 	if (h->swrite)
 		return schema_send(h);
+	writer_end(fuse_get_context()->pid, how, sizeof(how));
+	if (how[0])
+		log_warn("import into '%s': the writer %s (its complete lines "
+			 "are imported)", fs_table_name(h->t), how);
+	fs_import_set_writer(h->im, how);
 	rc = fs_import_finish(h->im);
 	rejects_changed(path);
 	return rc;

@@ -166,3 +166,100 @@ def test_rejects_size_is_right_after_close(emu_factory, mount_factory,
     data = open(rej, "rb").read()
     assert data.count(b"\n") == 3
     assert size == len(data)
+
+
+def test_dtfsctl_import_on_the_mounts_cache_is_seen_on_the_next_read(
+        emu_factory, mount_factory, tmp_path):
+    """Issue 11 item 8: `dtfsctl import` in another process on the mount's
+    cache_dir bumps the table's invalidation counter in the shared cache,
+    so the mount's next read after the import returned revalidates and
+    shows the new rows, although its revalidate window is an hour."""
+    from mount import dtfsctl
+    emu = emu_factory("--generate", "Big:300")
+    cache = str(tmp_path / "cache")
+    m = mount_factory(emu, cache_dir=cache,
+                      opts="revalidate=3600").start()
+    rows = m.file("Big", "rows.jsonl")
+    before = open(rows, "rb").read()
+    assert before.count(b"\n") == 300
+    emu.reset_stats()
+    assert open(rows, "rb").read() == before
+    assert emu.route_count("rows_get") == 0  # fresh: served from the cache
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(before.splitlines(keepends=True)[:299]) +
+                    b'{"customer_id":"CHANGED-1","last_interaction":'
+                    b'"2024-01-01T00:00:00Z","loyalty_tier":1}\n')
+    code, _, err = dtfsctl(emu, cache, "import", "Big", str(src))
+    assert code == 0, err
+    emu.reset_stats()
+    after = open(rows, "rb").read()
+    assert emu.route_count("rows_get") >= 1
+    # an import merges: the 300 rows, then the new one
+    assert after == before + (b'{"customer_id":"CHANGED-1",'
+                              b'"last_interaction":"2024-01-01T00:00:00Z",'
+                              b'"loyalty_tier":1}\n')
+
+
+def keys_of(emu):
+    return {r["customer_id"] for r in emu.rows("Big")}
+
+
+WRITER = r"""
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.write(fd, b"".join(
+    b'{"customer_id":"%s-%d","last_interaction":"2024-01-01T00:00:00Z",'
+    b'"loyalty_tier":%d}\n' % (sys.argv[2].encode(), i, i) for i in range(3)))
+if sys.argv[3] == "close":
+    os.close(fd)
+elif sys.argv[3] == "kill":
+    os.write(fd, b'{"customer_id":"PARTIAL')  # killed mid-line
+    print("ready", flush=True)
+    time.sleep(600)
+os._exit(0)  # "exit": ends without closing fd
+"""
+
+
+def test_status_says_the_writer_was_killed(emu_factory, mount_factory):
+    """Issue 11 item 7: a writer killed mid-write (kill -9) still has its
+    complete lines imported, and status.json says how the writer ended
+    ("killed by signal 9"), as it does for one that exits without close();
+    an explicit close() shows "closed"."""
+    import json
+    import signal
+    import sys
+    emu = emu_factory("--generate", "Big:50")
+    m = mount_factory(emu).start()
+    rows = m.file("Big", "rows.jsonl")
+
+    def status():
+        with open(m.file("Big", "status.json")) as f:
+            return json.load(f)["import"]
+
+    def run(tag, how):
+        return subprocess.Popen([sys.executable, "-c", WRITER, rows, tag,
+                                 how], stdout=subprocess.PIPE)
+
+    p = run("CLOSED", "close")
+    assert p.wait(timeout=60) == 0
+    assert status()["writer"] == "closed"
+    assert status()["state"] == "done"
+
+    p = run("EXITED", "exit")
+    assert p.wait(timeout=60) == 0
+    st = status()
+    assert st["writer"] == "exited without close"
+    assert st["state"] == "done" and st["rows_landed"] == 3
+
+    p = run("KILLED", "kill")
+    assert p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGKILL)
+    # the killed process's flush runs the import before it is reaped
+    assert p.wait(timeout=60) == -signal.SIGKILL
+    st = status()
+    assert st["writer"] == "killed by signal 9", st
+    assert st["state"] == "done" and "PARTIAL" not in keys_of(emu), st
+    assert st["lines_read"] == 4 and st["quarantined"] == 1
+    keys = {r["customer_id"] for r in emu.rows("Big")}
+    assert {"KILLED-0", "KILLED-1", "KILLED-2"} <= keys
+    assert {"EXITED-0", "CLOSED-2"} <= keys

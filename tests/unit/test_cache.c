@@ -800,6 +800,98 @@ static int race_stream(const char *dir, const struct stream *s)
 	return rc;
 }
 
+/* Bump T's epoch from another process (a dtfsctl import). */
+static int bump_elsewhere(const char *dir)
+{
+	struct cache *c = NULL;
+	int rc;
+
+	rc = cache_open(dir, 0, &c);
+	if (rc)
+		return rc;
+	rc = cache_bump_epoch(c, "T");
+	cache_close(c);
+	return rc;
+}
+
+static void test_epoch_compare_and_set(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct cache_meta m, got;
+	uint64_t e0, e1, e2;
+	pid_t pid;
+	int status;
+
+	assert_int_equal(cache_get_epoch(c, "T", &e0), 0);
+	assert_int_equal(e0, 0);
+	/* a revalidation under e0 with nothing in between is stored fresh */
+	assert_int_equal(cache_begin_version_under(c, "T", "v1", e0, &m), 0);
+	assert_true(m.validated_at > 0);
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+					   NULL, NULL),
+			 0);
+	assert_int_equal(cache_set_validated_under(c, "T", m.gen, 1000, e0),
+			 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_int_equal(got.validated_at, 1000);
+
+	/* an import in another process bumps the counter: the proof is
+	 * void at once, and a revalidation begun under e0 cannot restore it */
+	fflush(NULL);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(bump_elsewhere(f->dir) == 0 ? 0 : 1);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(cache_get_epoch(c, "T", &e1), 0);
+	assert_int_equal(e1, e0 + 1);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_int_equal(got.validated_at, 0);
+	assert_int_equal(got.gen, m.gen);	/* pages kept for readers */
+	assert_int_equal(got.bytes, 3);
+	assert_int_equal(cache_set_validated_under(c, "T", m.gen, 2000, e0),
+			 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_int_equal(got.validated_at, 0);
+	/* a new version fetched under e0 is cached but unproved */
+	assert_int_equal(cache_begin_version_under(c, "T", "v2", e0, &m), 0);
+	assert_int_equal(m.validated_at, 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_string_equal(got.version, "v2");
+	assert_int_equal(got.validated_at, 0);
+
+	/* the import's second bump: e1 is stale too; under e2 all is fresh */
+	assert_int_equal(cache_bump_epoch(c, "T"), 0);
+	assert_int_equal(cache_get_epoch(c, "T", &e2), 0);
+	assert_int_equal(e2, e1 + 1);
+	assert_int_equal(cache_set_validated_under(c, "T", m.gen, 3000, e1),
+			 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_int_equal(got.validated_at, 0);
+	assert_int_equal(cache_set_validated_under(c, "T", m.gen, 4000, e2),
+			 0);
+	assert_int_equal(cache_get_meta(c, "T", &got), 0);
+	assert_int_equal(got.validated_at, 4000);
+	/* a gen check still comes first */
+	assert_int_equal(cache_set_validated_under(c, "T", m.gen + 9, 1, e2),
+			 -ESTALE);
+	/* counters are per table; bumping a table never cached works */
+	assert_int_equal(cache_bump_epoch(c, "U"), 0);
+	assert_int_equal(cache_get_epoch(c, "U", &e0), 0);
+	assert_int_equal(e0, 1);
+	assert_int_equal(cache_get_epoch(c, "T", &e1), 0);
+	assert_int_equal(e1, e2);
+	assert_int_equal(cache_get_meta(c, "U", &got), -ENOENT);
+	/* the counter survives a reopen (it is in LMDB, not in memory) */
+	cache_close(c);
+	c = open_cache(f, 0);
+	assert_int_equal(cache_get_epoch(c, "T", &e1), 0);
+	assert_int_equal(e1, e2);
+}
+
 static void test_two_processes(void **state)
 {
 	struct fixture *f = *state;
@@ -1640,6 +1732,7 @@ int main(void)
 		T(test_spool_dedupe),
 		T(test_spool_10k_batches),
 		T(test_eviction_lru),
+		T(test_epoch_compare_and_set),
 		T(test_two_processes),
 		T(test_kill9_mid_writes),
 		T(test_reopen_persistence),
