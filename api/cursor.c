@@ -236,7 +236,9 @@ static int cursor_get_rows(struct api *api, const char *table_id,
 	rc = api_page_rows(api, table_id, schema, &resp, "rows", 0, out);
 	if (rc)
 		goto out;
-	rc = page_ids(d, rows, out);
+	/* the server's row ids (replace mode deletes by them); api_page_rows
+	 * checked that "rows" is an array of rows */
+	rc = page_ids(d, jdoc_member(d, 0, "rows"), out);
 	if (rc)
 		goto out;
 	next = jdoc_member(d, 0, "nextPageCursor");
