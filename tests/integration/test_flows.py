@@ -448,12 +448,13 @@ def test_concurrent_exports_on_one_cache_never_mix_or_repeat(emu_factory,
                                                              tmp_path, api):
     """Four dtfsctl exports at once on one cache directory, cold and then
     warm, a few rounds: each one writes the table exactly once, never a
-    page twice nor a page of another pass."""
-    emu = emu_factory("--generate", "Big:1200")
-    opts = f"api={api},page_size=25,revalidate=0,log_level=debug"
+    page twice nor a page of another pass. Small pages: many appends
+    for the processes to meet at."""
+    emu = emu_factory("--generate", "Big:1200", "--rate-limit", "1000000/1")
+    opts = f"api={api},page_size=25,revalidate=0,rate=none,log_level=debug"
     want = None
-    for rnd in range(4):
-        cache = tmp_path / f"c{rnd // 2}"	# rounds 1 and 3: warm
+    for rnd in range(10):
+        cache = tmp_path / f"c{rnd // 2}"	# odd rounds: warm
         outs = [None] * 4
 
         def one(i):
