@@ -437,6 +437,14 @@ static void test_append_page_twice_refused(void **state)
 			 0);
 	assert_int_equal(n, 9);
 	assert_memory_equal(buf, "a1\nb2\nc3\n", 9);
+	/* two copies of an empty page: one offset, told apart by number */
+	assert_int_equal(cache_begin_version(c, "E", "v1", &m), 0);
+	assert_int_equal(cache_append_page(c, "E", m.gen, 0, 0, NULL, 0, 0,
+					   "n:2", NULL), 0);
+	assert_int_equal(cache_append_page(c, "E", m.gen, 0, 0, NULL, 0, 0,
+					   "n:2'", NULL), -EEXIST);
+	assert_int_equal(cache_get_meta(c, "E", &m), 0);
+	assert_int_equal(m.pages, 1);
 }
 
 static void test_complete_and_totals(void **state)
