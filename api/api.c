@@ -856,10 +856,7 @@ void api_page_release(struct api_page *page)
 {
 	if (!page)
 		return;
-	if (page->ids)
-		for (size_t i = 0; i < page->nrows; i++)
-			free(page->ids[i]);
-	free(page->ids);
+	free(page->ids); /* the strings are in the same block */
 	free(page->data);
 	free(page->next_cursor);
 	free(page->version);

@@ -212,7 +212,8 @@ struct api_page {
 	char **ids;		/* cursor dialect: the server's id of each
 				   row (nrows entries, NULL where a row has
 				   none), what api_delete_row() takes; NULL
-				   for other dialects */
+				   for other dialects. One block with the
+				   strings: free(ids) alone frees them */
 };
 
 /*

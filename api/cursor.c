@@ -177,25 +177,46 @@ out:
 
 /* ---- rows ------------------------------------------------------------- */
 
-/* Each row's "id", which single-row deletes take. */
+/* Each row's "id", which single-row deletes take: the pointers and the
+ * strings in one block (a million ids are not a million allocations). */
 static int page_ids(const struct jdoc *d, uint32_t rows, struct api_page *out)
 {
 	uint32_t r = jdoc_child(rows), id;
-	size_t i;
+	size_t i, *at = NULL, head = out->nrows * sizeof(*out->ids);
+	struct abuf strs;
+	int rc = -ENOMEM;
 
 	if (!out->nrows)
 		return 0;
-	out->ids = calloc(out->nrows, sizeof(*out->ids));
-	if (!out->ids)
-		return -ENOMEM;
+	abuf_init(&strs);
+	at = malloc(out->nrows * sizeof(*at));
+	if (!at)
+		goto out;
 	for (i = 0; i < out->nrows; i++) {
 		id = jdoc_member(d, r, "id");
-		if (id != UINT32_MAX && d->nodes[id].type == JT_STRING &&
-		    !(out->ids[i] = jdoc_str_dup(d, id)))
-			return -ENOMEM;
+		at[i] = SIZE_MAX;
+		if (id != UINT32_MAX && d->nodes[id].type == JT_STRING) {
+			at[i] = strs.len;
+			jdoc_str_decode(d, id, &strs);
+			abuf_addc(&strs, '\0');
+		}
 		r = jdoc_next(d, r);
 	}
-	return 0;
+	if (strs.oom)
+		goto out;
+	out->ids = malloc(head + strs.len);
+	if (!out->ids)
+		goto out;
+	memcpy((char *)out->ids + head, strs.p, strs.len);
+	for (i = 0; i < out->nrows; i++)
+		out->ids[i] = at[i] == SIZE_MAX
+				  ? NULL
+				  : (char *)out->ids + head + at[i];
+	rc = 0;
+out:
+	free(at);
+	abuf_release(&strs);
+	return rc;
 }
 
 static int cursor_get_rows(struct api *api, const char *table_id,

@@ -34,10 +34,14 @@ struct fs_table {
 	_Atomic int64_t write_refused_at; /* the API refused a write (403) */
 
 	/* t->lock: the next cursor page, fetched ahead while the last one
-	 * is cached (engine.c) */
+	 * is cached (engine.c), by one thread kept for the table */
 	struct {
-		bool active;	/* a thread was started, not joined yet */
+		bool active;	/* a fetch was handed over, not taken yet */
+		bool running;	/* tid started (mu and cv initialized) */
 		pthread_t tid;
+		pthread_mutex_t mu; /* job, done, quit */
+		pthread_cond_t cv;
+		bool job, done, quit;
 		uint64_t gen;
 		char *cursor;
 		struct api_page page;
