@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1404,6 +1405,7 @@ int cache_begin_version_under(struct cache *cache, const char *table,
 
 struct append_arg {
 	uint64_t gen;
+	uint64_t page;
 	uint64_t offset;
 	const void *data;
 	size_t len;
@@ -1429,10 +1431,17 @@ static int append_fn(MDB_txn *txn, struct op *op, void *arg)
 		return op_fail(op, rc);
 	if (m->gen != a->gen)
 		return -ESTALE;
-	if (a->offset > m->bytes)
-		return -EINVAL;
-	if (a->offset < m->bytes || m->complete)
+	/* the one place a page's place is decided: by its number, then its
+	 * offset (equal lengths make offsets alone ambiguous) */
+	if (a->page < m->pages || m->complete)
 		return -EEXIST;
+	if (a->page > m->pages || a->offset != m->bytes) {
+		log_debug("cache: page %" PRIu64 " at byte %" PRIu64 " of "
+			  "'%s' refused: the frontier is page %" PRIu64
+			  " at byte %" PRIu64, a->page, a->offset, op->table,
+			  m->pages, m->bytes);
+		return -EINVAL;
+	}
 	if (m->pages >= CACHE_PAGES_MAX)
 		return op_fail_msg(op, -EPROTO, "more pages than any table "
 				   "has: the API keeps sending cursors");
@@ -1495,14 +1504,15 @@ static int append_fn(MDB_txn *txn, struct op *op, void *arg)
 }
 
 int cache_append_page(struct cache *cache, const char *table, uint64_t gen,
-		      uint64_t offset, const void *data, size_t len,
-		      size_t nrows, const char *next_cursor,
+		      uint64_t page, uint64_t offset, const void *data,
+		      size_t len, size_t nrows, const char *next_cursor,
 		      struct cache_meta *out)
 {
 	struct cache_meta m;
 	struct append_arg a = {
-		.gen = gen, .offset = offset, .data = data, .len = len,
-		.nrows = nrows, .next_cursor = next_cursor, .out = &m,
+		.gen = gen, .page = page, .offset = offset, .data = data,
+		.len = len, .nrows = nrows, .next_cursor = next_cursor,
+		.out = &m,
 	};
 	struct op op;
 	int rc;

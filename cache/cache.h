@@ -102,21 +102,28 @@ int cache_begin_version(struct cache *cache, const char *table,
 	CACHE_WARN_UNUSED;
 
 /*
- * Append the page that starts at byte `offset` of generation `gen`.
+ * Append page number `page` (0 for the first) of generation `gen`, which
+ * starts at byte `offset`. A page goes in only as the generation's next
+ * one: `page` equal to its page count and `offset` to its byte count, both
+ * checked in the append's own transaction. So no page is ever stored twice
+ * nor out of place, whatever callers in any process sharing the cache do
+ * (pages of equal length cannot pass for one another).
  * next_cursor NULL marks the last page (the version becomes complete).
  * Returns:
  *   0        appended; *out (may be NULL) is the new meta;
- *   -EEXIST  the page is already there (another reader appended it first;
- *            not an error: read it back);
+ *   -EEXIST  page `page` is already there (another reader appended it
+ *            first; not an error: read it back), or the version is
+ *            complete;
  *   -ESTALE  gen is no longer the table's generation;
- *   -EINVAL  offset is past the cached frontier (a gap);
+ *   -EINVAL  page is past the cached frontier (a gap), or offset is not
+ *            where that page starts;
  *   -ENAMETOOLONG  next_cursor is CACHE_CURSOR_MAX bytes or longer;
  *   -ENOSPC  the map is full even after eviction.
  * An empty page (len 0) stores no bytes but counts as a page.
  */
 int cache_append_page(struct cache *cache, const char *table, uint64_t gen,
-		      uint64_t offset, const void *data, size_t len,
-		      size_t nrows, const char *next_cursor,
+		      uint64_t page, uint64_t offset, const void *data,
+		      size_t len, size_t nrows, const char *next_cursor,
 		      struct cache_meta *out) CACHE_WARN_UNUSED;
 
 /*

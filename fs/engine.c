@@ -958,8 +958,9 @@ static int fetch_next(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 	 * prefetch, no more) */
 	if (m.pages >= 2)
 		ahead_start(eng, t, gen, page.next_cursor);
-	rc = cache_append_page(eng->cache, t->id, gen, m.bytes, page.data,
-			       page.len, page.nrows, page.next_cursor, NULL);
+	rc = cache_append_page(eng->cache, t->id, gen, m.pages, m.bytes,
+			       page.data, page.len, page.nrows,
+			       page.next_cursor, NULL);
 	if (rc == -EEXIST)
 		rc = 0;
 	if (rc)
@@ -1162,9 +1163,9 @@ again:
 	if (rc)
 		goto out;
 	if (m->pages == 0 && !m->complete) {
-		rc = cache_append_page(eng->cache, t->id, m->gen, 0, page.data,
-				       page.len, page.nrows, page.next_cursor,
-				       m);
+		rc = cache_append_page(eng->cache, t->id, m->gen, 0, 0,
+				       page.data, page.len, page.nrows,
+				       page.next_cursor, m);
 		if (rc == -EEXIST)
 			rc = cache_get_meta(eng->cache, t->id, m);
 	}

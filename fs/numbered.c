@@ -288,7 +288,7 @@ static int append(struct fs_engine *eng, struct fs_table *t, uint64_t gen,
 			return 0;	/* appended by someone else */
 		if (want < k)
 			return -EPROTO;	/* a gap: pages are fetched in order */
-		rc = cache_append_page(eng->cache, t->id, gen, m->bytes,
+		rc = cache_append_page(eng->cache, t->id, gen, k - 1, m->bytes,
 				       p->data, p->len, p->nrows,
 				       k < s->count ? cur : NULL, m);
 		if (rc != -EEXIST)

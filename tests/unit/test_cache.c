@@ -126,7 +126,8 @@ static int append_stream_page(struct cache *c, const char *table,
 	char cursor[32];
 
 	snprintf(cursor, sizeof(cursor), "c%u", i + 1);
-	return cache_append_page(c, table, gen, s->off[i], s->bytes + s->off[i],
+	return cache_append_page(c, table, gen, i, s->off[i],
+				 s->bytes + s->off[i],
 				 s->off[i + 1] - s->off[i], page_rows(i),
 				 i == last ? NULL : cursor, m);
 }
@@ -233,7 +234,7 @@ static void test_read_every_offset(void **state)
 	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
 	assert_int_equal(m.pages, 0);
 	for (size_t p = 0; p < npages; p++) {
-		assert_int_equal(cache_append_page(c, "T", m.gen, frontier,
+		assert_int_equal(cache_append_page(c, "T", m.gen, p, frontier,
 						   all + frontier, lens[p], 1,
 						   p + 1 < npages ? cursors[p] :
 								    NULL,
@@ -345,35 +346,35 @@ static void test_append_errors(void **state)
 	char longstr[CACHE_CURSOR_MAX + 1];
 
 	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
-	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, 0, "ab\n", 3, 1,
 					   "c1", NULL),
 			 0);
 	/* another reader appended the same page first */
-	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, 0, "ab\n", 3, 1,
 					   "c1", NULL),
 			 -EEXIST);
-	assert_int_equal(cache_append_page(c, "T", m.gen, 2, "b\n", 2, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, 2, "b\n", 2, 1,
 					   "c1", NULL),
 			 -EEXIST);
 	/* a gap */
-	assert_int_equal(cache_append_page(c, "T", m.gen, 4, "cd\n", 3, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 2, 4, "cd\n", 3, 1,
 					   "c2", NULL),
 			 -EINVAL);
-	assert_int_equal(cache_append_page(c, "T", m.gen + 1, 3, "cd\n", 3, 1,
-					   "c2", NULL),
+	assert_int_equal(cache_append_page(c, "T", m.gen + 1, 1, 3, "cd\n", 3,
+					   1, "c2", NULL),
 			 -ESTALE);
-	assert_int_equal(cache_append_page(c, "nope", m.gen, 0, "x\n", 2, 1,
+	assert_int_equal(cache_append_page(c, "nope", m.gen, 0, 0, "x\n", 2, 1,
 					   NULL, NULL),
 			 -ESTALE);
 
 	memset(longstr, 'x', sizeof(longstr) - 1);
 	longstr[sizeof(longstr) - 1] = '\0';
 	longstr[CACHE_CURSOR_MAX] = '\0';	/* CURSOR_MAX chars: too long */
-	assert_int_equal(cache_append_page(c, "T", m.gen, 3, "cd\n", 3, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 1, 3, "cd\n", 3, 1,
 					   longstr, NULL),
 			 -ENAMETOOLONG);
 	longstr[CACHE_CURSOR_MAX - 1] = '\0';	/* the longest that fits */
-	assert_int_equal(cache_append_page(c, "T", m.gen, 3, "cd\n", 3, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 1, 3, "cd\n", 3, 1,
 					   longstr, &m2),
 			 0);
 	assert_string_equal(m2.cursor, longstr);
@@ -390,10 +391,60 @@ static void test_append_errors(void **state)
 			 -ENAMETOOLONG);
 	longstr[CACHE_TABLE_MAX] = '\0';
 	assert_int_equal(cache_begin_version(c, longstr, "v", &m2), 0);
-	assert_int_equal(cache_append_page(c, longstr, m2.gen, 0, "ab\n", 3, 1,
-					   NULL, NULL),
+	assert_int_equal(cache_append_page(c, longstr, m2.gen, 0, 0, "ab\n", 3,
+					   1, NULL, NULL),
 			 0);
 	assert_int_equal(cache_begin_version(c, "", "v", NULL), -EINVAL);
+}
+
+/*
+ * Pages of equal length: a writer whose meta is a page behind (another
+ * process appended meanwhile) offers page 1 again at the frontier's
+ * offset, or page 2 at page 1's offset. The offset alone cannot tell them
+ * apart; the page number does: no row is ever stored twice.
+ */
+static void test_append_page_twice_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct cache_meta m;
+	char buf[16];
+	size_t n;
+
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, 0, "a1\n", 3, 1,
+					   "n:2", &m), 0);
+	assert_int_equal(cache_append_page(c, "T", m.gen, 1, 3, "b2\n", 3, 1,
+					   "n:3", &m), 0);
+	/* page 1 (index 1) again, where page 2 would go */
+	assert_int_equal(cache_append_page(c, "T", m.gen, 1, 6, "b2\n", 3, 1,
+					   "n:3'", NULL), -EEXIST);
+	/* page 0 again at the frontier */
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, 6, "a1\n", 3, 1,
+					   "n:2'", NULL), -EEXIST);
+	/* page 2 at page 1's offset: a stale offset, refused */
+	assert_int_equal(cache_append_page(c, "T", m.gen, 2, 3, "c3\n", 3, 1,
+					   NULL, NULL), -EINVAL);
+	assert_int_equal(cache_get_meta(c, "T", &m), 0);
+	assert_int_equal(m.pages, 2);
+	assert_int_equal(m.bytes, 6);
+	assert_int_equal(m.rows, 2);
+	assert_string_equal(m.cursor, "n:3");
+	assert_int_equal(cache_append_page(c, "T", m.gen, 2, 6, "c3\n", 3, 1,
+					   NULL, &m), 0);
+	assert_true(m.complete);
+	assert_int_equal(cache_read(c, "T", m.gen, 0, buf, sizeof(buf), &n),
+			 0);
+	assert_int_equal(n, 9);
+	assert_memory_equal(buf, "a1\nb2\nc3\n", 9);
+	/* two copies of an empty page: one offset, told apart by number */
+	assert_int_equal(cache_begin_version(c, "E", "v1", &m), 0);
+	assert_int_equal(cache_append_page(c, "E", m.gen, 0, 0, NULL, 0, 0,
+					   "n:2", NULL), 0);
+	assert_int_equal(cache_append_page(c, "E", m.gen, 0, 0, NULL, 0, 0,
+					   "n:2'", NULL), -EEXIST);
+	assert_int_equal(cache_get_meta(c, "E", &m), 0);
+	assert_int_equal(m.pages, 1);
 }
 
 static void test_complete_and_totals(void **state)
@@ -433,15 +484,15 @@ static void test_complete_and_totals(void **state)
 	assert_true(got.used_at > 0);
 	assert_int_equal(check_stream(c, "T", m.gen, &s, s.off[10], 4096), 0);
 	/* once complete, a late copy of the last page is a duplicate */
-	assert_int_equal(cache_append_page(c, "T", m.gen, s.off[10], "x\n", 2,
-					   1, NULL, NULL),
+	assert_int_equal(cache_append_page(c, "T", m.gen, 10, s.off[10],
+					   "x\n", 2, 1, NULL, NULL),
 			 -EEXIST);
 
 	/* an empty table: one empty last page, complete with 0 bytes */
 	assert_int_equal(cache_begin_version(c, "E", "", &m), 0);
 	assert_string_equal(m.version, "");
-	assert_int_equal(cache_append_page(c, "E", m.gen, 0, NULL, 0, 0, NULL,
-					   &got),
+	assert_int_equal(cache_append_page(c, "E", m.gen, 0, 0, NULL, 0, 0,
+					   NULL, &got),
 			 0);
 	assert_true(got.complete);
 	assert_int_equal(got.bytes, 0);
@@ -461,7 +512,7 @@ static void test_validated_and_invalidate(void **state)
 	char buf[8];
 
 	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
-	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, 0, "ab\n", 3, 1,
 					   NULL, NULL),
 			 0);
 	assert_int_equal(cache_set_validated(c, "T", m.gen, 1234567), 0);
@@ -683,7 +734,7 @@ static void fill_table(struct cache *c, const char *table, unsigned pages,
 		char cursor[32];
 
 		snprintf(cursor, sizeof(cursor), "more-%u", i);
-		assert_int_equal(cache_append_page(c, table, m->gen,
+		assert_int_equal(cache_append_page(c, table, m->gen, i,
 						   (uint64_t)i * page_len, buf,
 						   page_len, 1, cursor, m),
 				 0);
@@ -726,8 +777,8 @@ static void test_eviction_lru(void **state)
 	assert_int_equal(st.bytes, 3000);
 
 	memset(buf, 'C', sizeof(buf));
-	assert_int_equal(cache_append_page(c, "C", cm.gen, 1000, buf, 1000, 1,
-					   "more-a", NULL),
+	assert_int_equal(cache_append_page(c, "C", cm.gen, 1, 1000, buf,
+					   1000, 1, "more-a", NULL),
 			 0);
 	assert_int_equal(cache_get_meta(c, "B", &got), -ENOENT);
 	assert_int_equal(cache_get_meta(c, "A", &got), 0);
@@ -737,13 +788,13 @@ static void test_eviction_lru(void **state)
 	assert_int_equal(st.bytes, 3000);
 
 	memset(buf, 'C', sizeof(buf));
-	assert_int_equal(cache_append_page(c, "C", cm.gen, 2000, buf, 1000, 1,
-					   "more-b", NULL),
+	assert_int_equal(cache_append_page(c, "C", cm.gen, 2, 2000, buf,
+					   1000, 1, "more-b", NULL),
 			 0);
 	assert_int_equal(cache_get_meta(c, "A", &got), -ENOENT);
 	/* C alone is over the cap: it stays whole */
-	assert_int_equal(cache_append_page(c, "C", cm.gen, 3000, buf, 1000, 1,
-					   NULL, &got),
+	assert_int_equal(cache_append_page(c, "C", cm.gen, 3, 3000, buf,
+					   1000, 1, NULL, &got),
 			 0);
 	assert_true(got.complete);
 	assert_int_equal(got.bytes, 4000);
@@ -1349,8 +1400,8 @@ static void fill_big(struct cache *c, const char *table, const char *version,
 		snprintf(cursor, sizeof(cursor), "more-%u", i);
 		for (size_t j = 0; j < BIG_PAGE; j++)
 			buf[j] = big_byte(off + j);
-		assert_int_equal(cache_append_page(c, table, m->gen, off, buf,
-						   BIG_PAGE, 1,
+		assert_int_equal(cache_append_page(c, table, m->gen, i, off,
+						   buf, BIG_PAGE, 1,
 						   i + 1 == pages ? NULL :
 								    cursor,
 						   m),
@@ -1726,6 +1777,7 @@ int main(void)
 		T(test_begin_same_version_keeps_pages),
 		T(test_new_version_drops_old),
 		T(test_append_errors),
+		T(test_append_page_twice_refused),
 		T(test_complete_and_totals),
 		T(test_validated_and_invalidate),
 		T(test_schema_roundtrip),
