@@ -879,7 +879,7 @@ static void test_epoch_compare_and_set(void **state)
 	/* a revalidation under e0 with nothing in between is stored fresh */
 	assert_int_equal(cache_begin_version_under(c, "T", "v1", e0, &m), 0);
 	assert_true(m.validated_at > 0);
-	assert_int_equal(cache_append_page(c, "T", m.gen, 0, "ab\n", 3, 1,
+	assert_int_equal(cache_append_page(c, "T", m.gen, 0, 0, "ab\n", 3, 1,
 					   NULL, NULL),
 			 0);
 	assert_int_equal(cache_set_validated_under(c, "T", m.gen, 1000, e0),
