@@ -222,6 +222,27 @@ static int take_current_line(struct putter *p, const struct api_schema *schema,
 	return rc;
 }
 
+/* Append n bytes to the growing line *line (*len used of *cap). */
+static int line_add(char **line, size_t *len, size_t *cap, const char *s,
+		    size_t n)
+{
+	if (*len + n > *cap) {
+		size_t c = *cap ? *cap : 4096;
+		char *g;
+
+		while (c < *len + n)
+			c *= 2;
+		g = realloc(*line, c);
+		if (!g)
+			return -ENOMEM;
+		*line = g;
+		*cap = c;
+	}
+	memcpy(*line + *len, s, n);
+	*len += n;
+	return 0;
+}
+
 /* Read the current version of t whole into the spool `cur`. Returns 0,
  * -ESTALE (it changed while read), or the reader's error. */
 static int spool_current(struct fs_engine *eng, struct fs_table *t,
@@ -259,45 +280,18 @@ static int spool_current(struct fs_engine *eng, struct fs_table *t,
 		while (s < end) {
 			nl = memchr(s, '\n', (size_t)(end - s));
 			if (!nl) {
-				size_t add = (size_t)(end - s);
-
-				if (llen + add > lcap) {
-					size_t cap = lcap ? lcap : 4096;
-					char *g;
-
-					while (cap < llen + add)
-						cap *= 2;
-					g = realloc(line, cap);
-					if (!g) {
-						rc = -ENOMEM;
-						goto out;
-					}
-					line = g;
-					lcap = cap;
-				}
-				memcpy(line + llen, s, add);
-				llen += add;
+				/* a line cut by the read: keep its head */
+				rc = line_add(&line, &llen, &lcap, s,
+					      (size_t)(end - s));
+				if (rc)
+					goto out;
 				break;
 			}
 			if (llen) {
-				size_t add = (size_t)(nl - s);
-
-				if (llen + add > lcap) {
-					size_t cap = lcap;
-					char *g;
-
-					while (cap < llen + add)
-						cap *= 2;
-					g = realloc(line, cap);
-					if (!g) {
-						rc = -ENOMEM;
-						goto out;
-					}
-					line = g;
-					lcap = cap;
-				}
-				memcpy(line + llen, s, add);
-				llen += add;
+				rc = line_add(&line, &llen, &lcap, s,
+					      (size_t)(nl - s));
+				if (rc)
+					goto out;
 				rc = take_current_line(&p, schema, line, llen,
 						       rows, unreadable);
 				llen = 0;
