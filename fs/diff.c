@@ -82,6 +82,36 @@ int fs_spooled_parse(const char *val, struct fs_spooled *out)
 	return 0;
 }
 
+int fs_spool_walk(struct fs_engine *eng, const char *spool,
+		  int (*fn)(void *arg, const struct fs_spooled *s), void *arg)
+{
+	struct cache_spool_batch b = { 0 };
+	char *after = NULL;
+	size_t i;
+	int rc;
+
+	for (;;) {
+		rc = cache_spool_next(eng->cache, spool, after, 256, &b);
+		if (rc || b.n == 0)
+			break;
+		for (i = 0; i < b.n && !rc; i++) {
+			struct fs_spooled s;
+
+			if (!fs_spooled_parse(b.rows[i], &s))
+				rc = fn(arg, &s);
+		}
+		free(after);
+		after = b.last_key;
+		b.last_key = NULL;
+		cache_spool_batch_release(&b);
+		if (rc)
+			break;
+	}
+	cache_spool_batch_release(&b);
+	free(after);
+	return rc;
+}
+
 /* ---- a sorted walk over one spool ------------------------------------ */
 
 struct walk {

@@ -195,6 +195,14 @@ char *fs_spooled_format(uint64_t line, char flag, const char *key,
 int fs_spooled_parse(const char *val, struct fs_spooled *out)
 	FS_WARN_UNUSED;
 
+/* Walk every value of a spool in key order, parsed (values that do not
+ * parse are skipped); fn's first nonzero result stops the walk and is
+ * returned, as is an error of reading the spool. *s is borrowed for the
+ * call only. */
+int fs_spool_walk(struct fs_engine *eng, const char *spool,
+		  int (*fn)(void *arg, const struct fs_spooled *s), void *arg)
+	FS_WARN_UNUSED;
+
 /* The name of t's spool `what` in the cache ("" is the import spool). */
 char *fs_spool_name(const struct fs_table *t, const char *what);
 

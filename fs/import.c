@@ -1048,86 +1048,80 @@ static int cmp_u64(const void *a, const void *b)
  * latest lines beyond what the table has room for are quarantined and set
  * aside ('x') in the spool. Returns how many, or a negative errno.
  */
+struct over_max {
+	struct fs_import *im;
+	const char *spool;
+	uint64_t *lines, n, cap;	/* new keys' lines */
+	uint64_t cut, over;
+	const char *why;
+};
+
+static int new_line(void *arg, const struct fs_spooled *s)
+{
+	struct over_max *o = arg;
+
+	if (s->flag == 'n' && o->n < o->cap)
+		o->lines[o->n++] = s->line;
+	return 0;
+}
+
+/* Quarantine a new row from the cut on and mark it 'x' (not sent). */
+static int set_aside(void *arg, const struct fs_spooled *s)
+{
+	struct over_max *o = arg;
+	struct fs_import *im = o->im;
+	char *key, *val;
+	int rc;
+
+	if (s->flag != 'n' || s->line < o->cut)
+		return 0;
+	quarantine(im, s->line, o->why, s->row, strlen(s->row));
+	o->over++;
+	key = strndup(s->key, s->klen);
+	val = key ? fs_spooled_format(s->line, 'x', key, s->row) : NULL;
+	rc = val ? cache_spool_put(im->eng->cache, o->spool, 1,
+				   (const char *const *)&key,
+				   (const char *const *)&val)
+		 : -ENOMEM;
+	free(key);
+	free(val);
+	return rc;
+}
+
 static int64_t set_aside_over_max(struct fs_import *im, const char *spool,
 				  const struct fs_diff *d)
 {
 	struct fs_engine *eng = im->eng;
-	uint64_t room, *lines = NULL, cut, n = 0, over = 0;
-	struct cache_spool_batch b = { 0 };
-	char *after = NULL, why[128];
-	size_t i;
-	int rc = 0;
+	struct over_max o = { .im = im, .spool = spool };
+	uint64_t room;
+	char why[128];
+	int rc;
 
 	room = d->current >= eng->cfg.max_rows ? 0
 					       : eng->cfg.max_rows - d->current;
 	if (d->added <= room)
 		return 0;
-	lines = malloc(d->added * sizeof(*lines));
-	if (!lines)
+	o.lines = malloc(d->added * sizeof(*o.lines));
+	if (!o.lines)
 		return -ENOMEM;
+	o.cap = d->added;
 	/* which lines: the new keys in file order, the first `room` kept */
-	for (;;) {
-		rc = cache_spool_next(eng->cache, spool, after, 256, &b);
-		if (rc || b.n == 0)
-			break;
-		for (i = 0; i < b.n; i++) {
-			struct fs_spooled s;
-
-			if (!fs_spooled_parse(b.rows[i], &s) &&
-			    s.flag == 'n' && n < d->added)
-				lines[n++] = s.line;
-		}
-		free(after);
-		after = b.last_key;
-		b.last_key = NULL;
-		cache_spool_batch_release(&b);
-	}
-	cache_spool_batch_release(&b);
-	free(after);
-	after = NULL;
+	rc = fs_spool_walk(eng, spool, new_line, &o);
 	if (rc)
 		goto out;
-	qsort(lines, n, sizeof(*lines), cmp_u64);
-	cut = room < n ? lines[room] : UINT64_MAX;
+	qsort(o.lines, o.n, sizeof(*o.lines), cmp_u64);
+	o.cut = room < o.n ? o.lines[room] : UINT64_MAX;
 	snprintf(why, sizeof(why),
 		 "the table would pass max_rows (%u rows): not sent",
 		 eng->cfg.max_rows);
-	for (;;) {
-		rc = cache_spool_next(eng->cache, spool, after, 256, &b);
-		if (rc || b.n == 0)
-			break;
-		for (i = 0; i < b.n && !rc; i++) {
-			struct fs_spooled s;
-			char *key, *val;
-
-			if (fs_spooled_parse(b.rows[i], &s) || s.flag != 'n' ||
-			    s.line < cut)
-				continue;
-			quarantine(im, s.line, why, s.row, strlen(s.row));
-			over++;
-			key = strndup(s.key, s.klen);
-			val = key ? fs_spooled_format(s.line, 'x', key, s.row)
-				  : NULL;
-			rc = val ? cache_spool_put(eng->cache, spool, 1,
-						   (const char *const *)&key,
-						   (const char *const *)&val)
-				 : -ENOMEM;
-			free(key);
-			free(val);
-		}
-		free(after);
-		after = b.last_key;
-		b.last_key = NULL;
-		cache_spool_batch_release(&b);
-	}
-	cache_spool_batch_release(&b);
+	o.why = why;
+	rc = fs_spool_walk(eng, spool, set_aside, &o);
 	log_err("import into '%s': %" PRIu64 " new rows would take the table "
-		"past max_rows (%u): quarantined", im->t->name, over,
+		"past max_rows (%u): quarantined", im->t->name, o.over,
 		eng->cfg.max_rows);
 out:
-	free(after);
-	free(lines);
-	return rc ? rc : (int64_t)over;
+	free(o.lines);
+	return rc ? rc : (int64_t)o.over;
 }
 
 /*
@@ -1161,46 +1155,70 @@ static uint64_t job_threshold(struct fs_import *im, const struct fs_diff *d)
 }
 
 /* The spooled rows to send, in one CSV (header first); 'x' rows left out. */
+struct csv_out {
+	const struct api_schema *schema;
+	char **csv;
+	size_t *len, cap;
+};
+
+static int csv_row(void *arg, const struct fs_spooled *s)
+{
+	struct csv_out *c = arg;
+	int rc;
+
+	if (s->flag == 'x')
+		return 0;
+	if (!*c->csv) {	/* the header, before the first record */
+		rc = api_csv_encode(c->schema, NULL, NULL, 0, c->csv, c->len);
+		if (rc)
+			return rc;
+		c->cap = *c->len + 1;
+	}
+	return api_csv_encode_lines(c->schema, s->row, strlen(s->row), c->csv,
+				    c->len, &c->cap);
+}
+
 static int spool_csv(struct fs_import *im, const char *spool, char **csv,
 		     size_t *len)
 {
-	struct cache_spool_batch b = { 0 };
-	const char *rows[256];
-	size_t lens[256], i, n;
-	char *after = NULL;
+	struct csv_out c = { .schema = &im->schema, .csv = csv, .len = len };
 	int rc;
 
 	*csv = NULL;
 	*len = 0;
-	for (;;) {
-		rc = cache_spool_next(im->eng->cache, spool, after, 256, &b);
-		if (rc || b.n == 0)
-			break;
-		for (i = 0, n = 0; i < b.n; i++) {
-			struct fs_spooled s;
-
-			if (fs_spooled_parse(b.rows[i], &s) || s.flag == 'x')
-				continue;
-			rows[n] = s.row;
-			lens[n++] = strlen(s.row);
-		}
-		if (n)
-			rc = api_csv_encode(&im->schema, rows, lens, n, csv,
-					    len);
-		free(after);
-		after = b.last_key;
-		b.last_key = NULL;
-		cache_spool_batch_release(&b);
-		if (rc)
-			break;
-	}
-	cache_spool_batch_release(&b);
-	free(after);
+	rc = fs_spool_walk(im->eng, spool, csv_row, &c);
 	if (rc) {
 		free(*csv);
 		*csv = NULL;
 	}
 	return rc;
+}
+
+struct missing_rows {
+	struct fs_import *im;
+	uint64_t failed;	/* rows the job counted failed */
+	uint64_t n;
+};
+
+/* A row of the read-back diff: sent, and not in the table as sent. */
+static int missing_row(void *arg, const struct fs_spooled *s)
+{
+	struct missing_rows *mr = arg;
+	char why[256];
+
+	/* the table's own rows (line 0) and rows set aside were never sent */
+	if (s->line == 0 || s->flag == 'x')
+		return 0;
+	snprintf(why, sizeof(why),
+		 s->flag == 'n' ? "not in the table after the CSV import job "
+				  "(the job counted %" PRIu64 " failed rows)"
+				: "the table holds other values after the CSV "
+				  "import job (the job counted %" PRIu64
+				  " failed rows)",
+		 mr->failed);
+	quarantine(mr->im, s->line, why, s->row, strlen(s->row));
+	mr->n++;
+	return 0;
 }
 
 /*
@@ -1214,10 +1232,10 @@ static int send_job(struct fs_import *im, const char *spool)
 	struct fs_engine *eng = im->eng;
 	struct fs_table *t = im->t;
 	struct api_job job = { 0 };
-	struct cache_spool_batch b = { 0 };
+	struct missing_rows mr = { 0 };
 	struct fs_diff d;
-	char *csv = NULL, *after = NULL, *missing = NULL, why[256];
-	size_t len = 0, i;
+	char *csv = NULL, *missing = NULL, why[256];
+	size_t len = 0;
 	uint64_t nmissing = 0;
 	int rc, crc;
 
@@ -1257,36 +1275,10 @@ static int send_job(struct fs_import *im, const char *spool)
 		rc = -EIO;
 		goto out;
 	}
-	for (;;) {
-		rc = cache_spool_next(eng->cache, missing, after, 256, &b);
-		if (rc || b.n == 0)
-			break;
-		for (i = 0; i < b.n; i++) {
-			struct fs_spooled s;
-
-			if (fs_spooled_parse(b.rows[i], &s) || s.line == 0)
-				continue;
-			/* rows set aside were never sent */
-			if (strstr(b.rows[i], "	x	") == b.rows[i] +
-				    strcspn(b.rows[i], "	"))
-				continue;
-			snprintf(why, sizeof(why),
-				 s.flag == 'n' ? "not in the table after the CSV "
-						 "import job (the job counted %"
-						 PRIu64 " failed rows)"
-					       : "the table holds other values "
-						 "after the CSV import job (the "
-						 "job counted %" PRIu64
-						 " failed rows)",
-				 job.failed);
-			quarantine(im, s.line, why, s.row, strlen(s.row));
-			nmissing++;
-		}
-		free(after);
-		after = b.last_key;
-		b.last_key = NULL;
-		cache_spool_batch_release(&b);
-	}
+	mr.im = im;
+	mr.failed = job.failed;
+	rc = fs_spool_walk(eng, missing, missing_row, &mr);
+	nmissing = mr.n;
 	if (!rc) {
 		uint64_t sent = atomic_load(&im->to_send);
 
@@ -1297,13 +1289,11 @@ static int send_job(struct fs_import *im, const char *spool)
 		log_warn("import into '%s': the CSV job counted %" PRIu64
 			 " failed rows", t->name, job.failed);
 out:
-	cache_spool_batch_release(&b);
 	if (missing) {
 		crc = cache_spool_clear(eng->cache, missing);
 		(void)crc;
 	}
 	free(missing);
-	free(after);
 	api_job_release(&job);
 	return rc;
 }

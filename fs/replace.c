@@ -121,43 +121,27 @@ static int delete_by_id(void *arg, const struct fs_spooled *absent,
 	return rc;
 }
 
-static int delete_by_key(struct del_ctx *c, const char *absent)
+/* DELETE one absent row by its key (flows); gone already is done. */
+static int delete_key(void *arg, const struct fs_spooled *s)
 {
-	struct cache_spool_batch b = { 0 };
-	char *after = NULL;
-	size_t i;
+	struct del_ctx *c = arg;
+	char *key = NULL;
 	int rc;
 
-	for (;;) {
-		rc = cache_spool_next(c->eng->cache, absent, after, 256, &b);
-		if (rc || b.n == 0)
-			break;
-		for (i = 0; i < b.n && !rc; i++) {
-			struct fs_spooled s;
-			char *key = NULL;
-
-			rc = fs_spooled_parse(b.rows[i], &s);
-			if (!rc)
-				rc = fs_key_string(s.key, s.klen, &key);
-			if (!rc)
-				rc = api_row_delete_key(c->eng->api, c->t->id,
-							key);
-			if (rc == -ENOENT)
-				rc = 0;
-			if (!rc)
-				c->deleted++;
-			free(key);
-		}
-		free(after);
-		after = b.last_key;
-		b.last_key = NULL;
-		cache_spool_batch_release(&b);
-		if (rc)
-			break;
-	}
-	cache_spool_batch_release(&b);
-	free(after);
+	rc = fs_key_string(s->key, s->klen, &key);
+	if (!rc)
+		rc = api_row_delete_key(c->eng->api, c->t->id, key);
+	if (rc == -ENOENT)
+		rc = 0;
+	if (!rc)
+		c->deleted++;
+	free(key);
 	return rc;
+}
+
+static int delete_by_key(struct del_ctx *c, const char *absent)
+{
+	return fs_spool_walk(c->eng, absent, delete_key, c);
 }
 
 int fs_replace_delete(struct fs_engine *eng, struct fs_table *t,
