@@ -3,6 +3,7 @@
  * in docs/cache.md; the contract is cache.h.
  */
 #include "cache.h"
+#include "cache_i.h"
 #include "log.h"
 
 #include <errno.h>
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +32,12 @@
 #define TOUCH_SLOTS 64
 #define SPOOL_CLEAR_CHUNK 10000
 #define GIB (UINT64_C(1) << 30)
+/* Rows held in memory when the disk cannot take them (cache_i.h): at most
+ * this, or max_bytes when smaller. */
+#define MEM_HELD_MAX (UINT64_C(256) << 20)
+/* A commit that fails with EIO while the file system has less free than
+ * this was a short write to a full disk (LMDB reports those as EIO). */
+#define DISK_FULL_MARGIN (UINT64_C(16) << 20)
 
 /*
  * Forgetting the map (docs/cache.md, "Memory: forgetting the map"). The
@@ -60,6 +68,8 @@ struct touch_slot {
 
 struct cache {
 	MDB_env *env;
+	char *dir;
+	struct cache_mem *mem;	/* versions the disk could not take */
 	MDB_dbi info;		/* "format", "next_gen", "bytes", spool counts */
 	MDB_dbi meta;		/* table → meta record */
 	MDB_dbi pages;		/* (table, gen, end offset) → checksum, bytes */
@@ -91,6 +101,7 @@ struct op {
 	const char *table;
 	size_t tlen;
 	uint64_t evicted;	/* tables evicted by the running txn */
+	bool quiet_full;	/* the caller handles a full cache itself */
 };
 
 /* The on-disk meta record: this header, then version and cursor bytes
@@ -161,6 +172,7 @@ static int op_init(struct op *op, struct cache *c, const char *what,
 	op->table = table ? table : "(null)";
 	op->tlen = table ? strlen(table) : 0;
 	op->evicted = 0;
+	op->quiet_full = false;
 	if (!c)
 		return op_fail_msg(op, -EINVAL, "no cache");
 	if (op->tlen == 0)
@@ -847,9 +859,27 @@ static int evict_lru(MDB_txn *txn, struct op *op, uint64_t limit,
 
 typedef int (*write_fn)(MDB_txn *txn, struct op *op, void *arg);
 
-/* A full map: evict about half the page bytes (least recently used first,
- * never op's table) in a transaction of its own, so the space is free for
- * the retry. Returns 0 when something was evicted. */
+/*
+ * What a failed commit means. LMDB writes the pages of a commit with
+ * pwrite: a full file system reports ENOSPC (or EDQUOT), or, when part of
+ * a write went in, a short write that LMDB reports as EIO. Both are a full
+ * cache (MDB_MAP_FULL), as a full map is.
+ */
+static int commit_rc(struct cache *c, int rc)
+{
+	struct statvfs sv;
+
+	if (rc == ENOSPC || rc == EDQUOT)
+		return MDB_MAP_FULL;
+	if (rc == EIO && statvfs(c->dir, &sv) == 0 &&
+	    (uint64_t)sv.f_bavail * sv.f_frsize < DISK_FULL_MARGIN)
+		return MDB_MAP_FULL;
+	return rc;
+}
+
+/* A full cache: evict about half the page bytes (least recently used
+ * first, never op's table) in a transaction of its own, so the space is
+ * free for the retry. Returns 0 when something was evicted. */
 static int make_room(struct op *op)
 {
 	struct cache *c = op->c;
@@ -871,7 +901,7 @@ static int make_room(struct op *op)
 		txn_abort(c, txn);
 		return rc ? rc : MDB_MAP_FULL;
 	}
-	rc = txn_commit(c, txn);
+	rc = commit_rc(c, txn_commit(c, txn));
 	if (rc == 0)
 		__atomic_add_fetch(&c->evictions, op->evicted, __ATOMIC_RELAXED);
 	return rc;
@@ -880,7 +910,8 @@ static int make_room(struct op *op)
 /*
  * Run fn in one write transaction and commit it. fn returns 0 or a
  * negative errno (LMDB failures already logged through op_fail). A full
- * map (-ENOSPC) evicts and retries once.
+ * cache (-ENOSPC: the map or the file system) evicts and retries once;
+ * when that does not help, -ENOSPC is logged unless op->quiet_full.
  */
 static int run_write(struct op *op, write_fn fn, void *arg)
 {
@@ -898,7 +929,7 @@ static int run_write(struct op *op, write_fn fn, void *arg)
 		if (rc) {
 			txn_abort(c, txn);
 		} else {
-			rc = txn_commit(c, txn);
+			rc = commit_rc(c, txn_commit(c, txn));
 			if (rc)
 				rc = op_fail(op, rc);
 			else if (op->evicted)
@@ -916,7 +947,10 @@ static int run_write(struct op *op, write_fn fn, void *arg)
 			break;
 		}
 	}
-	return op_fail_msg(op, -ENOSPC, "the cache map is full");
+	if (op->quiet_full)
+		return -ENOSPC;
+	return op_fail_msg(op, -ENOSPC, "no room in the cache (its map or "
+			   "its file system is full)");
 }
 
 /* ---- open / close ----------------------------------------------------- */
@@ -1201,6 +1235,15 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 	}
 	mutex_init = true;
 
+	c->dir = strdup(dir);
+	if (!c->dir) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = cache_mem_new(max_bytes && max_bytes < MEM_HELD_MAX ? max_bytes :
+			   MEM_HELD_MAX, &c->mem);
+	if (rc)
+		goto out;
 	rc = prepare_dir(dir);
 	if (rc)
 		goto out;
@@ -1276,6 +1319,8 @@ out:
 		pthread_mutex_destroy(&c->touch_lock);
 	if (lock_init)
 		pthread_rwlock_destroy(&c->resize);
+	cache_mem_free(c->mem);
+	free(c->dir);
 	free(c);
 	return rc;
 }
@@ -1293,7 +1338,112 @@ void cache_close(struct cache *cache)
 	mdb_env_close(cache->env);
 	pthread_mutex_destroy(&cache->touch_lock);
 	pthread_rwlock_destroy(&cache->resize);
+	cache_mem_free(cache->mem);
+	free(cache->dir);
 	free(cache);
+}
+
+/* ---- rows held in memory (cache_i.h) ----------------------------------- */
+
+static int read_pages(MDB_txn *txn, const struct op *op, uint64_t gen,
+		      uint64_t offset, uint8_t *buf, size_t want,
+		      size_t *copied);
+
+static bool held(const struct op *op)
+{
+	return cache_mem_holds(op->c->mem, op->table, op->tlen);
+}
+
+/* The table's epoch now; UINT64_MAX when it cannot be read (what memory
+ * holds then reads as unproved). */
+static uint64_t epoch_now(const struct op *op)
+{
+	MDB_txn *txn = NULL;
+	uint64_t epoch;
+
+	if (txn_begin(op->c, MDB_RDONLY, &txn))
+		return UINT64_MAX;
+	if (epoch_get(txn, op, &epoch))
+		epoch = UINT64_MAX;
+	txn_abort(op->c, txn);
+	return epoch;
+}
+
+/* Memory holds op's table now: forget it on disk, which frees room for
+ * other tables and keeps an older version there from being served once
+ * memory lets the table go. */
+static void drop_disk(const struct op *op)
+{
+	struct op d = *op;
+
+	d.what = "drop rows moved to memory";
+	d.quiet_full = true;
+	if (run_write(&d, invalidate_fn, NULL))
+		log_warn("cache: older rows of '%s' stay on disk", op->table);
+}
+
+/*
+ * The disk cannot take more of op's table: move its generation gen, as
+ * cached so far, into memory, where the version goes on. Returns 0,
+ * -ESTALE (gen is no longer the table's, or its pages were damaged and
+ * are dropped), -ENOSPC (too big for memory) or another error.
+ */
+static int spill(struct op *op, uint64_t gen)
+{
+	struct cache *c = op->c;
+	struct cache_meta m;
+	MDB_txn *txn = NULL;
+	uint8_t *buf = NULL;
+	uint64_t epoch = 0;
+	size_t copied = 0;
+	int rc;
+
+	rc = txn_begin(c, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(op, rc);
+	rc = meta_load(txn, op, &m);
+	if (rc == MDB_NOTFOUND || (rc == 0 && m.gen != gen)) {
+		rc = -ESTALE;
+		goto out;
+	}
+	if (rc == 0)
+		rc = epoch_get(txn, op, &epoch);
+	if (rc == 0 && m.bytes >= SIZE_MAX)
+		rc = ENOMEM;
+	if (rc == 0) {
+		buf = malloc(m.bytes ? (size_t)m.bytes : 1);
+		rc = buf ? read_pages(txn, op, gen, 0, buf, (size_t)m.bytes,
+				      &copied) : ENOMEM;
+		if (rc == 0 && copied < m.bytes)
+			rc = MDB_CORRUPTED;
+	}
+	txn_abort(c, txn);
+	txn = NULL;
+	if (rc == MDB_CORRUPTED) {
+		log_warn("cache: the cached rows of '%s' are damaged: "
+			 "dropping them", op->table);
+		drop_disk(op);
+		rc = -ESTALE;
+		goto out;
+	}
+	if (rc) {
+		rc = op_fail(op, rc);
+		goto out;
+	}
+	m.used_at = now_s();
+	rc = cache_mem_hold(c->mem, op->table, op->tlen, &m, epoch, buf);
+	if (rc) {
+		rc = op_fail_msg(op, rc, "no room on disk nor in memory");
+		goto out;
+	}
+	log_warn("cache: no room on disk for the rows of '%s': holding them "
+		 "in memory (%llu bytes so far)", op->table,
+		 (unsigned long long)m.bytes);
+	drop_disk(op);
+out:
+	txn_abort(c, txn);
+	free(buf);
+	return rc;
 }
 
 /* ---- meta ------------------------------------------------------------- */
@@ -1310,6 +1460,9 @@ int cache_get_meta(struct cache *cache, const char *table,
 		return rc;
 	if (!out)
 		return op_fail_msg(&op, -EINVAL, "no output");
+	if (held(&op) && cache_mem_get_meta(cache->mem, op.table, op.tlen,
+					    epoch_now(&op), out) == 0)
+		return 0;
 	rc = txn_begin(cache, MDB_RDONLY, &txn);
 	if (rc)
 		return op_fail(&op, rc);
@@ -1374,6 +1527,28 @@ static int begin_fn(MDB_txn *txn, struct op *op, void *arg)
 	return rc ? op_fail(op, rc) : 0;
 }
 
+/* begin_fn in memory: the disk cannot take a new version of op's table. */
+static int begin_held(struct op *op, const struct begin_arg *a,
+		      struct cache_meta *m)
+{
+	uint64_t cur = epoch_now(op);
+	int rc;
+
+	memset(m, 0, sizeof(*m));
+	m->gen = cache_mem_next_gen(op->c->mem);
+	memcpy(m->version, a->version, a->vlen);
+	m->used_at = now_s();
+	if (a->epoch == CACHE_EPOCH_ANY || a->epoch == cur)
+		m->validated_at = m->used_at;
+	rc = cache_mem_hold(op->c->mem, op->table, op->tlen, m, cur, NULL);
+	if (rc)
+		return op_fail_msg(op, rc, "no room on disk nor in memory");
+	log_warn("cache: no room on disk for a new version of '%s': holding "
+		 "its rows in memory", op->table);
+	drop_disk(op);
+	return 0;
+}
+
 int cache_begin_version(struct cache *cache, const char *table,
 			const char *version, struct cache_meta *out)
 {
@@ -1397,10 +1572,23 @@ int cache_begin_version_under(struct cache *cache, const char *table,
 	a.vlen = strlen(a.version);
 	if (a.vlen >= CACHE_VERSION_MAX)
 		return op_fail_msg(&op, -ENAMETOOLONG, "version too long");
+	/* held in memory: as on disk, the same version is kept */
+	if (held(&op) && cache_mem_get_meta(cache->mem, op.table, op.tlen,
+					    epoch_now(&op), &m) == 0 &&
+	    strcmp(m.version, a.version) == 0)
+		goto out;
+	op.quiet_full = true;
 	rc = run_write(&op, begin_fn, &a);
-	if (rc == 0 && out)
+	if (rc == 0)
+		cache_mem_drop(cache->mem, op.table, op.tlen);
+	else if (rc == -ENOSPC)
+		rc = begin_held(&op, &a, &m);
+	if (rc)
+		return rc;
+out:
+	if (out)
 		*out = m;
-	return rc;
+	return 0;
 }
 
 struct append_arg {
@@ -1530,7 +1718,25 @@ int cache_append_page(struct cache *cache, const char *table, uint64_t gen,
 			return op_fail_msg(&op, -ENAMETOOLONG,
 					   "cursor too long");
 	}
+	if (held(&op)) {
+		rc = cache_mem_append(cache->mem, op.table, op.tlen, gen, page,
+				      offset, data, len, nrows, next_cursor,
+				      &m);
+		if (rc != -ENOENT)
+			goto out;
+	}
+	op.quiet_full = true;
 	rc = run_write(&op, append_fn, &a);
+	if (rc == -ENOSPC) {
+		rc = spill(&op, gen);
+		if (rc == 0)
+			rc = cache_mem_append(cache->mem, op.table, op.tlen,
+					      gen, page, offset, data, len,
+					      nrows, next_cursor, &m);
+		if (rc == -ENOENT)	/* memory let it go meanwhile */
+			rc = -ESTALE;
+	}
+out:
 	if (rc == 0 && out)
 		*out = m;
 	return rc;
@@ -1662,6 +1868,12 @@ int cache_read(struct cache *cache, const char *table, uint64_t gen,
 		return rc;
 	if (!nread || (size > 0 && !buf))
 		return op_fail_msg(&op, -EINVAL, "no buffer");
+	if (held(&op)) {
+		rc = cache_mem_read(cache->mem, op.table, op.tlen, gen, offset,
+				    buf, size, nread);
+		if (rc != -ENOENT)
+			return rc;
+	}
 	rc = txn_begin(cache, MDB_RDONLY, &txn);
 	if (rc)
 		return op_fail(&op, rc);
@@ -1718,8 +1930,10 @@ out:
 		struct op top = op;
 
 		top.what = "record use";
+		top.quiet_full = true;
 		/* the read succeeded; a failed LRU update is only logged */
-		if (run_write(&top, touch_fn, &a))
+		rc = run_write(&top, touch_fn, &a);
+		if (rc && rc != -ENOSPC)
 			log_warn("cache: use of '%s' not recorded", table);
 	}
 	return 0;
@@ -1767,12 +1981,35 @@ int cache_set_validated_under(struct cache *cache, const char *table,
 {
 	struct validated_arg a = { .gen = gen, .when = when, .epoch = epoch };
 	struct op op;
+	uint64_t cur;
 	int rc;
 
 	rc = op_init(&op, cache, "set validated", table);
 	if (rc)
 		return rc;
-	return run_write(&op, validated_fn, &a);
+	if (held(&op))
+		goto held;
+	op.quiet_full = true;
+	rc = run_write(&op, validated_fn, &a);
+	if (rc != -ENOSPC)
+		return rc;
+	rc = spill(&op, gen);
+	if (rc == -ESTALE)
+		return rc;
+	if (rc) {
+		/* the version is served all the same; the next open asks
+		 * the API again */
+		log_warn("cache: the proof of '%s' is not recorded: no room",
+			 table);
+		return 0;
+	}
+held:
+	cur = epoch_now(&op);
+	if (epoch != CACHE_EPOCH_ANY && cur != epoch)
+		return 0;	/* invalidated meanwhile: no proof */
+	rc = cache_mem_set_validated(cache->mem, op.table, op.tlen, gen, when,
+				     cur);
+	return rc == -ENOENT ? -ESTALE : rc;
 }
 
 int cache_get_epoch(struct cache *cache, const char *table, uint64_t *out)
@@ -1829,6 +2066,7 @@ int cache_bump_epoch(struct cache *cache, const char *table)
 	rc = op_init(&op, cache, "bump epoch", table);
 	if (rc)
 		return rc;
+	cache_mem_unprove(cache->mem, op.table, op.tlen);
 	return run_write(&op, bump_fn, NULL);
 }
 
@@ -1840,6 +2078,7 @@ int cache_invalidate(struct cache *cache, const char *table)
 	rc = op_init(&op, cache, "invalidate", table);
 	if (rc)
 		return rc;
+	cache_mem_drop(cache->mem, op.table, op.tlen);
 	return run_write(&op, invalidate_fn, NULL);
 }
 
@@ -2242,5 +2481,6 @@ int cache_get_stats(struct cache *cache, struct cache_stats *out)
 		return op_fail(&op, rc);
 	out->tables = st.ms_entries;
 	out->evictions = __atomic_load_n(&cache->evictions, __ATOMIC_RELAXED);
+	cache_mem_stats(cache->mem, &out->held_tables, &out->held_bytes);
 	return 0;
 }

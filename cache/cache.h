@@ -76,6 +76,8 @@ struct cache_meta {
 	int64_t validated_at;	/* unix seconds of the last 200/304 proving
 				   `version` current; 0 = never/invalidated */
 	int64_t used_at;	/* unix seconds of the last read (LRU) */
+	bool in_memory;		/* held in this process's memory: the disk
+				   could not take it (docs/cache.md) */
 };
 
 /*
@@ -230,6 +232,8 @@ struct cache_stats {
 	uint64_t tables;	/* tables with cached rows */
 	uint64_t bytes;		/* page bytes stored */
 	uint64_t evictions;	/* tables evicted by this process */
+	uint64_t held_tables;	/* tables this process holds in memory */
+	uint64_t held_bytes;	/* because the disk could not take them */
 };
 
 int cache_get_stats(struct cache *cache, struct cache_stats *out)

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -30,6 +31,7 @@ struct fixture {
 	char dir[PATH_MAX];	/* the cache dir inside it */
 	struct cache *cache;
 	void *buf;		/* a test's big buffer, freed at teardown */
+	char mnt[PATH_MAX];	/* a tmpfs mounted by the test, or "" */
 };
 
 static int rm_entry(const char *path, const struct stat *st, int flag,
@@ -60,6 +62,8 @@ static int teardown(void **state)
 	struct fixture *f = *state;
 
 	cache_close(f->cache);
+	if (f->mnt[0])
+		umount2(f->mnt, MNT_DETACH);
 	nftw(f->base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	free(f->buf);
 	free(f);
@@ -169,6 +173,181 @@ static int check_stream(struct cache *c, const char *table, uint64_t gen,
 			const struct stream *s, uint64_t bytes, size_t step)
 {
 	return check_stream_to(c, table, gen, s, bytes, step, true);
+}
+
+/* ---- a full file system (docs/cache.md, "A full disk") ----------------- */
+
+#define FULL_PAGE (64 * 1024)
+#define FULL_PAGES 64		/* 4 MiB: twice the file system */
+
+/* Put the cache on a 2 MiB tmpfs of its own; false when this process may
+ * not mount (not root), and the test is skipped. */
+static bool cache_on_small_fs(struct fixture *f)
+{
+	char fs[PATH_MAX / 2 + 8];
+
+	snprintf(fs, sizeof(fs), "%s/fs", f->base);
+	assert_int_equal(mkdir(fs, 0700), 0);
+	if (mount("tmpfs", fs, "tmpfs", 0, "size=2m") != 0)
+		return false;
+	snprintf(f->mnt, sizeof(f->mnt), "%s", fs);
+	snprintf(f->dir, sizeof(f->dir), "%s/cache", fs);
+	return true;
+}
+
+/* FULL_PAGES pages of bytes no two pages share. */
+static char *full_stream(struct fixture *f)
+{
+	uint64_t x = 0x9e3779b97f4a7c15u;
+	char *p = malloc((size_t)FULL_PAGE * FULL_PAGES);
+
+	assert_non_null(p);
+	for (size_t i = 0; i < (size_t)FULL_PAGE * FULL_PAGES; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = (char)('a' + x % 26);
+	}
+	f->buf = p;
+	return p;
+}
+
+static int append_full(struct cache *c, const char *table, uint64_t gen,
+		       const char *s, unsigned i, struct cache_meta *m)
+{
+	char cursor[32];
+
+	snprintf(cursor, sizeof(cursor), "c%u", i + 1);
+	return cache_append_page(c, table, gen, i, (uint64_t)i * FULL_PAGE,
+				 s + (size_t)i * FULL_PAGE, FULL_PAGE, 1,
+				 i + 1 == FULL_PAGES ? NULL : cursor, m);
+}
+
+static void check_full(struct cache *c, const char *table, uint64_t gen,
+		       const char *s, uint64_t bytes)
+{
+	char *buf = malloc(100000);
+	uint64_t off = 0;
+	size_t n;
+
+	assert_non_null(buf);
+	while (off < bytes) {
+		assert_int_equal(cache_read(c, table, gen, off, buf, 100000,
+					    &n), 0);
+		assert_true(n > 0 && off + n <= bytes);
+		assert_memory_equal(buf, s + off, n);
+		off += n;
+	}
+	assert_int_equal(cache_read(c, table, gen, off, buf, 100000, &n), 0);
+	assert_int_equal(n, 0);
+	free(buf);
+}
+
+/* A table twice the size of the file system is cached whole: once the
+ * disk is full it goes on in memory, with every byte, its meta and its
+ * proof; the disk is freed for other tables, and a later version goes
+ * back to the disk. */
+static void test_full_fs_holds_in_memory(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_stats st;
+	struct cache_meta m, b;
+	const char *s;
+	char one[1];
+	size_t n;
+	bool moved = false;
+	uint64_t epoch;
+	struct cache *c;
+
+	if (!cache_on_small_fs(f))
+		skip();
+	c = open_cache(f, 0);
+	s = full_stream(f);
+	assert_int_equal(cache_begin_version(c, "A", "v1", &m), 0);
+	assert_false(m.in_memory);
+	for (unsigned i = 0; i < FULL_PAGES; i++) {
+		assert_int_equal(append_full(c, "A", m.gen, s, i, &m), 0);
+		if (m.in_memory && !moved) {
+			moved = true;
+			/* what was on disk came along */
+			check_full(c, "A", m.gen, s, m.bytes);
+		}
+	}
+	assert_true(moved);
+	assert_true(m.complete);
+	assert_int_equal(m.pages, FULL_PAGES);
+	assert_int_equal(m.rows, FULL_PAGES);
+	check_full(c, "A", m.gen, s, (uint64_t)FULL_PAGE * FULL_PAGES);
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.held_tables, 1);
+	assert_int_equal(st.held_bytes, (uint64_t)FULL_PAGE * FULL_PAGES);
+
+	/* the proof follows the epoch, as on disk */
+	assert_int_equal(cache_get_epoch(c, "A", &epoch), 0);
+	assert_int_equal(cache_set_validated_under(c, "A", m.gen, 1000,
+						   epoch), 0);
+	assert_int_equal(cache_get_meta(c, "A", &m), 0);
+	assert_int_equal(m.validated_at, 1000);
+	assert_int_equal(cache_bump_epoch(c, "A"), 0);
+	assert_int_equal(cache_get_meta(c, "A", &m), 0);
+	assert_int_equal(m.validated_at, 0);
+	assert_int_equal(cache_set_validated_under(c, "A", m.gen, 2000,
+						   epoch), 0);
+	assert_int_equal(cache_get_meta(c, "A", &m), 0);
+	assert_int_equal(m.validated_at, 0);	/* invalidated meanwhile */
+	/* the same version begun again is kept; an old gen is stale */
+	assert_int_equal(cache_begin_version(c, "A", "v1", &b), 0);
+	assert_int_equal(b.gen, m.gen);
+	assert_true(b.in_memory);
+	assert_int_equal(cache_read(c, "A", m.gen + 1, 0, one, 1, &n),
+			 -ESTALE);
+
+	/* the disk took nothing of A: another table fits there */
+	assert_int_equal(cache_begin_version(c, "B", "b1", &b), 0);
+	assert_false(b.in_memory);
+	for (unsigned i = 0; i < 8; i++)
+		assert_int_equal(append_full(c, "B", b.gen, s, i, &b), 0);
+	assert_false(b.in_memory);
+	check_full(c, "B", b.gen, s, 8 * FULL_PAGE);
+
+	/* forgetting A frees the memory; its next version is on disk */
+	assert_int_equal(cache_invalidate(c, "A"), 0);
+	assert_int_equal(cache_get_meta(c, "A", &m), -ENOENT);
+	assert_int_equal(cache_get_stats(c, &st), 0);
+	assert_int_equal(st.held_tables, 0);
+	assert_int_equal(st.held_bytes, 0);
+	assert_int_equal(cache_begin_version(c, "A", "v2", &m), 0);
+	assert_false(m.in_memory);
+	assert_int_equal(append_full(c, "A", m.gen, s, 0, &m), 0);
+	assert_false(m.in_memory);
+}
+
+/* Memory is capped too (max_bytes here): a table too big for both fails
+ * with -ENOSPC, keeping what it had, and never evicts into corruption. */
+static void test_full_fs_memory_capped(void **state)
+{
+	struct fixture *f = *state;
+	struct cache_meta m;
+	const char *s;
+	unsigned i;
+	int rc = 0;
+	struct cache *c;
+
+	if (!cache_on_small_fs(f))
+		skip();
+	c = open_cache(f, 3 * 1024 * 1024);
+	s = full_stream(f);
+	assert_int_equal(cache_begin_version(c, "A", "v1", &m), 0);
+	for (i = 0; i < FULL_PAGES; i++) {
+		rc = append_full(c, "A", m.gen, s, i, &m);
+		if (rc)
+			break;
+	}
+	assert_int_equal(rc, -ENOSPC);
+	assert_true(i < FULL_PAGES);
+	assert_int_equal(cache_get_meta(c, "A", &m), 0);
+	assert_int_equal(m.pages, i);
+	check_full(c, "A", m.gen, s, m.bytes);
 }
 
 /* ---- tests ------------------------------------------------------------ */
@@ -1798,6 +1977,8 @@ int main(void)
 		T(test_map_deletes_bounded),
 		T(test_map_spool_bounded),
 		T(test_map_drop_races_readers),
+		T(test_full_fs_holds_in_memory),
+		T(test_full_fs_memory_capped),
 #undef T
 	};
 
