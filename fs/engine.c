@@ -1394,12 +1394,14 @@ int fs_table_status_json(struct fs_engine *eng, struct fs_table *t,
 	n = snprintf(buf + pos, size - pos,
 		     ",\n    \"complete\": %s,\n    \"pages\": %llu,\n"
 		     "    \"rows\": %llu,\n    \"bytes\": %llu,\n"
-		     "    \"stale\": %s,\n    \"last_revalidation\": %s\n  }",
+		     "    \"stale\": %s,\n    \"in_memory\": %s,\n"
+		     "    \"last_revalidation\": %s\n  }",
 		     cached && m.complete ? "true" : "false",
 		     cached ? (unsigned long long)m.pages : 0ULL,
 		     cached ? (unsigned long long)m.rows : 0ULL,
 		     cached ? (unsigned long long)m.bytes : 0ULL,
-		     cached && m.gen == t->stale_gen ? "true" : "false", when);
+		     cached && m.gen == t->stale_gen ? "true" : "false",
+		     cached && m.in_memory ? "true" : "false", when);
 	if (n < 0 || (size_t)n >= size - pos) {
 		rc = -ENOSPC;
 		goto fail;
