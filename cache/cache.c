@@ -1475,9 +1475,12 @@ int cache_get_meta(struct cache *cache, const char *table,
 		rc = run_write(&op, invalidate_fn, NULL);
 		return rc ? rc : -ENOENT;
 	}
-	if (rc == MDB_NOTFOUND)
+	/* moved into memory meanwhile (spill holds it before the drop) */
+	if (rc == MDB_NOTFOUND &&
+	    (!held(&op) || cache_mem_get_meta(cache->mem, op.table, op.tlen,
+					      epoch_now(&op), out)))
 		return -ENOENT;
-	return rc ? op_fail(&op, rc) : 0;
+	return rc && rc != MDB_NOTFOUND ? op_fail(&op, rc) : 0;
 }
 
 struct begin_arg {
@@ -1727,6 +1730,10 @@ int cache_append_page(struct cache *cache, const char *table, uint64_t gen,
 	}
 	op.quiet_full = true;
 	rc = run_write(&op, append_fn, &a);
+	if (rc == -ESTALE && held(&op))	/* moved into memory meanwhile */
+		rc = cache_mem_append(cache->mem, op.table, op.tlen, gen, page,
+				      offset, data, len, nrows, next_cursor,
+				      &m);
 	if (rc == -ENOSPC) {
 		rc = spill(&op, gen);
 		if (rc == 0)
@@ -1909,6 +1916,14 @@ int cache_read(struct cache *cache, const char *table, uint64_t gen,
 	*nread = copied;
 out:
 	txn_abort(cache, txn);
+	if (rc == -ESTALE && held(&op)) {
+		/* moved into memory meanwhile (spill holds it first) */
+		int mrc = cache_mem_read(cache->mem, op.table, op.tlen, gen,
+					 offset, buf, size, nread);
+
+		if (mrc != -ENOENT)
+			return mrc;
+	}
 	if (rc == -EBADMSG) {
 		/* a damaged cache is a cache miss: forget the version */
 		log_warn("cache: the cached rows of '%s' are damaged "
@@ -1991,6 +2006,8 @@ int cache_set_validated_under(struct cache *cache, const char *table,
 		goto held;
 	op.quiet_full = true;
 	rc = run_write(&op, validated_fn, &a);
+	if (rc == -ESTALE && held(&op))	/* moved into memory meanwhile */
+		goto held;
 	if (rc != -ENOSPC)
 		return rc;
 	rc = spill(&op, gen);

@@ -147,3 +147,25 @@ def test_flows_tables_read_whole_on_a_full_cache_fs(emu_factory,
     assert os.stat(rows).st_size == len(out)
     rc, again, err = cat(rows)
     assert rc == 0 and again == out
+
+
+def test_concurrent_readers_while_a_table_moves_to_memory(
+        emu_factory, mount_factory, small_fs):
+    """Readers in flight when the table's version moves off the full disk
+    keep reading it (from memory), with every byte and exit 0: the move
+    holds the version in memory before it drops it from disk."""
+    emu = emu_factory("--generate", "Big:20000")
+    cache = os.path.join(small_fs, "c")
+    m = mount_factory(emu, cache_dir=cache,
+                      opts="revalidate=0,lazy_size").start()
+    rows = m.file("Big", "rows.jsonl")
+    for rnd in range(3):
+        emu.upsert("Big", [dict(ROW, loyalty_tier=rnd)])
+        want = expected_jsonl(emu, "Big", ORDER)
+        procs = [subprocess.Popen(["cat", rows], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for _ in range(4)]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, (rnd, err, m.stderr()[-2000:])
+            assert out == want, rnd
+    assert "holding" in m.stderr()
