@@ -80,6 +80,33 @@ static bool get_u64(struct json_object *o, const char *name, uint64_t *out)
 
 /* ---- tables ----------------------------------------------------------- */
 
+static bool listed_before(const struct api_table_list *l, size_t before,
+			  const char *id)
+{
+	for (size_t i = 0; i < before; i++)
+		if (!strcmp(l->tables[i].id, id))
+			return true;
+	return false;
+}
+
+/* A page whose first and last tables were both on earlier pages is a
+ * page sent again (a server that ignores pageNumber): following it would
+ * walk for FLOWS_MAX_TABLE_PAGES pages. A table created or deleted during
+ * the walk shifts a page by a few entries, which leaves its last one new. */
+static int page_repeats(const struct api_table_list *l, size_t before,
+			unsigned page, const struct api_resp *resp)
+{
+	if (l->count == before || before == 0)
+		return 0;
+	if (!listed_before(l, before, l->tables[before].id) ||
+	    !listed_before(l, before, l->tables[l->count - 1].id))
+		return 0;
+	log_err("list tables failed: page %u repeats the tables of an "
+		"earlier page (the server ignores pageNumber?) (correlation "
+		"%s)", page, corr(resp));
+	return -EPROTO;
+}
+
 static int flows_list_tables(struct api *api, struct api_table_list *out)
 {
 	struct api_resp resp;
@@ -92,6 +119,7 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 	api_resp_init(&resp);
 	for (unsigned page = 1; page <= FLOWS_MAX_TABLE_PAGES; page++) {
 		uint64_t count = 0;
+		size_t before;
 		char suffix[80];
 		size_t n;
 
@@ -104,13 +132,23 @@ static int flows_list_tables(struct api *api, struct api_table_list *out)
 			rc = -ENOMEM;
 			goto out;
 		}
+		before = out->count;
 		rc = api_list_page(api, url, &resp, &root, out, &cap, &n);
+		if (rc)
+			goto out;
+		rc = page_repeats(out, before, page, &resp);
 		if (rc)
 			goto out;
 		/* pageCount when given, else until an empty page (as the
 		 * platform's own CLI does) */
 		if (!n || (get_u64(root, "pageCount", &count) && page >= count))
 			break;
+		if (page == FLOWS_MAX_TABLE_PAGES) {
+			log_err("list tables failed: more than %d pages of "
+				"%d (correlation %s)", FLOWS_MAX_TABLE_PAGES,
+				FLOWS_TABLES_PAGE, corr(&resp));
+			rc = -EPROTO;
+		}
 	}
 out:
 	if (rc)

@@ -101,6 +101,8 @@ struct api_http_pool {
 	/* the circuit breaker (breaker_enter) */
 	atomic_llong cb_open_ms; /* last refused connection, 0: closed */
 	atomic_bool cb_probing;	 /* a probe is in flight */
+	atomic_llong cb_logged_ms; /* last refusal logged at error level */
+	atomic_ulong cb_refused; /* requests refused while open */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -819,6 +821,10 @@ static void log_request(const struct api_req *req,
  * breaker nor are refused by it.
  */
 #define CB_PROBE_INTERVAL_MS 1000
+/* a refusal is logged as an error at most this often (the rest at debug
+ * level, counted): a script stat-ing a thousand files while the API is
+ * down gets a few lines, not a thousand */
+#define CB_LOG_INTERVAL_MS 10000
 
 static long long now_ms(void)
 {
@@ -841,9 +847,11 @@ static void url_host(const char *url, char *buf, size_t size)
 static int breaker_enter(struct api_http_pool *pool,
 			 const struct api_req *req, bool *probe)
 {
-	long long open = atomic_load(&pool->cb_open_ms), now;
+	long long open = atomic_load(&pool->cb_open_ms), now, logged;
+	unsigned long refused;
 	bool idle = false;
 	char host[256];
+	int level;
 
 	*probe = false;
 	if (!open || req->external)
@@ -856,12 +864,20 @@ static int breaker_enter(struct api_http_pool *pool,
 		return 0;
 	}
 	url_host(req->url, host, sizeof(host));
-	log_err("%s%s%s%s failed: %s cannot be reached (it refused a "
-		"connection %.1f s ago; dtfs tries again every %d s): check "
-		"the network, region= or api_url=",
+	refused = atomic_fetch_add(&pool->cb_refused, 1);
+	logged = atomic_load(&pool->cb_logged_ms);
+	level = LOG_DEBUG;
+	if (now - logged >= CB_LOG_INTERVAL_MS &&
+	    atomic_compare_exchange_strong(&pool->cb_logged_ms, &logged, now))
+		level = LOG_ERR;
+	log_msg(level, "%s%s%s%s failed: %s cannot be reached (it refused a "
+		"connection %.1f s ago; dtfs tries again every %d s; %lu "
+		"requests failed at once so far): check the network, region= "
+		"or api_url=",
 		req->what, req->subject ? " '" : "",
 		req->subject ? req->subject : "", req->subject ? "'" : "", host,
-		(double)(now - open) / 1000, CB_PROBE_INTERVAL_MS / 1000);
+		(double)(now - open) / 1000, CB_PROBE_INTERVAL_MS / 1000,
+		refused + 1);
 	return -EHOSTUNREACH;
 }
 
@@ -883,7 +899,10 @@ static void breaker_leave(struct api_http_pool *pool,
 	} else if (atomic_load(&pool->cb_open_ms) &&
 		   atomic_exchange(&pool->cb_open_ms, 0)) {
 		url_host(req->url, host, sizeof(host));
-		log_notice("%s answers again", host);
+		log_notice("%s answers again (%lu requests failed at once "
+			   "while it did not)", host,
+			   atomic_exchange(&pool->cb_refused, 0));
+		atomic_store(&pool->cb_logged_ms, 0);
 	}
 	if (probe)
 		atomic_store(&pool->cb_probing, false);

@@ -117,7 +117,8 @@ struct meta_hdr {
 	uint32_t flags;
 	uint16_t version_len;
 	uint16_t cursor_len;
-	uint32_t pad;
+	uint32_t began_at;	/* unix seconds; 0 in records written before
+				   it was kept */
 };
 
 #define META_MAGIC 0x64746d31u	/* "dtm1" */
@@ -623,6 +624,7 @@ static int meta_decode(const MDB_val *v, struct cache_meta *m)
 	m->pages = h.pages;
 	m->validated_at = h.validated_at;
 	m->used_at = h.used_at;
+	m->began_at = h.began_at;
 	m->complete = h.flags & META_COMPLETE;
 	p = (const char *)v->mv_data + sizeof(h);
 	memcpy(m->version, p, h.version_len);
@@ -656,6 +658,8 @@ static int meta_store(MDB_txn *txn, const struct op *op,
 	h.pages = m->pages;
 	h.validated_at = m->validated_at;
 	h.used_at = m->used_at;
+	h.began_at = m->began_at > 0 && m->began_at <= UINT32_MAX ?
+		     (uint32_t)m->began_at : 0;
 	h.magic = META_MAGIC;
 	h.flags = m->complete ? META_COMPLETE : 0;
 	h.version_len = (uint16_t)vl;
@@ -1524,6 +1528,7 @@ static int begin_fn(MDB_txn *txn, struct op *op, void *arg)
 	m->gen = gen;
 	memcpy(m->version, a->version, a->vlen);
 	m->used_at = now_s();
+	m->began_at = m->used_at;
 	/* started before an invalidation: cached, but not proved current */
 	m->validated_at = fresh ? m->used_at : 0;
 	rc = meta_store(txn, op, m);
@@ -1541,6 +1546,7 @@ static int begin_held(struct op *op, const struct begin_arg *a,
 	m->gen = cache_mem_next_gen(op->c->mem);
 	memcpy(m->version, a->version, a->vlen);
 	m->used_at = now_s();
+	m->began_at = m->used_at;
 	if (a->epoch == CACHE_EPOCH_ANY || a->epoch == cur)
 		m->validated_at = m->used_at;
 	rc = cache_mem_hold(op->c->mem, op->table, op->tlen, m, cur, NULL);

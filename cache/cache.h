@@ -76,6 +76,9 @@ struct cache_meta {
 	int64_t validated_at;	/* unix seconds of the last 200/304 proving
 				   `version` current; 0 = never/invalidated */
 	int64_t used_at;	/* unix seconds of the last read (LRU) */
+	int64_t began_at;	/* unix seconds when this generation began:
+				   when these bytes were first seen (0 for
+				   a record from before it was kept) */
 	bool in_memory;		/* held in this process's memory: the disk
 				   could not take it (docs/cache.md) */
 };

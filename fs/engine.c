@@ -711,6 +711,15 @@ int fs_table_invalidate(struct fs_engine *eng, struct fs_table *t)
 
 /* ---- rows: pages ----------------------------------------------------- */
 
+int64_t fs_table_rows_mtime(struct fs_engine *eng, struct fs_table *t)
+{
+	struct cache_meta m;
+
+	if (cache_get_meta(eng->cache, t->id, &m))
+		return 0;
+	return m.began_at;
+}
+
 uint64_t fs_table_rows_size(struct fs_engine *eng, struct fs_table *t,
 			    uint64_t *gen)
 {
@@ -726,7 +735,14 @@ uint64_t fs_table_rows_size(struct fs_engine *eng, struct fs_table *t,
 
 static void page_error(struct fs_table *t, const char *what, int rc)
 {
-	log_err("%s of '%s' failed: %s", what, t->name, strerror(-rc));
+	/* an unreachable API: api/ said so with the host and what to do,
+	 * at most once per 10 s while it stays down */
+	if (rc == -EHOSTUNREACH)
+		log_debug("%s of '%s' failed: %s", what, t->name,
+			  strerror(-rc));
+	else
+		log_err("%s of '%s' failed: %s", what, t->name,
+			strerror(-rc));
 }
 
 /* ---- the cursor dialect's pipeline: one page fetched ahead ----------- */

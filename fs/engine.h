@@ -175,6 +175,14 @@ uint64_t fs_table_rows_size(struct fs_engine *eng, struct fs_table *t,
 			    uint64_t *gen);
 
 /*
+ * When the cached version of the table's rows began (unix seconds): the
+ * mtime of rows.jsonl and rows.csv, so a new version is a newer file to
+ * rsync's quick check, make and find -newer, and an unchanged one keeps
+ * its time across revalidations and remounts. 0 when nothing is cached.
+ */
+int64_t fs_table_rows_mtime(struct fs_engine *eng, struct fs_table *t);
+
+/*
  * The exact size of rows.jsonl: as fs_table_rows_size() when a complete
  * version is cached, else the table is read whole into the cache first
  * (size.c; with lazy_size, 0 at once). *gen is the version's generation,

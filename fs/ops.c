@@ -331,6 +331,16 @@ static void fs_destroy(void *data)
 	scratch = NULL;
 }
 
+/* rows.jsonl and rows.csv change time with their version. */
+static void rows_times(struct fs_engine *eng, struct fs_table *t,
+		       struct stat *st)
+{
+	int64_t at = fs_table_rows_mtime(eng, t);
+
+	if (at > 0)
+		st->st_atime = st->st_mtime = st->st_ctime = (time_t)at;
+}
+
 static int fs_getattr(const char *path, struct stat *st,
 		      struct fuse_file_info *fi)
 {
@@ -411,11 +421,13 @@ static int fs_getattr(const char *path, struct stat *st,
 		}
 		pthread_mutex_unlock(&face_lock);
 		st->st_size = (off_t)size;
+		rows_times(eng, t, st);
 		break;
 	}
 	case FS_CSV:
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
 		st->st_size = (off_t)fs_table_csv_size(eng, t);
+		rows_times(eng, t, st);
 		break;
 	case FS_SCHEMA:
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);

@@ -7,7 +7,10 @@
 
 One table, "T" (id "t1"), with a one-column string key. Modes:
   token_mode:   "ok", "hang" (never answers), "crlf" (a token with CR/LF)
-  list_mode:    "ok", "loop" (cursor A → B → A → …)
+  list_mode:    "ok", "loop" (cursor A → B → A → …), "same_page" (the
+                production listing, /api/v2/flows/datatables, sends the
+                same full page whatever pageNumber asks, with no
+                pageCount)
   rows_mode:    "ok" (2 pages), "self_loop" (a page's next cursor is its
                 own), "loop" (c1 → c2 → c1), "endless" (a body that never
                 ends), "trickle" (1 byte a second), "bad_utf8" (a string
@@ -123,6 +126,13 @@ class FakeApi:
             else:
                 body = {"entities": ents}
             return self.reply(h, json.dumps(body).encode(), etag=None)
+        if path == "/api/v2/flows/datatables":
+            self._seen("list", h)
+            assert self.list_mode == "same_page"
+            ents = [{"id": "t%03d" % i, "name": "T%03d" % i}
+                    for i in range(int(params.get("pageSize", "100")))]
+            return self.reply(h, json.dumps({"entities": ents}).encode(),
+                              etag=None)
         if path.endswith("/schema"):
             self._seen("schema", h)
             return self.reply(h, json.dumps(SCHEMA).encode(), etag='"s1"')

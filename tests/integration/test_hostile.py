@@ -41,6 +41,20 @@ def test_listing_cursor_loop_fails_clearly(fake, tmp_path):
     assert api.count("list") <= 4
 
 
+def test_flows_listing_that_repeats_its_page_fails_clearly(fake,
+                                                            tmp_path):
+    """The production listing pages by number: a server that sends the
+    same page whatever pageNumber asks (and no pageCount) was walked for
+    10,000 pages, 33 minutes at 300 requests a minute, then cut short
+    silently."""
+    api = fake(list_mode="same_page")
+    code, out, err = dtfsctl(api, tmp_path / "c", "ls", opts="api=flows",
+                             timeout=BOUND)
+    assert code != 0
+    assert "page 2 repeats the tables of an earlier page" in err
+    assert api.count("list") == 2
+
+
 def test_listing_cursor_loop_refuses_to_mount(fake, mount_factory):
     api = fake(list_mode="loop")
     code, err = mount_factory(api).start(expect_fail=True, timeout=BOUND)

@@ -123,6 +123,48 @@ def test_tar_of_a_cold_table_stores_every_byte(sample, tmp_path):
         json.loads(got["status.json"])
 
 
+def test_rsync_quick_check_sees_a_same_size_change(emu_factory,
+                                                   mount_factory, tmp_path):
+    """rsync's quick check compares size and mtime: rows.jsonl's mtime is
+    when its version began, so a change that keeps the size is copied by
+    the next scheduled rsync, and an unchanged table keeps its mtime (the
+    next rsync copies nothing) across revalidations and remounts. With
+    the mount time as mtime the changed table was skipped silently."""
+    import time
+    emu = emu_factory("--data", DATA_DIR)
+    cache = str(tmp_path / "cache")
+    m = mount_factory(emu, opts="revalidate=0", cache_dir=cache).start()
+    rows = m.file("Customers", "rows.jsonl")
+    dst = tmp_path / "backup.jsonl"
+    ok(f"rsync -a '{rows}' '{dst}'")
+    assert slurp(dst) == expected_jsonl(emu, "Customers", CUSTOMERS)
+    first = os.stat(rows).st_mtime
+    # unchanged: revalidated (304), same mtime, rsync copies nothing
+    time.sleep(1.2)  # past attr_timeout: the kernel asks dtfs again
+    assert os.stat(rows).st_mtime == first
+    assert ok(f"rsync -ai '{rows}' '{dst}'") == b""
+    # one value changed for another of the same length
+    row = emu.rows("Customers")[0]
+    tier = row["loyalty_tier"]
+    row["loyalty_tier"] = tier + 1 if tier % 10 != 9 else tier - 1
+    emu.upsert("Customers", [row])
+    want = expected_jsonl(emu, "Customers", CUSTOMERS)
+    assert len(want) == len(slurp(dst)) and want != slurp(dst)
+    time.sleep(1.2)
+    ok(f"rsync -a '{rows}' '{dst}'")
+    assert slurp(dst) == want
+    changed = os.stat(rows).st_mtime
+    assert changed > first
+    # a remount keeps the time of an unchanged version
+    m.stop()
+    m = mount_factory(emu, opts="revalidate=0", cache_dir=cache).start()
+    rows = m.file("Customers", "rows.jsonl")
+    assert os.stat(rows).st_mtime == changed
+    assert ok(f"rsync -ai '{rows}' '{dst}'") == b""
+    assert os.stat(m.file("Customers", "rows.csv")).st_mtime == \
+        os.stat(rows).st_mtime
+
+
 def test_rsync_and_cp_sparse_copy_every_byte(sample, tmp_path):
     emu, m = sample
     want = expected_jsonl(emu, "Customers", CUSTOMERS)

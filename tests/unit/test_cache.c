@@ -1259,13 +1259,18 @@ static void test_reopen_persistence(void **state)
 	char *ver = NULL, *json = NULL;
 	const char *k[] = { "a" }, *r[] = { "row a" };
 	size_t len, n;
+	time_t t0;
 
 	stream_init(&s);
+	t0 = time(NULL);
 	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	assert_true(m.began_at >= t0 && m.began_at <= time(NULL));
 	for (unsigned i = 0; i < 5; i++)
 		assert_int_equal(append_stream_page(c, "T", m.gen, &s, i, 4,
 						    NULL),
 				 0);
+	assert_int_equal(cache_set_validated(c, "T", m.gen, m.began_at + 50),
+			 0);
 	assert_int_equal(cache_put_schema(c, "T", "s", "{}", 2), 0);
 	assert_int_equal(cache_spool_put(c, "T", 1, k, r), 0);
 	cache_close(c);
@@ -1276,6 +1281,8 @@ static void test_reopen_persistence(void **state)
 	assert_int_equal(got.gen, m.gen);
 	assert_true(got.complete);
 	assert_int_equal(got.bytes, s.off[5]);
+	/* when the version began: kept by appends, proofs and reopens */
+	assert_int_equal(got.began_at, m.began_at);
 	assert_int_equal(check_stream(c, "T", m.gen, &s, s.off[5], 100), 0);
 	assert_int_equal(cache_get_schema(c, "T", &ver, &json, &len), 0);
 	assert_string_equal(ver, "s");
