@@ -19,8 +19,15 @@
  * process owned (its slots simply age out). Two struct api in one process
  * exclude each other too (each opens the file). Times are CLOCK_MONOTONIC
  * seconds, which every process on a host shares; the boot id in the file
- * tells a ring from an earlier boot, which is then started afresh, as is a
- * file with another budget (the last process to start sets it).
+ * tells a ring from an earlier boot, which is then started afresh.
+ *
+ * Processes with different budgets (rate=) share one ring: it keeps the
+ * last API_BUDGET_SLOTS starts of all of them, and each process measures
+ * that traffic against its own budget (its n-th latest slot). So the
+ * stricter one sends only while everyone's traffic is under its budget,
+ * and together they never pass the looser one. (A ring per budget, reset
+ * whenever a process with another budget reserved, let each reset the
+ * other's count: together they passed both.)
  *
  * A 429's Retry-After is stored the same way (pause_until): every thread of
  * every process sharing the file waits it out.
@@ -38,14 +45,13 @@
 #include "log.h"
 
 #define BUDGET_MAGIC 0x62667464u /* "dtfb" */
-#define BUDGET_VERSION 1u
+#define BUDGET_VERSION 2u	/* 2: one ring for every budget */
 #define BUDGET_LONG_AGO (-1e12)
 
 struct budget_state {
 	uint32_t magic, version;
 	char boot_id[40];
-	uint32_t n, head; /* slot[head] is the oldest of the last n */
-	double window;
+	uint32_t head, pad; /* slot[head] is the oldest, the next written */
 	double pause_until;
 	double last; /* the latest slot handed out */
 	double slot[API_BUDGET_SLOTS];
@@ -95,26 +101,22 @@ static int file_lock(struct api_budget *b, short type)
 	return 0;
 }
 
-/* Start the ring afresh when it is not ours (new file, other boot, other
- * budget). Under both locks. */
+/* Start the ring afresh when it is not one (new file, other boot, other
+ * format). Under both locks. */
 static void state_check(struct api_budget *b)
 {
 	struct budget_state *st = b->st;
 
 	if (st->magic == BUDGET_MAGIC && st->version == BUDGET_VERSION &&
 	    !memcmp(st->boot_id, b->boot_id, sizeof(st->boot_id)) &&
-	    st->n == b->n && st->window == b->window && st->head < st->n)
+	    st->head < API_BUDGET_SLOTS)
 		return;
 	if (st->magic == BUDGET_MAGIC && b->fd >= 0)
-		log_info("budget file '%s': starting a new ring (%u per %.3g "
-			 "s)",
-			 b->path, b->n, b->window);
+		log_info("budget file '%s': starting a new ring", b->path);
 	memset(st, 0, sizeof(*st));
 	st->magic = BUDGET_MAGIC;
 	st->version = BUDGET_VERSION;
 	memcpy(st->boot_id, b->boot_id, sizeof(st->boot_id));
-	st->n = b->n;
-	st->window = b->window;
 	st->head = 0;
 	st->last = BUDGET_LONG_AGO;
 	for (unsigned i = 0; i < API_BUDGET_SLOTS; i++)
@@ -256,7 +258,7 @@ void budget_free(struct api_budget *b)
 double budget_reserve(struct api_budget *b, double earliest, double latest)
 {
 	struct budget_state *st;
-	double start = earliest;
+	double start = earliest, nth;
 
 	pthread_mutex_lock(&b->mu);
 	if (file_lock(b, F_WRLCK)) {
@@ -268,13 +270,15 @@ double budget_reserve(struct api_budget *b, double earliest, double latest)
 	state_check(b);
 	if (st->pause_until > start)
 		start = st->pause_until + 0.25 * api_random();
-	if (st->slot[st->head] + b->window + b->margin > start)
-		start = st->slot[st->head] + b->window + b->margin;
+	/* our n-th latest slot, whoever took the ones after it */
+	nth = st->slot[(st->head + API_BUDGET_SLOTS - b->n) % API_BUDGET_SLOTS];
+	if (nth + b->window + b->margin > start)
+		start = nth + b->window + b->margin;
 	if (st->last > start)
 		start = st->last;
 	if (start <= latest) {
 		st->slot[st->head] = start;
-		st->head = (st->head + 1) % st->n;
+		st->head = (st->head + 1) % API_BUDGET_SLOTS;
 		st->last = start;
 	}
 	file_lock(b, F_UNLCK);
@@ -306,8 +310,9 @@ unsigned budget_left(struct api_budget *b, double now, bool *paused)
 		return b->n;
 	}
 	st = b->st;
-	if (st->magic == BUDGET_MAGIC && st->n == b->n) {
-		for (unsigned i = 0; i < st->n; i++)
+	if (st->magic == BUDGET_MAGIC && st->version == BUDGET_VERSION) {
+		/* everyone's requests in our window, against our budget */
+		for (unsigned i = 0; i < API_BUDGET_SLOTS; i++)
 			if (st->slot[i] + b->window + b->margin > now)
 				used++;
 		*paused = st->pause_until > now;

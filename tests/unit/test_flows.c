@@ -1331,7 +1331,7 @@ static int cmp_double(const void *x, const void *y)
 /* The k-th request (from 0) cannot arrive before t0 + (k / n) windows:
  * slots n apart are a window apart, from the first slot on. A lower bound
  * on arrival times, so the machine's load cannot make it fail. */
-static void check_under_budget(struct srv *srv, double t0, int total)
+static void check_under(struct srv *srv, double t0, int total, int n)
 {
 	double at[MAX_LOG];
 
@@ -1340,10 +1340,15 @@ static void check_under_budget(struct srv *srv, double t0, int total)
 		at[i] = srv->log[i].at;
 	qsort(at, (size_t)total, sizeof(at[0]), cmp_double);
 	for (int k = 0; k < total; k++)
-		if (at[k] < t0 + (k / BUDGET_N) * BUDGET_W)
+		if (at[k] < t0 + (k / n) * BUDGET_W)
 			fail_msg("request %d arrived %.3f s after the start, "
 				 "before %.3f s",
-				 k, at[k] - t0, (k / BUDGET_N) * BUDGET_W);
+				 k, at[k] - t0, (k / n) * BUDGET_W);
+}
+
+static void check_under_budget(struct srv *srv, double t0, int total)
+{
+	check_under(srv, t0, total, BUDGET_N);
 }
 
 struct lister {
@@ -1401,6 +1406,47 @@ static void test_budget_shared_clients(void **state)
 	list_n(l[0].api, 1);
 	assert_true(api_budget_low(l[0].api));
 	api_free(l[0].api);
+	srv_stop(&srv);
+	unlink(file);
+	rmdir(dir);
+	free(dir);
+}
+
+/* Two clients with different budgets on one file: each measures
+ * everyone's requests against its own budget, so together they stay under
+ * the looser one. (With a ring per budget each reset the other's count
+ * and 14 requests went out at once.) */
+static void test_budget_shared_mixed_rates(void **state)
+{
+	struct srv srv;
+	char *dir = temp_dir(), file[256];
+	struct api_config cfg = {.dialect = "flows",
+				 .client_id = "id",
+				 .client_secret = "sec",
+				 .rate_requests = BUDGET_N,
+				 .rate_window_s = BUDGET_W,
+				 .budget_file = file};
+	struct lister l[2];
+	pthread_t t[2];
+	double t0;
+
+	(void)state;
+	snprintf(file, sizeof(file), "%s/budget", dir);
+	srv_start(&srv, route_ok, NULL);
+	cfg.api_url = srv.url;
+	assert_int_equal(api_new(&cfg, &l[0].api), 0);
+	cfg.rate_requests = 2 * BUDGET_N;
+	assert_int_equal(api_new(&cfg, &l[1].api), 0);
+	l[0].n = l[1].n = 7;
+	t0 = mono();
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(
+		    pthread_create(&t[i], NULL, lister_main, &l[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	check_under(&srv, t0, 14, 2 * BUDGET_N);
+	api_free(l[0].api);
+	api_free(l[1].api);
 	srv_stop(&srv);
 	unlink(file);
 	rmdir(dir);
@@ -1849,6 +1895,7 @@ int main(void)
 	    cmocka_unit_test(test_flows_jobs_refused),
 	    cmocka_unit_test(test_flows_429_pauses_everyone),
 	    cmocka_unit_test(test_budget_shared_clients),
+	    cmocka_unit_test(test_budget_shared_mixed_rates),
 	    cmocka_unit_test(test_budget_shared_processes),
 	    cmocka_unit_test(test_budget_config),
 	    cmocka_unit_test_teardown(test_flows_against_emu, emu_teardown),
