@@ -9,8 +9,10 @@
  * of record boundaries (a CSV offset and the JSONL offset it starts at,
  * about one per CSV_STEP bytes), so a backward or random read converts
  * from the nearest boundary instead of from the start, and the file's
- * exact size once a reader has converted a complete version to its end
- * (before that, as for rows.jsonl, st_size is 0).
+ * exact size once a reader has converted a complete version to its end.
+ * A stat converts it whole when that size is not known yet (as a stat of
+ * rows.jsonl reads the table whole): tar and rsync copy st_size bytes, and
+ * a size of 0 made them store an empty rows.csv with exit status 0.
  */
 #include "engine_i.h"
 
@@ -171,6 +173,42 @@ uint64_t fs_table_csv_size(struct fs_engine *eng, struct fs_table *t)
 		size = t->csv->size;
 	pthread_mutex_unlock(&csv_lock);
 	return size;
+}
+
+int fs_table_csv_exact_size(struct fs_engine *eng, struct fs_table *t,
+			    uint64_t *size)
+{
+	struct fs_csv_reader *cr = NULL;
+	uint64_t rows_size, gen, off = 0;
+	size_t n = 0;
+	char *buf;
+	int rc;
+
+	*size = fs_table_csv_size(eng, t);
+	if (*size || eng->cfg.lazy_size)
+		return 0;
+	rc = fs_table_rows_exact_size(eng, t, &rows_size, &gen);
+	if (rc)
+		return rc;
+	*size = fs_table_csv_size(eng, t);
+	if (*size)
+		return 0;
+	buf = malloc(CSV_READ);
+	if (!buf)
+		return -ENOMEM;
+	rc = fs_csv_open(eng, t, &cr);
+	while (!rc) {
+		rc = fs_csv_read(cr, off, buf, CSV_READ, &n);
+		if (rc || n == 0)
+			break;
+		off += n;
+	}
+	if (!rc)
+		*size = off;	/* the version the reader read, whole */
+	if (cr)
+		fs_csv_close(cr);
+	free(buf);
+	return rc;
 }
 
 int fs_csv_open(struct fs_engine *eng, struct fs_table *t,

@@ -233,6 +233,16 @@ void fs_csv_close(struct fs_csv_reader *cr);
  * and a reader has converted it to the end, else 0 (no network I/O). */
 uint64_t fs_table_csv_size(struct fs_engine *eng, struct fs_table *t);
 
+/*
+ * rows.csv's exact size, for tools that copy by st_size (tar, rsync): as
+ * fs_table_csv_size() when known, else rows.jsonl's exact size is made
+ * sure of (fs_table_rows_exact_size) and the version converted to its end
+ * once, which records the size for its generation. With lazy_size, 0 at
+ * once. Returns 0 or the reader's error.
+ */
+int fs_table_csv_exact_size(struct fs_engine *eng, struct fs_table *t,
+			    uint64_t *size) FS_WARN_UNUSED;
+
 /* ---- rows.jsonl: writing (import) ----------------------------------- */
 
 struct fs_import;

@@ -195,12 +195,13 @@ static pid_t tgid_of(pid_t tid)
 }
 
 /*
- * mv from another file system onto rows.jsonl: GNU mv removes the target
- * first, then creates it with O_EXCL and copies. So mv (and only mv: rm
- * of rows.jsonl is EPERM, it would delete nothing) may unlink rows.jsonl:
- * the name then vanishes for that process alone, for MV_WINDOW seconds or
- * until it creates the file, which imports as any write from the start
- * does. Other processes see rows.jsonl all along.
+ * mv from another file system onto rows.jsonl, and tar extracting a
+ * backup of it: GNU mv and GNU tar remove the target first, then create
+ * it with O_EXCL and copy. So they (and only they: rm of rows.jsonl is
+ * EPERM, it would delete nothing) may unlink rows.jsonl: the name then
+ * vanishes for that process alone, for MV_WINDOW seconds or until it
+ * creates the file, which imports as any write from the start does. Other
+ * processes see rows.jsonl all along.
  */
 #define MV_WINDOW 10
 #define MV_SLOTS 8
@@ -211,7 +212,7 @@ static struct {
 } moving[MV_SLOTS];
 static pthread_mutex_t moving_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static bool caller_is_mv(pid_t tgid)
+static bool caller_replaces_by_unlink(pid_t tgid)
 {
 	char path[64], comm[32] = "";
 	FILE *f;
@@ -223,7 +224,7 @@ static bool caller_is_mv(pid_t tgid)
 	if (!fgets(comm, sizeof(comm), f))
 		comm[0] = '\0';
 	fclose(f);
-	return !strcmp(comm, "mv\n");
+	return !strcmp(comm, "mv\n") || !strcmp(comm, "tar\n");
 }
 
 static bool moving_onto_rows(const struct fs_table *t)
@@ -232,7 +233,7 @@ static bool moving_onto_rows(const struct fs_table *t)
 	time_t now = time(NULL);
 	int i, slot = 0;
 
-	if (fs_engine_config(engine())->ro || !caller_is_mv(tgid))
+	if (fs_engine_config(engine())->ro || !caller_replaces_by_unlink(tgid))
 		return false;
 	pthread_mutex_lock(&moving_lock);
 	for (i = 0; i < MV_SLOTS; i++)
@@ -424,11 +425,23 @@ static int fs_getattr(const char *path, struct stat *st,
 		rows_times(eng, t, st);
 		break;
 	}
-	case FS_CSV:
+	case FS_CSV: {
+		struct handle *wh = fi ? (struct handle *)(uintptr_t)fi->fh
+				       : NULL;
+		uint64_t size;
+
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
-		st->st_size = (off_t)fs_table_csv_size(eng, t);
+		/* exact, as rows.jsonl's; a writer's fstat does not fetch.
+		 * When the API cannot give it: 0, and the read (direct I/O)
+		 * meets the error */
+		if (wh && wh->im)
+			size = fs_table_csv_size(eng, t);
+		else if (fs_table_csv_exact_size(eng, t, &size))
+			size = 0;
+		st->st_size = (off_t)size;
 		rows_times(eng, t, st);
 		break;
+	}
 	case FS_SCHEMA:
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
 		st->st_size = (off_t)fs_table_schema_size(eng, t);

@@ -121,6 +121,11 @@ def test_tar_of_a_cold_table_stores_every_byte(sample, tmp_path):
     assert got["schema.json"] == slurp(m.file("Customers", "schema.json"))
     assert json.loads(got["status.json"])["table"] == "Customers" or \
         json.loads(got["status.json"])
+    # rows.csv too: its size was 0 until a reader had converted it, and
+    # tar stored an empty file with exit status 0
+    csv = slurp(m.file("Customers", "rows.csv"))
+    assert csv.count(b"\r\n") == 3001
+    assert got["rows.csv"] == csv
 
 
 def test_rsync_quick_check_sees_a_same_size_change(emu_factory,
@@ -173,6 +178,9 @@ def test_rsync_and_cp_sparse_copy_every_byte(sample, tmp_path):
     assert slurp(tmp_path / "r" / "schema.json") == \
         slurp(m.file("Customers", "schema.json"))
     json.loads(slurp(tmp_path / "r" / "status.json"))
+    assert slurp(tmp_path / "r" / "rows.csv") == \
+        slurp(m.file("Customers", "rows.csv"))
+    assert len(slurp(tmp_path / "r" / "rows.csv")) > 100_000
     ok(f"cp --sparse=always '{m.file('RoutingRules', 'rows.jsonl')}' "
        f"'{tmp_path}/s.jsonl'")
     assert slurp(tmp_path / "s.jsonl") == \
@@ -311,6 +319,27 @@ def test_mv_onto_rows_from_outside_and_inside(sample, tmp_path):
     # the size right after an import is the new version's
     assert os.stat(rows).st_size == len(slurp(rows)) == \
         len(expected_jsonl(emu, "Customers", CUSTOMERS))
+
+
+def test_tar_extract_restores_rows_from_a_backup(sample, tmp_path):
+    """GNU tar unlinks the file it extracts over, then creates it with
+    O_EXCL (as mv does): restoring rows.jsonl from a backup imports it
+    (before, `Cannot open: File exists`, exit 2); rm still gets EPERM."""
+    emu, m = sample
+    ok(f"tar cf '{tmp_path}/b.tar' -C '{m.path}' Customers/rows.jsonl")
+    backup = expected_jsonl(emu, "Customers", CUSTOMERS)
+    row = emu.rows("Customers")[0]
+    was = row["loyalty_tier"]
+    row["loyalty_tier"] = was + 1
+    emu.upsert("Customers", [row])
+    emu.reset_stats()
+    ok(f"tar xf '{tmp_path}/b.tar' -C '{m.path}' Customers/rows.jsonl")
+    assert tier_of(emu, row["customer_id"]) == was
+    assert emu.stats()["rows_written"] == 1  # only the changed row
+    assert slurp(m.file("Customers", "rows.jsonl")) == backup
+    assert table_entries(m) == OWN
+    p = run(f"rm '{m.file('Customers', 'rows.jsonl')}'")
+    assert p.returncode != 0 and b"Operation not permitted" in p.stderr
 
 
 def test_size_follows_a_change_on_the_server(emu_factory, mount_factory,
