@@ -195,10 +195,11 @@ static pid_t tgid_of(pid_t tid)
 }
 
 /*
- * mv from another file system onto rows.jsonl, and tar extracting a
- * backup of it: GNU mv and GNU tar remove the target first, then create
- * it with O_EXCL and copy. So they (and only they: rm of rows.jsonl is
- * EPERM, it would delete nothing) may unlink rows.jsonl: the name then
+ * mv from another file system onto rows.jsonl, tar extracting a backup of
+ * it and install(1) putting a file there: GNU mv, tar and install remove
+ * the target first, then create it with O_EXCL and copy. So they (and
+ * only they: rm of rows.jsonl is EPERM, it would delete nothing) may
+ * unlink rows.jsonl: the name then
  * vanishes for that process alone, for MV_WINDOW seconds or until it
  * creates the file, which imports as any write from the start does. Other
  * processes see rows.jsonl all along.
@@ -224,7 +225,8 @@ static bool caller_replaces_by_unlink(pid_t tgid)
 	if (!fgets(comm, sizeof(comm), f))
 		comm[0] = '\0';
 	fclose(f);
-	return !strcmp(comm, "mv\n") || !strcmp(comm, "tar\n");
+	return !strcmp(comm, "mv\n") || !strcmp(comm, "tar\n") ||
+	       !strcmp(comm, "install\n");
 }
 
 static bool moving_onto_rows(const struct fs_table *t)
@@ -342,8 +344,10 @@ static void rows_times(struct fs_engine *eng, struct fs_table *t,
 		st->st_atime = st->st_mtime = st->st_ctime = (time_t)at;
 }
 
-static int fs_getattr(const char *path, struct stat *st,
-		      struct fuse_file_info *fi)
+/* getattr; sizes false: no size that costs a fetch or a conversion (the
+ * mode is all a caller wants) */
+static int attrs(const char *path, struct stat *st, struct fuse_file_info *fi,
+		 bool sizes)
 {
 	struct fs_engine *eng = engine();
 	bool ro = fs_engine_config(eng)->ro;
@@ -399,7 +403,7 @@ static int fs_getattr(const char *path, struct stat *st,
 		st->st_mode = S_IFREG | (ro ? 0444 : 0644);
 		/* exact, so tar and rsync copy every byte (size.c); a writer's
 		 * fstat does not fetch */
-		if (wh && wh->im) {
+		if ((wh && wh->im) || !sizes) {
 			size = fs_table_rows_size(eng, t, &gen);
 		} else if (fs_table_rows_exact_size(eng, t, &size, &gen)) {
 			/* the API cannot give it now: 0, with direct I/O for
@@ -434,7 +438,7 @@ static int fs_getattr(const char *path, struct stat *st,
 		/* exact, as rows.jsonl's; a writer's fstat does not fetch.
 		 * When the API cannot give it: 0, and the read (direct I/O)
 		 * meets the error */
-		if (wh && wh->im)
+		if ((wh && wh->im) || !sizes)
 			size = fs_table_csv_size(eng, t);
 		else if (fs_table_csv_exact_size(eng, t, &size))
 			size = 0;
@@ -498,6 +502,12 @@ static int fs_getattr(const char *path, struct stat *st,
 	st->st_nlink = 1;
 	(void)fi;
 	return 0;
+}
+
+static int fs_getattr(const char *path, struct stat *st,
+		      struct fuse_file_info *fi)
+{
+	return attrs(path, st, fi, true);
 }
 
 /* The pending tables (mkdir'ed, no schema yet) in the root listing. */
@@ -1161,13 +1171,30 @@ static int fs_utimens(const char *path, const struct timespec tv[2],
 		fs_scratch_put(sc);
 	}
 	(void)fi;
-	/* a table's times are the mount's; accepting touch keeps scripts
-	 * happy */
+	/* a table's times are its rows' version's (or the mount's):
+	 * accepting touch keeps scripts happy */
 	return 0;
 }
 
+/* Whether the caller's process has t's `file` open for writing (an
+ * fchmod reaches us without its descriptor). */
+static bool writing(const struct fs_table *t, enum fs_file file)
+{
+	pid_t tgid = tgid_of(fuse_get_context()->pid);
+	bool found = false;
+
+	pthread_mutex_lock(&handles_lock);
+	for (const struct handle *h = handles; h && !found; h = h->next)
+		found = h->t == t && h->file == file && h->im &&
+			h->opener == tgid;
+	pthread_mutex_unlock(&handles_lock);
+	return found;
+}
+
 /* chmod: a scratch file takes any mode; a table's files keep theirs
- * (setting the mode they have is fine: cp -p, rsync -a, mv do it). */
+ * (setting the mode they have is fine: cp -p, rsync -a, mv do it), and a
+ * tool writing one sets what it likes on its descriptor (install(1) makes
+ * the file 0600 while it copies): the import is what counts. */
 static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
 	struct fs_scratch *sc;
@@ -1184,7 +1211,9 @@ static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 		fs_scratch_put(sc);
 		return 0;
 	}
-	rc = fs_getattr(path, &st, fi);
+	if (writing(t, file))
+		return 0;
+	rc = attrs(path, &st, fi, false);
 	if (rc)
 		return rc;
 	return (mode & 07777) == (st.st_mode & 07777) ? 0 : -EPERM;

@@ -321,10 +321,11 @@ def test_mv_onto_rows_from_outside_and_inside(sample, tmp_path):
         len(expected_jsonl(emu, "Customers", CUSTOMERS))
 
 
-def test_tar_extract_restores_rows_from_a_backup(sample, tmp_path):
+def test_tar_extract_and_install_onto_rows(sample, tmp_path):
     """GNU tar unlinks the file it extracts over, then creates it with
-    O_EXCL (as mv does): restoring rows.jsonl from a backup imports it
-    (before, `Cannot open: File exists`, exit 2); rm still gets EPERM."""
+    O_EXCL (as mv does; so does install): restoring rows.jsonl from a
+    backup imports it (before, `Cannot open: File exists`, exit 2), as
+    does `install FILE rows.jsonl`; rm still gets EPERM."""
     emu, m = sample
     ok(f"tar cf '{tmp_path}/b.tar' -C '{m.path}' Customers/rows.jsonl")
     backup = expected_jsonl(emu, "Customers", CUSTOMERS)
@@ -337,6 +338,12 @@ def test_tar_extract_restores_rows_from_a_backup(sample, tmp_path):
     assert tier_of(emu, row["customer_id"]) == was
     assert emu.stats()["rows_written"] == 1  # only the changed row
     assert slurp(m.file("Customers", "rows.jsonl")) == backup
+    assert table_entries(m) == OWN
+    # install(1) removes the target first too
+    new = tmp_path / "new.jsonl"
+    new.write_text(cust(20) + "\n")
+    ok(f"install -m 644 '{new}' '{m.file('Customers', 'rows.jsonl')}'")
+    assert "NEW-00020" in keys(emu)
     assert table_entries(m) == OWN
     p = run(f"rm '{m.file('Customers', 'rows.jsonl')}'")
     assert p.returncode != 0 and b"Operation not permitted" in p.stderr
