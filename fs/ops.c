@@ -199,10 +199,9 @@ static pid_t tgid_of(pid_t tid)
  * it and install(1) putting a file there: GNU mv, tar and install remove
  * the target first, then create it with O_EXCL and copy. So they (and
  * only they: rm of rows.jsonl is EPERM, it would delete nothing) may
- * unlink rows.jsonl: the name then
- * vanishes for that process alone, for MV_WINDOW seconds or until it
- * creates the file, which imports as any write from the start does. Other
- * processes see rows.jsonl all along.
+ * unlink rows.jsonl: the name then vanishes for that process alone, for
+ * MV_WINDOW seconds or until it creates the file, which imports as any
+ * write from the start does. Other processes see rows.jsonl all along.
  */
 #define MV_WINDOW 10
 #define MV_SLOTS 8
