@@ -109,6 +109,19 @@ static struct mem_table **find(struct cache_mem *mem, const char *table,
 	return NULL;
 }
 
+/* The held version of table if it is generation gen: 0, -ENOENT (none
+ * held) or -ESTALE (another generation). mem->lock held. */
+static int find_gen(struct cache_mem *mem, const char *table, size_t tlen,
+		    uint64_t gen, struct mem_table **out)
+{
+	struct mem_table **p = find(mem, table, tlen);
+
+	*out = p ? *p : NULL;
+	if (!p)
+		return -ENOENT;
+	return (*p)->meta.gen == gen ? 0 : -ESTALE;
+}
+
 static void unlink_free(struct cache_mem *mem, struct mem_table **p)
 {
 	struct mem_table *t = *p;
@@ -289,22 +302,15 @@ int cache_mem_append(struct cache_mem *mem, const char *table, size_t tlen,
 		     const void *data, size_t len, size_t nrows,
 		     const char *next_cursor, struct cache_meta *out)
 {
-	struct mem_table **p, *t;
+	struct mem_table *t;
 	struct cache_meta *m;
-	int rc = 0;
+	int rc;
 
 	pthread_mutex_lock(&mem->lock);
-	p = find(mem, table, tlen);
-	if (!p) {
-		rc = -ENOENT;
+	rc = find_gen(mem, table, tlen, gen, &t);
+	if (rc)
 		goto out;
-	}
-	t = *p;
 	m = &t->meta;
-	if (m->gen != gen) {
-		rc = -ESTALE;
-		goto out;
-	}
 	if (page < m->pages || m->complete) {
 		rc = -EEXIST;
 		goto out;
@@ -357,22 +363,15 @@ int cache_mem_read(struct cache_mem *mem, const char *table, size_t tlen,
 		   uint64_t gen, uint64_t offset, void *buf, size_t size,
 		   size_t *nread)
 {
-	struct mem_table **p, *t;
+	struct mem_table *t;
 	size_t lo, hi, copied = 0;
-	int rc = 0;
+	int rc;
 
 	*nread = 0;
 	pthread_mutex_lock(&mem->lock);
-	p = find(mem, table, tlen);
-	if (!p) {
-		rc = -ENOENT;
+	rc = find_gen(mem, table, tlen, gen, &t);
+	if (rc)
 		goto out;
-	}
-	t = *p;
-	if (t->meta.gen != gen) {
-		rc = -ESTALE;
-		goto out;
-	}
 	/* the first chunk ending past offset */
 	lo = 0;
 	hi = t->nchunks;
@@ -405,18 +404,14 @@ int cache_mem_set_validated(struct cache_mem *mem, const char *table,
 			    size_t tlen, uint64_t gen, int64_t when,
 			    uint64_t epoch)
 {
-	struct mem_table **p;
-	int rc = 0;
+	struct mem_table *t;
+	int rc;
 
 	pthread_mutex_lock(&mem->lock);
-	p = find(mem, table, tlen);
-	if (!p) {
-		rc = -ENOENT;
-	} else if ((*p)->meta.gen != gen) {
-		rc = -ESTALE;
-	} else {
-		(*p)->meta.validated_at = when;
-		(*p)->epoch = epoch;
+	rc = find_gen(mem, table, tlen, gen, &t);
+	if (rc == 0) {
+		t->meta.validated_at = when;
+		t->epoch = epoch;
 	}
 	pthread_mutex_unlock(&mem->lock);
 	return rc;

@@ -1364,6 +1364,21 @@ static void *lister_main(void *arg)
 	return NULL;
 }
 
+/* Two clients listing n times each, at once; returns when they started. */
+static double list_together(struct api *a, struct api *b, int n)
+{
+	struct lister l[2] = {{a, n}, {b, n}};
+	pthread_t t[2];
+	double t0 = mono();
+
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(
+		    pthread_create(&t[i], NULL, lister_main, &l[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	return t0;
+}
+
 static void test_budget_shared_clients(void **state)
 {
 	struct srv srv;
@@ -1375,7 +1390,6 @@ static void test_budget_shared_clients(void **state)
 				 .rate_window_s = BUDGET_W,
 				 .budget_file = file};
 	struct lister l[2];
-	pthread_t t[2];
 	double t0;
 
 	(void)state;
@@ -1386,13 +1400,7 @@ static void test_budget_shared_clients(void **state)
 	assert_int_equal(api_new(&cfg, &l[1].api), 0);
 	assert_true(api_budget_rate(l[0].api) > 7.99 &&
 		    api_budget_rate(l[0].api) < 8.01);
-	l[0].n = l[1].n = 7;
-	t0 = mono();
-	for (int i = 0; i < 2; i++)
-		assert_int_equal(
-		    pthread_create(&t[i], NULL, lister_main, &l[i]), 0);
-	for (int i = 0; i < 2; i++)
-		pthread_join(t[i], NULL);
+	t0 = list_together(l[0].api, l[1].api, 7);
 	check_under_budget(&srv, t0, 14);
 	api_free(l[0].api);
 	api_free(l[1].api);
@@ -1427,7 +1435,6 @@ static void test_budget_shared_mixed_rates(void **state)
 				 .rate_window_s = BUDGET_W,
 				 .budget_file = file};
 	struct lister l[2];
-	pthread_t t[2];
 	double t0;
 
 	(void)state;
@@ -1437,13 +1444,7 @@ static void test_budget_shared_mixed_rates(void **state)
 	assert_int_equal(api_new(&cfg, &l[0].api), 0);
 	cfg.rate_requests = 2 * BUDGET_N;
 	assert_int_equal(api_new(&cfg, &l[1].api), 0);
-	l[0].n = l[1].n = 7;
-	t0 = mono();
-	for (int i = 0; i < 2; i++)
-		assert_int_equal(
-		    pthread_create(&t[i], NULL, lister_main, &l[i]), 0);
-	for (int i = 0; i < 2; i++)
-		pthread_join(t[i], NULL);
+	t0 = list_together(l[0].api, l[1].api, 7);
 	check_under(&srv, t0, 14, 2 * BUDGET_N);
 	api_free(l[0].api);
 	api_free(l[1].api);
