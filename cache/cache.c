@@ -1042,10 +1042,39 @@ static size_t map_size(uint64_t max_bytes)
 	return (size_t)size;
 }
 
+/*
+ * LMDB maps lock.mdb shared after sizing it with ftruncate, which on a
+ * full file system leaves it sparse: the first touch of its reader table
+ * then kills the process with SIGBUS (seen on a full tmpfs). So its blocks
+ * are allocated first; a full disk is then ENOSPC, an error. LOCK_BYTES
+ * covers LMDB's table for CACHE_MAX_READERS (64 KiB); LMDB takes a bigger
+ * file as room for more readers.
+ */
+#define LOCK_BYTES (128 * 1024)
+
+static int lock_alloc(const char *dir)
+{
+	char path[4096];
+	int fd, rc, n = snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return ENAMETOOLONG;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return errno;
+	rc = posix_fallocate(fd, 0, LOCK_BYTES);
+	close(fd);
+	/* a file system without fallocate: LMDB's own way, as before */
+	return rc == EOPNOTSUPP || rc == EINVAL ? 0 : rc;
+}
+
 static int env_open(struct cache *c, const char *dir, size_t mapsize)
 {
 	int rc;
 
+	rc = lock_alloc(dir);
+	if (rc)
+		return rc;
 	rc = mdb_env_create(&c->env);
 	if (rc)
 		return rc;
@@ -1279,8 +1308,11 @@ int cache_open(const char *dir, uint64_t max_bytes, struct cache **out)
 		}
 	}
 	if (rc) {
-		log_err("cache: open '%s' failed: %s", dir, mdb_strerror(rc));
-		rc = rc == EACCES || rc == EPERM ? -EACCES : cache_errno(rc);
+		log_err("cache: open '%s' failed: %s%s", dir, mdb_strerror(rc),
+			rc == ENOSPC || rc == EDQUOT ?
+			": free room there or choose another cache_dir=" : "");
+		rc = rc == EACCES || rc == EPERM ? -EACCES :
+		     rc == EDQUOT ? -ENOSPC : cache_errno(rc);
 		goto out;
 	}
 	/* Free the reader slots of processes that died (kill -9). */

@@ -169,3 +169,20 @@ def test_concurrent_readers_while_a_table_moves_to_memory(
             assert p.returncode == 0, (rnd, err, m.stderr()[-2000:])
             assert out == want, rnd
     assert "holding" in m.stderr()
+
+
+def test_a_cache_that_cannot_be_created_is_a_clear_error(
+        emu_factory, mount_factory, small_fs):
+    """A full disk before the cache exists: LMDB mapped its lock file
+    sparse and the first touch killed dtfs and dtfsctl with SIGBUS. Now
+    both stop with ENOSPC and say where."""
+    emu = emu_factory("--generate", "Small:200")
+    fill(small_fs, 0)
+    cache = os.path.join(small_fs, "c")
+    rc, out, err = dtfsctl(emu, cache, "export", "Small")
+    assert rc == 73, (rc, err)  # EX_CANTCREAT, not -7 (SIGBUS)
+    assert "No space left on device" in err and cache in err
+    assert out == b""
+    code, err = mount_factory(emu, cache_dir=cache).start(expect_fail=True)
+    assert code == 1, (code, err)
+    assert "No space left on device" in err

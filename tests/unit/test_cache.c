@@ -322,6 +322,30 @@ static void test_full_fs_holds_in_memory(void **state)
 	assert_false(m.in_memory);
 }
 
+/* A full file system before the cache exists: ENOSPC, not SIGBUS (LMDB
+ * maps its lock file sparse and the first touch of it faulted). */
+static void test_full_fs_at_open(void **state)
+{
+	struct fixture *f = *state;
+	char filler[PATH_MAX + 16];
+	static char block[65536];
+	FILE *fp;
+
+	if (!cache_on_small_fs(f))
+		skip();
+	snprintf(filler, sizeof(filler), "%s/filler", f->mnt);
+	fp = fopen(filler, "w");
+	assert_non_null(fp);
+	while (fwrite(block, 1, sizeof(block), fp) == sizeof(block))
+		;
+	fclose(fp);
+	assert_int_equal(cache_open(f->dir, 0, &f->cache), -ENOSPC);
+	assert_null(f->cache);
+	/* room again: the same directory opens */
+	assert_int_equal(unlink(filler), 0);
+	open_cache(f, 0);
+}
+
 /* Memory is capped too (max_bytes here): a table too big for both fails
  * with -ENOSPC, keeping what it had, and never evicts into corruption. */
 static void test_full_fs_memory_capped(void **state)
@@ -1986,6 +2010,7 @@ int main(void)
 		T(test_map_drop_races_readers),
 		T(test_full_fs_holds_in_memory),
 		T(test_full_fs_memory_capped),
+		T(test_full_fs_at_open),
 #undef T
 	};
 
