@@ -159,7 +159,8 @@ static int budget_map(struct api_budget *b, const char *file)
 		return rc;
 	}
 	/* grow it under the lock before anyone maps it: a mapping past the
-	 * end of a file faults */
+	 * end of a file faults, and so does one over a hole on a full disk
+	 * (allocated, not only sized) */
 	rc = file_lock(b, F_WRLCK);
 	if (rc == -ENOLCK || rc == -EINVAL || rc == -EOPNOTSUPP) {
 		/* a file system without such locks (some network ones):
@@ -173,10 +174,21 @@ static int budget_map(struct api_budget *b, const char *file)
 	}
 	if (rc)
 		return rc;
-	if (fstat(b->fd, &st) == 0 &&
-	    (size_t)st.st_size < sizeof(struct budget_state) &&
-	    ftruncate(b->fd, (off_t)sizeof(struct budget_state)) < 0) {
-		rc = -errno;
+	rc = -posix_fallocate(b->fd, 0, (off_t)sizeof(struct budget_state));
+	if ((rc == -EOPNOTSUPP || rc == -EINVAL) && fstat(b->fd, &st) == 0)
+		rc = (size_t)st.st_size < sizeof(struct budget_state) &&
+		     ftruncate(b->fd, (off_t)sizeof(struct budget_state)) < 0 ?
+		     -errno : 0;
+	if (rc == -ENOSPC || rc == -EDQUOT) {
+		/* a full disk: as without locks, our own budget */
+		log_warn("budget file '%s': %s, so the budget is not shared "
+			 "with other processes", file, strerror(-rc));
+		file_lock(b, F_UNLCK);
+		close(b->fd);
+		b->fd = -1;
+		return 1;
+	}
+	if (rc) {
 		log_err("size budget file '%s' failed: %s", file,
 			strerror(-rc));
 		file_lock(b, F_UNLCK);

@@ -186,3 +186,23 @@ def test_a_cache_that_cannot_be_created_is_a_clear_error(
     code, err = mount_factory(emu, cache_dir=cache).start(expect_fail=True)
     assert code == 1, (code, err)
     assert "No space left on device" in err
+
+
+def test_a_budget_file_on_a_full_disk_is_not_shared_but_works(
+        emu_factory, small_fs):
+    """The production dialect's shared budget file is mapped like LMDB's
+    lock file: made on a full disk it was sparse, and the first write to
+    it was SIGBUS. Now such a process keeps its own budget and says so."""
+    emu = emu_factory("--generate", "Small:300",
+                      "--client", "dtfs-demo:dtfs-demo-secret",
+                      "--client", "second:second-secret")
+    cache = os.path.join(small_fs, "c")
+    rc, first, err = dtfsctl(emu, cache, "export", "Small", opts="api=flows")
+    assert rc == 0, err
+    fill(small_fs, 0)
+    # another client id: another budget file, made now
+    rc, out, err = dtfsctl(emu, cache, "export", "Small", opts="api=flows",
+                           client=("second", "second-secret"))
+    assert rc == 0, (rc, err)  # not -7 (SIGBUS)
+    assert out == first
+    assert "budget is not shared" in err
