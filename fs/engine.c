@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "dirs.h"
 #include "hash.h"
 #include "log.h"
 #include "names.h"
@@ -56,29 +57,6 @@ static char *client_id(const struct fs_config *cfg)
 	return id;
 }
 
-/* mkdir -p, each missing directory mode 0700 (as the cache creates its
- * own). Returns 0 or -1 with errno set. */
-static int mkdir_p(const char *dir)
-{
-	char path[4096];
-	size_t i, n = strlen(dir);
-
-	if (n == 0 || n >= sizeof(path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(path, dir, n + 1);
-	for (i = 1; i <= n; i++) {
-		if (path[i] != '/' && path[i] != '\0')
-			continue;
-		path[i] = '\0';
-		if (mkdir(path, 0700) && errno != EEXIST)
-			return -1;
-		path[i] = i < n ? '/' : '\0';
-	}
-	return 0;
-}
-
 /* <cache_dir>/budget-<digest of the API URL or region and client id>:
  * the processes of one client id on this host share one request budget
  * (api/ keeps it in that file). NULL when the id is unknown. */
@@ -88,13 +66,15 @@ static char *budget_path(const struct fs_config *cfg)
 	const char *where = cfg->api_url ? cfg->api_url : cfg->region;
 	uint64_t h = HASH_INIT;
 	size_t n;
+	int rc;
 
 	if (!id)
 		return NULL;
 	/* the file lives beside the cache, which may not exist yet */
-	if (mkdir_p(cfg->cache_dir)) {
+	rc = dirs_make(cfg->cache_dir);
+	if (rc) {
 		log_warn("cannot create '%s' (%s): the request budget is this "
-			 "process's alone", cfg->cache_dir, strerror(errno));
+			 "process's alone", cfg->cache_dir, strerror(-rc));
 		free(id);
 		return NULL;
 	}

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dirs.h"
 #include "log.h"
 #include "names.h"
 #include "utf8.h"
@@ -283,11 +284,12 @@ int fs_import_begin(struct fs_engine *eng, struct fs_table *t,
 		goto fail;
 	}
 
-	/* the import lock, across processes: flock REJECTS.lock */
-	if (mkdir(eng->rejects_dir, 0700) && errno != EEXIST) {
-		rc = -errno;
+	/* the import lock, across processes: flock REJECTS.lock (its
+	 * directory made again if a cleanup removed it) */
+	rc = dirs_make(eng->rejects_dir);
+	if (rc) {
 		log_err("cannot create '%s': %s", eng->rejects_dir,
-			strerror(errno));
+			strerror(-rc));
 		goto fail;
 	}
 	im->rejects_path = fs_table_rejects_path(eng, t);

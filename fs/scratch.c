@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dirs.h"
 #include "log.h"
 
 struct fs_scratch {
@@ -39,11 +40,12 @@ int fs_scratch_set_new(const char *dir, struct fs_scratch_set **out)
 {
 	struct fs_scratch_set *set;
 
-	*out = NULL;
-	if (mkdir(dir, 0700) && errno != EEXIST) {
-		int rc = -errno;
+	int rc;
 
-		log_err("cannot create '%s': %s", dir, strerror(errno));
+	*out = NULL;
+	rc = dirs_make(dir);
+	if (rc) {
+		log_err("cannot create '%s': %s", dir, strerror(-rc));
 		return rc;
 	}
 	set = calloc(1, sizeof(*set));
@@ -130,6 +132,11 @@ static int data_file(struct fs_scratch_set *set)
 	int fd;
 
 	fd = open(set->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0 && errno == ENOENT && dirs_make(set->dir) == 0) {
+		/* a cleanup removed the directory while we ran */
+		log_warn("'%s' was removed: made again", set->dir);
+		fd = open(set->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	}
 	if (fd >= 0)
 		return fd;
 	tmpl = malloc(n);

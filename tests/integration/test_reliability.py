@@ -263,3 +263,34 @@ def test_status_says_the_writer_was_killed(emu_factory, mount_factory):
     keys = {r["customer_id"] for r in emu.rows("Big")}
     assert {"KILLED-0", "KILLED-1", "KILLED-2"} <= keys
     assert {"EXITED-0", "CLOSED-2"} <= keys
+
+
+def test_writes_go_on_after_a_cleanup_removed_the_cache_dir(
+        emu_factory, mount_factory, tmp_path):
+    """A housekeeping job (tmpfiles, a cron rm of ~/.cache) removes
+    cache_dir while the mount runs: reads go on from the open cache, and
+    the directories writes need (rejects/, scratch/) are made again, so
+    `>>`, cp and sed -i still import instead of failing with ENOENT."""
+    import shutil
+    from mount import DATA_DIR
+    emu = emu_factory("--data", DATA_DIR)
+    cache = str(tmp_path / "cache")
+    m = mount_factory(emu, cache_dir=cache).start()
+    rows = m.file("Customers", "rows.jsonl")
+    first = open(rows, "rb").read()
+    shutil.rmtree(cache)
+    assert open(rows, "rb").read() == first
+    line = (b'{"customer_id":"CLEANED-1","last_interaction":'
+            b'"2024-01-01T00:00:00Z","loyalty_tier":1}\n')
+    with open(rows, "ab") as f:
+        f.write(line)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(line.replace(b"CLEANED-1", b"CLEANED-2"))
+    r = subprocess.run(["cp", str(src), rows], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["sed", "-i", "s/CLEANED-2/CLEANED-3/", rows],
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    got = {r["customer_id"] for r in emu.rows("Customers")}
+    assert {"CLEANED-1", "CLEANED-2", "CLEANED-3"} <= got
+    assert os.path.isdir(os.path.join(cache, "rejects"))
