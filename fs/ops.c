@@ -1047,7 +1047,9 @@ static int fs_flush(const char *path, struct fuse_file_info *fi)
 	if (h->swrite)
 		return schema_send(h);
 	writer_end(fuse_get_context()->pid, how, sizeof(how));
-	if (how[0])
+	/* a writer that wrote nothing (touch, a failed fallocate) imports
+	 * nothing: how it ended is no news */
+	if (how[0] && fs_import_dirty(h->im))
 		log_warn("import into '%s': the writer %s (its complete lines "
 			 "are imported)", fs_table_name(h->t), how);
 	fs_import_set_writer(h->im, how);
@@ -1381,6 +1383,31 @@ static int fs_rmdir(const char *path)
 	return rc ? rc : fs_engine_rmdir(engine(), name);
 }
 
+/* Links, symlinks and special files have no place in a table: EPERM,
+ * which says so (without these, libfuse answers ENOSYS, "Function not
+ * implemented", which reads as a broken mount). */
+static int fs_symlink(const char *target, const char *path)
+{
+	(void)target;
+	(void)path;
+	return -EPERM;
+}
+
+static int fs_link(const char *from, const char *to)
+{
+	(void)from;
+	(void)to;
+	return -EPERM;
+}
+
+static int fs_mknod(const char *path, mode_t mode, dev_t rdev)
+{
+	(void)path;
+	(void)mode;
+	(void)rdev;
+	return -EPERM;
+}
+
 const struct fuse_operations fs_ops = {
 	.init = fs_init,
 	.destroy = fs_destroy,
@@ -1399,6 +1426,9 @@ const struct fuse_operations fs_ops = {
 	.chmod = fs_chmod,
 	.chown = fs_chown,
 	.unlink = fs_unlink,
+	.symlink = fs_symlink,
+	.link = fs_link,
+	.mknod = fs_mknod,
 	.rename = fs_rename,
 	.fsync = fs_fsync,
 	.poll = fs_poll,

@@ -535,9 +535,13 @@ def test_open_without_writing_changes_nothing(sample):
        timeout=120)
     with open(rows, "w"):
         pass
+    # a tool that opens for writing and exits without closing or writing
+    # (fallocate is refused): nothing happens, nothing to warn about
+    assert run(f"fallocate -l 1M '{rows}'").returncode != 0
     assert slurp(m.file("Customers", "rejects.jsonl")) == rejects
     assert status(m)["import"] == st
     assert writes(emu) == w0
+    assert "exited without close" not in m.stderr()
     # a clean import later keeps the rejects of the last import with any
     ok(f"echo '{cust(60)}' > '{rows}'")
     assert slurp(m.file("Customers", "rejects.jsonl")) == rejects
@@ -577,6 +581,14 @@ def test_unsupported_operations_fail_with_conventional_errnos(sample):
         os.rename(tmp, m.file("RoutingRules", "rows.jsonl"))
     assert e.value.errno == errno.EXDEV
     os.unlink(tmp)
+    # links, symlinks and special files: EPERM, not ENOSYS ("Function not
+    # implemented" read as a broken mount)
+    for make in (lambda p: os.link(rows, p),
+                 lambda p: os.symlink("rows.jsonl", p),
+                 lambda p: os.mkfifo(p)):
+        with pytest.raises(OSError) as e:
+            make(m.file("Customers", "other"))
+        assert e.value.errno == errno.EPERM
     assert table_entries(m) == OWN
 
 
