@@ -344,6 +344,13 @@ def test_tar_extract_and_install_onto_rows(sample, tmp_path):
     new.write_text(cust(20) + "\n")
     ok(f"install -m 644 '{new}' '{m.file('Customers', 'rows.jsonl')}'")
     assert "NEW-00020" in keys(emu)
+    # the writer's chmod is accepted (cp -p exited 1 after the import)
+    new.write_text(cust(21) + "\n")
+    new.chmod(0o600)
+    ok(f"cp -p '{new}' '{m.file('Customers', 'rows.jsonl')}'")
+    assert "NEW-00021" in keys(emu)
+    assert os.stat(m.file("Customers", "rows.jsonl")).st_mode & 0o777 == \
+        0o644
     assert table_entries(m) == OWN
     p = run(f"rm '{m.file('Customers', 'rows.jsonl')}'")
     assert p.returncode != 0 and b"Operation not permitted" in p.stderr
