@@ -207,7 +207,8 @@ static int page_ids(const struct jdoc *d, uint32_t rows, struct api_page *out)
 	out->ids = malloc(head + strs.len);
 	if (!out->ids)
 		goto out;
-	memcpy((char *)out->ids + head, strs.p, strs.len);
+	if (strs.len)	/* strs.p is NULL when no row has an id */
+		memcpy((char *)out->ids + head, strs.p, strs.len);
 	for (i = 0; i < out->nrows; i++)
 		out->ids[i] = at[i] == SIZE_MAX
 				  ? NULL
