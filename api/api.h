@@ -269,6 +269,12 @@ int api_row_validate(const struct api_schema *schema, const char *line,
 		     size_t len, char **row_out, char **key_out,
 		     char **error_out) API_WARN_UNUSED;
 
+/* The key of a single-key row as the API names it: the one string of a
+ * key encoded by api_row_validate() (["…"]), unescaped, malloc'ed.
+ * Returns 0, -EINVAL (not one string, or one holding a NUL), -ENOMEM. */
+int api_key_string(const char *key, size_t klen, char **out)
+	API_WARN_UNUSED;
+
 struct api_row_error {
 	size_t row;		/* index in the chunk, from 0 */
 	char *field;		/* may be NULL */

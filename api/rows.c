@@ -572,3 +572,38 @@ out:
 	jdoc_release(&d);
 	return rc;
 }
+
+int api_key_string(const char *key, size_t klen, char **out)
+{
+	struct jdoc d;
+	struct abuf b;
+	uint32_t k = jdoc_child(0);
+	int rc;
+
+	*out = NULL;
+	jdoc_init(&d);
+	abuf_init(&b);
+	rc = jdoc_parse(&d, key, klen, 0);
+	if (rc == -ENOMEM)
+		goto out;
+	if (rc || d.nodes[0].type != JT_ARRAY || d.nodes[0].n != 1 ||
+	    d.nodes[k].type != JT_STRING) {
+		rc = -EINVAL;
+		goto out;
+	}
+	jdoc_str_decode(&d, k, &b);
+	if (!abuf_reserve(&b, 0)) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (memchr(b.p, '\0', b.len)) {
+		rc = -EINVAL;	/* a NUL would cut the C string short */
+		goto out;
+	}
+	b.p[b.len] = '\0';
+	*out = abuf_detach(&b, NULL);
+out:
+	abuf_release(&b);
+	jdoc_release(&d);
+	return rc;
+}

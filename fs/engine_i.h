@@ -236,11 +236,6 @@ int fs_diff_join(struct fs_engine *eng, const char *a, const char *b,
 			     const struct fs_spooled *y),
 		 void *arg) FS_WARN_UNUSED;
 
-/* The key of a single-key row as the API names it (the string inside the
- * encoded key ["…"], unescaped; malloc'ed). Returns 0, -EINVAL (not one
- * string), -ENOMEM. */
-int fs_key_string(const char *key, size_t klen, char **out) FS_WARN_UNUSED;
-
 /* replace.c: delete the rows of t whose keys are spooled in `absent`
  * (fs_diff_spool's), by key (row_ops dialects) or by row id; *deleted
  * says how many went. Returns 0 or the first failed delete's error. */

@@ -992,7 +992,7 @@ static int send_row(struct fs_import *im, const char *val)
 		return -EPROTO;
 	if (s.flag == 'x')
 		return 0;
-	rc = fs_key_string(s.key, s.klen, &key);
+	rc = api_key_string(s.key, s.klen, &key);
 	if (rc)
 		return rc == -EINVAL ? -EPROTO : rc;
 	update = s.flag != 'n';

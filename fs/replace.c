@@ -128,7 +128,7 @@ static int delete_key(void *arg, const struct fs_spooled *s)
 	char *key = NULL;
 	int rc;
 
-	rc = fs_key_string(s->key, s->klen, &key);
+	rc = api_key_string(s->key, s->klen, &key);
 	if (!rc)
 		rc = api_row_delete_key(c->eng->api, c->t->id, key);
 	if (rc == -ENOENT)

@@ -1473,6 +1473,33 @@ static void expect_valid(const struct api_schema *s, const char *line,
 /* Issue 11 item 5: two lone surrogates both decoded to U+FFFD, so two
  * distinct keys collapsed into one and a row was lost; a schema without a
  * key made every row one. Both are quarantined now. */
+static void key_is(const char *enc, const char *want)
+{
+	char *k = NULL;
+
+	assert_int_equal(api_key_string(enc, strlen(enc), &k), 0);
+	assert_string_equal(k, want);
+	free(k);
+}
+
+static void test_key_string(void **state)
+{
+	char *k = NULL;
+
+	(void)state;
+	key_is("[\"SKU-1\"]", "SKU-1");
+	key_is("[\"a\\\"b\\\\c\\/d\"]", "a\"b\\c/d");
+	key_is("[\"caf\\u00e9\"]", "caf\xc3\xa9");
+	key_is("[\"\\ud83d\\ude00\"]", "\xf0\x9f\x98\x80");
+	key_is("[\"caf\xc3\xa9\"]", "caf\xc3\xa9");
+	/* not one string: composite keys, numbers, broken escapes, NUL */
+	assert_int_equal(api_key_string("[\"a\",\"b\"]", 9, &k), -EINVAL);
+	assert_int_equal(api_key_string("[1]", 3, &k), -EINVAL);
+	assert_int_equal(api_key_string("[\"a\\x\"]", 7, &k), -EINVAL);
+	assert_int_equal(api_key_string("[\"\\u0000\"]", 11, &k), -EINVAL);
+	assert_null(k);
+}
+
 static void test_validate_lone_surrogates_and_no_key(void **state)
 {
 	struct api_schema s, nokey;
@@ -2300,6 +2327,7 @@ int main(void)
 	    cmocka_unit_test(test_http_body_reuse),
 	    cmocka_unit_test(test_logs_keep_secrets),
 	    cmocka_unit_test(test_validate_lone_surrogates_and_no_key),
+	    cmocka_unit_test(test_key_string),
 	};
 
 	log_init("test_api", getenv("TEST_API_VERBOSE") ? LOG_DEBUG : LOG_CRIT);

@@ -267,33 +267,6 @@ static void test_spooled_values(void **state)
 	assert_int_equal(fs_spooled_parse("1\tu\tnorow", &sp), -EPROTO);
 }
 
-static void key_is(const char *enc, const char *want)
-{
-	char *k = NULL;
-
-	assert_int_equal(fs_key_string(enc, strlen(enc), &k), 0);
-	assert_string_equal(k, want);
-	free(k);
-}
-
-static void test_key_string(void **state)
-{
-	char *k = NULL;
-
-	(void)state;
-	key_is("[\"SKU-1\"]", "SKU-1");
-	key_is("[\"a\\\"b\\\\c\\/d\"]", "a\"b\\c/d");
-	key_is("[\"caf\\u00e9\"]", "caf\xc3\xa9");
-	key_is("[\"\\ud83d\\ude00\"]", "\xf0\x9f\x98\x80");
-	key_is("[\"caf\xc3\xa9\"]", "caf\xc3\xa9");
-	/* not one string: composite keys, numbers, broken escapes, NUL */
-	assert_int_equal(fs_key_string("[\"a\",\"b\"]", 9, &k), -EINVAL);
-	assert_int_equal(fs_key_string("[1]", 3, &k), -EINVAL);
-	assert_int_equal(fs_key_string("[\"a\\x\"]", 7, &k), -EINVAL);
-	assert_int_equal(fs_key_string("[\"\\u0000\"]", 11, &k), -EINVAL);
-	assert_null(k);
-}
-
 static void test_hash(void **state)
 {
 	char hex[17];
@@ -426,7 +399,6 @@ int main(void)
 		cmocka_unit_test(test_config_bad_values),
 		cmocka_unit_test(test_config_dialect_rule),
 		cmocka_unit_test(test_spooled_values),
-		cmocka_unit_test(test_key_string),
 		cmocka_unit_test(test_hash),
 		cmocka_unit_test(test_page_reorder),
 		cmocka_unit_test(test_scratch),
