@@ -1390,19 +1390,28 @@ static bool held(const struct op *op)
 	return cache_mem_holds(op->c->mem, op->table, op->tlen);
 }
 
+/* The table's epoch, in a read transaction of its own. Returns 0 or the
+ * LMDB error. */
+static int epoch_read(const struct op *op, uint64_t *out)
+{
+	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = txn_begin(op->c, MDB_RDONLY, &txn);
+	if (rc)
+		return rc;
+	rc = epoch_get(txn, op, out);
+	txn_abort(op->c, txn);
+	return rc;
+}
+
 /* The table's epoch now; UINT64_MAX when it cannot be read (what memory
  * holds then reads as unproved). */
 static uint64_t epoch_now(const struct op *op)
 {
-	MDB_txn *txn = NULL;
 	uint64_t epoch;
 
-	if (txn_begin(op->c, MDB_RDONLY, &txn))
-		return UINT64_MAX;
-	if (epoch_get(txn, op, &epoch))
-		epoch = UINT64_MAX;
-	txn_abort(op->c, txn);
-	return epoch;
+	return epoch_read(op, &epoch) ? UINT64_MAX : epoch;
 }
 
 /* Memory holds op's table now: forget it on disk, which frees room for
@@ -2070,7 +2079,6 @@ held:
 int cache_get_epoch(struct cache *cache, const char *table, uint64_t *out)
 {
 	struct op op;
-	MDB_txn *txn = NULL;
 	int rc;
 
 	rc = op_init(&op, cache, "get epoch", table);
@@ -2078,11 +2086,7 @@ int cache_get_epoch(struct cache *cache, const char *table, uint64_t *out)
 		return rc;
 	if (!out)
 		return op_fail_msg(&op, -EINVAL, "no output");
-	rc = txn_begin(cache, MDB_RDONLY, &txn);
-	if (rc)
-		return op_fail(&op, rc);
-	rc = epoch_get(txn, &op, out);
-	txn_abort(cache, txn);
+	rc = epoch_read(&op, out);
 	return rc ? op_fail(&op, rc) : 0;
 }
 
