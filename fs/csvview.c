@@ -185,8 +185,11 @@ int fs_table_csv_exact_size(struct fs_engine *eng, struct fs_table *t,
 	int rc;
 
 	*size = fs_table_csv_size(eng, t);
-	if (*size || eng->cfg.lazy_size)
+	if (eng->cfg.lazy_size)
 		return 0;
+	/* the version an open would read, as a stat of rows.jsonl finds it
+	 * (revalidated at most once per `revalidate`): a size recorded for
+	 * an older generation is not this one's */
 	rc = fs_table_rows_exact_size(eng, t, &rows_size, &gen);
 	if (rc)
 		return rc;

@@ -325,3 +325,23 @@ def test_big_csv_import_goes_in_chunks(emu_factory, mount_factory, tmp_path):
     assert rows["IMP-00007"]["active"] is True
     st = json.loads(slurp(m.file("Big", "status.json")))["import"]
     assert st["state"] == "done" and st["rows_valid"] == n
+
+
+def test_csv_size_follows_a_change_on_the_server(emu_factory, mount_factory):
+    """rows.csv's st_size is the size of the version an open would read,
+    as rows.jsonl's is: a size recorded for the version before a change on
+    the server is not reported for the new one."""
+    import time
+    emu = emu_factory("--generate", "Big:300")
+    m = mount_factory(emu, opts="revalidate=0").start()
+    path = m.file("Big", "rows.csv")
+    first = slurp(path)
+    assert os.stat(path).st_size == len(first)
+    emu.upsert("Big", [{"customer_id": "A-LONGER-KEY-THAN-BEFORE",
+                        "last_interaction": "2024-01-01T00:00:00Z",
+                        "loyalty_tier": 1}])
+    time.sleep(1.2)  # past attr_timeout: the kernel asks dtfs again
+    size = os.stat(path).st_size
+    after = slurp(path)
+    assert len(after) > len(first)
+    assert size == len(after)
