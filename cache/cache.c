@@ -1476,7 +1476,10 @@ static int spill(struct op *op, uint64_t gen)
 		goto out;
 	}
 	m.used_at = now_s();
-	rc = cache_mem_hold(c->mem, op->table, op->tlen, &m, epoch, buf);
+	/* the buffer becomes the held bytes: no second copy */
+	rc = cache_mem_hold(c->mem, op->table, op->tlen, &m, epoch,
+			    (char *)buf);
+	buf = NULL;
 	if (rc) {
 		rc = op_fail_msg(op, rc, "no room on disk nor in memory");
 		goto out;

@@ -49,11 +49,11 @@ int cache_mem_get_meta(struct cache_mem *mem, const char *table, size_t tlen,
 
 /* Hold a version of table: meta m (its gen, version, proof and, for a
  * version moved off the disk, its pages so far) with the bytes [0,
- * m->bytes) in `data` (copied), proved under `epoch`. Replaces what was
- * held. Returns 0 or -ENOMEM/-ENOSPC. */
+ * m->bytes) in `data` (malloc'ed and taken over, also on failure; NULL
+ * when there are none), proved under `epoch`. Replaces what was held.
+ * Returns 0 or -ENOMEM/-ENOSPC/-ENAMETOOLONG. */
 int cache_mem_hold(struct cache_mem *mem, const char *table, size_t tlen,
-		   const struct cache_meta *m, uint64_t epoch,
-		   const void *data);
+		   const struct cache_meta *m, uint64_t epoch, char *data);
 
 /* As cache_append_page, on a held version; -ENOENT when table is not
  * held. */

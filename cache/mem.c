@@ -159,36 +159,44 @@ static int make_room(struct cache_mem *mem, const struct mem_table *keep,
 	return 0;
 }
 
+/* Append len bytes to t: `own` (malloc'ed, taken over: freed on failure
+ * too) or, when own is NULL, a copy of data. */
 static int add_chunk(struct cache_mem *mem, struct mem_table *t,
-		     const void *data, size_t len)
+		     const void *data, char *own, size_t len)
 {
-	char *copy;
-	int rc;
+	int rc = 0;
 
 	if (len == 0)
-		return 0;
+		goto out;
 	rc = make_room(mem, t, len);
 	if (rc)
-		return rc;
+		goto out;
 	if (t->nchunks == t->cap) {
 		size_t cap = t->cap ? 2 * t->cap : 16;
 		struct mem_chunk *c = realloc(t->chunks, cap * sizeof(*c));
 
-		if (!c)
-			return -ENOMEM;
+		if (!c) {
+			rc = -ENOMEM;
+			goto out;
+		}
 		t->chunks = c;
 		t->cap = cap;
 	}
-	copy = malloc(len);
-	if (!copy)
-		return -ENOMEM;
-	memcpy(copy, data, len);
-	t->chunks[t->nchunks].data = copy;
+	if (!own) {
+		own = malloc(len);
+		if (!own)
+			return -ENOMEM;
+		memcpy(own, data, len);
+	}
+	t->chunks[t->nchunks].data = own;
+	own = NULL;
 	t->chunks[t->nchunks].len = len;
 	t->chunks[t->nchunks].end = t->meta.bytes + len;
 	t->nchunks++;
 	mem->bytes += len;
-	return 0;
+out:
+	free(own);
+	return rc;
 }
 
 static uint64_t cursor_digest(const char *s)
@@ -264,17 +272,16 @@ int cache_mem_get_meta(struct cache_mem *mem, const char *table, size_t tlen,
 }
 
 int cache_mem_hold(struct cache_mem *mem, const char *table, size_t tlen,
-		   const struct cache_meta *m, uint64_t epoch,
-		   const void *data)
+		   const struct cache_meta *m, uint64_t epoch, char *data)
 {
 	struct mem_table *t, **p;
 	int rc;
 
-	if (tlen > CACHE_TABLE_MAX)
-		return -ENAMETOOLONG;
-	t = calloc(1, sizeof(*t));
-	if (!t)
-		return -ENOMEM;
+	t = tlen <= CACHE_TABLE_MAX ? calloc(1, sizeof(*t)) : NULL;
+	if (!t) {
+		free(data);
+		return tlen <= CACHE_TABLE_MAX ? -ENOMEM : -ENAMETOOLONG;
+	}
 	memcpy(t->name, table, tlen);
 	t->tlen = tlen;
 	t->epoch = epoch;
@@ -282,7 +289,7 @@ int cache_mem_hold(struct cache_mem *mem, const char *table, size_t tlen,
 	p = find(mem, table, tlen);
 	if (p)
 		unlink_free(mem, p);
-	rc = add_chunk(mem, t, data, (size_t)m->bytes);
+	rc = add_chunk(mem, t, NULL, data, (size_t)m->bytes);
 	if (rc) {
 		pthread_mutex_unlock(&mem->lock);
 		table_free(mem, t);
@@ -337,7 +344,7 @@ int cache_mem_append(struct cache_mem *mem, const char *table, size_t tlen,
 		if (rc)
 			goto out;
 	}
-	rc = add_chunk(mem, t, data, len);
+	rc = add_chunk(mem, t, data, NULL, len);
 	if (rc == -ENOSPC)
 		log_err("cache: '%.*s' is too big to hold in memory (%llu "
 			"bytes at most) while the disk cache cannot take it",
