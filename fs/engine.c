@@ -1265,6 +1265,19 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 	while (total < size) {
 		rc = cache_read(eng->cache, t->id, rd->gen, off + total,
 				(char *)buf + total, size - total, &n);
+		if (!rc) {
+			total += n;
+			if (total == size)
+				break;
+			rc = fetch_next(eng, t, rd->gen, off + total);
+			if (rc == 1) {
+				rc = 0;
+				break;
+			}
+			if (!rc)
+				continue;
+		}
+		/* the failure of the read or of the fetch */
 		if (rc == -EBADMSG && !refetched) {
 			refetched = true;
 			rc = reader_refetch(rd);
@@ -1276,29 +1289,10 @@ int fs_reader_read(struct fs_reader *rd, uint64_t off, void *buf, size_t size,
 			/* the version changed before this reader saw a byte
 			 * of it: start it on the new one (never a mix) */
 			rc = rebind(rd);
-			if (rc)
-				break;
-			continue;
+			if (rc == 0)
+				continue;
 		}
-		if (rc)
-			break;
-		total += n;
-		if (total == size)
-			break;
-		rc = fetch_next(eng, t, rd->gen, off + total);
-		if (rc == 1) {
-			rc = 0;
-			break;
-		}
-		if (rc == -ESTALE && !rd->consumed && off + total == 0 &&
-		    rebinds++ < 3) {
-			rc = rebind(rd);
-			if (rc)
-				break;
-			continue;
-		}
-		if (rc)
-			break;
+		break;
 	}
 	if (total > 0)
 		rd->consumed = true;
