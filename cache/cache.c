@@ -129,6 +129,8 @@ static const char info_format[] = "format";
 static const char info_next_gen[] = "next_gen";
 static const char info_bytes[] = "bytes";
 static const char info_epoch[] = "epoch:";	/* + table: its counter */
+/* + u16 length, table, gen, form: a derived size (cache_put_derived_size) */
+static const char info_dsize[] = "dsize:";
 
 int cache_errno(int mdb_rc)
 {
@@ -738,10 +740,30 @@ static int delete_prefix(MDB_txn *txn, struct cache *c, MDB_dbi dbi,
 	return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-/* Drop the pages of a table and subtract them from the global count. */
+/* "dsize:" and op's table prefix, then gen and form when gen is not 0.
+ * Returns the length. */
+static size_t key_dsize(uint8_t *buf, const struct op *op, uint64_t gen,
+			uint64_t form)
+{
+	size_t n = sizeof(info_dsize) - 1;
+
+	memcpy(buf, info_dsize, n);
+	n += key_prefix(buf + n, op);
+	if (gen) {
+		put_be64(buf + n, gen);
+		put_be64(buf + n + 8, form);
+		n += 16;
+	}
+	return n;
+}
+
+#define DSIZE_KEY_MAX (sizeof(info_dsize) - 1 + PREFIX_MAX + 16)
+
+/* Drop the pages of a table (and what was derived from them) and subtract
+ * them from the global count. */
 static int drop_pages(MDB_txn *txn, const struct op *op, uint64_t bytes)
 {
-	uint8_t prefix[PREFIX_MAX];
+	uint8_t prefix[PREFIX_MAX], dkey[DSIZE_KEY_MAX];
 	size_t n = key_prefix(prefix, op), deleted;
 	uint64_t total;
 	int rc;
@@ -750,6 +772,9 @@ static int drop_pages(MDB_txn *txn, const struct op *op, uint64_t bytes)
 	if (rc == 0)
 		rc = delete_prefix(txn, op->c, op->c->cursors, prefix, n, 0,
 				   &deleted);
+	if (rc == 0)
+		rc = delete_prefix(txn, op->c, op->c->info, dkey,
+				   key_dsize(dkey, op, 0, 0), 0, &deleted);
 	if (rc)
 		return rc;
 	rc = info_get(txn, op->c, info_bytes, sizeof(info_bytes) - 1, &total);
@@ -2142,6 +2167,68 @@ int cache_invalidate(struct cache *cache, const char *table)
 		return rc;
 	cache_mem_drop(cache->mem, op.table, op.tlen);
 	return run_write(&op, invalidate_fn, NULL);
+}
+
+/* ---- sizes derived from a generation -------------------------------- */
+
+struct dsize_arg {
+	uint64_t gen, form, size;
+};
+
+static int dsize_fn(MDB_txn *txn, struct op *op, void *arg)
+{
+	struct dsize_arg *a = arg;
+	uint8_t key[DSIZE_KEY_MAX];
+	struct cache_meta m;
+	int rc;
+
+	rc = meta_load(txn, op, &m);
+	if (rc == MDB_NOTFOUND || (rc == 0 && m.gen != a->gen))
+		return -ESTALE;	/* a size of nothing cached is kept nowhere */
+	if (rc)
+		return op_fail(op, rc);
+	rc = info_put(txn, op->c, key, key_dsize(key, op, a->gen, a->form),
+		      a->size);
+	return rc ? op_fail(op, rc) : 0;
+}
+
+int cache_put_derived_size(struct cache *cache, const char *table,
+			   uint64_t gen, uint64_t form, uint64_t size)
+{
+	struct dsize_arg a = { .gen = gen, .form = form, .size = size };
+	struct op op;
+	int rc;
+
+	rc = op_init(&op, cache, "record derived size", table);
+	if (rc)
+		return rc;
+	if (!gen || !size)
+		return op_fail_msg(&op, -EINVAL, "no generation or size");
+	op.quiet_full = true;	/* worth a retry, not an error */
+	return run_write(&op, dsize_fn, &a);
+}
+
+int cache_get_derived_size(struct cache *cache, const char *table,
+			   uint64_t gen, uint64_t form, uint64_t *size)
+{
+	uint8_t key[DSIZE_KEY_MAX];
+	struct op op;
+	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = op_init(&op, cache, "get derived size", table);
+	if (rc)
+		return rc;
+	if (!size)
+		return op_fail_msg(&op, -EINVAL, "no output");
+	rc = txn_begin(cache, MDB_RDONLY, &txn);
+	if (rc)
+		return op_fail(&op, rc);
+	rc = info_get(txn, cache, key, key_dsize(key, &op, gen, form), size);
+	txn_abort(cache, txn);
+	if (rc)
+		return op_fail(&op, rc);
+	return *size ? 0 : -ENOENT;
 }
 
 /* ---- schema ----------------------------------------------------------- */

@@ -185,6 +185,24 @@ int cache_set_validated_under(struct cache *cache, const char *table,
 int cache_invalidate(struct cache *cache, const char *table)
 	CACHE_WARN_UNUSED;
 
+/* ---- sizes derived from a generation ---------------------------------- */
+
+/*
+ * The size of something made from generation gen's bytes (rows.csv), under
+ * `form`, the caller's identity of what else it was made with (the
+ * schema): kept beside the pages, shared by every process on the cache,
+ * dropped with the generation. So a rendering is measured once per
+ * version, not once per process. size must be > 0.
+ * put returns 0, -ESTALE (gen is not the table's cached generation on
+ * disk) or -ENOSPC; get returns 0 or -ENOENT.
+ */
+int cache_put_derived_size(struct cache *cache, const char *table,
+			   uint64_t gen, uint64_t form, uint64_t size)
+	CACHE_WARN_UNUSED;
+int cache_get_derived_size(struct cache *cache, const char *table,
+			   uint64_t gen, uint64_t form, uint64_t *size)
+	CACHE_WARN_UNUSED;
+
 /* ---- schema --------------------------------------------------------- */
 
 /* Store schema.json's bytes with the schema version (may be NULL). */

@@ -12,7 +12,9 @@
  * exact size once a reader has converted a complete version to its end.
  * A stat converts it whole when that size is not known yet (as a stat of
  * rows.jsonl reads the table whole): tar and rsync copy st_size bytes, and
- * a size of 0 made them store an empty rows.csv with exit status 0.
+ * a size of 0 made them store an empty rows.csv with exit status 0. The
+ * size is kept in the cache with the version (cache_put_derived_size), so
+ * a version is measured once, not once per mount or process.
  */
 #include "engine_i.h"
 
@@ -160,18 +162,46 @@ static struct csv_point index_find(struct fs_csv_reader *cr, uint64_t off)
 	return p;
 }
 
+/* The length of the schema rows.csv is made with: the table's, or before
+ * this process loaded it, the cached one's (the same bytes). 0: none. */
+static size_t schema_len_of(struct fs_engine *eng, struct fs_table *t)
+{
+	size_t slen = atomic_load(&t->schema_len);
+	char *version = NULL, *json = NULL;
+
+	if (!slen && cache_get_schema(eng->cache, t->id, &version, &json,
+				      &slen) != 0)
+		slen = 0;
+	free(version);
+	free(json);
+	return slen;
+}
+
 uint64_t fs_table_csv_size(struct fs_engine *eng, struct fs_table *t)
 {
+	size_t slen = schema_len_of(eng, t);
 	uint64_t gen = 0, size = 0;
+	struct fs_csvidx *x;
 
 	(void)fs_table_rows_size(eng, t, &gen);
 	if (!gen)
 		return 0;
 	pthread_mutex_lock(&csv_lock);
 	if (t->csv && t->csv->gen == gen && t->csv->size_known &&
-	    t->csv->schema_len == atomic_load(&t->schema_len))
+	    t->csv->schema_len == slen)
 		size = t->csv->size;
 	pthread_mutex_unlock(&csv_lock);
+	/* measured by another process or an earlier mount */
+	if (!size && slen &&
+	    cache_get_derived_size(eng->cache, t->id, gen, slen, &size) == 0) {
+		pthread_mutex_lock(&csv_lock);
+		x = index_of(t, gen, slen);
+		if (x) {
+			x->size = size;
+			x->size_known = true;
+		}
+		pthread_mutex_unlock(&csv_lock);
+	}
 	return size;
 }
 
@@ -337,15 +367,23 @@ static int produce(struct fs_csv_reader *cr)
 		cr->eof = true;
 		if (fs_reader_complete(cr->rd, &size)) {
 			struct fs_csvidx *x;
+			uint64_t csv = cr->out_off + cr->olen;
 
 			pthread_mutex_lock(&csv_lock);
 			x = index_of(cr->t, fs_reader_gen(cr->rd),
 				     cr->schema.json_len);
 			if (x) {
-				x->size = cr->out_off + cr->olen;
+				x->size = csv;
 				x->size_known = true;
 			}
 			pthread_mutex_unlock(&csv_lock);
+			/* for other processes and later mounts: best effort
+			 * (a version held in memory has no place on disk) */
+			if (cache_put_derived_size(cr->eng->cache, cr->t->id,
+						   fs_reader_gen(cr->rd),
+						   cr->schema.json_len, csv))
+				log_debug("the CSV size of '%s' is not kept",
+					  fs_table_name(cr->t));
 		}
 		return 0;
 	}

@@ -345,3 +345,20 @@ def test_csv_size_follows_a_change_on_the_server(emu_factory, mount_factory):
     after = slurp(path)
     assert len(after) > len(first)
     assert size == len(after)
+
+
+def test_csv_size_is_kept_across_mounts(emu_factory, mount_factory,
+                                        tmp_path):
+    """rows.csv's size, once measured, is kept in the cache with the
+    version: a later mount (even with lazy_size, which never converts to
+    measure) and dtfsctl find it, and a new version drops it."""
+    emu = emu_factory("--generate", "Big:300")
+    cache = str(tmp_path / "cache")
+    m = mount_factory(emu, cache_dir=cache).start()
+    path = m.file("Big", "rows.csv")
+    data = slurp(path)
+    m.stop()
+    m = mount_factory(emu, cache_dir=cache, opts="lazy_size").start()
+    path = m.file("Big", "rows.csv")
+    assert os.stat(path).st_size == len(data)
+    assert slurp(path) == data

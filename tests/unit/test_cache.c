@@ -322,6 +322,43 @@ static void test_full_fs_holds_in_memory(void **state)
 	assert_false(m.in_memory);
 }
 
+/* A size derived from a generation (rows.csv's) is kept per generation
+ * and form, across a reopen, and goes with the generation. */
+static void test_derived_size(void **state)
+{
+	struct fixture *f = *state;
+	struct cache *c = open_cache(f, 0);
+	struct cache_meta m, m2;
+	uint64_t size;
+
+	assert_int_equal(cache_get_derived_size(c, "T", 1, 7, &size), -ENOENT);
+	assert_int_equal(cache_put_derived_size(c, "T", 1, 7, 100), -ESTALE);
+	assert_int_equal(cache_begin_version(c, "T", "v1", &m), 0);
+	assert_int_equal(cache_begin_version(c, "T2", "v1", &m2), 0);
+	assert_int_equal(cache_put_derived_size(c, "T", m.gen, 7, 1234), 0);
+	assert_int_equal(cache_put_derived_size(c, "T2", m2.gen, 7, 99), 0);
+	assert_int_equal(cache_put_derived_size(c, "T", m.gen, 7, 0), -EINVAL);
+	assert_int_equal(cache_get_derived_size(c, "T", m.gen, 7, &size), 0);
+	assert_int_equal(size, 1234);
+	/* another form (schema) is another size */
+	assert_int_equal(cache_get_derived_size(c, "T", m.gen, 8, &size),
+			 -ENOENT);
+	cache_close(c);
+	f->cache = NULL;
+	c = open_cache(f, 0);
+	assert_int_equal(cache_get_derived_size(c, "T", m.gen, 7, &size), 0);
+	assert_int_equal(size, 1234);
+	/* a new version drops it; another table (whose name T is a prefix
+	 * of) keeps its own */
+	assert_int_equal(cache_begin_version(c, "T", "v2", &m2), 0);
+	assert_int_equal(cache_get_derived_size(c, "T", m.gen, 7, &size),
+			 -ENOENT);
+	assert_int_equal(cache_invalidate(c, "T"), 0);
+	assert_int_equal(cache_get_meta(c, "T2", &m), 0);
+	assert_int_equal(cache_get_derived_size(c, "T2", m.gen, 7, &size), 0);
+	assert_int_equal(size, 99);
+}
+
 /* A full file system before the cache exists: ENOSPC, not SIGBUS (LMDB
  * maps its lock file sparse and the first touch of it faulted). */
 static void test_full_fs_at_open(void **state)
@@ -2011,6 +2048,7 @@ int main(void)
 		T(test_full_fs_holds_in_memory),
 		T(test_full_fs_memory_capped),
 		T(test_full_fs_at_open),
+		T(test_derived_size),
 #undef T
 	};
 
